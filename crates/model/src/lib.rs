@@ -1,0 +1,24 @@
+//! Pollux's domain model, shared by every role and free of I/O.
+//!
+//! - [`family`]: metric families (the built-in Interface, CPU, Memory and Availability, and
+//!   operators' customized families parsed from TOML) and the [`Catalog`] that names them.
+//! - [`dto`]: the DTO, the unit of transfer, durability and loading (one metric family over one
+//!   poll cycle from one collector), and its validation against the catalog.
+//! - [`codec`]: the JSON form of the external contract and a compact binary form, used on the
+//!   wire under its own content type and for the DTO files in the shared directory.
+//! - [`duration`]: the `"5m"`-style durations of the configuration (`failwait`, `startwait`).
+//! - [`period`]: the UTC hour, day and week periods that rollups are computed over.
+#![forbid(unsafe_code)]
+
+pub mod codec;
+pub mod dto;
+pub mod duration;
+pub mod family;
+pub mod period;
+
+pub use dto::{Dto, DtoError, DtoId, Limits, Record};
+pub use family::{Catalog, FamilyError, Metric, MetricFamily, MetricKind};
+pub use period::Resolution;
+
+/// Unix time in whole seconds, the unit of every timestamp in the contract.
+pub type UnixSeconds = i64;

@@ -1,0 +1,326 @@
+//! The conformance suite every repository backend must pass.
+//!
+//! Each check takes a fresh, empty repository and panics on a violation. A backend runs the
+//! whole suite with [`conformance_tests!`](crate::conformance_tests):
+//!
+//! ```ignore
+//! pollux_repository::conformance_tests!(|| open_a_fresh_repository());
+//! ```
+//!
+//! [`rollups_match_raw`] is also what the black-box tests use to check a repository that real
+//! aggregators wrote while being killed.
+
+use crate::{ItemFilter, RepoError, Repository, Retention, Series, SeriesQuery, TopQuery};
+use pollux_model::Resolution;
+use pollux_model::{Catalog, Dto, MetricFamily, Record};
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+/// Monday 2025-11-17 00:00 UTC: data in the suite starts here, long enough ago to be "closed".
+pub const T0: i64 = 1_763_337_600;
+const NOW: i64 = T0 + 30 * 86_400;
+const INTERVAL: i64 = 300;
+
+/// Expands to one `#[test]` per conformance check, each on a repository made by `$make`.
+#[macro_export]
+macro_rules! conformance_tests {
+    ($make:expr) => {
+        $crate::conformance_tests!(@each $make;
+            epoch_fences_older_writers, dto_loads_exactly_once, failed_batch_writes_nothing,
+            series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
+            top_ranks_by_average, items_and_devices, family_widening, retention_expires);
+    };
+    (@each $make:expr; $($check:ident),*) => {
+        $(
+            #[test]
+            fn $check() {
+                let repo = ($make)();
+                $crate::conformance::$check(&*repo);
+            }
+        )*
+    };
+}
+
+fn prepare(repo: &dyn Repository, epoch: u64) {
+    for family in Catalog::builtin().iter() {
+        repo.ensure_family(family).unwrap();
+    }
+    repo.claim_epoch(epoch, "suite").unwrap();
+}
+
+/// A DTO of the Interface family for `cycle` with the given `(device, item, in_bps)` records.
+pub fn dto(id: &str, cycle: i64, records: &[(&str, &str, f64)]) -> Dto {
+    Dto {
+        id: id.to_owned(),
+        collector: "dc1".into(),
+        family: "Interface".into(),
+        cycle,
+        interval: INTERVAL as u32,
+        metrics: vec!["in_bps".into(), "out_bps".into()],
+        records: records
+            .iter()
+            .enumerate()
+            .map(|(i, (device, item, v))| Record {
+                device: (*device).into(),
+                item: (*item).into(),
+                ts: cycle + 10 + i as i64,
+                values: vec![Some(*v), Some(v / 2.0)],
+            })
+            .collect(),
+    }
+}
+
+fn raw(repo: &dyn Repository, device: &str, item: &str, from: i64, to: i64) -> Vec<(i64, f64)> {
+    match repo
+        .series(&SeriesQuery {
+            family: "Interface".into(),
+            device: device.into(),
+            item: item.into(),
+            metric: "in_bps".into(),
+            from,
+            to,
+            resolution: Resolution::Raw,
+        })
+        .unwrap()
+    {
+        Series::Raw(points) => points,
+        other => panic!("raw series came back as {other:?}"),
+    }
+}
+
+pub fn epoch_fences_older_writers(repo: &dyn Repository) {
+    prepare(repo, 1);
+    assert_eq!(repo.epoch().unwrap(), 1);
+    assert!(matches!(repo.claim_epoch(1, "again"), Err(RepoError::Fenced { current: 1, .. })));
+    repo.load(1, &[dto("a", T0, &[("r1", "ge-0", 1.0)])]).unwrap();
+    repo.claim_epoch(2, "newer").unwrap();
+    let stale = repo.load(1, &[dto("b", T0 + INTERVAL, &[("r1", "ge-0", 2.0)])]);
+    assert!(matches!(stale, Err(RepoError::Fenced { ours: 1, current: 2 })), "{stale:?}");
+    assert!(matches!(repo.roll_up(1, NOW, Duration::ZERO, 10), Err(RepoError::Fenced { .. })));
+    assert!(matches!(repo.compact(1, NOW, 10), Err(RepoError::Fenced { .. })));
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW).len(), 1, "the stale load wrote nothing");
+    assert!(repo.loaded_dto("b").unwrap().is_none());
+    assert_eq!(repo.loaded_dto("a").unwrap().unwrap().epoch, 1);
+}
+
+pub fn dto_loads_exactly_once(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let first = dto("x", T0, &[("r1", "ge-0", 10.0), ("r1", "ge-1", 20.0)]);
+    let report = repo.load(1, std::slice::from_ref(&first)).unwrap();
+    assert_eq!((report.loaded, report.already_loaded, report.values), (1, 0, 4));
+    let again = repo.load(1, &[first.clone(), first.clone()]).unwrap();
+    assert_eq!((again.loaded, again.already_loaded), (0, 2));
+    // The same id twice in one batch: the second sees the first's registry entry.
+    let pair = dto("y", T0 + INTERVAL, &[("r1", "ge-0", 11.0)]);
+    let report = repo.load(1, &[pair.clone(), pair]).unwrap();
+    assert_eq!((report.loaded, report.already_loaded), (1, 1));
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), [(T0 + 10, 10.0), (T0 + INTERVAL + 10, 11.0)]);
+    let entry = repo.loaded_dto("x").unwrap().unwrap();
+    assert_eq!((entry.records, entry.cycle, entry.family.as_str()), (2, T0, "Interface"));
+}
+
+pub fn failed_batch_writes_nothing(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let good = dto("good", T0, &[("r1", "ge-0", 1.0)]);
+    let mut bad = dto("bad", T0, &[("r2", "ge-0", 1.0)]);
+    bad.metrics[1] = "no_such_metric".into();
+    assert!(repo.load(1, &[good, bad]).is_err());
+    assert!(repo.loaded_dto("good").unwrap().is_none());
+    assert!(raw(repo, "r1", "ge-0", T0, NOW).is_empty());
+    // The item ids created inside the failed transaction are gone too, and the next load works.
+    repo.load(1, &[dto("good", T0, &[("r1", "ge-0", 1.0)])]).unwrap();
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW).len(), 1);
+}
+
+pub fn series_reads_recent_and_compacted_alike(repo: &dyn Repository) {
+    prepare(repo, 1);
+    for c in 0..6 {
+        let cycle = T0 + c * INTERVAL;
+        repo.load(1, &[dto(&format!("c{c}"), cycle, &[("r1", "ge-0", c as f64), ("r1", "ge-1", 100.0)])])
+            .unwrap();
+    }
+    let before = raw(repo, "r1", "ge-0", T0, NOW);
+    assert_eq!(before.len(), 6);
+    let progress = repo.compact(1, T0 + 3 * INTERVAL, 100).unwrap();
+    assert_eq!(progress.done, 3);
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), before, "half compacted");
+    repo.compact(1, NOW, 100).unwrap();
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), before, "all compacted");
+    // Late data for a compacted cycle goes to history and is read back the same way.
+    repo.load(1, &[dto("late", T0 + INTERVAL, &[("r1", "ge-2", 7.0)])]).unwrap();
+    assert_eq!(raw(repo, "r1", "ge-2", T0, NOW), [(T0 + INTERVAL + 10, 7.0)]);
+    // Half-open ranges.
+    assert_eq!(raw(repo, "r1", "ge-0", T0 + 10, T0 + INTERVAL + 10), [(T0 + 10, 0.0)]);
+}
+
+/// Checks every hourly, daily and weekly rollup of one item's `in_bps` against a recomputation
+/// from its raw series over `[from, to)`. Returns the number of rollup points compared.
+pub fn rollups_match_raw(
+    repo: &dyn Repository,
+    family: &str,
+    metric: &str,
+    device: &str,
+    item: &str,
+    from: i64,
+    to: i64,
+) -> Result<usize, String> {
+    let query = |resolution| SeriesQuery {
+        family: family.into(),
+        device: device.into(),
+        item: item.into(),
+        metric: metric.into(),
+        from,
+        to,
+        resolution,
+    };
+    let Series::Raw(points) = repo.series(&query(Resolution::Raw)).map_err(|e| e.to_string())? else {
+        return Err("raw series is not raw".into());
+    };
+    let mut compared = 0;
+    for resolution in Resolution::ROLLUPS {
+        let mut expected: BTreeMap<i64, (f64, f64, f64, u64)> = BTreeMap::new();
+        for &(ts, v) in &points {
+            let e = expected.entry(resolution.period_start(ts)).or_insert((f64::MAX, f64::MIN, 0.0, 0));
+            *e = (e.0.min(v), e.1.max(v), e.2 + v, e.3 + 1);
+        }
+        let Series::Rollup(actual) = repo.series(&query(resolution)).map_err(|e| e.to_string())? else {
+            return Err("rollup series is not a rollup".into());
+        };
+        // Periods only partly inside [from, to) hold data from outside it: compare whole ones.
+        let whole = |p: i64| p >= from && p + resolution.length().unwrap() <= to;
+        let actual: BTreeMap<i64, _> = actual.into_iter().filter(|p| whole(p.period)).map(|p| (p.period, p)).collect();
+        expected.retain(|p, _| whole(*p));
+        if actual.len() != expected.len() {
+            return Err(format!(
+                "{device}/{item} {}: {} rollup periods, raw data has {}",
+                resolution.name(),
+                actual.len(),
+                expected.len()
+            ));
+        }
+        for (period, (min, max, sum, count)) in expected {
+            let got = actual[&period];
+            let avg = sum / count as f64;
+            let close = |a: f64, b: f64| (a - b).abs() <= 1e-9 * a.abs().max(b.abs()).max(1.0);
+            if got.count != count || !close(got.min, min) || !close(got.max, max) || !close(got.avg, avg) {
+                return Err(format!(
+                    "{device}/{item} {} {period}: rollup {got:?}, raw gives min {min} max {max} avg {avg} count {count}",
+                    resolution.name()
+                ));
+            }
+            compared += 1;
+        }
+    }
+    Ok(compared)
+}
+
+pub fn rollups_equal_recomputation(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let items = [("r1", "ge-0"), ("r1", "ge-1"), ("r2", "ge-0")];
+    let cycles: Vec<i64> = (0..(9 * 288)).map(|c| T0 + c * INTERVAL).collect(); // 9 days
+    let value = |c: i64, i: usize| ((c / INTERVAL) % 97) as f64 * (i + 1) as f64 + 0.5;
+    let make = |c: i64, tag: &str| {
+        let records: Vec<(&str, &str, f64)> =
+            items.iter().enumerate().map(|(i, (d, it))| (*d, *it, value(c, i))).collect();
+        dto(&format!("{tag}.{c}"), c, &records)
+    };
+    // Out of order: odd cycles first, newest first; every 7th cycle held back as late data.
+    let mut order: Vec<i64> = cycles.iter().copied().filter(|c| (c / INTERVAL) % 7 != 0).collect();
+    order.sort_by_key(|c| (c / INTERVAL % 2 == 0, -c));
+    for chunk in order.chunks(50) {
+        let batch: Vec<Dto> = chunk.iter().map(|&c| make(c, "on-time")).collect();
+        repo.load(1, &batch).unwrap();
+    }
+    while repo.roll_up(1, NOW, Duration::from_secs(600), 1000).unwrap().more {}
+    repo.compact(1, T0 + 4 * 86_400, 10_000).unwrap();
+    // Late deliveries, and duplicates of what was already loaded.
+    let late: Vec<Dto> = cycles.iter().copied().filter(|c| (c / INTERVAL) % 7 == 0).map(|c| make(c, "late")).collect();
+    for chunk in late.chunks(40) {
+        repo.load(1, chunk).unwrap();
+    }
+    let dups: Vec<Dto> = order.iter().take(100).map(|&c| make(c, "on-time")).collect();
+    assert_eq!(repo.load(1, &dups).unwrap().already_loaded, 100);
+    while repo.roll_up(1, NOW, Duration::from_secs(600), 1000).unwrap().more {}
+    assert_eq!(repo.stats().unwrap().pending_rollups, 0);
+    let (from, to) = (T0, T0 + 9 * 86_400);
+    for (device, item) in items {
+        assert_eq!(raw(repo, device, item, from, to).len(), cycles.len(), "{device}/{item} raw");
+        let compared = rollups_match_raw(repo, "Interface", "in_bps", device, item, from, to).unwrap();
+        assert_eq!(compared, 9 * 24 + 9 + 1, "hours, days and the one whole week");
+    }
+}
+
+pub fn top_ranks_by_average(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let records: Vec<(String, f64)> = (0..30).map(|i| (format!("ge-{i}"), (i * 7 % 30) as f64)).collect();
+    for c in 0..12 {
+        let cycle = T0 + c * INTERVAL;
+        let recs: Vec<(&str, &str, f64)> = records.iter().map(|(it, v)| ("r1", it.as_str(), *v + c as f64)).collect();
+        repo.load(1, &[dto(&format!("t{c}"), cycle, &recs)]).unwrap();
+    }
+    let query = TopQuery { family: "Interface".into(), metric: "in_bps".into(), from: T0, to: T0 + 3600, n: 3 };
+    let from_raw = repo.top(&query).unwrap();
+    let names: Vec<&str> = from_raw.iter().map(|e| e.item.as_str()).collect();
+    assert_eq!(names.len(), 3);
+    assert_eq!(from_raw[0].avg, 29.0 + 5.5);
+    assert!(from_raw.windows(2).all(|w| w[0].avg >= w[1].avg));
+    while repo.roll_up(1, NOW, Duration::ZERO, 100).unwrap().more {}
+    let from_rollups = repo.top(&query).unwrap();
+    assert_eq!(from_rollups, from_raw, "hourly rollups rank exactly as raw data");
+}
+
+pub fn items_and_devices(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.load(1, &[dto("i", T0, &[("r1", "ge-0", 1.0), ("r1", "ge-1", 1.0), ("r2", "ge-0", 1.0)])]).unwrap();
+    let devices = repo.devices().unwrap();
+    assert_eq!(devices.iter().map(|d| (d.name.as_str(), d.items)).collect::<Vec<_>>(), [("r1", 2), ("r2", 1)]);
+    assert_eq!(devices[0].families, ["Interface"]);
+    let filter = ItemFilter { device: Some("r1".into()), family: None, limit: 10, offset: 0 };
+    let items = repo.items(&filter).unwrap();
+    assert_eq!(items.iter().map(|i| i.item.as_str()).collect::<Vec<_>>(), ["ge-0", "ge-1"]);
+    let page = repo.items(&ItemFilter { device: None, family: Some("Interface".into()), limit: 1, offset: 2 }).unwrap();
+    assert_eq!((page.len(), page[0].device.as_str()), (1, "r2"));
+}
+
+pub fn family_widening(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let mut family = MetricFamily::from_toml("name = \"Temp\"\n[[metric]]\nname = \"celsius\"").unwrap();
+    repo.ensure_family(&family).unwrap();
+    family.metrics.push(pollux_model::Metric { name: "fan_rpm".into(), ..family.metrics[0].clone() });
+    repo.ensure_family(&family).unwrap();
+    let d = Dto {
+        id: "temp".into(),
+        collector: "dc1".into(),
+        family: "Temp".into(),
+        cycle: T0,
+        interval: 60,
+        metrics: vec!["fan_rpm".into()],
+        records: vec![Record { device: "r1".into(), item: "s1".into(), ts: T0 + 1, values: vec![Some(1200.0)] }],
+    };
+    repo.load(1, &[d]).unwrap();
+    let q = SeriesQuery {
+        family: "Temp".into(),
+        device: "r1".into(),
+        item: "s1".into(),
+        metric: "fan_rpm".into(),
+        from: T0,
+        to: T0 + 60,
+        resolution: Resolution::Raw,
+    };
+    assert_eq!(repo.series(&q).unwrap(), Series::Raw(vec![(T0 + 1, 1200.0)]));
+    let unknown = SeriesQuery { metric: "volts".into(), ..q };
+    assert!(matches!(repo.series(&unknown), Err(RepoError::UnknownMetric { .. })));
+}
+
+pub fn retention_expires(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.load(1, &[dto("old", T0, &[("r1", "ge-0", 1.0)])]).unwrap();
+    repo.load(1, &[dto("new", T0 + 20 * 86_400, &[("r1", "ge-0", 2.0)])]).unwrap();
+    while repo.roll_up(1, NOW, Duration::ZERO, 100).unwrap().more {}
+    let day = Duration::from_secs(86_400);
+    let retention = Retention { raw: 15 * day, hour: 15 * day, ..Retention::default() };
+    assert!(repo.expire(1, NOW, &retention).unwrap().done > 0);
+    assert_eq!(raw(repo, "r1", "ge-0", 0, NOW), [(T0 + 20 * 86_400 + 10, 2.0)]);
+    assert!(repo.loaded_dto("old").unwrap().is_none());
+    assert!(repo.loaded_dto("new").unwrap().is_some());
+}

@@ -1,0 +1,222 @@
+//! The Data Repository: where loaded DTOs, their rollups and the fencing epoch live.
+//!
+//! ```text
+//!   loader ──load(epoch, dtos)──▶ ┌──────────────────────────────────┐ ◀──series/top/items── query API
+//!   roller ──roll_up(epoch)─────▶ │ Repository (trait)               │
+//!   compactor ─compact(epoch)───▶ │  SQLite (embedded, this crate)   │
+//!   election ─claim_epoch(e)────▶ │  PostgreSQL (large installs)     │
+//!                                 └──────────────────────────────────┘
+//! ```
+//!
+//! Every write runs in one transaction that first checks the repository's epoch row against the
+//! writer's epoch and fails with [`RepoError::Fenced`] on a mismatch: a deposed aggregator can
+//! never write after a newer one has claimed the repository. A DTO's data, its entry in the
+//! registry of loaded DTO ids, and its pending rollups commit together, so a DTO is loaded exactly
+//! once whatever happens around the commit.
+//!
+//! The trait knows SQL semantics, not HTTP; the aggregator composes it. [`conformance`] is the
+//! suite every backend must pass.
+#![forbid(unsafe_code)]
+
+pub mod conformance;
+pub mod sqlite;
+
+use pollux_model::{Dto, MetricFamily, Resolution, UnixSeconds};
+use std::time::Duration;
+
+pub use sqlite::{JournalMode, SqliteOptions, SqliteRepository};
+
+/// A leadership term. Strictly increasing; the active aggregator's epoch is the repository's.
+pub type Epoch = u64;
+
+pub type Result<T, E = RepoError> = std::result::Result<T, E>;
+
+#[derive(Debug, thiserror::Error)]
+pub enum RepoError {
+    /// The repository belongs to another epoch: this writer has been deposed (or never claimed).
+    #[error("fenced: the repository is at epoch {current}, this writer holds epoch {ours}")]
+    Fenced { ours: Epoch, current: Epoch },
+    #[error("unknown family {0:?}")]
+    UnknownFamily(String),
+    #[error("family {family} has no metric {metric:?}")]
+    UnknownMetric { family: String, metric: String },
+    #[error("bad query: {0}")]
+    BadQuery(String),
+    #[error("injected fault at {0}")]
+    Injected(&'static str),
+    #[error("repository: {0}")]
+    Db(String),
+}
+
+impl From<rusqlite::Error> for RepoError {
+    fn from(e: rusqlite::Error) -> Self {
+        RepoError::Db(e.to_string())
+    }
+}
+
+/// What became of a batch of DTOs handed to [`Repository::load`].
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct LoadReport {
+    /// DTOs whose data was inserted by this call.
+    pub loaded: usize,
+    /// DTOs whose id was already in the registry: nothing inserted.
+    pub already_loaded: usize,
+    /// Values (non-empty cells) inserted.
+    pub values: usize,
+}
+
+/// The registry entry of a loaded DTO.
+#[derive(Debug, Clone, PartialEq)]
+pub struct LoadedDto {
+    pub id: String,
+    pub epoch: Epoch,
+    pub family: String,
+    pub collector: String,
+    pub cycle: UnixSeconds,
+    pub records: u64,
+    pub loaded_at: UnixSeconds,
+}
+
+/// What the roller, compactor or retention pass did.
+#[derive(Debug, Default, Clone, PartialEq)]
+pub struct Progress {
+    /// Periods rolled up, cycles compacted, or rows expired.
+    pub done: usize,
+    /// True when work that is due remains (the caller should come back soon).
+    pub more: bool,
+}
+
+/// How long each resolution is kept.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Retention {
+    pub raw: Duration,
+    pub hour: Duration,
+    pub day: Duration,
+    pub week: Duration,
+}
+
+impl Default for Retention {
+    fn default() -> Self {
+        const DAY: u64 = 86_400;
+        Retention {
+            raw: Duration::from_secs(35 * DAY),
+            hour: Duration::from_secs(400 * DAY),
+            day: Duration::from_secs(5 * 366 * DAY),
+            week: Duration::from_secs(10 * 366 * DAY),
+        }
+    }
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct DeviceInfo {
+    pub name: String,
+    pub items: u64,
+    pub families: Vec<String>,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct ItemInfo {
+    pub device: String,
+    pub family: String,
+    pub item: String,
+    pub first_seen: UnixSeconds,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct ItemFilter {
+    pub device: Option<String>,
+    pub family: Option<String>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// One series request. Ranges are half-open: `from <= ts < to`.
+#[derive(Debug, Clone)]
+pub struct SeriesQuery {
+    pub family: String,
+    pub device: String,
+    pub item: String,
+    pub metric: String,
+    pub from: UnixSeconds,
+    pub to: UnixSeconds,
+    pub resolution: Resolution,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub enum Series {
+    /// `(ts, value)` pairs.
+    Raw(Vec<(UnixSeconds, f64)>),
+    /// Rollup periods: start and statistics.
+    Rollup(Vec<RollupPoint>),
+}
+
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollupPoint {
+    pub period: UnixSeconds,
+    pub min: f64,
+    pub max: f64,
+    pub avg: f64,
+    pub count: u64,
+}
+
+#[derive(Debug, Clone)]
+pub struct TopQuery {
+    pub family: String,
+    pub metric: String,
+    pub from: UnixSeconds,
+    pub to: UnixSeconds,
+    pub n: usize,
+}
+
+#[derive(Debug, Clone, PartialEq)]
+pub struct TopEntry {
+    pub device: String,
+    pub item: String,
+    pub avg: f64,
+    pub min: f64,
+    pub max: f64,
+    pub count: u64,
+}
+
+/// Figures for health and `/metrics`.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct RepoStats {
+    pub epoch: Epoch,
+    pub bytes: u64,
+    pub loaded_dtos: u64,
+    pub pending_rollups: u64,
+    pub items: u64,
+}
+
+/// The Data Repository. Every write takes the writer's epoch and fails with
+/// [`RepoError::Fenced`] unless it is the repository's current epoch.
+pub trait Repository: Send + Sync {
+    /// The current epoch row.
+    fn epoch(&self) -> Result<Epoch>;
+    /// Raises the epoch row to `epoch`, before the new leader writes anything. Fails with
+    /// `Fenced` when the row is already at or past `epoch` (someone newer got there first).
+    fn claim_epoch(&self, epoch: Epoch, node: &str) -> Result<()>;
+    /// Creates or widens the tables of a family (new metrics become new columns).
+    fn ensure_family(&self, family: &MetricFamily) -> Result<()>;
+
+    /// Loads a batch of DTOs in one transaction: the epoch check, each DTO's data unless its id
+    /// is already registered, its registry entry and its pending rollups.
+    fn load(&self, epoch: Epoch, dtos: &[Dto]) -> Result<LoadReport>;
+    /// The registry entry of a loaded DTO.
+    fn loaded_dto(&self, id: &str) -> Result<Option<LoadedDto>>;
+
+    /// Recomputes pending rollup periods that closed at least `grace` before `now`, finest
+    /// resolution first, at most `budget` periods per call.
+    fn roll_up(&self, epoch: Epoch, now: UnixSeconds, grace: Duration, budget: usize) -> Result<Progress>;
+    /// Moves raw data of cycles that started before `before` from the time-ordered recent
+    /// tables into the item-ordered history tables, at most `budget` cycles per call.
+    fn compact(&self, epoch: Epoch, before: UnixSeconds, budget: usize) -> Result<Progress>;
+    /// Deletes what is older than its resolution's retention.
+    fn expire(&self, epoch: Epoch, now: UnixSeconds, retention: &Retention) -> Result<Progress>;
+
+    fn devices(&self) -> Result<Vec<DeviceInfo>>;
+    fn items(&self, filter: &ItemFilter) -> Result<Vec<ItemInfo>>;
+    fn series(&self, query: &SeriesQuery) -> Result<Series>;
+    fn top(&self, query: &TopQuery) -> Result<Vec<TopEntry>>;
+    fn stats(&self) -> Result<RepoStats>;
+}

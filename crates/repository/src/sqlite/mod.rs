@@ -1,0 +1,414 @@
+//! The embedded SQLite Data Repository, `<shared>/repository.sqlite`.
+//!
+//! # Layout
+//!
+//! Raw data is written far more often than it is read by item, and read far more often by item
+//! than by time. One table clustered by `(item, ts)` serves the reads but makes every poll cycle
+//! a scattered write (measured: 0.8-1.1 M values/s, 9-10 bytes/value); one clustered by time
+//! serves the writes (5.3 M values/s, 5.7 bytes/value) but scatters every per-item read. So each
+//! family keeps raw data twice over its lifetime, never twice at once:
+//!
+//! ```text
+//!   load ──▶ recent_<F>  PRIMARY KEY (cycle, item_id)   appends: a cycle is one sorted run
+//!               │  compact(): one whole cycle per transaction, once it is older than the
+//!               ▼  recent window (default 2 h), in item order
+//!            raw_<F>     PRIMARY KEY (item_id, ts)      a 24 h series is one range scan
+//!
+//!   roll_up(): hour_<F> ◀─ recent_<F> ∪ raw_<F>;  day_<F> ◀─ hour_<F>;  week_<F> ◀─ day_<F>
+//!              each PRIMARY KEY (period, item_id): a top-N over a period is one range scan
+//! ```
+//!
+//! Per-item reads of the recent table go through `recent_cycles`, the short list of cycles it
+//! holds, turning "item X in the last hour" into a dozen primary-key lookups. Data that arrives
+//! for a cycle already compacted (below the family's `watermark`) goes straight to `raw_<F>`.
+//!
+//! Every table is `WITHOUT ROWID`: the primary key is the clustering, and no second copy of the
+//! key lives in an index.
+//!
+//! # Concurrency
+//!
+//! One writer connection behind a mutex (SQLite has one writer at a time anyway) and a small pool
+//! of read connections. In WAL mode readers never block the writer; on NFS, where WAL's shared
+//! memory does not work across hosts, the rollback journal (`TRUNCATE`) is used instead.
+
+mod load;
+mod query;
+mod rollup;
+
+use crate::{Epoch, RepoError, RepoStats, Result};
+use pollux_model::{MetricFamily, Resolution};
+use rusqlite::{Connection, OptionalExtension, Transaction};
+use std::collections::HashMap;
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// SQLite's journal, chosen by where the repository file lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// Write-ahead log: readers never block the writer. Needs shared memory between the
+    /// processes using the file, so only on a local filesystem.
+    Wal,
+    /// Rollback journal, truncated after each transaction: works on NFSv4.
+    Truncate,
+}
+
+#[derive(Debug, Clone)]
+pub struct SqliteOptions {
+    pub journal: JournalMode,
+    /// How long a statement waits for another process's lock (the other aggregator, during a
+    /// takeover) before it fails.
+    pub busy_timeout: Duration,
+    /// Page cache of the writer connection.
+    pub cache_mib: u32,
+}
+
+impl Default for SqliteOptions {
+    fn default() -> Self {
+        SqliteOptions { journal: JournalMode::Wal, busy_timeout: Duration::from_secs(5), cache_mib: 256 }
+    }
+}
+
+/// The tables of one family, as the repository knows them.
+#[derive(Debug)]
+pub(crate) struct FamilyTables {
+    pub name: String,
+    /// Metric columns, in table order. Only ever grows.
+    pub columns: Vec<String>,
+}
+
+impl FamilyTables {
+    pub fn recent(&self) -> String {
+        format!("\"recent_{}\"", self.name)
+    }
+    pub fn raw(&self) -> String {
+        format!("\"raw_{}\"", self.name)
+    }
+    pub fn rollup(&self, resolution: Resolution) -> String {
+        format!("\"{}_{}\"", resolution.name(), self.name)
+    }
+    pub fn column(&self, metric: &str) -> Result<&str> {
+        self.columns
+            .iter()
+            .find(|c| *c == metric)
+            .map(String::as_str)
+            .ok_or_else(|| RepoError::UnknownMetric { family: self.name.clone(), metric: metric.to_owned() })
+    }
+}
+
+/// Item ids already committed, by family, device and item (nested so lookups borrow `&str`).
+type ItemCache = HashMap<String, HashMap<String, HashMap<String, i64>>>;
+
+pub(crate) struct Writer {
+    pub conn: Connection,
+    pub items: ItemCache,
+}
+
+pub struct SqliteRepository {
+    path: PathBuf,
+    options: SqliteOptions,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Connection>>,
+    families: RwLock<HashMap<String, Arc<FamilyTables>>>,
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
+INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', 0), ('schema', 1);
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch INTEGER PRIMARY KEY, node TEXT NOT NULL, claimed_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS family_state (
+    family TEXT PRIMARY KEY, columns TEXT NOT NULL,
+    watermark INTEGER NOT NULL DEFAULT 0, max_interval INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS items (
+    id INTEGER PRIMARY KEY, family TEXT NOT NULL, device TEXT NOT NULL, item TEXT NOT NULL,
+    first_seen INTEGER NOT NULL, UNIQUE (family, device, item));
+CREATE INDEX IF NOT EXISTS items_by_device ON items (device);
+CREATE TABLE IF NOT EXISTS loaded_dtos (
+    seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, epoch INTEGER NOT NULL,
+    family TEXT NOT NULL, collector TEXT NOT NULL, cycle INTEGER NOT NULL,
+    records INTEGER NOT NULL, loaded_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS recent_cycles (
+    family TEXT NOT NULL, cycle INTEGER NOT NULL, PRIMARY KEY (family, cycle)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rollup_pending (
+    resolution TEXT NOT NULL, family TEXT NOT NULL, period INTEGER NOT NULL,
+    PRIMARY KEY (resolution, period, family)) WITHOUT ROWID;
+";
+
+impl SqliteRepository {
+    /// Opens (creating if needed) the repository at `path`.
+    pub fn open(path: &Path, options: SqliteOptions) -> Result<SqliteRepository> {
+        let conn = Connection::open(path)?;
+        configure(&conn, &options, false)?;
+        conn.execute_batch(SCHEMA)?;
+        let repo = SqliteRepository {
+            path: path.to_owned(),
+            options,
+            writer: Mutex::new(Writer { conn, items: HashMap::new() }),
+            readers: Mutex::new(Vec::new()),
+            families: RwLock::new(HashMap::new()),
+        };
+        repo.reload_families()?;
+        Ok(repo)
+    }
+
+    pub fn path(&self) -> &Path {
+        &self.path
+    }
+
+    /// Rereads the family tables another process may have created or widened.
+    fn reload_families(&self) -> Result<()> {
+        let writer = self.writer();
+        let mut stmt = writer.conn.prepare("SELECT family, columns FROM family_state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut families = self.families.write().expect("families lock");
+        for row in rows {
+            let (name, columns) = row?;
+            let columns = columns.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
+            families.insert(name.clone(), Arc::new(FamilyTables { name, columns }));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn family(&self, name: &str) -> Result<Arc<FamilyTables>> {
+        if let Some(f) = self.families.read().expect("families lock").get(name) {
+            return Ok(f.clone());
+        }
+        self.reload_families()?;
+        self.families
+            .read()
+            .expect("families lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RepoError::UnknownFamily(name.to_owned()))
+    }
+
+    pub(crate) fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        // A panic while holding the writer leaves at worst an open transaction, which SQLite
+        // rolls back when the statement is dropped; the data is consistent, so go on.
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` on a read-only connection from the pool.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&Connection) -> Result<T>) -> Result<T> {
+        let conn = self.readers.lock().expect("reader pool").pop();
+        let conn = match conn {
+            Some(c) => c,
+            None => {
+                let c = Connection::open(&self.path)?;
+                configure(&c, &self.options, true)?;
+                c
+            }
+        };
+        let result = f(&conn);
+        self.readers.lock().expect("reader pool").push(conn);
+        result
+    }
+
+    /// Claims the repository for `epoch` (see [`crate::Repository::claim_epoch`]).
+    pub(crate) fn claim(&self, epoch: Epoch, node: &str, now: i64) -> Result<()> {
+        let mut writer = self.writer();
+        let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let current = current_epoch(&tx)?;
+        if current >= epoch {
+            return Err(RepoError::Fenced { ours: epoch, current });
+        }
+        tx.execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", [epoch as i64])?;
+        tx.execute(
+            "INSERT OR REPLACE INTO epochs (epoch, node, claimed_at) VALUES (?1, ?2, ?3)",
+            rusqlite::params![epoch as i64, node, now],
+        )?;
+        tx.commit()?;
+        // Another node may have written while we were not the leader: forget what we cached.
+        writer.items.clear();
+        drop(writer);
+        self.reload_families()
+    }
+
+    pub(crate) fn ensure(&self, family: &MetricFamily) -> Result<()> {
+        let mut writer = self.writer();
+        let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let known: Option<String> = tx
+            .query_row("SELECT columns FROM family_state WHERE family = ?1", [&family.name], |r| r.get(0))
+            .optional()?;
+        let mut columns: Vec<String> = known
+            .as_deref()
+            .unwrap_or("")
+            .split(',')
+            .filter(|c| !c.is_empty())
+            .map(str::to_owned)
+            .collect();
+        let added: Vec<String> = family
+            .metrics
+            .iter()
+            .map(|m| m.name.clone())
+            .filter(|m| !columns.contains(m))
+            .collect();
+        if known.is_some() && added.is_empty() {
+            return Ok(());
+        }
+        let mut tables = FamilyTables { name: family.name.clone(), columns: columns.clone() };
+        if known.is_none() {
+            let cols: String = family.metrics.iter().map(|m| format!(", \"{}\" REAL", m.name)).collect();
+            let stats: String = family
+                .metrics
+                .iter()
+                .map(|m| {
+                    let n = &m.name;
+                    format!(", \"{n}_min\" REAL, \"{n}_max\" REAL, \"{n}_sum\" REAL, \"{n}_count\" INTEGER")
+                })
+                .collect();
+            tx.execute_batch(&format!(
+                "CREATE TABLE IF NOT EXISTS {recent} (cycle INTEGER NOT NULL, item_id INTEGER NOT NULL,
+                    ts INTEGER NOT NULL{cols}, PRIMARY KEY (cycle, item_id)) WITHOUT ROWID;
+                 CREATE TABLE IF NOT EXISTS {raw} (item_id INTEGER NOT NULL, ts INTEGER NOT NULL{cols},
+                    PRIMARY KEY (item_id, ts)) WITHOUT ROWID;",
+                recent = tables.recent(),
+                raw = tables.raw(),
+            ))?;
+            for r in Resolution::ROLLUPS {
+                tx.execute_batch(&format!(
+                    "CREATE TABLE IF NOT EXISTS {t} (period INTEGER NOT NULL, item_id INTEGER NOT NULL{stats},
+                        PRIMARY KEY (period, item_id)) WITHOUT ROWID;",
+                    t = tables.rollup(r)
+                ))?;
+            }
+        } else {
+            for m in &added {
+                tx.execute_batch(&format!(
+                    "ALTER TABLE {recent} ADD COLUMN \"{m}\" REAL; ALTER TABLE {raw} ADD COLUMN \"{m}\" REAL;",
+                    recent = tables.recent(),
+                    raw = tables.raw()
+                ))?;
+                for r in Resolution::ROLLUPS {
+                    tx.execute_batch(&format!(
+                        "ALTER TABLE {t} ADD COLUMN \"{m}_min\" REAL; ALTER TABLE {t} ADD COLUMN \"{m}_max\" REAL;
+                         ALTER TABLE {t} ADD COLUMN \"{m}_sum\" REAL; ALTER TABLE {t} ADD COLUMN \"{m}_count\" INTEGER;",
+                        t = tables.rollup(r)
+                    ))?;
+                }
+            }
+        }
+        columns.extend(added);
+        tx.execute(
+            "INSERT INTO family_state (family, columns) VALUES (?1, ?2)
+             ON CONFLICT (family) DO UPDATE SET columns = excluded.columns",
+            [&family.name, &columns.join(",")],
+        )?;
+        tx.commit()?;
+        tables.columns = columns;
+        self.families.write().expect("families lock").insert(family.name.clone(), Arc::new(tables));
+        Ok(())
+    }
+
+    pub(crate) fn stats_now(&self) -> Result<RepoStats> {
+        let file_len = |p: &Path| std::fs::metadata(p).map(|m| m.len()).unwrap_or(0);
+        let wal = PathBuf::from(format!("{}-wal", self.path.display()));
+        let bytes = file_len(&self.path) + file_len(&wal);
+        self.read(|c| {
+            let count = |sql: &str| c.query_row(sql, [], |r| r.get::<_, i64>(0)).map(|n| n as u64);
+            Ok(RepoStats {
+                epoch: current_epoch(c)?,
+                bytes,
+                loaded_dtos: count("SELECT count(*) FROM loaded_dtos")?,
+                pending_rollups: count("SELECT count(*) FROM rollup_pending")?,
+                items: count("SELECT count(*) FROM items")?,
+            })
+        })
+    }
+}
+
+fn configure(conn: &Connection, options: &SqliteOptions, reader: bool) -> Result<()> {
+    conn.busy_timeout(options.busy_timeout)?;
+    let journal = match options.journal {
+        JournalMode::Wal => "WAL",
+        JournalMode::Truncate => "TRUNCATE",
+    };
+    if !reader {
+        conn.query_row(&format!("PRAGMA journal_mode = {journal}"), [], |_| Ok(()))?;
+    }
+    // FULL: a commit is on disk before load() returns, because the caller then deletes the DTO
+    // file, the only other copy of the data.
+    conn.execute_batch(&format!(
+        "PRAGMA synchronous = FULL; PRAGMA temp_store = MEMORY; PRAGMA cache_size = -{};{}",
+        u64::from(options.cache_mib) * 1024 / if reader { 4 } else { 1 },
+        if reader { " PRAGMA query_only = 1;" } else { "" }
+    ))?;
+    Ok(())
+}
+
+pub(crate) fn current_epoch(conn: &Connection) -> Result<Epoch> {
+    Ok(conn.query_row("SELECT value FROM meta WHERE key = 'epoch'", [], |r| r.get::<_, i64>(0))? as Epoch)
+}
+
+/// The fencing check every write transaction starts with.
+pub(crate) fn check_epoch(tx: &Transaction<'_>, ours: Epoch) -> Result<()> {
+    let current = current_epoch(tx)?;
+    if current != ours {
+        return Err(RepoError::Fenced { ours, current });
+    }
+    Ok(())
+}
+
+pub(crate) fn unix_now() -> i64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map(|d| d.as_secs() as i64)
+        .unwrap_or(0)
+}
+
+impl crate::Repository for SqliteRepository {
+    fn epoch(&self) -> Result<Epoch> {
+        self.read(current_epoch)
+    }
+    fn claim_epoch(&self, epoch: Epoch, node: &str) -> Result<()> {
+        self.claim(epoch, node, unix_now())
+    }
+    fn ensure_family(&self, family: &MetricFamily) -> Result<()> {
+        self.ensure(family)
+    }
+    fn load(&self, epoch: Epoch, dtos: &[pollux_model::Dto]) -> Result<crate::LoadReport> {
+        self.load_batch(epoch, dtos, unix_now())
+    }
+    fn loaded_dto(&self, id: &str) -> Result<Option<crate::LoadedDto>> {
+        self.read(|c| query::loaded_dto(c, id))
+    }
+    fn roll_up(&self, epoch: Epoch, now: i64, grace: Duration, budget: usize) -> Result<crate::Progress> {
+        self.roll_up_due(epoch, now, grace, budget)
+    }
+    fn compact(&self, epoch: Epoch, before: i64, budget: usize) -> Result<crate::Progress> {
+        self.compact_before(epoch, before, budget)
+    }
+    fn expire(&self, epoch: Epoch, now: i64, retention: &crate::Retention) -> Result<crate::Progress> {
+        self.expire_old(epoch, now, retention)
+    }
+    fn devices(&self) -> Result<Vec<crate::DeviceInfo>> {
+        self.read(query::devices)
+    }
+    fn items(&self, filter: &crate::ItemFilter) -> Result<Vec<crate::ItemInfo>> {
+        self.read(|c| query::items(c, filter))
+    }
+    fn series(&self, q: &crate::SeriesQuery) -> Result<crate::Series> {
+        let family = self.family(&q.family)?;
+        self.read(|c| query::series(c, &family, q))
+    }
+    fn top(&self, q: &crate::TopQuery) -> Result<Vec<crate::TopEntry>> {
+        let family = self.family(&q.family)?;
+        self.read(|c| query::top(c, &family, q))
+    }
+    fn stats(&self) -> Result<RepoStats> {
+        self.stats_now()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn fresh() -> Box<SqliteRepository> {
+        let dir = tempfile::tempdir().unwrap().keep();
+        Box::new(SqliteRepository::open(&dir.join("repository.sqlite"), SqliteOptions::default()).unwrap())
+    }
+
+    crate::conformance_tests!(fresh);
+}

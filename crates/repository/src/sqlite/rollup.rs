@@ -1,0 +1,238 @@
+//! Background work on loaded data: rollups, compaction of the recent tables, retention.
+//!
+//! Each unit of work (one rollup period, one cycle to compact, one family to expire) is its own
+//! transaction with the epoch check, so loading interleaves with it and a takeover finds every
+//! unit either done or still pending.
+
+use super::{check_epoch, FamilyTables, SqliteRepository};
+use crate::{Epoch, Progress, Result, Retention};
+use pollux_model::Resolution;
+use rusqlite::{params, OptionalExtension, Transaction};
+use std::time::Duration;
+
+impl SqliteRepository {
+    pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, grace: Duration, budget: usize) -> Result<Progress> {
+        let mut progress = Progress::default();
+        for resolution in Resolution::ROLLUPS {
+            let length = resolution.length().expect("rollups have periods");
+            // A period is due once it ended `grace` ago: data for it may still be on its way
+            // until then. Coarser periods wait until no finer period is due, so a day is rolled
+            // from complete hours.
+            let due_before = now - grace.as_secs() as i64 - length;
+            loop {
+                let due: Vec<(String, i64)> = self.read(|c| {
+                    let mut stmt = c.prepare_cached(
+                        "SELECT family, period FROM rollup_pending
+                         WHERE resolution = ?1 AND period <= ?2 ORDER BY period, family LIMIT ?3",
+                    )?;
+                    let rows = stmt.query_map(params![resolution.name(), due_before, (budget + 1) as i64], |r| {
+                        Ok((r.get(0)?, r.get(1)?))
+                    })?;
+                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
+                })?;
+                if due.is_empty() {
+                    break;
+                }
+                for (family, period) in due {
+                    if progress.done == budget {
+                        progress.more = true;
+                        return Ok(progress);
+                    }
+                    self.roll_period(epoch, &family, resolution, period)?;
+                    progress.done += 1;
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Recomputes one period of one family from the next finer resolution, replacing what was
+    /// there, and marks the enclosing coarser period pending.
+    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64) -> Result<()> {
+        let family = self.family(family)?;
+        let mut writer = self.writer();
+        let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_epoch(&tx, epoch)?;
+        let end = period + resolution.length().expect("rollups have periods");
+        let table = family.rollup(resolution);
+        tx.execute(&format!("DELETE FROM {table} WHERE period = ?1"), [period])?;
+        let targets: String = family
+            .columns
+            .iter()
+            .map(|c| format!(", \"{c}_min\", \"{c}_max\", \"{c}_sum\", \"{c}_count\""))
+            .collect();
+        let (sql, by_family) = match resolution.child().expect("rollups have a finer resolution") {
+            Resolution::Raw => raw_rollup_sql(&tx, &family, &table, &targets, period)?,
+            finer => {
+                let stats: String = family
+                    .columns
+                    .iter()
+                    .map(|c| format!(", min(\"{c}_min\"), max(\"{c}_max\"), sum(\"{c}_sum\"), sum(\"{c}_count\")"))
+                    .collect();
+                let sql = format!(
+                    "INSERT INTO {table} (period, item_id{targets})
+                     SELECT ?1, item_id{stats} FROM {finer_table}
+                     WHERE period >= ?1 AND period < ?2 GROUP BY item_id",
+                    finer_table = family.rollup(finer)
+                );
+                (sql, false)
+            }
+        };
+        if by_family {
+            tx.execute(&sql, params![period, end, family.name])?;
+        } else {
+            tx.execute(&sql, params![period, end])?;
+        }
+        tx.execute(
+            "DELETE FROM rollup_pending WHERE resolution = ?1 AND family = ?2 AND period = ?3",
+            params![resolution.name(), family.name, period],
+        )?;
+        if let Some(parent) = resolution.parent() {
+            tx.execute(
+                "INSERT OR IGNORE INTO rollup_pending (resolution, family, period) VALUES (?1, ?2, ?3)",
+                params![parent.name(), family.name, parent.period_start(period)],
+            )?;
+        }
+        tx.commit()?;
+        Ok(())
+    }
+
+    pub(crate) fn compact_before(&self, epoch: Epoch, before: i64, budget: usize) -> Result<Progress> {
+        let mut progress = Progress::default();
+        loop {
+            let oldest: Option<(String, i64)> = self.read(|c| {
+                Ok(c.query_row(
+                    "SELECT family, cycle FROM recent_cycles WHERE cycle < ?1 ORDER BY cycle LIMIT 1",
+                    [before],
+                    |r| Ok((r.get(0)?, r.get(1)?)),
+                )
+                .optional()?)
+            })?;
+            let Some((family, cycle)) = oldest else {
+                return Ok(progress);
+            };
+            if progress.done == budget {
+                progress.more = true;
+                return Ok(progress);
+            }
+            let family = self.family(&family)?;
+            let mut writer = self.writer();
+            let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            check_epoch(&tx, epoch)?;
+            move_cycle(&tx, &family, cycle)?;
+            tx.commit()?;
+            progress.done += 1;
+        }
+    }
+
+    pub(crate) fn expire_old(&self, epoch: Epoch, now: i64, retention: &Retention) -> Result<Progress> {
+        let cutoff = |d: Duration| now.saturating_sub(d.as_secs() as i64);
+        let families: Vec<String> = self.read(|c| {
+            let mut stmt = c.prepare("SELECT family FROM family_state")?;
+            let rows = stmt.query_map([], |r| r.get(0))?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })?;
+        let mut progress = Progress::default();
+        for name in families {
+            let family = self.family(&name)?;
+            let mut writer = self.writer();
+            let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+            check_epoch(&tx, epoch)?;
+            let raw_cutoff = cutoff(retention.raw);
+            let max_interval: i64 =
+                tx.query_row("SELECT max_interval FROM family_state WHERE family = ?1", [&name], |r| r.get(0))?;
+            progress.done += tx.execute(
+                &format!(
+                    "DELETE FROM {} WHERE item_id IN (SELECT id FROM items WHERE family = ?1) AND ts < ?2",
+                    family.raw()
+                ),
+                params![name, raw_cutoff],
+            )?;
+            // A recent cycle whose every possible record is older than the cutoff.
+            let stale_cycle = raw_cutoff - 2 * max_interval;
+            progress.done += tx.execute(&format!("DELETE FROM {} WHERE cycle < ?1", family.recent()), [stale_cycle])?;
+            tx.execute("DELETE FROM recent_cycles WHERE family = ?1 AND cycle < ?2", params![name, stale_cycle])?;
+            for (resolution, keep) in
+                [(Resolution::Hour, retention.hour), (Resolution::Day, retention.day), (Resolution::Week, retention.week)]
+            {
+                progress.done += tx.execute(
+                    &format!("DELETE FROM {} WHERE period < ?1", family.rollup(resolution)),
+                    [cutoff(keep)],
+                )?;
+            }
+            tx.commit()?;
+        }
+        // The registry of loaded ids is kept as long as raw data: a resend older than that
+        // would only reload data that has expired anyway.
+        let mut writer = self.writer();
+        let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_epoch(&tx, epoch)?;
+        progress.done += tx.execute("DELETE FROM loaded_dtos WHERE cycle < ?1", [cutoff(retention.raw)])?;
+        tx.commit()?;
+        Ok(progress)
+    }
+}
+
+/// The statement computing an hour from raw data, in both raw tables. The history table is read
+/// only when part of the hour's cycles were compacted into it (late data, or a rollup that
+/// waited longer than the recent window), since reading it means one seek per item.
+/// Returns the statement and whether it takes the family name as `?3`.
+fn raw_rollup_sql(
+    tx: &Transaction<'_>,
+    family: &FamilyTables,
+    table: &str,
+    targets: &str,
+    period: i64,
+) -> Result<(String, bool)> {
+    let (watermark, max_interval): (i64, i64) = tx.query_row(
+        "SELECT watermark, max_interval FROM family_state WHERE family = ?1",
+        [&family.name],
+        |r| Ok((r.get(0)?, r.get(1)?)),
+    )?;
+    // A record with ts in [period, end) belongs to a cycle in (period - 2 * interval, end).
+    let first_cycle = period - 2 * max_interval;
+    let cols: String = family.columns.iter().map(|c| format!(", \"{c}\"")).collect();
+    let stats: String = family
+        .columns
+        .iter()
+        .map(|c| format!(", min(\"{c}\"), max(\"{c}\"), sum(\"{c}\"), count(\"{c}\")"))
+        .collect();
+    let mut source = format!(
+        "SELECT item_id{cols} FROM {recent} WHERE cycle > {first_cycle} AND cycle < ?2 AND ts >= ?1 AND ts < ?2",
+        recent = family.recent()
+    );
+    let read_history = watermark > first_cycle;
+    if read_history {
+        source.push_str(&format!(
+            " UNION ALL SELECT item_id{cols} FROM {raw}
+              WHERE item_id IN (SELECT id FROM items WHERE family = ?3) AND ts >= ?1 AND ts < ?2",
+            raw = family.raw()
+        ));
+    }
+    let sql = format!(
+        "INSERT INTO {table} (period, item_id{targets})
+         SELECT ?1, item_id{stats} FROM ({source}) GROUP BY item_id"
+    );
+    Ok((sql, read_history))
+}
+
+/// Moves one cycle from the recent table into the history table and raises the watermark.
+fn move_cycle(tx: &Transaction<'_>, family: &FamilyTables, cycle: i64) -> Result<()> {
+    let cols: String = family.columns.iter().map(|c| format!(", \"{c}\"")).collect();
+    tx.execute(
+        &format!(
+            "INSERT OR REPLACE INTO {raw} (item_id, ts{cols})
+             SELECT item_id, ts{cols} FROM {recent} WHERE cycle = ?1 ORDER BY item_id, ts",
+            raw = family.raw(),
+            recent = family.recent()
+        ),
+        [cycle],
+    )?;
+    tx.execute(&format!("DELETE FROM {} WHERE cycle = ?1", family.recent()), [cycle])?;
+    tx.execute("DELETE FROM recent_cycles WHERE family = ?1 AND cycle = ?2", params![family.name, cycle])?;
+    tx.execute(
+        "UPDATE family_state SET watermark = max(watermark, ?2) WHERE family = ?1",
+        params![family.name, cycle + 1],
+    )?;
+    Ok(())
+}

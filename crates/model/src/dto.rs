@@ -141,13 +141,20 @@ impl Dto {
         if self.cycle > now + limits.max_future_seconds {
             return Err(DtoError::new(
                 "cycle",
-                format!("{} is more than {}s ahead of this aggregator's clock ({now})", self.cycle, limits.max_future_seconds),
+                format!(
+                    "{} is more than {}s ahead of this aggregator's clock ({now})",
+                    self.cycle, limits.max_future_seconds
+                ),
             ));
         }
         if self.records.len() > limits.max_records {
             return Err(DtoError::new(
                 "records",
-                format!("{} records, more than the limit of {}: split the cycle into parts", self.records.len(), limits.max_records),
+                format!(
+                    "{} records, more than the limit of {}: split the cycle into parts",
+                    self.records.len(),
+                    limits.max_records
+                ),
             ));
         }
         let (from, to) = Dto::ts_window(self.cycle, self.interval);
@@ -228,7 +235,8 @@ mod tests {
 
     #[test]
     fn each_bad_field_is_named() {
-        let cases: Vec<(&str, Box<dyn Fn(&mut Dto)>)> = vec![
+        type Mutation = Box<dyn Fn(&mut Dto)>;
+        let cases: Vec<(&str, Mutation)> = vec![
             ("id", Box::new(|d| d.id = "a/b".into())),
             ("id", Box::new(|d| d.id = "x".repeat(201))),
             ("collector", Box::new(|d| d.collector = String::new())),

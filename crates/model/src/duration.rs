@@ -12,9 +12,7 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         .find(|c: char| !c.is_ascii_digit())
         .ok_or_else(|| format!("{text:?} has no unit: write it as e.g. \"30s\", \"5m\" or \"1h\""))?;
     let (number, unit) = text.split_at(split);
-    let n: u64 = number
-        .parse()
-        .map_err(|_| format!("{text:?} does not start with a whole number"))?;
+    let n: u64 = number.parse().map_err(|_| format!("{text:?} does not start with a whole number"))?;
     let scale = match unit {
         "ms" => return Ok(Duration::from_millis(n)),
         "s" => 1,
@@ -23,20 +21,18 @@ pub fn parse(text: &str) -> Result<Duration, String> {
         "d" => 86_400,
         _ => return Err(format!("{text:?} has unknown unit {unit:?} (use ms, s, m, h or d)")),
     };
-    n.checked_mul(scale)
-        .map(Duration::from_secs)
-        .ok_or_else(|| format!("{text:?} is too large"))
+    n.checked_mul(scale).map(Duration::from_secs).ok_or_else(|| format!("{text:?} is too large"))
 }
 
 /// Formats a duration the way [`parse`] reads it, choosing the largest exact unit.
 pub fn format(d: Duration) -> String {
     let ms = d.as_millis();
-    if ms % 1000 != 0 {
+    if !ms.is_multiple_of(1000) {
         return format!("{ms}ms");
     }
     let s = d.as_secs();
     for (unit, scale) in [("d", 86_400), ("h", 3600), ("m", 60)] {
-        if s != 0 && s % scale == 0 {
+        if s != 0 && s.is_multiple_of(scale) {
             return format!("{}{unit}", s / scale);
         }
     }

@@ -166,9 +166,7 @@ fn invalid(field: &str, problem: impl Into<String>) -> FamilyError {
 
 fn is_identifier(name: &str, allow_upper: bool) -> bool {
     let mut chars = name.chars();
-    let first_ok = chars
-        .next()
-        .is_some_and(|c| c.is_ascii_lowercase() || (allow_upper && c.is_ascii_uppercase()));
+    let first_ok = chars.next().is_some_and(|c| c.is_ascii_lowercase() || (allow_upper && c.is_ascii_uppercase()));
     first_ok
         && name.len() <= MAX_NAME_LEN
         && chars.all(|c| {
@@ -217,7 +215,13 @@ pub fn builtin_families() -> Vec<MetricFamily> {
                 metric("in_bps", "bit/s", Counter64, Some("1.3.6.1.2.1.31.1.1.1.6"), "ifHCInOctets x 8 per second"),
                 metric("out_bps", "bit/s", Counter64, Some("1.3.6.1.2.1.31.1.1.1.10"), "ifHCOutOctets x 8 per second"),
                 metric("in_pps", "packet/s", Counter64, Some("1.3.6.1.2.1.31.1.1.1.7"), "ifHCInUcastPkts per second"),
-                metric("out_pps", "packet/s", Counter64, Some("1.3.6.1.2.1.31.1.1.1.11"), "ifHCOutUcastPkts per second"),
+                metric(
+                    "out_pps",
+                    "packet/s",
+                    Counter64,
+                    Some("1.3.6.1.2.1.31.1.1.1.11"),
+                    "ifHCOutUcastPkts per second",
+                ),
                 metric("in_errors", "error/s", Counter32, Some("1.3.6.1.2.1.2.2.1.14"), "ifInErrors per second"),
                 metric("out_errors", "error/s", Counter32, Some("1.3.6.1.2.1.2.2.1.20"), "ifOutErrors per second"),
                 metric("in_discards", "packet/s", Counter32, Some("1.3.6.1.2.1.2.2.1.13"), "ifInDiscards per second"),
@@ -240,8 +244,20 @@ pub fn builtin_families() -> Vec<MetricFamily> {
             Some("1.3.6.1.2.1.25.2.3"),
             vec![
                 metric("used_pct", "%", Gauge, None, "used_bytes as a percentage of total_bytes"),
-                metric("used_bytes", "byte", Gauge, Some("1.3.6.1.2.1.25.2.3.1.6"), "hrStorageUsed x hrStorageAllocationUnits"),
-                metric("total_bytes", "byte", Gauge, Some("1.3.6.1.2.1.25.2.3.1.5"), "hrStorageSize x hrStorageAllocationUnits"),
+                metric(
+                    "used_bytes",
+                    "byte",
+                    Gauge,
+                    Some("1.3.6.1.2.1.25.2.3.1.6"),
+                    "hrStorageUsed x hrStorageAllocationUnits",
+                ),
+                metric(
+                    "total_bytes",
+                    "byte",
+                    Gauge,
+                    Some("1.3.6.1.2.1.25.2.3.1.5"),
+                    "hrStorageSize x hrStorageAllocationUnits",
+                ),
             ],
         ),
         family(
@@ -272,10 +288,7 @@ impl Default for Catalog {
 impl Catalog {
     /// The built-in families alone.
     pub fn builtin() -> Catalog {
-        let families = builtin_families()
-            .into_iter()
-            .map(|f| (f.name.clone(), Arc::new(f)))
-            .collect();
+        let families = builtin_families().into_iter().map(|f| (f.name.clone(), Arc::new(f))).collect();
         Catalog { families }
     }
 
@@ -320,8 +333,16 @@ mod tests {
         assert_eq!(
             names,
             [
-                "in_bps", "out_bps", "in_pps", "out_pps", "in_errors", "out_errors", "in_discards",
-                "out_discards", "in_util", "out_util"
+                "in_bps",
+                "out_bps",
+                "in_pps",
+                "out_pps",
+                "in_errors",
+                "out_errors",
+                "in_discards",
+                "out_discards",
+                "in_util",
+                "out_util"
             ]
         );
         assert!(catalog.get("CPU").unwrap().metric("util").is_some());
@@ -364,7 +385,10 @@ mod tests {
                 other => panic!("{text}: {other:?}"),
             }
         }
-        assert!(matches!(MetricFamily::from_toml("name = \"T\"\nsurprise = 1\n[[metric]]\nname = \"a\""), Err(FamilyError::Syntax(_))));
+        assert!(matches!(
+            MetricFamily::from_toml("name = \"T\"\nsurprise = 1\n[[metric]]\nname = \"a\""),
+            Err(FamilyError::Syntax(_))
+        ));
         let mut catalog = Catalog::builtin();
         let shadow = MetricFamily::from_toml("name = \"CPU\"\n[[metric]]\nname = \"a\"").unwrap();
         assert!(catalog.add_custom(shadow).is_err());

@@ -1,1 +1,136 @@
-fn main() {}
+//! `pollux`: one binary, one subcommand per role. This file only parses arguments, loads
+//! configuration and runs the role; everything else lives in the role crates.
+#![forbid(unsafe_code)]
+
+mod status;
+
+use anyhow::Context;
+use clap::{Parser, Subcommand};
+use pollux_aggregator::config::{AggregatorConfig, Overrides};
+use pollux_aggregator::Aggregator;
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::ExitCode;
+use std::time::Duration;
+use tokio_util::sync::CancellationToken;
+
+/// The exit status of a usage or configuration error (sysexits.h EX_USAGE).
+const EXIT_USAGE: u8 = 64;
+
+#[derive(Parser)]
+#[command(name = "pollux", version, about = "A fault-tolerant network performance data pipeline")]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Subcommand)]
+enum Command {
+    /// Run a Data Aggregator: DTO ingest, loading, rollups, query API and health.
+    Aggregator(AggregatorArgs),
+    /// Print the System Status of an aggregator.
+    Status(status::StatusArgs),
+}
+
+#[derive(clap::Args)]
+struct AggregatorArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This node's name (default: the host name).
+    #[arg(long)]
+    node_id: Option<String>,
+    /// Address to serve HTTP on (default 0.0.0.0:8581).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// URL others reach this node at (default http://<listen>).
+    #[arg(long)]
+    advertise: Option<String>,
+    /// The shared directory (default /var/lib/pollux/shared).
+    #[arg(long)]
+    shared_dir: Option<PathBuf>,
+    /// How long the active may miss heartbeats before a takeover (default 5m).
+    #[arg(long, value_parser = parse_duration)]
+    failwait: Option<Duration>,
+    /// How long a new leader may take to become ready (default 45m).
+    #[arg(long, value_parser = parse_duration)]
+    startwait: Option<Duration>,
+}
+
+fn parse_duration(text: &str) -> Result<Duration, String> {
+    pollux_model::duration::parse(text)
+}
+
+fn main() -> ExitCode {
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        Err(e) => {
+            let usage = e.use_stderr();
+            let _ = e.print();
+            return if usage { ExitCode::from(EXIT_USAGE) } else { ExitCode::SUCCESS };
+        }
+    };
+    tracing_subscriber::fmt()
+        .with_writer(std::io::stderr)
+        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .init();
+    match cli.command {
+        Command::Aggregator(args) => run_aggregator(args),
+        Command::Status(args) => status::run(args),
+    }
+}
+
+fn run_aggregator(args: AggregatorArgs) -> ExitCode {
+    let overrides = Overrides {
+        node_id: args.node_id,
+        listen: args.listen,
+        advertise: args.advertise,
+        shared_dir: args.shared_dir,
+        failwait: args.failwait,
+        startwait: args.startwait,
+    };
+    let config = match AggregatorConfig::load(args.config.as_deref(), overrides) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pollux aggregator: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pollux aggregator: listen {}: {e}", config.listen);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let aggregator = match Aggregator::build(config, listener) {
+        Ok(a) => a,
+        Err(e) => {
+            eprintln!("pollux aggregator: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let result = runtime.block_on(async {
+        let shutdown = CancellationToken::new();
+        tokio::spawn(stop_on_signal(shutdown.clone()));
+        aggregator.run(shutdown).await
+    });
+    match result.context("aggregator") {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("pollux aggregator: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+/// Fires `shutdown` on SIGINT or SIGTERM.
+async fn stop_on_signal(shutdown: CancellationToken) {
+    let mut term = tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()).expect("SIGTERM handler");
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term.recv() => {}
+    }
+    shutdown.cancel();
+}

@@ -136,8 +136,7 @@ pub fn series_reads_recent_and_compacted_alike(repo: &dyn Repository) {
     prepare(repo, 1);
     for c in 0..6 {
         let cycle = T0 + c * INTERVAL;
-        repo.load(1, &[dto(&format!("c{c}"), cycle, &[("r1", "ge-0", c as f64), ("r1", "ge-1", 100.0)])])
-            .unwrap();
+        repo.load(1, &[dto(&format!("c{c}"), cycle, &[("r1", "ge-0", c as f64), ("r1", "ge-1", 100.0)])]).unwrap();
     }
     let before = raw(repo, "r1", "ge-0", T0, NOW);
     assert_eq!(before.len(), 6);

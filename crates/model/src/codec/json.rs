@@ -65,7 +65,7 @@ pub fn decode(bytes: &[u8]) -> Result<Dto, DtoError> {
         let field = if path == "." { "body".to_owned() } else { path };
         DtoError::new(field, e.into_inner().to_string())
     })?;
-    Ok(from_wire(wire)?)
+    from_wire(wire)
 }
 
 fn from_wire(wire: WireDto) -> Result<Dto, DtoError> {

@@ -66,11 +66,10 @@ fn insert_dto(
     now: i64,
 ) -> Result<usize> {
     let columns: Vec<&str> = dto.metrics.iter().map(|m| family.column(m)).collect::<Result<_>>()?;
-    let (watermark, max_interval): (i64, i64) = tx.query_row(
-        "SELECT watermark, max_interval FROM family_state WHERE family = ?1",
-        [&family.name],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (watermark, max_interval): (i64, i64) =
+        tx.query_row("SELECT watermark, max_interval FROM family_state WHERE family = ?1", [&family.name], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     // Resolve every record's item id first, then insert in item order: within a cycle the
     // recent table's key is (cycle, item_id), so sorted inserts append to the B-tree.
     let family_cache = cache.get(&family.name);

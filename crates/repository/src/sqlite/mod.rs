@@ -231,19 +231,10 @@ impl SqliteRepository {
         let known: Option<String> = tx
             .query_row("SELECT columns FROM family_state WHERE family = ?1", [&family.name], |r| r.get(0))
             .optional()?;
-        let mut columns: Vec<String> = known
-            .as_deref()
-            .unwrap_or("")
-            .split(',')
-            .filter(|c| !c.is_empty())
-            .map(str::to_owned)
-            .collect();
-        let added: Vec<String> = family
-            .metrics
-            .iter()
-            .map(|m| m.name.clone())
-            .filter(|m| !columns.contains(m))
-            .collect();
+        let mut columns: Vec<String> =
+            known.as_deref().unwrap_or("").split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
+        let added: Vec<String> =
+            family.metrics.iter().map(|m| m.name.clone()).filter(|m| !columns.contains(m)).collect();
         if known.is_some() && added.is_empty() {
             return Ok(());
         }
@@ -351,10 +342,7 @@ pub(crate) fn check_epoch(tx: &Transaction<'_>, ours: Epoch) -> Result<()> {
 }
 
 pub(crate) fn unix_now() -> i64 {
-    std::time::SystemTime::now()
-        .duration_since(std::time::UNIX_EPOCH)
-        .map(|d| d.as_secs() as i64)
-        .unwrap_or(0)
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
 }
 
 impl crate::Repository for SqliteRepository {

@@ -2,35 +2,33 @@
 
 use super::FamilyTables;
 use crate::{
-    DeviceInfo, Epoch, ItemFilter, ItemInfo, LoadedDto, RepoError, Result, RollupPoint, Series, SeriesQuery,
-    TopEntry, TopQuery,
+    DeviceInfo, Epoch, ItemFilter, ItemInfo, LoadedDto, RepoError, Result, RollupPoint, Series, SeriesQuery, TopEntry,
+    TopQuery,
 };
 use pollux_model::Resolution;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(crate) fn loaded_dto(c: &Connection, id: &str) -> Result<Option<LoadedDto>> {
-    Ok(c
-        .prepare_cached(
-            "SELECT id, epoch, family, collector, cycle, records, loaded_at FROM loaded_dtos WHERE id = ?1",
-        )?
-        .query_row([id], |r| {
-            Ok(LoadedDto {
-                id: r.get(0)?,
-                epoch: r.get::<_, i64>(1)? as Epoch,
-                family: r.get(2)?,
-                collector: r.get(3)?,
-                cycle: r.get(4)?,
-                records: r.get::<_, i64>(5)? as u64,
-                loaded_at: r.get(6)?,
-            })
+    Ok(c.prepare_cached(
+        "SELECT id, epoch, family, collector, cycle, records, loaded_at FROM loaded_dtos WHERE id = ?1",
+    )?
+    .query_row([id], |r| {
+        Ok(LoadedDto {
+            id: r.get(0)?,
+            epoch: r.get::<_, i64>(1)? as Epoch,
+            family: r.get(2)?,
+            collector: r.get(3)?,
+            cycle: r.get(4)?,
+            records: r.get::<_, i64>(5)? as u64,
+            loaded_at: r.get(6)?,
         })
-        .optional()?)
+    })
+    .optional()?)
 }
 
 pub(crate) fn devices(c: &Connection) -> Result<Vec<DeviceInfo>> {
-    let mut stmt = c.prepare(
-        "SELECT device, count(*), group_concat(DISTINCT family) FROM items GROUP BY device ORDER BY device",
-    )?;
+    let mut stmt =
+        c.prepare("SELECT device, count(*), group_concat(DISTINCT family) FROM items GROUP BY device ORDER BY device")?;
     let rows = stmt.query_map([], |r| {
         let families: String = r.get(2)?;
         let mut families: Vec<String> = families.split(',').map(str::to_owned).collect();
@@ -46,16 +44,15 @@ pub(crate) fn items(c: &Connection, filter: &ItemFilter) -> Result<Vec<ItemInfo>
          WHERE (?1 IS NULL OR device = ?1) AND (?2 IS NULL OR family = ?2)
          ORDER BY device, family, item LIMIT ?3 OFFSET ?4",
     )?;
-    let rows = stmt.query_map(
-        params![filter.device, filter.family, filter.limit as i64, filter.offset as i64],
-        |r| Ok(ItemInfo { device: r.get(0)?, family: r.get(1)?, item: r.get(2)?, first_seen: r.get(3)? }),
-    )?;
+    let rows = stmt
+        .query_map(params![filter.device, filter.family, filter.limit as i64, filter.offset as i64], |r| {
+            Ok(ItemInfo { device: r.get(0)?, family: r.get(1)?, item: r.get(2)?, first_seen: r.get(3)? })
+        })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
 fn item_id(c: &Connection, family: &str, device: &str, item: &str) -> Result<Option<i64>> {
-    Ok(c
-        .prepare_cached("SELECT id FROM items WHERE family = ?1 AND device = ?2 AND item = ?3")?
+    Ok(c.prepare_cached("SELECT id FROM items WHERE family = ?1 AND device = ?2 AND item = ?3")?
         .query_row([family, device, item], |r| r.get(0))
         .optional()?)
 }
@@ -97,7 +94,8 @@ fn raw_series(
         recent = family.recent()
     );
     let mut stmt = c.prepare_cached(&sql)?;
-    let rows = stmt.query_map(params![item, from, to, family.name, 2 * max_interval], |r| Ok((r.get(0)?, r.get(1)?)))?;
+    let rows =
+        stmt.query_map(params![item, from, to, family.name, 2 * max_interval], |r| Ok((r.get(0)?, r.get(1)?)))?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
 
@@ -132,7 +130,13 @@ fn rollup_series(
     let rows = stmt.query_map(params![item, first, to, length], |r| {
         let sum: f64 = r.get(3)?;
         let count: i64 = r.get(4)?;
-        Ok(RollupPoint { period: r.get(0)?, min: r.get(1)?, max: r.get(2)?, avg: sum / count as f64, count: count as u64 })
+        Ok(RollupPoint {
+            period: r.get(0)?,
+            min: r.get(1)?,
+            max: r.get(2)?,
+            avg: sum / count as f64,
+            count: count as u64,
+        })
     })?;
     Ok(rows.collect::<Result<Vec<_>, _>>()?)
 }
@@ -143,14 +147,15 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
     let aligned = q.from % hour == 0 && q.to % hour == 0;
     // Hourly rollups answer exactly when the range is whole hours none of which is waiting to be
     // (re)computed: every load marks its hours pending until they are rolled again.
-    let rolled = aligned && {
-        let pending: i64 = c.query_row(
+    let rolled = aligned
+        && {
+            let pending: i64 = c.query_row(
             "SELECT count(*) FROM rollup_pending WHERE resolution = 'hour' AND family = ?1 AND period >= ?2 AND period < ?3",
             params![family.name, q.from, q.to],
             |r| r.get(0),
         )?;
-        pending == 0
-    };
+            pending == 0
+        };
     let sql = if rolled {
         format!(
             "SELECT item_id, sum(\"{column}_sum\") / sum(\"{column}_count\") AS avg, min(\"{column}_min\"),
@@ -178,9 +183,7 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
     };
     let mut stmt = c.prepare_cached(&sql)?;
     let rows: Vec<(i64, f64, f64, f64, i64)> = stmt
-        .query_map(params![q.from, q.to, q.n as i64], |r| {
-            Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
-        })?
+        .query_map(params![q.from, q.to, q.n as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<Result<_, _>>()?;
     let mut names = c.prepare_cached("SELECT device, item FROM items WHERE id = ?1")?;
     rows.into_iter()

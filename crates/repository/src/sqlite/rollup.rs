@@ -56,11 +56,8 @@ impl SqliteRepository {
         let end = period + resolution.length().expect("rollups have periods");
         let table = family.rollup(resolution);
         tx.execute(&format!("DELETE FROM {table} WHERE period = ?1"), [period])?;
-        let targets: String = family
-            .columns
-            .iter()
-            .map(|c| format!(", \"{c}_min\", \"{c}_max\", \"{c}_sum\", \"{c}_count\""))
-            .collect();
+        let targets: String =
+            family.columns.iter().map(|c| format!(", \"{c}_min\", \"{c}_max\", \"{c}_sum\", \"{c}_count\"")).collect();
         let (sql, by_family) = match resolution.child().expect("rollups have a finer resolution") {
             Resolution::Raw => raw_rollup_sql(&tx, &family, &table, &targets, period)?,
             finer => {
@@ -152,13 +149,13 @@ impl SqliteRepository {
             let stale_cycle = raw_cutoff - 2 * max_interval;
             progress.done += tx.execute(&format!("DELETE FROM {} WHERE cycle < ?1", family.recent()), [stale_cycle])?;
             tx.execute("DELETE FROM recent_cycles WHERE family = ?1 AND cycle < ?2", params![name, stale_cycle])?;
-            for (resolution, keep) in
-                [(Resolution::Hour, retention.hour), (Resolution::Day, retention.day), (Resolution::Week, retention.week)]
-            {
-                progress.done += tx.execute(
-                    &format!("DELETE FROM {} WHERE period < ?1", family.rollup(resolution)),
-                    [cutoff(keep)],
-                )?;
+            for (resolution, keep) in [
+                (Resolution::Hour, retention.hour),
+                (Resolution::Day, retention.day),
+                (Resolution::Week, retention.week),
+            ] {
+                progress.done += tx
+                    .execute(&format!("DELETE FROM {} WHERE period < ?1", family.rollup(resolution)), [cutoff(keep)])?;
             }
             tx.commit()?;
         }
@@ -184,19 +181,15 @@ fn raw_rollup_sql(
     targets: &str,
     period: i64,
 ) -> Result<(String, bool)> {
-    let (watermark, max_interval): (i64, i64) = tx.query_row(
-        "SELECT watermark, max_interval FROM family_state WHERE family = ?1",
-        [&family.name],
-        |r| Ok((r.get(0)?, r.get(1)?)),
-    )?;
+    let (watermark, max_interval): (i64, i64) =
+        tx.query_row("SELECT watermark, max_interval FROM family_state WHERE family = ?1", [&family.name], |r| {
+            Ok((r.get(0)?, r.get(1)?))
+        })?;
     // A record with ts in [period, end) belongs to a cycle in (period - 2 * interval, end).
     let first_cycle = period - 2 * max_interval;
     let cols: String = family.columns.iter().map(|c| format!(", \"{c}\"")).collect();
-    let stats: String = family
-        .columns
-        .iter()
-        .map(|c| format!(", min(\"{c}\"), max(\"{c}\"), sum(\"{c}\"), count(\"{c}\")"))
-        .collect();
+    let stats: String =
+        family.columns.iter().map(|c| format!(", min(\"{c}\"), max(\"{c}\"), sum(\"{c}\"), count(\"{c}\")")).collect();
     let mut source = format!(
         "SELECT item_id{cols} FROM {recent} WHERE cycle > {first_cycle} AND cycle < ?2 AND ts >= ?1 AND ts < ?2",
         recent = family.recent()

@@ -1,0 +1,138 @@
+//! `PUT /api/v1/dto/{id}` and `GET /api/v1/dto/{id}`.
+//!
+//! A PUT is answered 201 only once the DTO is durable in the shared directory, and only by the
+//! ready active; 200 when the id is already stored or loaded (nothing is stored twice); 4xx with
+//! the field at fault for anything malformed, before anything is written.
+
+use super::{blocking, require_active, ApiError};
+use crate::metrics::Metrics;
+use crate::store::StoreOutcome;
+use crate::App;
+use axum::body::Body;
+use axum::extract::{Path, State};
+use axum::http::{header, HeaderMap, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::Json;
+use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE};
+use pollux_model::{Dto, DtoId};
+use serde_json::json;
+use std::sync::Arc;
+use std::time::Instant;
+
+pub async fn put_dto(State(app): State<Arc<App>>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+    let started = Instant::now();
+    Metrics::add(&app.metrics.dtos_received, 1);
+    let result = ingest(&app, id, &headers, body).await;
+    Metrics::add(&app.metrics.ingest_micros, started.elapsed().as_micros() as u64);
+    match result {
+        Ok((status, id)) => (status, Json(json!({ "id": id, "stored": true }))).into_response(),
+        Err(e) => {
+            if e.status.is_client_error() {
+                Metrics::add(&app.metrics.dtos_rejected, 1);
+            }
+            e.into_response()
+        }
+    }
+}
+
+async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> Result<(StatusCode, String), ApiError> {
+    require_active(app)?;
+    if let Some(token) = &app.config.ingest_token {
+        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
+        if given != Some(format!("Bearer {token}").as_str()) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        }
+    }
+    let limit = app.config.max_body_bytes;
+    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
+        if length > limit {
+            return Err(too_large(limit));
+        }
+    }
+    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
+        let inner = e.into_inner();
+        if inner.is::<http_body_util::LengthLimitError>() {
+            too_large(limit)
+        } else {
+            ApiError::bad_request(format!("body: {inner}"))
+        }
+    })?;
+    let path_id = DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
+    let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = content_type.split(';').next().unwrap_or("").trim().to_owned();
+    let app2 = app.clone();
+    // Decoding and validating a large DTO takes milliseconds: keep it off the async workers.
+    let (status, outcome) = blocking(move || -> Result<(StatusCode, String), ApiError> {
+        let dto: Dto = match media.as_str() {
+            "application/json" | "" => json::decode(&bytes),
+            BINARY_CONTENT_TYPE => binary::decode(&bytes),
+            other => {
+                return Err(ApiError::new(
+                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
+                    format!("content type {other:?}: send application/json or {BINARY_CONTENT_TYPE}"),
+                ))
+            }
+        }
+        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if dto.id != path_id.as_str() {
+            return Err(ApiError::bad_request(format!(
+                "id: {:?} in the body differs from {:?} in the path",
+                dto.id,
+                path_id.as_str()
+            )));
+        }
+        dto.validate(&app2.catalog(), &app2.limits, crate::unix_now())
+            .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        if app2.repo.loaded_dto(&dto.id)?.is_some() {
+            return Ok((StatusCode::OK, dto.id));
+        }
+        // The epoch may have changed while we decoded: store under the one we hold now.
+        let epoch = require_active(&app2)?;
+        match app2.store.store(&dto, epoch) {
+            Ok(StoreOutcome::Stored) => Ok((StatusCode::CREATED, dto.id)),
+            Ok(StoreOutcome::AlreadyStored) => Ok((StatusCode::OK, dto.id)),
+            Err(e) => Err(ApiError::internal("storing the DTO in the shared dir", e)),
+        }
+    })
+    .await??;
+    match status {
+        StatusCode::CREATED => {
+            Metrics::add(&app.metrics.dtos_stored, 1);
+            app.loader_wake.notify();
+        }
+        _ => Metrics::add(&app.metrics.dtos_duplicate, 1),
+    }
+    // Deposed while writing: the file is whole and the next active loads it, but only a ready
+    // active acknowledges. The sender resends and gets 200.
+    require_active(app)?;
+    Ok((status, outcome))
+}
+
+fn too_large(limit: usize) -> ApiError {
+    ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over the limit of {limit} bytes (max_body_bytes)"))
+}
+
+pub async fn get_dto(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    require_active(&app)?;
+    let id = DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
+    let app2 = app.clone();
+    blocking(move || {
+        if let Some(loaded) = app2.repo.loaded_dto(id.as_str())? {
+            let body = json!({"id": loaded.id, "state": "loaded", "records": loaded.records, "epoch": loaded.epoch,
+                              "family": loaded.family, "collector": loaded.collector, "cycle": loaded.cycle,
+                              "loaded_at": loaded.loaded_at});
+            return Ok(Json(body).into_response());
+        }
+        match app2.store.read(id.as_str()) {
+            Ok(Some(stored)) => {
+                let d = &stored.dto;
+                let body = json!({"id": d.id, "state": "stored", "records": d.records.len(), "epoch": stored.epoch,
+                                  "family": d.family, "collector": d.collector, "cycle": d.cycle});
+                Ok(Json(body).into_response())
+            }
+            Ok(None) => Err(ApiError::new(StatusCode::NOT_FOUND, format!("no DTO {id}"))),
+            Err(e) => Err(ApiError::internal("reading the DTO", e)),
+        }
+    })
+    .await?
+}

@@ -1,0 +1,101 @@
+//! The HTTP API of DESIGN.md section 3: ingest, queries, health and metrics.
+//!
+//! Handlers validate at the edge and run file and repository work on the blocking pool. Every
+//! refusal is JSON `{"error": "..."}` with the contract's status code; on a node that is not the
+//! ready active, ingest and queries answer 503 with `Retry-After` and the node's role.
+
+mod health;
+mod ingest;
+mod query;
+
+use crate::App;
+use axum::http::{header, HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use axum::routing::{get, put};
+use axum::{Json, Router};
+use pollux_repository::{Epoch, RepoError};
+use serde_json::json;
+use std::sync::Arc;
+
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/api/v1/dto/{id}", put(ingest::put_dto).get(ingest::get_dto))
+        .route("/api/v1/families", get(query::families))
+        .route("/api/v1/devices", get(query::devices))
+        .route("/api/v1/items", get(query::items))
+        .route("/api/v1/series", get(query::series))
+        .route("/api/v1/top", get(query::top))
+        .route("/api/v1/status", get(health::status))
+        .route("/health", get(health::health))
+        .route("/health/active", get(health::health_active))
+        .route("/metrics", get(health::metrics))
+        .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
+        .with_state(app)
+}
+
+/// A refusal: status and a JSON body.
+#[derive(Debug)]
+pub struct ApiError {
+    status: StatusCode,
+    body: serde_json::Value,
+    retry_after: bool,
+}
+
+impl ApiError {
+    pub fn new(status: StatusCode, message: impl Into<String>) -> ApiError {
+        ApiError { status, body: json!({ "error": message.into() }), retry_after: false }
+    }
+
+    pub fn bad_request(message: impl Into<String>) -> ApiError {
+        ApiError::new(StatusCode::BAD_REQUEST, message)
+    }
+
+    /// 503 from a node that is not the ready active.
+    fn unavailable(app: &App) -> ApiError {
+        let state = app.node.state();
+        let body = json!({
+            "error": format!("this node is {}, not the ready active aggregator", state.role.name()),
+            "role": state.role.name(),
+            "active": serde_json::Value::Null,
+        });
+        ApiError { status: StatusCode::SERVICE_UNAVAILABLE, body, retry_after: true }
+    }
+
+    fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
+        tracing::error!(error = %e, "{what}");
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}: {e}"));
+        err.retry_after = true;
+        err
+    }
+}
+
+impl From<RepoError> for ApiError {
+    fn from(e: RepoError) -> ApiError {
+        match e {
+            RepoError::UnknownFamily(_) | RepoError::UnknownMetric { .. } | RepoError::BadQuery(_) => {
+                ApiError::bad_request(e.to_string())
+            }
+            other => ApiError::internal("repository", other),
+        }
+    }
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        let mut response = (self.status, Json(self.body)).into_response();
+        if self.retry_after {
+            response.headers_mut().insert(header::RETRY_AFTER, HeaderValue::from_static("1"));
+        }
+        response
+    }
+}
+
+/// The epoch of this node if it is the ready active, else the 503 answer.
+fn require_active(app: &App) -> Result<Epoch, ApiError> {
+    app.node.active_epoch().ok_or_else(|| ApiError::unavailable(app))
+}
+
+/// Runs blocking work (files, SQLite) off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, ApiError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| ApiError::internal("worker", e))
+}

@@ -1,0 +1,155 @@
+//! The query API: families, devices, items, series and top-N.
+//!
+//! Ranges are half-open, `from <= ts < to`, in Unix seconds; `to` defaults to now and `from` to
+//! one hour before `to`. Every bad parameter is a 400 naming it.
+
+use super::{blocking, require_active, ApiError};
+use crate::App;
+use axum::extract::{Query, State};
+use axum::Json;
+use pollux_model::Resolution;
+use pollux_repository::{ItemFilter, Series, SeriesQuery, TopQuery};
+use serde_json::{json, Value};
+use std::collections::HashMap;
+use std::sync::Arc;
+
+type Params = Query<HashMap<String, String>>;
+
+/// Largest page of `/api/v1/items`.
+const MAX_ITEMS_PAGE: usize = 100_000;
+const MAX_TOP_N: usize = 1000;
+
+fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
+    match params.get(name).map(String::as_str) {
+        Some(v) if !v.is_empty() => Ok(v),
+        _ => Err(ApiError::bad_request(format!("{name}: required"))),
+    }
+}
+
+fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, default: T) -> Result<T, ApiError> {
+    match params.get(name) {
+        None => Ok(default),
+        Some(v) => v.parse().map_err(|_| ApiError::bad_request(format!("{name}: {v:?} is not a whole number"))),
+    }
+}
+
+fn range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
+    let to = number(params, "to", crate::unix_now())?;
+    let from = number(params, "from", to - 3600)?;
+    if from >= to {
+        return Err(ApiError::bad_request(format!("from: {from} must be before to ({to})")));
+    }
+    Ok((from, to))
+}
+
+pub async fn families(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    require_active(&app)?;
+    let catalog = app.catalog();
+    let families: Vec<Value> = catalog
+        .iter()
+        .map(|f| {
+            let metrics: Vec<Value> = f
+                .metrics
+                .iter()
+                .map(|m| {
+                    json!({"name": m.name, "unit": m.unit, "type": m.kind, "oid": m.oid, "expr": m.expr,
+                                "description": m.description})
+                })
+                .collect();
+            json!({"name": f.name, "builtin": f.builtin, "description": f.description, "item_key": f.item_key,
+                   "table": f.table, "metrics": metrics})
+        })
+        .collect();
+    Ok(Json(json!({ "families": families })))
+}
+
+pub async fn devices(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    require_active(&app)?;
+    let repo = app.repo.clone();
+    let devices = blocking(move || repo.devices()).await??;
+    let devices: Vec<Value> =
+        devices.into_iter().map(|d| json!({"name": d.name, "items": d.items, "families": d.families})).collect();
+    Ok(Json(json!({ "devices": devices })))
+}
+
+pub async fn items(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app)?;
+    let limit = number(&params, "limit", 1000usize)?;
+    if limit == 0 || limit > MAX_ITEMS_PAGE {
+        return Err(ApiError::bad_request(format!("limit: must be 1 to {MAX_ITEMS_PAGE}")));
+    }
+    let offset = number(&params, "offset", 0usize)?;
+    let filter =
+        ItemFilter { device: params.get("device").cloned(), family: params.get("family").cloned(), limit, offset };
+    let repo = app.repo.clone();
+    let items = blocking(move || repo.items(&filter)).await??;
+    let next = (items.len() == limit).then_some(offset + limit);
+    let items: Vec<Value> = items
+        .into_iter()
+        .map(|i| json!({"item": i.item, "device": i.device, "family": i.family, "first_seen": i.first_seen}))
+        .collect();
+    Ok(Json(json!({ "items": items, "next_offset": next })))
+}
+
+pub async fn series(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app)?;
+    let family = required(&params, "family")?.to_owned();
+    let device = required(&params, "device")?.to_owned();
+    let item = required(&params, "item")?.to_owned();
+    let metric = required(&params, "metric")?.to_owned();
+    let (from, to) = range(&params)?;
+    let resolution = match params.get("resolution").map(String::as_str).unwrap_or("auto") {
+        "auto" => Resolution::auto(to - from),
+        other => Resolution::parse(other).ok_or_else(|| {
+            ApiError::bad_request(format!("resolution: {other:?} is not auto, raw, hour, day or week"))
+        })?,
+    };
+    check_family_metric(&app, &family, &metric)?;
+    let query = SeriesQuery { family, device, item, metric, from, to, resolution };
+    let repo = app.repo.clone();
+    let (query, series) = blocking(move || repo.series(&query).map(|s| (query, s))).await??;
+    let points: Vec<Value> = match series {
+        Series::Raw(points) => points.into_iter().map(|(ts, v)| json!([ts, v])).collect(),
+        Series::Rollup(points) => points.into_iter().map(|p| json!([p.period, p.min, p.max, p.avg, p.count])).collect(),
+    };
+    Ok(Json(json!({
+        "family": query.family, "device": query.device, "item": query.item, "metric": query.metric,
+        "from": from, "to": to, "resolution": resolution.name(), "points": points,
+    })))
+}
+
+pub async fn top(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app)?;
+    let family = required(&params, "family")?.to_owned();
+    let metric = required(&params, "metric")?.to_owned();
+    let (from, to) = range(&params)?;
+    let n = number(&params, "n", 10usize)?;
+    if n == 0 || n > MAX_TOP_N {
+        return Err(ApiError::bad_request(format!("n: must be 1 to {MAX_TOP_N}")));
+    }
+    check_family_metric(&app, &family, &metric)?;
+    let query = TopQuery { family: family.clone(), metric: metric.clone(), from, to, n };
+    let repo = app.repo.clone();
+    let entries = blocking(move || repo.top(&query)).await??;
+    let items: Vec<Value> = entries
+        .into_iter()
+        .map(
+            |e| json!({"device": e.device, "item": e.item, "avg": e.avg, "min": e.min, "max": e.max, "count": e.count}),
+        )
+        .collect();
+    Ok(Json(json!({"family": family, "metric": metric, "from": from, "to": to, "items": items})))
+}
+
+/// Names an unknown family or metric before the repository is asked.
+fn check_family_metric(app: &App, family: &str, metric: &str) -> Result<(), ApiError> {
+    let catalog = app.catalog();
+    let f = catalog.get(family).ok_or_else(|| ApiError::bad_request(format!("family: unknown family {family:?}")))?;
+    if f.metric(metric).is_none() {
+        let known: Vec<&str> = f.metrics.iter().map(|m| m.name.as_str()).collect();
+        return Err(ApiError::bad_request(format!(
+            "metric: family {family} has no metric {metric:?} (it has {})",
+            known.join(", ")
+        )));
+    }
+    Ok(())
+}

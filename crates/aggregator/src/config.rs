@@ -1,0 +1,301 @@
+//! The aggregator's configuration: a TOML file, overridden by command-line flags, checked once.
+//!
+//! Every key, its default and why it has that default are listed in the README; the defaults
+//! live here as named constants. [`AggregatorConfig::validate`] checks cross-field rules before
+//! any port is bound or file touched, and every error names the file and key at fault.
+
+use pollux_model::duration;
+use pollux_repository::Retention;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+/// The DA and proxy HTTP port of the contract.
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8581";
+pub const DEFAULT_SHARED_DIR: &str = "/var/lib/pollux/shared";
+/// The original product's default: how long the active may miss heartbeats before a takeover.
+pub const DEFAULT_FAILWAIT: Duration = Duration::from_secs(5 * 60);
+/// The original product's default: how long a new leader may take to become ready.
+pub const DEFAULT_STARTWAIT: Duration = Duration::from_secs(45 * 60);
+/// Large enough for a 100,000-record DTO in JSON (about 15 MB) with room to spare.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 64 << 20;
+/// A collector splits larger cycles into parts.
+pub const DEFAULT_MAX_RECORDS: usize = 100_000;
+/// Data for a period may still be in flight (spooled at a collector, in a slow poll) this long
+/// after the period ends; a rollup computed earlier would just be recomputed, so this only
+/// saves work.
+pub const DEFAULT_ROLLUP_GRACE: Duration = Duration::from_secs(10 * 60);
+/// Raw data stays in the time-ordered recent table this long before it is compacted into the
+/// item-ordered history; long enough that on-time hourly rollups read only the recent table.
+pub const DEFAULT_RECENT_WINDOW: Duration = Duration::from_secs(2 * 3600);
+/// Values per load transaction: large enough to amortize the commit's fsync, small enough that
+/// rollups and compaction get the writer often.
+pub const DEFAULT_LOAD_BATCH_VALUES: usize = 400_000;
+/// Refuse to start with less free space than this in the shared directory.
+pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+
+/// Where SQLite's journal goes (see the README: WAL does not work across hosts on NFS).
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum JournalChoice {
+    /// WAL on a local filesystem, TRUNCATE on NFS (detected with statfs).
+    Auto,
+    Wal,
+    Truncate,
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct RetentionConfig {
+    #[serde(with = "duration::serde_str")]
+    pub raw: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub hour: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub day: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub week: Duration,
+}
+
+impl Default for RetentionConfig {
+    fn default() -> Self {
+        let r = Retention::default();
+        RetentionConfig { raw: r.raw, hour: r.hour, day: r.day, week: r.week }
+    }
+}
+
+impl From<&RetentionConfig> for Retention {
+    fn from(c: &RetentionConfig) -> Retention {
+        Retention { raw: c.raw, hour: c.hour, day: c.day, week: c.week }
+    }
+}
+
+/// The aggregator's settings after file and flags.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct AggregatorConfig {
+    /// This node's name in the lease, the status view and the repository's epoch log.
+    pub node_id: String,
+    pub listen: SocketAddr,
+    /// The URL other parts use to reach this node; defaults to `http://<listen>`.
+    pub advertise: Option<String>,
+    pub shared_dir: PathBuf,
+    #[serde(with = "duration::serde_str")]
+    pub failwait: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub startwait: Duration,
+    /// When set, PUT /api/v1/dto needs `Authorization: Bearer <token>`.
+    pub ingest_token: Option<String>,
+    pub max_body_bytes: usize,
+    pub max_records: usize,
+    /// How far ahead of this node's clock a DTO's cycle may start.
+    #[serde(with = "duration::serde_str")]
+    pub max_clock_skew: Duration,
+    pub journal_mode: JournalChoice,
+    #[serde(with = "duration::serde_str")]
+    pub rollup_grace: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub recent_window: Duration,
+    pub load_batch_values: usize,
+    pub min_free_bytes: u64,
+    pub retention: RetentionConfig,
+}
+
+impl Default for AggregatorConfig {
+    fn default() -> Self {
+        AggregatorConfig {
+            node_id: default_node_id(),
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            advertise: None,
+            shared_dir: PathBuf::from(DEFAULT_SHARED_DIR),
+            failwait: DEFAULT_FAILWAIT,
+            startwait: DEFAULT_STARTWAIT,
+            ingest_token: None,
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_records: DEFAULT_MAX_RECORDS,
+            max_clock_skew: Duration::from_secs(3600),
+            journal_mode: JournalChoice::Auto,
+            rollup_grace: DEFAULT_ROLLUP_GRACE,
+            recent_window: DEFAULT_RECENT_WINDOW,
+            load_batch_values: DEFAULT_LOAD_BATCH_VALUES,
+            min_free_bytes: DEFAULT_MIN_FREE_BYTES,
+            retention: RetentionConfig::default(),
+        }
+    }
+}
+
+fn default_node_id() -> String {
+    nix::unistd::gethostname()
+        .ok()
+        .and_then(|h| h.into_string().ok())
+        .filter(|h| !h.is_empty())
+        .unwrap_or_else(|| "pollux-da".to_owned())
+}
+
+/// A configuration problem: the file (or "command line") and the key, in one line.
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}: {problem}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl ConfigError {
+    pub fn new(source_name: impl Into<String>, key: impl Into<String>, problem: impl Into<String>) -> Self {
+        ConfigError { source_name: source_name.into(), key: key.into(), problem: problem.into() }
+    }
+}
+
+/// Values given on the command line; each overrides the file.
+#[derive(Debug, Clone, Default)]
+pub struct Overrides {
+    pub node_id: Option<String>,
+    pub listen: Option<SocketAddr>,
+    pub advertise: Option<String>,
+    pub shared_dir: Option<PathBuf>,
+    pub failwait: Option<Duration>,
+    pub startwait: Option<Duration>,
+}
+
+impl AggregatorConfig {
+    /// Reads `file` (if any), applies `overrides`, and validates the result.
+    pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<AggregatorConfig, ConfigError> {
+        let mut config = match file {
+            Some(path) => {
+                let name = path.display().to_string();
+                let text = std::fs::read_to_string(path)
+                    .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+                Self::from_toml(&text).map_err(|(key, problem)| ConfigError::new(&name, key, problem))?
+            }
+            None => AggregatorConfig::default(),
+        };
+        let o = overrides;
+        config.node_id = o.node_id.unwrap_or(config.node_id);
+        config.listen = o.listen.unwrap_or(config.listen);
+        config.advertise = o.advertise.or(config.advertise);
+        config.shared_dir = o.shared_dir.unwrap_or(config.shared_dir);
+        config.failwait = o.failwait.unwrap_or(config.failwait);
+        config.startwait = o.startwait.unwrap_or(config.startwait);
+        let name = file.map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
+        config.validate().map_err(|(key, problem)| ConfigError::new(name, key, problem))?;
+        Ok(config)
+    }
+
+    /// Parses the TOML text; an error is `(key, problem)`.
+    pub fn from_toml(text: &str) -> Result<AggregatorConfig, (String, String)> {
+        toml::from_str(text).map_err(|e: toml::de::Error| {
+            let problem = e.message().trim().replace('\n', " ");
+            let key = match e.span() {
+                Some(span) => key_at(text, span.start),
+                None => "-".to_owned(),
+            };
+            (key, problem)
+        })
+    }
+
+    /// Cross-field rules, checked before anything starts.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, problem: String| Err((key.to_owned(), problem));
+        if self.node_id.is_empty() || self.node_id.len() > 64 || self.node_id.chars().any(char::is_whitespace) {
+            return err("node_id", format!("{:?} must be 1 to 64 characters without spaces", self.node_id));
+        }
+        if self.failwait < Duration::from_secs(1) {
+            return err("failwait", "must be at least 1s: heartbeats and I/O need time to succeed".into());
+        }
+        if self.startwait < self.failwait {
+            return err("startwait", "must not be shorter than failwait".into());
+        }
+        if let Some(url) = &self.advertise {
+            if !(url.starts_with("http://") || url.starts_with("https://")) {
+                return err("advertise", format!("{url:?} must be an http:// or https:// URL"));
+            }
+        }
+        if self.max_body_bytes < 1024 {
+            return err("max_body_bytes", "must be at least 1024".into());
+        }
+        if self.max_records == 0 {
+            return err("max_records", "must be at least 1".into());
+        }
+        if self.load_batch_values == 0 {
+            return err("load_batch_values", "must be at least 1".into());
+        }
+        if self.recent_window < Duration::from_secs(3600) + self.rollup_grace {
+            return err(
+                "recent_window",
+                "must be at least 1h plus rollup_grace, so hourly rollups read the recent table".into(),
+            );
+        }
+        let r = &self.retention;
+        if !(r.raw <= r.hour && r.hour <= r.day && r.day <= r.week) {
+            return err("retention", "must grow with the resolution: raw <= hour <= day <= week".into());
+        }
+        if r.raw < Duration::from_secs(86_400) {
+            return err("retention.raw", "must be at least 1d".into());
+        }
+        Ok(())
+    }
+
+    /// The URL this node is reached at.
+    pub fn advertise_url(&self) -> String {
+        self.advertise.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+    }
+}
+
+/// Names the key on the line holding byte `offset` of a TOML text, with its table
+/// (`retention.raw`) and the line number, for error messages.
+fn key_at(text: &str, offset: usize) -> String {
+    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
+    let line_no = text[..offset].matches('\n').count() + 1;
+    let line = text[line_start..].lines().next().unwrap_or("");
+    let key = line.split('=').next().unwrap_or("").trim();
+    let table = text[..line_start]
+        .lines()
+        .rev()
+        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
+        .map(|t| format!("{}.", t.trim()))
+        .unwrap_or_default();
+    format!("line {line_no} {table}{key}")
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn defaults_are_valid_and_match_the_product() {
+        let c = AggregatorConfig::default();
+        c.validate().unwrap();
+        assert_eq!(c.failwait, Duration::from_secs(300));
+        assert_eq!(c.startwait, Duration::from_secs(2700));
+        assert_eq!(c.listen.port(), 8581);
+    }
+
+    #[test]
+    fn file_values_and_flag_overrides() {
+        let c =
+            AggregatorConfig::from_toml("failwait = \"2s\"\nstartwait = \"10s\"\n[retention]\nraw = \"2d\"").unwrap();
+        assert_eq!(c.failwait, Duration::from_secs(2));
+        assert_eq!(c.retention.raw, Duration::from_secs(2 * 86_400));
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("a.toml");
+        std::fs::write(&path, "failwait = \"2s\"\nstartwait = \"10s\"").unwrap();
+        let o = Overrides { failwait: Some(Duration::from_secs(3)), ..Overrides::default() };
+        assert_eq!(AggregatorConfig::load(Some(&path), o).unwrap().failwait, Duration::from_secs(3));
+    }
+
+    #[test]
+    fn errors_name_the_key() {
+        let (key, problem) = AggregatorConfig::from_toml("failwait = \"5m\"\nfialwait = \"1m\"").unwrap_err();
+        assert!(key.contains("line 2") && key.contains("fialwait"), "{key}: {problem}");
+        let (key, _) = AggregatorConfig::from_toml("failwait = \"5 minutes\"").unwrap_err();
+        assert_eq!(key, "line 1 failwait");
+        let (key, _) = AggregatorConfig::from_toml("[retention]\nraw = 5").unwrap_err();
+        assert_eq!(key, "line 2 retention.raw");
+        let c = AggregatorConfig { startwait: Duration::from_secs(1), ..AggregatorConfig::default() };
+        assert_eq!(c.validate().unwrap_err().0, "startwait");
+        let c = AggregatorConfig::from_toml("[retention]\nraw = \"500d\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "retention");
+    }
+}

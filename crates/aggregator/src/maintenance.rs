@@ -1,0 +1,66 @@
+//! Background work of the active aggregator: rollups, compaction, retention, and picking up
+//! changes to the customized metric families.
+//!
+//! Each step is a bounded amount of work in its own transactions; when a step reports more work
+//! due, the loop comes straight back instead of sleeping, so a new active finishes the pending
+//! rollups it inherited without delay.
+
+use crate::metrics::Metrics;
+use crate::App;
+use pollux_repository::{Epoch, RepoError, Retention};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+const TICK: Duration = Duration::from_secs(1);
+const CATALOG_EVERY: Duration = Duration::from_secs(10);
+const EXPIRE_EVERY: Duration = Duration::from_secs(600);
+const ROLLUP_BUDGET: usize = 16;
+const COMPACT_BUDGET: usize = 4;
+
+pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
+    let mut last_catalog = Instant::now();
+    let mut last_expire: Option<Instant> = None;
+    while !stop.is_cancelled() {
+        match step(&app, epoch, &mut last_catalog, &mut last_expire) {
+            Ok(true) => {}
+            Ok(false) => app.maintenance_wake.wait(TICK),
+            Err(RepoError::Fenced { ours, current }) => {
+                app.node.fence(format!("repository is at epoch {current}, this node holds {ours}"));
+                return;
+            }
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance step failed; retrying");
+                app.maintenance_wake.wait(TICK);
+            }
+        }
+    }
+}
+
+/// One round; returns true when more work is due right away.
+fn step(
+    app: &App,
+    epoch: Epoch,
+    last_catalog: &mut Instant,
+    last_expire: &mut Option<Instant>,
+) -> Result<bool, RepoError> {
+    if last_catalog.elapsed() >= CATALOG_EVERY {
+        *last_catalog = Instant::now();
+        app.reload_catalog()?;
+    }
+    let now = crate::unix_now();
+    let config = &app.config;
+    let rolled = app.repo.roll_up(epoch, now, config.rollup_grace, ROLLUP_BUDGET)?;
+    Metrics::add(&app.metrics.rollups_computed, rolled.done as u64);
+    let before = now - config.recent_window.as_secs() as i64;
+    let compacted = app.repo.compact(epoch, before, COMPACT_BUDGET)?;
+    Metrics::add(&app.metrics.cycles_compacted, compacted.done as u64);
+    if last_expire.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
+        *last_expire = Some(Instant::now());
+        let expired = app.repo.expire(epoch, now, &Retention::from(&config.retention))?;
+        if expired.done > 0 {
+            tracing::info!(rows = expired.done, "expired data past its retention");
+        }
+    }
+    Ok(rolled.more || compacted.more)
+}

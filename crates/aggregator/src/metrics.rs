@@ -1,0 +1,81 @@
+//! The aggregator's own figures, exposed at `GET /metrics` in Prometheus text format.
+
+use std::fmt::Write;
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters updated on the ingest and load paths; plain atomics, no locks.
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub dtos_received: AtomicU64,
+    pub dtos_stored: AtomicU64,
+    pub dtos_duplicate: AtomicU64,
+    pub dtos_rejected: AtomicU64,
+    pub dtos_loaded: AtomicU64,
+    pub dtos_already_loaded: AtomicU64,
+    pub dtos_quarantined: AtomicU64,
+    pub values_loaded: AtomicU64,
+    pub load_errors: AtomicU64,
+    pub rollups_computed: AtomicU64,
+    pub cycles_compacted: AtomicU64,
+    /// Sum of ingest answer times in microseconds, with `dtos_received` as the count.
+    pub ingest_micros: AtomicU64,
+}
+
+/// Values sampled at scrape time.
+pub struct Gauges {
+    pub epoch: u64,
+    pub role: &'static str,
+    pub ready: bool,
+    pub dto_backlog: usize,
+    pub load_lag_seconds: f64,
+    pub repository_bytes: u64,
+    pub pending_rollups: u64,
+}
+
+impl Metrics {
+    pub fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+
+    pub fn render(&self, g: &Gauges) -> String {
+        let mut out = String::new();
+        let mut counter = |name: &str, help: &str, value: &AtomicU64| {
+            let _ =
+                writeln!(out, "# HELP {name} {help}\n# TYPE {name} counter\n{name} {}", value.load(Ordering::Relaxed));
+        };
+        counter("pollux_dtos_received_total", "PUT /api/v1/dto requests", &self.dtos_received);
+        counter("pollux_dtos_stored_total", "DTOs made durable in the shared dir (201)", &self.dtos_stored);
+        counter(
+            "pollux_dtos_duplicate_total",
+            "DTOs whose id was already stored or loaded (200)",
+            &self.dtos_duplicate,
+        );
+        counter("pollux_dtos_rejected_total", "DTOs refused with a 4xx", &self.dtos_rejected);
+        counter("pollux_dtos_loaded_total", "DTOs loaded into the repository", &self.dtos_loaded);
+        counter("pollux_dtos_already_loaded_total", "stored DTOs found already loaded", &self.dtos_already_loaded);
+        counter("pollux_dtos_quarantined_total", "damaged DTO files moved to dto/quarantine", &self.dtos_quarantined);
+        counter("pollux_values_loaded_total", "values loaded into the repository", &self.values_loaded);
+        counter("pollux_load_errors_total", "failed load transactions (retried)", &self.load_errors);
+        counter("pollux_rollups_computed_total", "rollup periods computed", &self.rollups_computed);
+        counter("pollux_cycles_compacted_total", "cycles moved to item-ordered history", &self.cycles_compacted);
+        counter("pollux_ingest_micros_total", "time spent answering PUTs, microseconds", &self.ingest_micros);
+        let mut gauge = |name: &str, help: &str, value: String| {
+            let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
+        };
+        gauge("pollux_epoch", "this node's epoch", g.epoch.to_string());
+        gauge("pollux_ready", "1 on the ready active", u8::from(g.ready).to_string());
+        gauge("pollux_dto_backlog", "DTOs stored but not yet loaded", g.dto_backlog.to_string());
+        gauge(
+            "pollux_load_lag_seconds",
+            "age of the oldest DTO waiting to be loaded",
+            format!("{:.3}", g.load_lag_seconds),
+        );
+        gauge("pollux_repository_bytes", "size of the repository files", g.repository_bytes.to_string());
+        gauge("pollux_pending_rollups", "rollup periods waiting to be computed", g.pending_rollups.to_string());
+        let _ = writeln!(out, "# HELP pollux_role this node's role\n# TYPE pollux_role gauge");
+        for role in ["standby", "starting", "active", "fenced"] {
+            let _ = writeln!(out, "pollux_role{{role=\"{role}\"}} {}", u8::from(role == g.role));
+        }
+        out
+    }
+}

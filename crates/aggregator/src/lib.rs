@@ -115,8 +115,13 @@ impl Aggregator {
         );
         let limits =
             Limits { max_records: config.max_records, max_future_seconds: config.max_clock_skew.as_secs() as i64 };
+        // With port 0 (tests) the advertised URL must carry the port actually bound.
+        let advertise = match (&config.advertise, listener.local_addr()) {
+            (None, Ok(addr)) => format!("http://{addr}"),
+            _ => config.advertise_url(),
+        };
         let app = App {
-            node: Node::new(config.node_id.clone(), config.advertise_url()),
+            node: Node::new(config.node_id.clone(), advertise),
             store: DtoStore::new(shared.dto_dir()),
             shared,
             shared_report,
@@ -140,6 +145,9 @@ impl Aggregator {
         let app = self.app;
         self.listener.set_nonblocking(true).map_err(StartError::Http)?;
         let listener = tokio::net::TcpListener::from_std(self.listener).map_err(StartError::Http)?;
+        if let Ok(addr) = listener.local_addr() {
+            tracing::info!("listening on {addr}");
+        }
         let router = api::router(app.clone());
         let server_stop = shutdown.clone();
         let server = tokio::spawn(async move {

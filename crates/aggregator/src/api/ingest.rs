@@ -43,20 +43,7 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
         }
     }
-    let limit = app.config.max_body_bytes;
-    if let Some(length) = headers.get(header::CONTENT_LENGTH).and_then(|v| v.to_str().ok()?.parse::<usize>().ok()) {
-        if length > limit {
-            return Err(too_large(limit));
-        }
-    }
-    let bytes = axum::body::to_bytes(body, limit).await.map_err(|e| {
-        let inner = e.into_inner();
-        if inner.is::<http_body_util::LengthLimitError>() {
-            too_large(limit)
-        } else {
-            ApiError::bad_request(format!("body: {inner}"))
-        }
-    })?;
+    let bytes = read_body(body, app.config.max_body_bytes).await?;
     let path_id = DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
     let media = content_type.split(';').next().unwrap_or("").trim().to_owned();
@@ -106,6 +93,33 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
     // active acknowledges. The sender resends and gets 200.
     require_active(app)?;
     Ok((status, outcome))
+}
+
+/// Past the limit the rest of the body is still read (and dropped) up to this many bytes, so
+/// that a client which sends its whole body before reading the answer sees the 413 rather than
+/// a connection reset.
+const DRAIN_LIMIT: usize = 256 << 20;
+
+/// Reads the body up to `limit` bytes; a larger one is a 413.
+async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+    use http_body_util::BodyExt;
+    let mut body = body;
+    let mut buf = bytes::BytesMut::new();
+    let mut seen = 0usize;
+    while let Some(frame) = body.frame().await {
+        let frame = frame.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+        let Ok(chunk) = frame.into_data() else { continue };
+        seen += chunk.len();
+        if seen <= limit {
+            buf.extend_from_slice(&chunk);
+        } else if seen > DRAIN_LIMIT {
+            break;
+        }
+    }
+    if seen > limit {
+        return Err(too_large(limit));
+    }
+    Ok(buf.freeze())
 }
 
 fn too_large(limit: usize) -> ApiError {

@@ -1,0 +1,245 @@
+//! Black-box test harness: starts the real `pollux` binary as separate processes, talks to them
+//! over HTTP, kills them, and inspects what they left in the shared directory.
+//!
+//! Every wait has a deadline; every process started is killed (by pid) when its handle drops.
+#![allow(dead_code)]
+
+use serde_json::{json, Value};
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Stdio};
+use std::sync::mpsc;
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+pub const BIN: &str = env!("CARGO_BIN_EXE_pollux");
+
+/// Polls `check` every 20 ms until it returns `Some`, or panics naming `what` after `limit`.
+pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + limit;
+    loop {
+        if let Some(v) = check() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A running `pollux aggregator`.
+pub struct Aggregator {
+    child: Child,
+    pub url: String,
+    log: Arc<Mutex<String>>,
+}
+
+impl Aggregator {
+    /// Starts an aggregator on an ephemeral port of 127.0.0.1 and waits until it listens.
+    pub fn start(shared: &Path, extra: &[&str], env: &[(&str, &str)]) -> Aggregator {
+        let mut cmd = Command::new(BIN);
+        cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--node-id", "da-test", "--shared-dir"])
+            .arg(shared)
+            .args(extra)
+            .env("RUST_LOG", "info")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("start pollux aggregator");
+        let stderr = child.stderr.take().unwrap();
+        let log = Arc::new(Mutex::new(String::new()));
+        let (tx, rx) = mpsc::channel();
+        let sink = log.clone();
+        std::thread::spawn(move || {
+            for line in BufReader::new(stderr).lines() {
+                let Ok(line) = line else { break };
+                if let Some(addr) = line.split("listening on ").nth(1) {
+                    let _ = tx.send(addr.trim().to_owned());
+                }
+                let mut log = sink.lock().unwrap();
+                log.push_str(&line);
+                log.push('\n');
+            }
+        });
+        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
+            Ok(addr) => addr,
+            Err(_) => {
+                let _ = child.kill();
+                let _ = child.wait();
+                panic!("aggregator did not start listening:\n{}", log.lock().unwrap());
+            }
+        };
+        Aggregator { child, url: format!("http://{addr}"), log }
+    }
+
+    pub fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    pub fn log(&self) -> String {
+        self.log.lock().unwrap().clone()
+    }
+
+    /// Waits until `/health/active` answers 200.
+    pub fn wait_active(&self) {
+        wait_until(Duration::from_secs(30), "the aggregator to become the ready active", || {
+            (get(&format!("{}/health/active", self.url)).0 == 200).then_some(())
+        });
+    }
+
+    /// kill -9, and reap it.
+    pub fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    /// Waits for the process to exit on its own (a crash point), returning its status.
+    pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
+        wait_until(limit, "the aggregator to exit", || self.child.try_wait().unwrap())
+    }
+
+    /// SIGTERM, then wait for a clean exit.
+    pub fn stop(&mut self) -> ExitStatus {
+        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        self.wait_exit(Duration::from_secs(15))
+    }
+}
+
+impl Drop for Aggregator {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build(),
+    )
+}
+
+/// GET: status and JSON body (`Value::Null` when the body is not JSON). Status 0 when the
+/// connection failed.
+pub fn get(url: &str) -> (u16, Value) {
+    match agent().get(url).call() {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+pub fn get_text(url: &str) -> String {
+    agent().get(url).call().unwrap().body_mut().read_to_string().unwrap()
+}
+
+/// PUT bytes with a content type: status and JSON body; status 0 when the connection failed
+/// (for instance because the process died before answering).
+pub fn put(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
+    match agent().put(url).header("content-type", content_type).send(body) {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+pub fn put_json(base: &str, dto: &Value) -> (u16, Value) {
+    let id = dto["id"].as_str().unwrap();
+    put(&format!("{base}/api/v1/dto/{id}"), "application/json", dto.to_string().as_bytes())
+}
+
+/// An Interface DTO: `devices` x `items` records with values derived from the cycle.
+pub fn interface_dto(id: &str, cycle: i64, devices: usize, items: usize) -> Value {
+    let mut records = Vec::new();
+    for d in 0..devices {
+        for i in 0..items {
+            let base = ((cycle / 300) % 1000) as f64 + (d * items + i) as f64;
+            records.push(json!({
+                "device": format!("rtr-{d}"), "item": format!("ge-0/0/{i}"), "ts": cycle + 1 + (i as i64 % 60),
+                "values": {"in_bps": base * 1000.0, "out_bps": base * 500.0, "in_util": base % 100.0}
+            }));
+        }
+    }
+    json!({"id": id, "collector": "dc1", "family": "Interface", "cycle": cycle, "interval": 300, "records": records})
+}
+
+/// Files in `<shared>/dto` (whole DTOs and temp leftovers alike).
+pub fn dto_files(shared: &Path) -> Vec<String> {
+    let mut names: Vec<String> = std::fs::read_dir(shared.join("dto"))
+        .map(|rd| {
+            rd.filter_map(|e| e.ok())
+                .filter(|e| e.path().is_file())
+                .map(|e| e.file_name().to_string_lossy().into_owned())
+                .collect()
+        })
+        .unwrap_or_default();
+    names.sort();
+    names
+}
+
+/// Read-only view of the repository a test's aggregators wrote.
+pub struct RepoCheck {
+    conn: rusqlite::Connection,
+}
+
+impl RepoCheck {
+    pub fn open(shared: &Path) -> RepoCheck {
+        let conn = rusqlite::Connection::open_with_flags(
+            shared.join("repository.sqlite"),
+            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
+        )
+        .unwrap();
+        conn.busy_timeout(Duration::from_secs(5)).unwrap();
+        RepoCheck { conn }
+    }
+
+    /// How many times the registry holds `id` (must be 0 or 1).
+    pub fn registered(&self, id: &str) -> i64 {
+        self.conn.query_row("SELECT count(*) FROM loaded_dtos WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+    }
+
+    pub fn loaded_ids(&self) -> Vec<String> {
+        let mut stmt = self.conn.prepare("SELECT id FROM loaded_dtos ORDER BY seq").unwrap();
+        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
+    /// Raw Interface rows, recent and compacted, as `(device, item, ts)` with their count.
+    pub fn interface_rows(&self) -> Vec<(String, String, i64, i64)> {
+        let mut stmt = self
+            .conn
+            .prepare(
+                "SELECT i.device, i.item, r.ts, count(*) FROM (
+                    SELECT item_id, ts FROM recent_Interface UNION ALL SELECT item_id, ts FROM raw_Interface) r
+                 JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.ts ORDER BY 1, 2, 3",
+            )
+            .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Epochs of the loaded DTOs in load order never go down: no stale writer loaded after a
+    /// newer epoch began.
+    pub fn epochs_never_go_back(&self) -> bool {
+        let mut stmt = self.conn.prepare("SELECT epoch FROM loaded_dtos ORDER BY seq").unwrap();
+        let epochs: Vec<i64> = stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        epochs.windows(2).all(|w| w[0] <= w[1])
+    }
+}
+
+/// A shared directory for one test, removed when it drops.
+pub fn tempdir() -> tempfile::TempDir {
+    tempfile::tempdir().unwrap()
+}

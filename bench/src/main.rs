@@ -1,1 +1,37 @@
-fn main() {}
+//! Pollux benchmarks. Each prints its figures beside the reference it is compared with,
+//! measured in the same run, as medians over repeated runs (the machine is noisy).
+//!
+//! ```text
+//! cargo build --release -p pollux -p pollux-bench
+//! target/release/pollux-bench ingest      # PUT -> loaded values/s, bare SQLite, VictoriaMetrics
+//! target/release/pollux-bench latency     # ingest answer latency p50/p99
+//! target/release/pollux-bench query       # series and top-N latency on a day of 100,000 items
+//! target/release/pollux-bench all
+//! ```
+
+mod ingest;
+mod query;
+mod util;
+
+fn main() -> anyhow::Result<()> {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    let what = args.first().map(String::as_str).unwrap_or("all");
+    let flag = |name: &str, default: usize| -> usize {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1))
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(default)
+    };
+    match what {
+        "ingest" => ingest::throughput(flag("--dtos", 60), flag("--runs", 3)),
+        "latency" => ingest::latency(flag("--runs", 40)),
+        "query" => query::run(flag("--items", 100_000), flag("--hours", 24)),
+        "all" => {
+            ingest::throughput(60, 3)?;
+            ingest::latency(40)?;
+            query::run(100_000, 24)
+        }
+        other => anyhow::bail!("unknown benchmark {other:?}: ingest, latency, query or all"),
+    }
+}

@@ -36,6 +36,9 @@ use std::sync::{Arc, RwLock};
 use store::DtoStore;
 use tokio_util::sync::CancellationToken;
 
+/// DTOs the ingest path hands to the loader in memory; beyond this the loader reads the store.
+const HANDOFF_CAPACITY: usize = 64;
+
 /// Why the aggregator refused to start.
 #[derive(Debug, thiserror::Error)]
 pub enum StartError {
@@ -60,6 +63,7 @@ pub struct App {
     pub limits: Limits,
     pub metrics: Metrics,
     pub loader_wake: Wake,
+    pub handoff: loader::Handoff,
     pub maintenance_wake: Wake,
     catalog: RwLock<Arc<Catalog>>,
 }
@@ -129,6 +133,7 @@ impl Aggregator {
             limits,
             metrics: Metrics::default(),
             loader_wake: Wake::default(),
+            handoff: loader::Handoff::new(HANDOFF_CAPACITY),
             maintenance_wake: Wake::default(),
             catalog: RwLock::new(Arc::new(catalog)),
             config,

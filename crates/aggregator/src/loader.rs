@@ -8,6 +8,11 @@
 //!                                                         remove the files
 //! ```
 //!
+//! A DTO the ingest path has just stored is also handed over in memory ([`Handoff`]), so the
+//! common path never reads a file back; the store is listed when the handoff is empty, which is
+//! how a new active finds what its predecessor left, and how a full handoff overflows to disk.
+//! Either way the file stays until the data is committed.
+//!
 //! Exactly once follows from the registry: a crash before the commit leaves the files and no
 //! trace in the repository; a crash after it leaves files whose ids are registered, and the next
 //! load finds them `already_loaded` and only removes them. A `Fenced` answer means a newer epoch
@@ -17,8 +22,8 @@ use crate::metrics::Metrics;
 use crate::App;
 use pollux_model::Dto;
 use pollux_repository::{Epoch, RepoError};
-use std::collections::HashSet;
-use std::sync::Arc;
+use std::collections::{HashSet, VecDeque};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
@@ -29,6 +34,45 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Longest sleep with nothing to do: new files normally wake the loader at once.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
+/// Decoded DTOs handed from ingest to the loader. Bounded: past `capacity` the loader finds the
+/// overflow in the store instead.
+#[derive(Debug)]
+pub struct Handoff {
+    queue: Mutex<VecDeque<Dto>>,
+    capacity: usize,
+}
+
+impl Handoff {
+    pub fn new(capacity: usize) -> Handoff {
+        Handoff { queue: Mutex::new(VecDeque::new()), capacity }
+    }
+
+    /// Offers a DTO that is already durable in the store.
+    pub fn offer(&self, dto: Dto) {
+        let mut queue = self.queue.lock().expect("handoff");
+        if queue.len() < self.capacity {
+            queue.push_back(dto);
+        }
+    }
+
+    /// Takes DTOs up to about `max_values` values.
+    fn take(&self, max_values: usize) -> Vec<Dto> {
+        let mut queue = self.queue.lock().expect("handoff");
+        let mut taken = Vec::new();
+        let mut values = 0;
+        while values < max_values {
+            let Some(dto) = queue.pop_front() else { break };
+            values += dto.value_count();
+            taken.push(dto);
+        }
+        taken
+    }
+
+    fn clear(&self) {
+        self.queue.lock().expect("handoff").clear();
+    }
+}
+
 pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
     let mut ensured: HashSet<String> = HashSet::new();
     while !stop.is_cancelled() {
@@ -37,6 +81,7 @@ pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
             Ok(_) => {}
             Err(RepoError::Fenced { ours, current }) => {
                 app.node.fence(format!("repository is at epoch {current}, this node holds {ours}"));
+                app.handoff.clear();
                 return;
             }
             Err(e) => {
@@ -48,52 +93,26 @@ pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
     }
 }
 
-/// Loads one batch; returns how many DTO files it consumed.
+/// Loads one batch; returns how many DTOs it consumed.
 fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<usize, RepoError> {
-    let ids = app.store.list(LIST_LIMIT).map_err(|e| RepoError::Db(format!("listing the DTO store: {e}")))?;
-    let mut batch: Vec<Dto> = Vec::new();
-    let mut values = 0;
-    for id in ids {
-        if values >= app.config.load_batch_values {
-            break;
-        }
-        let dto = match app.store.read(&id) {
-            Ok(Some(stored)) => stored.dto,
-            Ok(None) => continue,
-            Err(crate::store::ReadError::Damaged(why)) => {
-                Metrics::add(&app.metrics.dtos_quarantined, 1);
-                match app.store.quarantine(&id) {
-                    Ok(path) => tracing::error!(%id, %why, path = %path.display(), "damaged DTO file quarantined"),
-                    Err(e) => tracing::error!(%id, %why, error = %e, "damaged DTO file could not be quarantined"),
-                }
-                continue;
-            }
-            Err(e) => return Err(RepoError::Db(format!("reading DTO {id}: {e}"))),
-        };
-        if !ensured.contains(&dto.family) {
-            let family = app.catalog().get(&dto.family).cloned();
-            match family {
-                Some(family) => {
-                    app.repo.ensure_family(&family)?;
-                    ensured.insert(dto.family.clone());
-                }
-                None => {
-                    tracing::error!(id = %dto.id, family = %dto.family, "stored DTO of a family no longer defined; kept until it is");
-                    continue;
-                }
-            }
-        }
-        values += dto.value_count();
-        batch.push(dto);
-    }
+    let mut batch = app.handoff.take(app.config.load_batch_values);
     if batch.is_empty() {
+        batch = read_from_store(app)?;
+    }
+    let mut ready = Vec::with_capacity(batch.len());
+    for dto in batch {
+        if ensure_family(app, &dto, ensured)? {
+            ready.push(dto);
+        }
+    }
+    if ready.is_empty() {
         return Ok(0);
     }
-    let report = app.repo.load(epoch, &batch)?;
+    let report = app.repo.load(epoch, &ready)?;
     if pollux_failpoint::hit("loader.after_commit") {
         return Err(RepoError::Injected("loader.after_commit"));
     }
-    for dto in &batch {
+    for dto in &ready {
         if let Err(e) = app.store.remove(&dto.id) {
             tracing::warn!(id = %dto.id, error = %e, "loaded DTO file not removed; the next pass will");
         }
@@ -102,5 +121,48 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
     Metrics::add(&app.metrics.dtos_already_loaded, report.already_loaded as u64);
     Metrics::add(&app.metrics.values_loaded, report.values as u64);
     app.maintenance_wake.notify();
-    Ok(batch.len())
+    Ok(ready.len())
+}
+
+/// Makes sure the repository has the tables of the DTO's family; false when the family is not
+/// defined (any more): the DTO stays in the store until it is.
+fn ensure_family(app: &App, dto: &Dto, ensured: &mut HashSet<String>) -> Result<bool, RepoError> {
+    if ensured.contains(&dto.family) {
+        return Ok(true);
+    }
+    let Some(family) = app.catalog().get(&dto.family).cloned() else {
+        tracing::error!(id = %dto.id, family = %dto.family, "stored DTO of a family no longer defined; kept until it is");
+        return Ok(false);
+    };
+    app.repo.ensure_family(&family)?;
+    ensured.insert(dto.family.clone());
+    Ok(true)
+}
+
+/// Reads a batch of stored DTOs back from the store, quarantining damaged files.
+fn read_from_store(app: &App) -> Result<Vec<Dto>, RepoError> {
+    let ids = app.store.list(LIST_LIMIT).map_err(|e| RepoError::Db(format!("listing the DTO store: {e}")))?;
+    let mut batch = Vec::new();
+    let mut values = 0;
+    for id in ids {
+        if values >= app.config.load_batch_values {
+            break;
+        }
+        match app.store.read(&id) {
+            Ok(Some(stored)) => {
+                values += stored.dto.value_count();
+                batch.push(stored.dto);
+            }
+            Ok(None) => {}
+            Err(crate::store::ReadError::Damaged(why)) => {
+                Metrics::add(&app.metrics.dtos_quarantined, 1);
+                match app.store.quarantine(&id) {
+                    Ok(path) => tracing::error!(%id, %why, path = %path.display(), "damaged DTO file quarantined"),
+                    Err(e) => tracing::error!(%id, %why, error = %e, "damaged DTO file could not be quarantined"),
+                }
+            }
+            Err(e) => return Err(RepoError::Db(format!("reading DTO {id}: {e}"))),
+        }
+    }
+    Ok(batch)
 }

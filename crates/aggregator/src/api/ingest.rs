@@ -76,7 +76,11 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
         // The epoch may have changed while we decoded: store under the one we hold now.
         let epoch = require_active(&app2)?;
         match app2.store.store(&dto, epoch) {
-            Ok(StoreOutcome::Stored) => Ok((StatusCode::CREATED, dto.id)),
+            Ok(StoreOutcome::Stored) => {
+                let id = dto.id.clone();
+                app2.handoff.offer(dto);
+                Ok((StatusCode::CREATED, id))
+            }
             Ok(StoreOutcome::AlreadyStored) => Ok((StatusCode::OK, dto.id)),
             Err(e) => Err(ApiError::internal("storing the DTO in the shared dir", e)),
         }

@@ -15,45 +15,74 @@ use crate::dto::{Dto, DtoError, Record};
 use serde::de::{MapAccess, Visitor};
 use serde::ser::{SerializeMap, SerializeSeq};
 use serde::{Deserialize, Deserializer, Serialize, Serializer};
+use std::borrow::Cow;
 
 #[derive(Deserialize)]
-struct WireDto {
+struct WireDto<'a> {
     id: String,
     collector: String,
     family: String,
     cycle: i64,
     interval: u32,
-    records: Vec<WireRecord>,
+    #[serde(borrow)]
+    records: Vec<WireRecord<'a>>,
 }
 
 #[derive(Deserialize)]
-struct WireRecord {
+struct WireRecord<'a> {
     device: String,
     item: String,
     ts: i64,
-    values: WireValues,
+    #[serde(borrow)]
+    values: WireValues<'a>,
 }
 
-/// A record's values in the order they were written, without building a map per record.
-struct WireValues(Vec<(String, Option<f64>)>);
+/// A record's values in the order they were written, without building a map per record. Metric
+/// names borrow from the input where they can (no escapes), which saves an allocation per value.
+struct WireValues<'a>(Vec<(Cow<'a, str>, Option<f64>)>);
 
-impl<'de> Deserialize<'de> for WireValues {
+impl<'de: 'a, 'a> Deserialize<'de> for WireValues<'a> {
     fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
-        struct ValuesVisitor;
-        impl<'de> Visitor<'de> for ValuesVisitor {
-            type Value = WireValues;
+        struct ValuesVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for ValuesVisitor<'a> {
+            type Value = WireValues<'a>;
             fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
                 f.write_str("an object of metric name to number")
             }
-            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireValues, A::Error> {
+            fn visit_map<A: MapAccess<'de>>(self, mut map: A) -> Result<WireValues<'a>, A::Error> {
                 let mut values = Vec::with_capacity(map.size_hint().unwrap_or(8));
-                while let Some((name, value)) = map.next_entry::<String, Option<f64>>()? {
-                    values.push((name, value));
+                while let Some(name) = map.next_key::<BorrowedName<'a>>()? {
+                    values.push((name.0, map.next_value::<Option<f64>>()?));
                 }
                 Ok(WireValues(values))
             }
         }
-        d.deserialize_map(ValuesVisitor)
+        d.deserialize_map(ValuesVisitor(std::marker::PhantomData))
+    }
+}
+
+/// A map key borrowed from the input when it has no escapes, owned otherwise.
+struct BorrowedName<'a>(Cow<'a, str>);
+
+impl<'de: 'a, 'a> Deserialize<'de> for BorrowedName<'a> {
+    fn deserialize<D: Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        struct NameVisitor<'a>(std::marker::PhantomData<&'a ()>);
+        impl<'de: 'a, 'a> Visitor<'de> for NameVisitor<'a> {
+            type Value = BorrowedName<'a>;
+            fn expecting(&self, f: &mut std::fmt::Formatter) -> std::fmt::Result {
+                f.write_str("a metric name")
+            }
+            fn visit_borrowed_str<E>(self, v: &'de str) -> Result<Self::Value, E> {
+                Ok(BorrowedName(Cow::Borrowed(v)))
+            }
+            fn visit_str<E>(self, v: &str) -> Result<Self::Value, E> {
+                Ok(BorrowedName(Cow::Owned(v.to_owned())))
+            }
+            fn visit_string<E>(self, v: String) -> Result<Self::Value, E> {
+                Ok(BorrowedName(Cow::Owned(v)))
+            }
+        }
+        d.deserialize_str(NameVisitor(std::marker::PhantomData))
     }
 }
 
@@ -68,12 +97,12 @@ pub fn decode(bytes: &[u8]) -> Result<Dto, DtoError> {
     from_wire(wire)
 }
 
-fn from_wire(wire: WireDto) -> Result<Dto, DtoError> {
+fn from_wire(wire: WireDto<'_>) -> Result<Dto, DtoError> {
     let mut metrics: Vec<String> = Vec::new();
     for record in &wire.records {
         for (name, _) in &record.values.0 {
-            if !metrics.contains(name) {
-                metrics.push(name.clone());
+            if !metrics.iter().any(|m| m == name) {
+                metrics.push(name.to_string());
             }
         }
     }

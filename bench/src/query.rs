@@ -1,0 +1,146 @@
+//! Query latency on a repository holding `hours` of `items` interfaces at a 5-minute cycle:
+//! a 24-hour raw series of one item, and the top 10 of all items over one hour. Building the
+//! repository also gives the loader's rate through the repository API (no HTTP), the cost of
+//! compaction and rollups, and the bytes per stored value.
+
+use crate::ingest::make_dto;
+use crate::util::{self, agent, percentile, start_aggregator, Rng};
+use anyhow::bail;
+use pollux_model::{Catalog, Dto};
+use pollux_repository::{Repository, SqliteOptions, SqliteRepository};
+use std::time::{Duration, Instant};
+
+const INTERFACES: usize = 10;
+const RECORDS_PER_DTO: usize = 10_000;
+const INTERVAL: i64 = 300;
+const RECENT_WINDOW: i64 = 2 * 3600;
+
+pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
+    let devices = items / INTERFACES;
+    let dtos_per_cycle = items.div_ceil(RECORDS_PER_DTO);
+    let devices_per_dto = RECORDS_PER_DTO / INTERFACES;
+    let end = util::unix_now() / 3600 * 3600;
+    let start = end - hours as i64 * 3600;
+    let cycles = (end - start) / INTERVAL;
+    println!(
+        "query: repository of {items} interfaces ({devices} devices x {INTERFACES}) x {cycles} cycles of 5 minutes ({hours} h), 8 metrics"
+    );
+    let shared = tempfile::tempdir()?;
+    let path = shared.path().join("repository.sqlite");
+    let repo = SqliteRepository::open(&path, SqliteOptions::default())?;
+    repo.ensure_family(Catalog::builtin().get("Interface").unwrap())?;
+    repo.claim_epoch(1, "bench")?;
+    let mut rng = Rng::new(3);
+    let mut values = 0usize;
+    let mut load_time = Duration::ZERO;
+    for c in 0..cycles {
+        let cycle = start + c * INTERVAL;
+        let batch: Vec<Dto> = (0..dtos_per_cycle)
+            .map(|b| {
+                let mut dto = make_dto(&format!("q.{c}.{b}"), cycle, devices_per_dto, INTERFACES, &mut rng);
+                for (n, r) in dto.records.iter_mut().enumerate() {
+                    r.device = format!("rtr-{:05}", b * devices_per_dto + n / INTERFACES);
+                }
+                dto
+            })
+            .collect();
+        let t = Instant::now();
+        for chunk in batch.chunks(5) {
+            values += repo.load(1, chunk)?.values;
+        }
+        load_time += t.elapsed();
+    }
+    println!(
+        "  load through the repository API: {:.2} M values/s ({:.1} M values in {:.1} s)",
+        values as f64 / load_time.as_secs_f64() / 1e6,
+        values as f64 / 1e6,
+        load_time.as_secs_f64()
+    );
+    let t = Instant::now();
+    let mut compacted = 0;
+    loop {
+        let p = repo.compact(1, end - RECENT_WINDOW, 1000)?;
+        compacted += p.done;
+        if !p.more {
+            break;
+        }
+    }
+    let compact_time = t.elapsed().as_secs_f64();
+    println!(
+        "  compaction into item order: {compacted} cycles in {compact_time:.1} s ({:.2} M rows/s)",
+        (compacted * items) as f64 / compact_time / 1e6
+    );
+    let t = Instant::now();
+    let mut rolled = 0;
+    loop {
+        let p = repo.roll_up(1, util::unix_now(), Duration::from_secs(600), 1000)?;
+        rolled += p.done;
+        if !p.more {
+            break;
+        }
+    }
+    println!("  rollups: {rolled} periods in {:.1} s", t.elapsed().as_secs_f64());
+    drop(repo);
+    {
+        let conn = rusqlite::Connection::open(&path)?;
+        conn.query_row("PRAGMA wal_checkpoint(TRUNCATE)", [], |_| Ok(()))?;
+    }
+    let bytes = std::fs::metadata(&path)?.len();
+    println!(
+        "  repository: {:.2} GB, {:.2} bytes per stored value (raw, recent and history, plus rollups)",
+        bytes as f64 / 1e9,
+        bytes as f64 / values as f64
+    );
+
+    let (_proc, url) = start_aggregator(shared.path())?;
+    let agent = agent();
+    let mut rng = Rng::new(5);
+    let timed = |path: String| -> anyhow::Result<f64> {
+        let t = Instant::now();
+        let mut r = agent.get(&format!("{url}{path}")).call()?;
+        let body = r.body_mut().read_to_string()?;
+        let ms = t.elapsed().as_secs_f64() * 1e3;
+        if r.status() != 200 {
+            bail!("{path}: {} {body}", r.status());
+        }
+        Ok(ms)
+    };
+    let mut series = Vec::new();
+    let series_from = end - 24 * 3600;
+    for _ in 0..300 {
+        let device = rng.next() as usize % devices;
+        let item = rng.next() as usize % INTERFACES;
+        series.push(timed(format!(
+            "/api/v1/series?family=Interface&device=rtr-{device:05}&item=ge-0/0/{item}&metric=in_bps&from={series_from}&to={end}&resolution=raw"
+        ))?);
+    }
+    println!(
+        "  24 h raw series of one item (288 points, over HTTP): p50 {:.2} ms  p99 {:.2} ms  (target < 5 ms)",
+        percentile(&mut series, 50.0),
+        percentile(&mut series, 99.0)
+    );
+    let hour = end - 3 * 3600;
+    let mut top = Vec::new();
+    for _ in 0..30 {
+        top.push(timed(format!("/api/v1/top?family=Interface&metric=in_bps&from={hour}&to={}&n=10", hour + 3600))?);
+    }
+    println!(
+        "  top-10 of {items} items over one closed hour (hourly rollups): p50 {:.1} ms  p99 {:.1} ms  (target < 200 ms)",
+        percentile(&mut top, 50.0),
+        percentile(&mut top, 99.0)
+    );
+    let mut top_raw = Vec::new();
+    for _ in 0..5 {
+        top_raw.push(timed(format!(
+            "/api/v1/top?family=Interface&metric=in_bps&from={}&to={}&n=10",
+            hour + 60,
+            hour + 3660
+        ))?);
+    }
+    println!(
+        "  top-10 over an hour not on hour boundaries (raw data): p50 {:.1} ms  p99 {:.1} ms",
+        percentile(&mut top_raw, 50.0),
+        percentile(&mut top_raw, 99.0)
+    );
+    Ok(())
+}

@@ -1,0 +1,119 @@
+//! Helpers shared by the benchmarks: the pollux binary as a child process, HTTP, statistics.
+
+use anyhow::{bail, Context};
+use std::io::{BufRead, BufReader};
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+/// The `pollux` binary built beside this one.
+pub fn pollux_bin() -> anyhow::Result<PathBuf> {
+    let me = std::env::current_exe()?;
+    let bin = me.with_file_name("pollux");
+    if !bin.exists() {
+        bail!("{} not found: run `cargo build --release -p pollux` first", bin.display());
+    }
+    Ok(bin)
+}
+
+/// A child process killed (by pid) when dropped.
+pub struct Proc {
+    pub child: Child,
+}
+
+impl Drop for Proc {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Starts `pollux aggregator` on an ephemeral port; returns it with its base URL once active.
+pub fn start_aggregator(shared: &Path) -> anyhow::Result<(Proc, String)> {
+    let mut child = Command::new(pollux_bin()?)
+        .args(["aggregator", "--listen", "127.0.0.1:0", "--node-id", "bench", "--shared-dir"])
+        .arg(shared)
+        .env("RUST_LOG", "warn,pollux_aggregator=info")
+        .stdout(Stdio::null())
+        .stderr(Stdio::piped())
+        .spawn()?;
+    let stderr = child.stderr.take().unwrap();
+    let proc = Proc { child };
+    let (tx, rx) = std::sync::mpsc::channel();
+    std::thread::spawn(move || {
+        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
+            if let Some(addr) = line.split("listening on ").nth(1) {
+                let _ = tx.send(addr.trim().to_owned());
+            }
+        }
+    });
+    let addr = rx.recv_timeout(Duration::from_secs(60)).context("aggregator did not start")?;
+    let url = format!("http://{addr}");
+    wait_for(Duration::from_secs(120), || Ok(get_status(&format!("{url}/health/active"))? == 200))?;
+    Ok((proc, url))
+}
+
+pub fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .timeout_global(Some(Duration::from_secs(120)))
+            .http_status_as_error(false)
+            .build(),
+    )
+}
+
+pub fn get_status(url: &str) -> anyhow::Result<u16> {
+    Ok(agent().get(url).call().map(|r| r.status().as_u16()).unwrap_or(0))
+}
+
+pub fn get_text(agent: &ureq::Agent, url: &str) -> anyhow::Result<String> {
+    Ok(agent.get(url).call()?.body_mut().read_to_string()?)
+}
+
+/// Reads one sample from a Prometheus text page.
+pub fn metric(page: &str, name: &str) -> Option<f64> {
+    page.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok())
+}
+
+pub fn wait_for(limit: Duration, mut done: impl FnMut() -> anyhow::Result<bool>) -> anyhow::Result<()> {
+    let deadline = Instant::now() + limit;
+    while !done()? {
+        if Instant::now() > deadline {
+            bail!("timed out after {limit:?}");
+        }
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    Ok(())
+}
+
+pub fn median(values: &mut [f64]) -> f64 {
+    percentile(values, 50.0)
+}
+
+pub fn percentile(values: &mut [f64], p: f64) -> f64 {
+    values.sort_by(|a, b| a.partial_cmp(b).unwrap());
+    let rank = ((p / 100.0) * (values.len() - 1) as f64).round() as usize;
+    values[rank.min(values.len() - 1)]
+}
+
+pub fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+/// A small deterministic generator, so runs are comparable.
+pub struct Rng(u64);
+
+impl Rng {
+    pub fn new(seed: u64) -> Rng {
+        Rng(seed | 1)
+    }
+    pub fn next(&mut self) -> u64 {
+        self.0 ^= self.0 << 13;
+        self.0 ^= self.0 >> 7;
+        self.0 ^= self.0 << 17;
+        self.0
+    }
+    pub fn float(&mut self, max: f64) -> f64 {
+        (self.next() >> 11) as f64 / (1u64 << 53) as f64 * max
+    }
+}

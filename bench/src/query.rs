@@ -56,6 +56,32 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
         values as f64 / 1e6,
         load_time.as_secs_f64()
     );
+    if std::env::var("BENCH_PROBE_RECENT").is_ok() {
+        let mut rng = Rng::new(9);
+        let mut times = Vec::new();
+        for _ in 0..300 {
+            let q = pollux_repository::SeriesQuery {
+                family: "Interface".into(),
+                device: format!("rtr-{:05}", rng.next() as usize % devices),
+                item: format!("ge-0/0/{}", rng.next() as usize % INTERFACES),
+                metric: "in_bps".into(),
+                from: end - 24 * 3600,
+                to: end,
+                resolution: pollux_model::Resolution::Raw,
+            };
+            let t = Instant::now();
+            let s = repo.series(&q)?;
+            times.push(t.elapsed().as_secs_f64() * 1e3);
+            if let pollux_repository::Series::Raw(p) = s {
+                assert_eq!(p.len(), 288);
+            }
+        }
+        println!(
+            "  24 h raw series from the recent table only: p50 {:.2} ms p99 {:.2} ms",
+            percentile(&mut times, 50.0),
+            percentile(&mut times, 99.0)
+        );
+    }
     let t = Instant::now();
     let mut compacted = 0;
     loop {

@@ -32,6 +32,9 @@ pub const DEFAULT_RECENT_WINDOW: Duration = Duration::from_secs(2 * 3600);
 /// Values per load transaction: large enough to amortize the commit's fsync, small enough that
 /// rollups and compaction get the writer often.
 pub const DEFAULT_LOAD_BATCH_VALUES: usize = 400_000;
+/// How often every node reads the lease. A standby sees a released lease (planned switchover)
+/// within this, so it bounds the time without an active.
+pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Refuse to start with less free space than this in the shared directory.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 
@@ -85,6 +88,10 @@ pub struct AggregatorConfig {
     pub failwait: Duration,
     #[serde(with = "duration::serde_str")]
     pub startwait: Duration,
+    /// How often the lease is read; default the smaller of `DEFAULT_POLL_INTERVAL` and the
+    /// heartbeat (failwait / 10).
+    #[serde(with = "duration::serde_str::option")]
+    pub poll_interval: Option<Duration>,
     /// When set, PUT /api/v1/dto needs `Authorization: Bearer <token>`.
     pub ingest_token: Option<String>,
     pub max_body_bytes: usize,
@@ -111,6 +118,7 @@ impl Default for AggregatorConfig {
             shared_dir: PathBuf::from(DEFAULT_SHARED_DIR),
             failwait: DEFAULT_FAILWAIT,
             startwait: DEFAULT_STARTWAIT,
+            poll_interval: None,
             ingest_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_records: DEFAULT_MAX_RECORDS,
@@ -207,6 +215,15 @@ impl AggregatorConfig {
         if self.startwait < self.failwait {
             return err("startwait", "must not be shorter than failwait".into());
         }
+        // The holder renews every failwait / 10 and stops acknowledging at 3/4 of failwait: a
+        // lease read slower than the heartbeat would make a healthy active look dead.
+        let heartbeat = pollux_election::Timing::new(self.failwait, self.startwait).heartbeat;
+        if self.poll_interval.is_some_and(|p| p.is_zero() || p > heartbeat) {
+            return err(
+                "poll_interval",
+                format!("must be more than 0 and at most the heartbeat (failwait / 10 = {heartbeat:?})"),
+            );
+        }
         if let Some(url) = &self.advertise {
             if !(url.starts_with("http://") || url.starts_with("https://")) {
                 return err("advertise", format!("{url:?} must be an http:// or https:// URL"));
@@ -235,6 +252,12 @@ impl AggregatorConfig {
             return err("retention.raw", "must be at least 1d".into());
         }
         Ok(())
+    }
+
+    /// How often the lease is read.
+    pub fn poll_interval(&self) -> Duration {
+        let heartbeat = pollux_election::Timing::new(self.failwait, self.startwait).heartbeat;
+        self.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL.min(heartbeat))
     }
 
     /// The URL this node is reached at.

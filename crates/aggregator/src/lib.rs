@@ -19,20 +19,25 @@
 
 pub mod api;
 pub mod config;
+pub mod election;
 pub mod loader;
 pub mod maintenance;
 pub mod metrics;
 pub mod node;
+pub mod services;
 pub mod shared;
 pub mod store;
 
 use config::{AggregatorConfig, JournalChoice};
+use election::Command;
 use metrics::Metrics;
-use node::{Node, Role, Wake};
+use node::{Node, Wake};
+use pollux_election::{FileLeaseStore, Timing};
 use pollux_model::{Catalog, Limits};
 use pollux_repository::{JournalMode, RepoError, Repository, SqliteOptions, SqliteRepository};
 use shared::{SharedDir, SharedDirError, SharedDirReport};
-use std::sync::{Arc, RwLock};
+use std::sync::mpsc::{Receiver, Sender};
+use std::sync::{Arc, Mutex, RwLock};
 use store::DtoStore;
 use tokio_util::sync::CancellationToken;
 
@@ -65,10 +70,17 @@ pub struct App {
     pub loader_wake: Wake,
     pub handoff: loader::Handoff,
     pub maintenance_wake: Wake,
+    /// The election runtime's inbox (planned switchover requests).
+    pub commands: Mutex<Sender<Command>>,
     catalog: RwLock<Arc<Catalog>>,
 }
 
 impl App {
+    /// The failover timing derived from the configuration.
+    pub fn timing(&self) -> Timing {
+        Timing::new(self.config.failwait, self.config.startwait)
+    }
+
     pub fn catalog(&self) -> Arc<Catalog> {
         self.catalog.read().expect("catalog").clone()
     }
@@ -95,6 +107,7 @@ impl App {
 pub struct Aggregator {
     app: Arc<App>,
     listener: std::net::TcpListener,
+    inbox: Receiver<Command>,
 }
 
 impl Aggregator {
@@ -124,8 +137,10 @@ impl Aggregator {
             (None, Ok(addr)) => format!("http://{addr}"),
             _ => config.advertise_url(),
         };
+        let (commands, inbox) = std::sync::mpsc::channel();
         let app = App {
             node: Node::new(config.node_id.clone(), advertise),
+            commands: Mutex::new(commands),
             store: DtoStore::new(shared.dto_dir()),
             shared,
             shared_report,
@@ -138,7 +153,7 @@ impl Aggregator {
             catalog: RwLock::new(Arc::new(catalog)),
             config,
         };
-        Ok(Aggregator { app: Arc::new(app), listener })
+        Ok(Aggregator { app: Arc::new(app), listener, inbox })
     }
 
     pub fn app(&self) -> Arc<App> {
@@ -146,6 +161,10 @@ impl Aggregator {
     }
 
     /// Serves until `shutdown` fires; returns once the server and every thread have stopped.
+    ///
+    /// The node joins as standby; the election runtime takes the lease when it is free or
+    /// stale, and starts the active services. On shutdown an active finishes its current load
+    /// and releases the lease before the HTTP server stops.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
         let app = self.app;
         self.listener.set_nonblocking(true).map_err(StartError::Http)?;
@@ -154,72 +173,41 @@ impl Aggregator {
             tracing::info!("listening on {addr}");
         }
         let router = api::router(app.clone());
-        let server_stop = shutdown.clone();
-        let server = tokio::spawn(async move {
-            axum::serve(listener, router).with_graceful_shutdown(server_stop.cancelled_owned()).await
-        });
-
-        let workers_stop = shutdown.child_token();
-        let start = {
-            let app = app.clone();
-            let stop = workers_stop.clone();
-            tokio::task::spawn_blocking(move || become_active(app, stop))
+        let server_stop = CancellationToken::new();
+        let server = {
+            let stop = server_stop.clone();
+            tokio::spawn(
+                async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await },
+            )
         };
-        let workers = match start.await.expect("start task") {
-            Ok(workers) => workers,
-            Err(e) => {
-                tracing::error!(error = %e, "could not become active; serving health only");
-                app.node.fence(e.to_string());
-                Vec::new()
-            }
+
+        let election_stop = CancellationToken::new();
+        let election = {
+            let (app, stop) = (app.clone(), election_stop.clone());
+            let store = Arc::new(FileLeaseStore::new(app.shared.election_dir()));
+            let commands = app.commands.lock().expect("commands").clone();
+            let inbox = self.inbox;
+            std::thread::Builder::new()
+                .name("election".into())
+                .spawn(move || election::run(app, store, commands, inbox, stop))
+                .expect("spawn election thread")
         };
 
         shutdown.cancelled().await;
         tracing::info!("shutting down");
+        election_stop.cancel();
         app.loader_wake.notify();
         app.maintenance_wake.notify();
-        tokio::task::spawn_blocking(move || {
-            for worker in workers {
-                let _ = worker.join();
-            }
-        })
-        .await
-        .expect("join workers");
+        tokio::task::spawn_blocking(move || election.join()).await.expect("join").expect("election thread");
+        server_stop.cancel();
         server.await.expect("server task").map_err(StartError::Http)
     }
 }
 
-/// Takes the repository for a new epoch and starts the active parts.
-///
-/// The order is the fencing protocol of DESIGN.md section 5: the new epoch goes into the fence
-/// file, then into the repository's epoch row (from then on every older writer's transaction
-/// fails), and only then does anything load.
-fn become_active(app: Arc<App>, stop: CancellationToken) -> Result<Vec<std::thread::JoinHandle<()>>, StartError> {
-    let repo_err = |source| StartError::Repository { path: app.shared.repository_path().display().to_string(), source };
-    let fence = app.shared.read_fence().map_err(StartError::Fence)?;
-    let current = app.repo.epoch().map_err(repo_err)?;
-    let epoch = fence.max(current) + 1;
-    app.node.set(Role::Starting, epoch, false);
-    app.shared.write_fence(epoch).map_err(StartError::Fence)?;
-    app.repo.claim_epoch(epoch, &app.node.id).map_err(repo_err)?;
-    for family in app.catalog().iter() {
-        app.repo.ensure_family(family).map_err(repo_err)?;
-    }
-    let discarded = app.store.discard_temp().map_err(StartError::Fence)?;
-    let (backlog, _) = app.store.backlog().unwrap_or((0, 0.0));
-    tracing::info!(epoch, discarded_temp_files = discarded, backlog, "recovered the DTO store");
-    let spawn = |name: &str, body: fn(Arc<App>, u64, CancellationToken)| {
-        let (app, stop) = (app.clone(), stop.clone());
-        std::thread::Builder::new()
-            .name(name.to_owned())
-            .spawn(move || body(app, epoch, stop))
-            .expect("spawn worker thread")
-    };
-    let workers = vec![spawn("loader", loader::run), spawn("maintenance", maintenance::run)];
-    app.node.set(Role::Active, epoch, true);
-    Ok(workers)
-}
-
 pub(crate) fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+pub(crate) fn unix_now_ms() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_millis() as i64).unwrap_or(0)
 }

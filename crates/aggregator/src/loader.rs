@@ -19,13 +19,13 @@
 //! owns the repository: the loader stops at once and the node fences itself.
 
 use crate::metrics::Metrics;
+use crate::services::Term;
 use crate::App;
 use pollux_model::Dto;
 use pollux_repository::{Epoch, RepoError};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
 
 /// How many files one listing of the store picks up.
 const LIST_LIMIT: usize = 512;
@@ -68,20 +68,20 @@ impl Handoff {
         taken
     }
 
-    fn clear(&self) {
+    pub fn clear(&self) {
         self.queue.lock().expect("handoff").clear();
     }
 }
 
-pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
+/// Loads until the term is stopped or fenced. The repository is already claimed for its epoch.
+pub fn run(app: &Arc<App>, term: &Term) {
     let mut ensured: HashSet<String> = HashSet::new();
-    while !stop.is_cancelled() {
-        match load_once(&app, epoch, &mut ensured) {
+    while !term.stop.is_cancelled() {
+        match load_once(app, term.epoch, &mut ensured) {
             Ok(0) => app.loader_wake.wait(IDLE_WAIT),
             Ok(_) => {}
-            Err(RepoError::Fenced { ours, current }) => {
-                app.node.fence(format!("repository is at epoch {current}, this node holds {ours}"));
-                app.handoff.clear();
+            Err(e @ RepoError::Fenced { .. }) => {
+                term.fenced(&e);
                 return;
             }
             Err(e) => {

@@ -6,11 +6,12 @@
 //! rollups it inherited without delay.
 
 use crate::metrics::Metrics;
+use crate::services::Term;
 use crate::App;
 use pollux_repository::{Epoch, RepoError, Retention};
+use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
-use tokio_util::sync::CancellationToken;
 
 const TICK: Duration = Duration::from_secs(1);
 const CATALOG_EVERY: Duration = Duration::from_secs(10);
@@ -18,15 +19,21 @@ const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 const ROLLUP_BUDGET: usize = 16;
 const COMPACT_BUDGET: usize = 4;
 
-pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
+pub fn run(app: Arc<App>, term: Arc<Term>) {
     let mut last_catalog = Instant::now();
-    let mut last_expire: Option<Instant> = None;
-    while !stop.is_cancelled() {
-        match step(&app, epoch, &mut last_catalog, &mut last_expire) {
+    // The first expiry waits a full period: a node that just took over has rollups to finish
+    // and queries to answer first.
+    let mut last_expire = Instant::now();
+    while !term.stop.is_cancelled() {
+        if !term.claimed.load(Ordering::Acquire) {
+            app.maintenance_wake.wait(TICK);
+            continue;
+        }
+        match step(&app, term.epoch, &mut last_catalog, &mut last_expire) {
             Ok(true) => {}
             Ok(false) => app.maintenance_wake.wait(TICK),
-            Err(RepoError::Fenced { ours, current }) => {
-                app.node.fence(format!("repository is at epoch {current}, this node holds {ours}"));
+            Err(e @ RepoError::Fenced { .. }) => {
+                term.fenced(&e);
                 return;
             }
             Err(e) => {
@@ -38,12 +45,7 @@ pub fn run(app: Arc<App>, epoch: Epoch, stop: CancellationToken) {
 }
 
 /// One round; returns true when more work is due right away.
-fn step(
-    app: &App,
-    epoch: Epoch,
-    last_catalog: &mut Instant,
-    last_expire: &mut Option<Instant>,
-) -> Result<bool, RepoError> {
+fn step(app: &App, epoch: Epoch, last_catalog: &mut Instant, last_expire: &mut Instant) -> Result<bool, RepoError> {
     if last_catalog.elapsed() >= CATALOG_EVERY {
         *last_catalog = Instant::now();
         app.reload_catalog()?;
@@ -55,8 +57,8 @@ fn step(
     let before = now - config.recent_window.as_secs() as i64;
     let compacted = app.repo.compact(epoch, before, COMPACT_BUDGET)?;
     Metrics::add(&app.metrics.cycles_compacted, compacted.done as u64);
-    if last_expire.is_none_or(|t| t.elapsed() >= EXPIRE_EVERY) {
-        *last_expire = Some(Instant::now());
+    if last_expire.elapsed() >= EXPIRE_EVERY {
+        *last_expire = Instant::now();
         let expired = app.repo.expire(epoch, now, &Retention::from(&config.retention))?;
         if expired.done > 0 {
             tracing::info!(rows = expired.done, "expired data past its retention");

@@ -1,41 +1,30 @@
 //! This node's role, epoch and readiness, as every part of the aggregator sees them.
 //!
-//! States follow DESIGN.md section 5: `standby -> starting -> active`, and `fenced` once the node
-//! has lost the repository to a newer epoch. Only a ready active ingests, loads and answers
+//! The election runtime publishes a [`NodeState`] after every step; HTTP handlers and worker
+//! threads read it. Only a ready active whose acknowledgement window is open ingests and answers
 //! queries; everything else answers 503 with the role and, when known, the active's URL.
 
+use pollux_election::{Lease, LeaseState, Role};
 use pollux_repository::Epoch;
 use std::sync::{Condvar, Mutex, RwLock};
 use std::time::{Duration, Instant};
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Role {
-    Standby,
-    Starting,
-    Active,
-    Fenced,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Standby => "standby",
-            Role::Starting => "starting",
-            Role::Active => "active",
-            Role::Fenced => "fenced",
-        }
-    }
-}
 
 #[derive(Debug, Clone)]
 pub struct NodeState {
     pub role: Role,
     pub epoch: Epoch,
+    /// The active services can ingest and answer queries.
     pub ready: bool,
+    /// When the role last changed.
     pub since: Instant,
-    /// Why the node is fenced, for the operator.
+    /// Why the node fenced itself, while it is fenced.
     pub reason: Option<String>,
+    /// The active may acknowledge until then: its last renewal plus failwait - margin.
+    pub ack_until: Option<Instant>,
+    /// The lease as last seen or held.
+    pub lease: Option<Lease>,
+    /// How long the lease has gone unchanged (standby) or unrenewed (holder).
+    pub lease_age: Duration,
 }
 
 #[derive(Debug)]
@@ -48,7 +37,16 @@ pub struct Node {
 
 impl Node {
     pub fn new(id: String, advertise: String) -> Node {
-        let state = NodeState { role: Role::Standby, epoch: 0, ready: false, since: Instant::now(), reason: None };
+        let state = NodeState {
+            role: Role::Standby,
+            epoch: 0,
+            ready: false,
+            since: Instant::now(),
+            reason: None,
+            ack_until: None,
+            lease: None,
+            lease_age: Duration::ZERO,
+        };
         Node { id, advertise, state: RwLock::new(state), started: Instant::now() }
     }
 
@@ -56,31 +54,37 @@ impl Node {
         self.state.read().expect("node state").clone()
     }
 
-    /// The epoch when this node is the ready active, else `None`.
+    /// The epoch when this node is the ready active and may acknowledge now, else `None`.
     pub fn active_epoch(&self) -> Option<Epoch> {
         let s = self.state.read().expect("node state");
-        (s.role == Role::Active && s.ready).then_some(s.epoch)
+        let open = s.ack_until.is_some_and(|until| Instant::now() < until);
+        (s.role == Role::Active && s.ready && open).then_some(s.epoch)
     }
 
-    pub fn set(&self, role: Role, epoch: Epoch, ready: bool) {
-        let mut s = self.state.write().expect("node state");
-        if s.role != role {
-            tracing::info!(node = %self.id, from = s.role.name(), to = role.name(), epoch, "role change");
-            s.since = Instant::now();
-        }
-        *s = NodeState { role, epoch, ready, since: s.since, reason: None };
+    /// The active's URL as the lease tells it, when another node is the active.
+    pub fn active_url(&self) -> Option<String> {
+        let s = self.state.read().expect("node state");
+        s.lease.as_ref().filter(|l| l.state == LeaseState::Active && l.holder != self.id).map(|l| l.advertise.clone())
     }
 
-    /// Stops acknowledging and loading at once: a newer epoch owns the repository.
-    pub fn fence(&self, reason: String) {
+    /// Replaces the published state, logging role changes.
+    pub fn publish(&self, mut next: NodeState) {
         let mut s = self.state.write().expect("node state");
-        if s.role != Role::Fenced {
-            tracing::error!(node = %self.id, epoch = s.epoch, %reason, "fenced: no more acknowledgements or loads");
-            s.since = Instant::now();
+        if s.role != next.role {
+            match next.role {
+                Role::Fenced => tracing::error!(
+                    node = %self.id, epoch = next.epoch, reason = next.reason.as_deref().unwrap_or(""),
+                    "fenced: no more acknowledgements or loads"
+                ),
+                role => {
+                    tracing::info!(node = %self.id, from = s.role.name(), to = role.name(), epoch = next.epoch, "role change")
+                }
+            }
+            next.since = Instant::now();
+        } else {
+            next.since = s.since;
         }
-        s.role = Role::Fenced;
-        s.ready = false;
-        s.reason = Some(reason);
+        *s = next;
     }
 
     pub fn uptime(&self) -> Duration {

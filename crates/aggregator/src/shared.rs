@@ -126,6 +126,36 @@ impl SharedDir {
         crate::store::write_durably(&self.root, &self.fence_path(), format!("{epoch}\n").as_bytes())
     }
 
+    fn nodes_dir(&self) -> PathBuf {
+        self.election_dir().join("nodes")
+    }
+
+    /// Replaces this node's status file (`election/nodes/<node>.json`), read by every node's
+    /// System Status view. Not fsync'd: it is a report, rewritten every heartbeat.
+    pub fn write_node_status(&self, node: &str, body: &[u8]) -> std::io::Result<()> {
+        let dir = self.nodes_dir();
+        fs::create_dir_all(&dir)?;
+        let temp = dir.join(format!(".{node}.json.tmp"));
+        fs::write(&temp, body)?;
+        fs::rename(temp, dir.join(format!("{node}.json")))
+    }
+
+    /// Every node's last status report, by node id.
+    pub fn read_node_statuses(&self) -> Vec<(String, serde_json::Value)> {
+        let Ok(entries) = fs::read_dir(self.nodes_dir()) else { return Vec::new() };
+        let mut nodes: Vec<(String, serde_json::Value)> = entries
+            .filter_map(|e| e.ok())
+            .filter_map(|e| {
+                let name = e.file_name().into_string().ok()?;
+                let node = name.strip_suffix(".json")?.to_owned();
+                let body = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+                (!node.starts_with('.')).then_some((node, body))
+            })
+            .collect();
+        nodes.sort_by(|a, b| a.0.cmp(&b.0));
+        nodes
+    }
+
     /// The built-in families and every `*.toml` in `metric-families/`.
     pub fn load_catalog(&self) -> Result<Catalog, SharedDirError> {
         let mut catalog = Catalog::builtin();

@@ -2,6 +2,7 @@
 //! configuration and runs the role; everything else lives in the role crates.
 #![forbid(unsafe_code)]
 
+mod failover;
 mod status;
 
 use anyhow::Context;
@@ -28,8 +29,25 @@ struct Cli {
 enum Command {
     /// Run a Data Aggregator: DTO ingest, loading, rollups, query API and health.
     Aggregator(AggregatorArgs),
-    /// Print the System Status of an aggregator.
+    /// Route every client request to whichever aggregator is the ready active.
+    Proxy(ProxyArgs),
+    /// Print the System Status: every aggregator, the lease, the shared state.
     Status(status::StatusArgs),
+    /// Planned switchover: the active hands over to the standby without waiting for failwait.
+    Failover(failover::FailoverArgs),
+}
+
+#[derive(clap::Args)]
+struct ProxyArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// Address to serve on (default 0.0.0.0:8581).
+    #[arg(long)]
+    listen: Option<SocketAddr>,
+    /// An aggregator's base URL; repeat for each (replaces the file's list).
+    #[arg(long = "aggregator")]
+    aggregators: Vec<String>,
 }
 
 #[derive(clap::Args)]
@@ -77,7 +95,9 @@ fn main() -> ExitCode {
         .init();
     match cli.command {
         Command::Aggregator(args) => run_aggregator(args),
+        Command::Proxy(args) => run_proxy(args),
         Command::Status(args) => status::run(args),
+        Command::Failover(args) => failover::run(args),
     }
 }
 
@@ -111,16 +131,44 @@ fn run_aggregator(args: AggregatorArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
+    run_until_signal("aggregator", |shutdown| async move { aggregator.run(shutdown).await.context("aggregator") })
+}
+
+fn run_proxy(args: ProxyArgs) -> ExitCode {
+    let config = match pollux_proxy::ProxyConfig::load(args.config.as_deref(), args.listen, args.aggregators) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pollux proxy: {e}");
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let listener = match std::net::TcpListener::bind(config.listen) {
+        Ok(l) => l,
+        Err(e) => {
+            eprintln!("pollux proxy: listen {}: {e}", config.listen);
+            return ExitCode::from(EXIT_USAGE);
+        }
+    };
+    let proxy = pollux_proxy::Proxy::build(config, listener);
+    run_until_signal("proxy", |shutdown| async move { proxy.run(shutdown).await.context("proxy") })
+}
+
+/// Runs a role on a multi-threaded runtime until SIGINT or SIGTERM.
+fn run_until_signal<F, Fut>(role: &str, body: F) -> ExitCode
+where
+    F: FnOnce(CancellationToken) -> Fut,
+    Fut: std::future::Future<Output = anyhow::Result<()>>,
+{
     let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));
-        aggregator.run(shutdown).await
+        body(shutdown).await
     });
-    match result.context("aggregator") {
+    match result {
         Ok(()) => ExitCode::SUCCESS,
         Err(e) => {
-            eprintln!("pollux aggregator: {e:#}");
+            eprintln!("pollux {role}: {e:#}");
             ExitCode::FAILURE
         }
     }

@@ -31,36 +31,73 @@ pub fn run(args: StatusArgs) -> ExitCode {
         println!("{}", serde_json::to_string_pretty(&body).expect("JSON"));
         return ExitCode::SUCCESS;
     }
-    println!(
-        "{:<16} {:<9} {:>5} {:>5} {:>9} {:>9} {:>8} {:>10} {:>10} {:<8}",
-        "NODE", "ROLE", "EPOCH", "READY", "FAILWAIT", "STARTWAIT", "BACKLOG", "LAG(s)", "REPO(MiB)", "VERSION"
-    );
-    let mut healthy = true;
-    for node in body["nodes"].as_array().into_iter().flatten() {
-        let text = |k: &str| node[k].as_str().unwrap_or("-").to_owned();
-        healthy &=
-            node["shared_dir"]["ok"].as_bool().unwrap_or(false) && node["repository"]["ok"].as_bool().unwrap_or(false);
-        println!(
-            "{:<16} {:<9} {:>5} {:>5} {:>9} {:>9} {:>8} {:>10.1} {:>10.1} {:<8}",
-            text("node"),
-            text("role"),
-            node["epoch"].as_u64().unwrap_or(0),
-            if node["ready"].as_bool().unwrap_or(false) { "yes" } else { "no" },
-            text("failwait"),
-            text("startwait"),
-            node["dto_backlog"].as_u64().unwrap_or(0),
-            node["loader_lag_seconds"].as_f64().unwrap_or(0.0),
-            node["repository"]["bytes"].as_u64().unwrap_or(0) as f64 / (1 << 20) as f64,
-            text("version"),
-        );
-        if let Some(reason) = node["reason"].as_str() {
-            println!("  reason: {reason}");
-        }
-    }
+    print!("{}", render(&body));
+    let healthy =
+        body["shared_dir"]["ok"].as_bool().unwrap_or(false) && body["repository"]["ok"].as_bool().unwrap_or(false);
     if healthy {
         ExitCode::SUCCESS
     } else {
         println!("shared dir or repository unhealthy: see --json");
         ExitCode::FAILURE
     }
+}
+
+/// The System Status as a terminal table: one line per aggregator, then the shared state.
+fn render(body: &serde_json::Value) -> String {
+    use std::fmt::Write;
+    let mut out = String::new();
+    let _ = writeln!(
+        out,
+        "{:<16} {:<9} {:>6} {:>5} {:>11} {:<8} URL",
+        "NODE", "ROLE", "EPOCH", "READY", "HEARTBEAT", "VERSION"
+    );
+    for node in body["nodes"].as_array().into_iter().flatten() {
+        let text = |k: &str| node[k].as_str().unwrap_or("-").to_owned();
+        let age = node["heartbeat_age_seconds"].as_f64().map_or("-".to_owned(), |a| format!("{a:.1}s ago"));
+        let _ = writeln!(
+            out,
+            "{:<16} {:<9} {:>6} {:>5} {:>11} {:<8} {}{}",
+            text("node"),
+            text("role"),
+            node["epoch"].as_u64().unwrap_or(0),
+            if node["ready"].as_bool().unwrap_or(false) { "yes" } else { "no" },
+            age,
+            text("version"),
+            text("advertise"),
+            node["reason"].as_str().map(|r| format!("  ({r})")).unwrap_or_default(),
+        );
+    }
+    let lease = &body["lease"];
+    if lease.is_object() {
+        let _ = writeln!(
+            out,
+            "lease: {} epoch {} {} (counter {}, unchanged for {:.1}s); failwait {}, startwait {}",
+            lease["holder"].as_str().unwrap_or("-"),
+            lease["epoch"],
+            lease["state"].as_str().unwrap_or("-"),
+            lease["counter"],
+            lease["unchanged_seconds"].as_f64().unwrap_or(0.0),
+            body["failwait"].as_str().unwrap_or("-"),
+            body["startwait"].as_str().unwrap_or("-"),
+        );
+    } else {
+        let _ = writeln!(out, "lease: not taken yet");
+    }
+    let shared = &body["shared_dir"];
+    let repo = &body["repository"];
+    let _ = writeln!(
+        out,
+        "DTO backlog {} (oldest {:.1}s); shared dir {} {} ({:.1} GiB free{}); repository {} ({:.1} MiB, {} DTOs loaded, {} rollups pending)",
+        body["dto_backlog"],
+        body["loader_lag_seconds"].as_f64().unwrap_or(0.0),
+        shared["path"].as_str().unwrap_or("-"),
+        if shared["ok"].as_bool().unwrap_or(false) { "ok" } else { "FAILING" },
+        shared["free_bytes"].as_f64().unwrap_or(0.0) / (1u64 << 30) as f64,
+        if shared["nfs"].as_bool().unwrap_or(false) { ", NFS" } else { "" },
+        if repo["ok"].as_bool().unwrap_or(false) { "ok" } else { "FAILING" },
+        repo["bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64,
+        repo["loaded_dtos"],
+        repo["pending_rollups"],
+    );
+    out
 }

@@ -1,9 +1,10 @@
-//! `/health`, `/health/active`, `/api/v1/status` and `/metrics`.
+//! `/health`, `/health/active`, `/api/v1/status`, `/api/v1/failover` and `/metrics`.
 //!
 //! These answer on every node whatever its role: they are how the proxy, operators and the other
 //! aggregator learn who is active.
 
 use super::{blocking, ApiError};
+use crate::election::Command;
 use crate::metrics::Gauges;
 use crate::App;
 use axum::extract::State;
@@ -13,6 +14,7 @@ use axum::Json;
 use pollux_model::duration;
 use serde_json::{json, Value};
 use std::sync::Arc;
+use std::time::Duration;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -30,21 +32,51 @@ pub async fn health(State(app): State<Arc<App>>) -> Json<Value> {
     Json(health_body(&app))
 }
 
+/// 200 only on the ready active that may acknowledge now: the proxy routes on this.
 pub async fn health_active(State(app): State<Arc<App>>) -> Response {
     let status = if app.node.active_epoch().is_some() { StatusCode::OK } else { StatusCode::SERVICE_UNAVAILABLE };
     (status, Json(health_body(&app))).into_response()
 }
 
-/// The System Status view of this node. (Both DAs appear once the election layer exists.)
+/// The System Status view: every aggregator that ever reported (from the status files each
+/// writes into the shared directory every heartbeat), the lease, and the health of the shared
+/// directory and repository as this node sees them.
 pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let app2 = app.clone();
-    let (backlog, repo) = blocking(move || (app2.store.backlog(), app2.repo.stats())).await?;
+    let (backlog, repo, reports) =
+        blocking(move || (app2.store.backlog(), app2.repo.stats(), app2.shared.read_node_statuses())).await?;
     let (dto_backlog, load_lag) = backlog.as_ref().map(|b| (b.0, b.1)).unwrap_or((0, 0.0));
-    let mut node = health_body(&app);
-    let extra = json!({
+    let state = app.node.state();
+    let now_ms = crate::unix_now_ms();
+    let mut nodes: Vec<Value> = reports
+        .into_iter()
+        .map(|(_, mut report)| {
+            let age = report["updated_at_ms"].as_i64().map(|t| (now_ms - t).max(0) as f64 / 1000.0);
+            report["heartbeat_age_seconds"] = json!(age);
+            report
+        })
+        .collect();
+    // This node's own line is live, not its last report.
+    let mine = json!({
+        "node": app.node.id, "role": state.role.name(), "epoch": state.epoch, "ready": state.ready,
+        "advertise": app.node.advertise, "version": VERSION, "pid": std::process::id(),
+        "failwait": duration::format(app.config.failwait), "startwait": duration::format(app.config.startwait),
+        "reason": state.reason, "heartbeat_age_seconds": 0.0, "this_node": true,
+    });
+    match nodes.iter_mut().find(|n| n["node"] == app.node.id.as_str()) {
+        Some(n) => *n = mine,
+        None => nodes.push(mine),
+    }
+    let lease = state.lease.as_ref().map(|l| {
+        json!({"holder": l.holder, "advertise": l.advertise, "epoch": l.epoch, "counter": l.counter,
+               "state": l.state, "unchanged_seconds": state.lease_age.as_secs_f64()})
+    });
+    Ok(Json(json!({
+        "nodes": nodes,
+        "lease": lease,
+        "active": nodes.iter().find(|n| n["role"] == "active").map(|n| n["node"].clone()),
         "failwait": duration::format(app.config.failwait),
         "startwait": duration::format(app.config.startwait),
-        "heartbeat_age_seconds": Value::Null,
         "dto_backlog": dto_backlog,
         "loader_lag_seconds": load_lag,
         "shared_dir": {
@@ -56,11 +88,25 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
                             "pending_rollups": s.pending_rollups, "items": s.items}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
-    });
-    if let (Value::Object(node), Value::Object(extra)) = (&mut node, extra) {
-        node.extend(extra);
+        "version": VERSION,
+    })))
+}
+
+/// A planned switchover: the active stops, releases the lease, and the standby takes it at
+/// its next read. Refused (409) on a node that is not the active.
+pub async fn failover(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
+    let (reply, answer) = std::sync::mpsc::channel();
+    app.commands
+        .lock()
+        .expect("commands")
+        .send(Command::Release { reply })
+        .map_err(|_| ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the election runtime is not running"))?;
+    let result = blocking(move || answer.recv_timeout(Duration::from_secs(10))).await?;
+    match result {
+        Ok(Ok(epoch)) => Ok(Json(json!({"released": true, "node": app.node.id, "epoch": epoch}))),
+        Ok(Err(why)) => Err(ApiError::new(StatusCode::CONFLICT, why)),
+        Err(_) => Err(ApiError::new(StatusCode::SERVICE_UNAVAILABLE, "the election runtime did not answer")),
     }
-    Ok(Json(json!({ "nodes": [node] })))
 }
 
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {

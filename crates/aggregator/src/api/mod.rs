@@ -8,10 +8,12 @@ mod health;
 mod ingest;
 mod query;
 
+pub use health::VERSION;
+
 use crate::App;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
-use axum::routing::{get, put};
+use axum::routing::{get, post, put};
 use axum::{Json, Router};
 use pollux_repository::{Epoch, RepoError};
 use serde_json::json;
@@ -26,6 +28,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/series", get(query::series))
         .route("/api/v1/top", get(query::top))
         .route("/api/v1/status", get(health::status))
+        .route("/api/v1/failover", post(health::failover))
         .route("/health", get(health::health))
         .route("/health/active", get(health::health_active))
         .route("/metrics", get(health::metrics))
@@ -56,7 +59,7 @@ impl ApiError {
         let body = json!({
             "error": format!("this node is {}, not the ready active aggregator", state.role.name()),
             "role": state.role.name(),
-            "active": serde_json::Value::Null,
+            "active": app.node.active_url(),
         });
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, body, retry_after: true }
     }

@@ -156,7 +156,17 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
         )?;
             pending == 0
         };
-    let sql = if rolled {
+    let single_period = q.to - q.from == hour;
+    let sql = if rolled && single_period {
+        // One period: no grouping, a scan of the period's rows into a top-n sorter.
+        format!(
+            "SELECT item_id, \"{column}_sum\" / \"{column}_count\" AS avg, \"{column}_min\", \"{column}_max\",
+                    \"{column}_count\"
+             FROM {table} WHERE period >= ?1 AND period < ?2 AND \"{column}_count\" > 0
+             ORDER BY avg DESC LIMIT ?3",
+            table = family.rollup(Resolution::Hour)
+        )
+    } else if rolled {
         format!(
             "SELECT item_id, sum(\"{column}_sum\") / sum(\"{column}_count\") AS avg, min(\"{column}_min\"),
                     max(\"{column}_max\"), sum(\"{column}_count\")

@@ -1,0 +1,78 @@
+//! `pollux failover`: a planned switchover, reported with the time the system had no active.
+
+use serde_json::Value;
+use std::process::ExitCode;
+use std::time::{Duration, Instant};
+
+#[derive(clap::Args)]
+pub struct FailoverArgs {
+    /// The proxy, or any aggregator.
+    #[arg(long, default_value = "http://127.0.0.1:8581")]
+    url: String,
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).build(),
+    )
+}
+
+fn get_json(agent: &ureq::Agent, url: &str) -> Result<(u16, Value), String> {
+    let mut r = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+    let status = r.status().as_u16();
+    Ok((status, r.body_mut().read_json().unwrap_or(Value::Null)))
+}
+
+pub fn run(args: FailoverArgs) -> ExitCode {
+    match switch_over(args.url.trim_end_matches('/')) {
+        Ok(message) => {
+            println!("{message}");
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pollux failover: {e}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn switch_over(base: &str) -> Result<String, String> {
+    let agent = agent();
+    let (_, status) = get_json(&agent, &format!("{base}/api/v1/status"))?;
+    let nodes: Vec<Value> = status["nodes"].as_array().cloned().unwrap_or_default();
+    let old = status["lease"]["holder"].as_str().unwrap_or("").to_owned();
+    let others: Vec<String> = nodes
+        .iter()
+        .filter(|n| n["node"].as_str() != Some(old.as_str()))
+        .filter_map(|n| n["advertise"].as_str().map(str::to_owned))
+        .collect();
+    if others.is_empty() {
+        return Err("no other aggregator has reported: nothing to switch over to".into());
+    }
+    let started = Instant::now();
+    let mut r = agent.post(&format!("{base}/api/v1/failover")).send_empty().map_err(|e| e.to_string())?;
+    let answer: Value = r.body_mut().read_json().unwrap_or(Value::Null);
+    if r.status() != 200 {
+        return Err(format!("{}: {}", r.status(), answer["error"].as_str().unwrap_or("refused")));
+    }
+    let released = Instant::now();
+    let deadline = released + Duration::from_secs(30);
+    while Instant::now() < deadline {
+        for url in &others {
+            if let Ok((200, health)) = get_json(&agent, &format!("{url}/health/active")) {
+                let gap = released.elapsed();
+                return Ok(format!(
+                    "switched over from {} (epoch {}) to {} (epoch {}); no active for at most {:.0} ms (request to new active {:.0} ms)",
+                    answer["node"].as_str().unwrap_or(&old),
+                    answer["epoch"],
+                    health["node"].as_str().unwrap_or("?"),
+                    health["epoch"],
+                    gap.as_secs_f64() * 1e3,
+                    started.elapsed().as_secs_f64() * 1e3,
+                ));
+            }
+        }
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    Err("the lease was released but no other aggregator became active within 30 s".into())
+}

@@ -1,0 +1,82 @@
+//! The proxy's configuration: a TOML file overridden by flags, checked once at start.
+
+use pollux_model::duration;
+use serde::Deserialize;
+use std::net::SocketAddr;
+use std::path::Path;
+use std::time::Duration;
+
+pub const DEFAULT_LISTEN: &str = "0.0.0.0:8581";
+/// Sub-second, so a takeover is noticed within a fraction of a second of the new active's
+/// readiness.
+pub const DEFAULT_CHECK_INTERVAL: Duration = Duration::from_millis(200);
+/// A health check slower than this counts as a failure (a frozen aggregator never answers).
+pub const DEFAULT_CHECK_TIMEOUT: Duration = Duration::from_millis(500);
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct ProxyConfig {
+    pub listen: SocketAddr,
+    /// Base URLs of the aggregators, e.g. `http://127.0.0.2:8581`.
+    pub aggregators: Vec<String>,
+    #[serde(with = "duration::serde_str")]
+    pub check_interval: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub check_timeout: Duration,
+}
+
+impl Default for ProxyConfig {
+    fn default() -> Self {
+        ProxyConfig {
+            listen: DEFAULT_LISTEN.parse().expect("valid default"),
+            aggregators: Vec::new(),
+            check_interval: DEFAULT_CHECK_INTERVAL,
+            check_timeout: DEFAULT_CHECK_TIMEOUT,
+        }
+    }
+}
+
+#[derive(Debug, thiserror::Error)]
+#[error("{source_name}: {key}: {problem}")]
+pub struct ConfigError {
+    pub source_name: String,
+    pub key: String,
+    pub problem: String,
+}
+
+impl ProxyConfig {
+    /// Reads `file` (if any), then applies the flags: `listen` and, when any are given, the
+    /// aggregator URLs (which replace the file's list).
+    pub fn load(
+        file: Option<&Path>,
+        listen: Option<SocketAddr>,
+        aggregators: Vec<String>,
+    ) -> Result<ProxyConfig, ConfigError> {
+        let name = file.map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
+        let err = |key: &str, problem: String| ConfigError { source_name: name.clone(), key: key.to_owned(), problem };
+        let mut config = match file {
+            Some(path) => {
+                let text = std::fs::read_to_string(path).map_err(|e| err("-", format!("cannot read: {e}")))?;
+                toml::from_str(&text).map_err(|e: toml::de::Error| err("-", e.message().replace('\n', " ")))?
+            }
+            None => ProxyConfig::default(),
+        };
+        config.listen = listen.unwrap_or(config.listen);
+        if !aggregators.is_empty() {
+            config.aggregators = aggregators;
+        }
+        if config.aggregators.is_empty() {
+            return Err(err("aggregators", "name at least one aggregator URL (--aggregator)".into()));
+        }
+        for url in &config.aggregators {
+            if !url.starts_with("http://") || url.trim_end_matches('/').len() <= "http://".len() {
+                return Err(err("aggregators", format!("{url:?} must be an http:// URL")));
+            }
+        }
+        config.aggregators = config.aggregators.iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
+        if config.check_interval.is_zero() || config.check_timeout.is_zero() {
+            return Err(err("check_interval", "check_interval and check_timeout must be more than 0".into()));
+        }
+        Ok(config)
+    }
+}

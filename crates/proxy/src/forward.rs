@@ -1,0 +1,142 @@
+//! Forwarding: every request to the current active, bodies streamed, hop-by-hop headers dropped.
+
+use crate::health::Backends;
+use bytes::Bytes;
+use http_body_util::{combinators::BoxBody, BodyExt, Full};
+use hyper::body::Incoming;
+use hyper::header::{HeaderName, HeaderValue};
+use hyper::server::conn::http1;
+use hyper::service::service_fn;
+use hyper::{Request, Response, StatusCode};
+use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::rt::{TokioExecutor, TokioIo};
+use serde_json::json;
+use std::convert::Infallible;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+type Body = BoxBody<Bytes, hyper::Error>;
+
+/// Headers that describe one connection, not the message (RFC 9110 section 7.6.1).
+const HOP_BY_HOP: [&str; 8] = [
+    "connection",
+    "keep-alive",
+    "proxy-authenticate",
+    "proxy-authorization",
+    "te",
+    "trailer",
+    "transfer-encoding",
+    "upgrade",
+];
+
+pub async fn serve(listener: tokio::net::TcpListener, backends: Arc<Backends>, stop: CancellationToken) {
+    let mut connector = HttpConnector::new();
+    connector.set_nodelay(true);
+    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
+    let mut connections = tokio::task::JoinSet::new();
+    loop {
+        let (stream, _) = tokio::select! {
+            _ = stop.cancelled() => break,
+            accepted = listener.accept() => match accepted {
+                Ok(a) => a,
+                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
+            },
+        };
+        let _ = stream.set_nodelay(true);
+        let (backends, client, stop) = (backends.clone(), client.clone(), stop.clone());
+        connections.spawn(async move {
+            let service = service_fn(move |req| {
+                let (backends, client) = (backends.clone(), client.clone());
+                async move { Ok::<_, Infallible>(handle(req, &backends, &client).await) }
+            });
+            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
+            let mut conn = std::pin::pin!(conn);
+            tokio::select! {
+                _ = conn.as_mut() => {}
+                _ = stop.cancelled() => {
+                    conn.as_mut().graceful_shutdown();
+                    let _ = conn.await;
+                }
+            }
+        });
+    }
+    while connections.join_next().await.is_some() {}
+}
+
+async fn handle(
+    req: Request<Incoming>,
+    backends: &Backends,
+    client: &Client<HttpConnector, Incoming>,
+) -> Response<Body> {
+    if req.uri().path() == "/proxy/status" {
+        return proxy_status(backends);
+    }
+    let Some(target) = backends.active() else {
+        return unavailable("no aggregator is the ready active; retry shortly");
+    };
+    let path = req.uri().path_and_query().map_or("/", |p| p.as_str());
+    let uri: hyper::Uri = match format!("{target}{path}").parse() {
+        Ok(u) => u,
+        Err(e) => return json_response(StatusCode::BAD_REQUEST, json!({"error": format!("bad request URI: {e}")})),
+    };
+    let (mut parts, body) = req.into_parts();
+    parts.uri = uri;
+    strip_hop_by_hop(&mut parts.headers);
+    parts.headers.remove(hyper::header::HOST);
+    match client.request(Request::from_parts(parts, body)).await {
+        Ok(response) => {
+            let (mut parts, body) = response.into_parts();
+            strip_hop_by_hop(&mut parts.headers);
+            Response::from_parts(parts, body.boxed())
+        }
+        Err(e) => {
+            // The active died or froze between two checks: take it out now; the client retries.
+            backends.mark_down(&target, e.to_string());
+            tracing::warn!(%target, error = %e, "forwarding failed");
+            unavailable(&format!("the active aggregator at {target} did not answer; retry shortly"))
+        }
+    }
+}
+
+fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {
+    let named: Vec<HeaderName> = headers
+        .get_all(hyper::header::CONNECTION)
+        .iter()
+        .filter_map(|v| v.to_str().ok())
+        .flat_map(|v| v.split(','))
+        .filter_map(|name| HeaderName::from_bytes(name.trim().as_bytes()).ok())
+        .collect();
+    for name in named {
+        headers.remove(name);
+    }
+    for name in HOP_BY_HOP {
+        headers.remove(name);
+    }
+}
+
+fn unavailable(message: &str) -> Response<Body> {
+    let mut response =
+        json_response(StatusCode::SERVICE_UNAVAILABLE, json!({"error": message, "role": "proxy", "active": null}));
+    response.headers_mut().insert(hyper::header::RETRY_AFTER, HeaderValue::from_static("1"));
+    response
+}
+
+fn proxy_status(backends: &Backends) -> Response<Body> {
+    let list: Vec<_> = backends
+        .snapshot()
+        .into_iter()
+        .map(|b| {
+            json!({"url": b.url, "active": b.active, "epoch": b.epoch, "node": b.node, "error": b.error,
+                   "checked_ms_ago": b.checked.map(|t| t.elapsed().as_millis() as u64)})
+        })
+        .collect();
+    json_response(StatusCode::OK, json!({"active": backends.active(), "aggregators": list}))
+}
+
+fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> {
+    let bytes = Bytes::from(body.to_string());
+    let mut response = Response::new(Full::new(bytes).map_err(|never| match never {}).boxed());
+    *response.status_mut() = status;
+    response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    response
+}

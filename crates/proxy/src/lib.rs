@@ -1,0 +1,46 @@
+//! The proxy: one address for collectors, users and the portal, whichever aggregator is active.
+//!
+//! ```text
+//!   clients ──▶ proxy ──▶ the ready active with the highest epoch   (bodies streamed both ways)
+//!                 │
+//!                 └─ health checker: GET /health/active on every aggregator each check_interval
+//! ```
+//!
+//! While no aggregator is the ready active the proxy answers 503 with `Retry-After`, so
+//! collectors keep their DTOs and try again. It adds one loopback hop and no buffering. Its own
+//! view of the backends is at `/proxy/status`; every other path is forwarded.
+#![forbid(unsafe_code)]
+
+pub mod config;
+mod forward;
+mod health;
+
+pub use config::{ConfigError, ProxyConfig};
+
+use health::Backends;
+use std::sync::Arc;
+use tokio_util::sync::CancellationToken;
+
+pub struct Proxy {
+    config: ProxyConfig,
+    listener: std::net::TcpListener,
+}
+
+impl Proxy {
+    /// The caller binds the listener (tests use port 0).
+    pub fn build(config: ProxyConfig, listener: std::net::TcpListener) -> Proxy {
+        Proxy { config, listener }
+    }
+
+    /// Serves until `shutdown` fires; returns when the checker and the server have stopped.
+    pub async fn run(self, shutdown: CancellationToken) -> std::io::Result<()> {
+        self.listener.set_nonblocking(true)?;
+        let listener = tokio::net::TcpListener::from_std(self.listener)?;
+        tracing::info!("listening on {}", listener.local_addr()?);
+        let backends = Arc::new(Backends::new(&self.config));
+        let checker = tokio::spawn(health::run(backends.clone(), self.config.clone(), shutdown.clone()));
+        forward::serve(listener, backends, shutdown).await;
+        let _ = checker.await;
+        Ok(())
+    }
+}

@@ -123,6 +123,9 @@ impl SharedDir {
 
     /// Durably replaces the fence file with `epoch`.
     pub fn write_fence(&self, epoch: Epoch) -> std::io::Result<()> {
+        if pollux_failpoint::hit("shared.write") {
+            return Err(std::io::Error::other("injected fault shared.write"));
+        }
         crate::store::write_durably(&self.root, &self.fence_path(), format!("{epoch}\n").as_bytes())
     }
 

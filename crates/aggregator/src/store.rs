@@ -94,6 +94,9 @@ impl DtoStore {
     }
 
     fn publish(&self, temp: &Path, final_path: &Path, bytes: &[u8]) -> io::Result<StoreOutcome> {
+        if pollux_failpoint::hit("shared.write") {
+            return Err(io::Error::other("injected fault shared.write"));
+        }
         let mut file = File::create(temp)?;
         if pollux_failpoint::ENABLED {
             let half = bytes.len() / 2;

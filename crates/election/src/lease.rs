@@ -94,17 +94,14 @@ impl FileLeaseStore {
 
 impl LeaseStore for FileLeaseStore {
     fn read(&self) -> Result<Option<Lease>, StoreError> {
-        if pollux_failpoint::hit("lease.io") {
-            return Err(StoreError::Io("injected fault lease.io".into()));
-        }
         // The file is replaced by rename, so a reader sees a whole old or a whole new lease
         // without taking the lock.
         self.read_unlocked()
     }
 
     fn swap(&self, expected: Option<&Lease>, new: &Lease) -> Result<(), StoreError> {
-        if pollux_failpoint::hit("lease.io") {
-            return Err(StoreError::Io("injected fault lease.io".into()));
+        if pollux_failpoint::hit("shared.write") {
+            return Err(StoreError::Io("injected fault shared.write".into()));
         }
         let _lock = self.lock()?;
         if self.read_unlocked()?.as_ref() != expected {

@@ -10,6 +10,9 @@
 //! - `abort`: the process dies at once (SIGABRT: no destructors, no flushing), as with kill -9.
 //! - `hang`: the calling thread sleeps forever, as with a wedged disk or a start that never ends.
 //! - `error`: [`hit`] returns `true`, and the caller turns that into an I/O error of its own.
+//! - `error-while:<path>`: like `error`, but only while the file `<path>` exists, so a test can
+//!   switch a fault on and off in a running process (a shared directory that is unwritable for
+//!   a while).
 //!
 //! Without the `failpoints` feature every point compiles to nothing and [`hit`] is `false`, so a
 //! production binary carries no trace of them.
@@ -70,6 +73,7 @@ mod imp {
                 }
             }
             "error" => true,
+            other if other.starts_with("error-while:") => std::path::Path::new(&other["error-while:".len()..]).exists(),
             other => {
                 eprintln!("failpoint {name}: unknown action {other:?}, ignored");
                 false

@@ -48,17 +48,18 @@ fn render(body: &serde_json::Value) -> String {
     let mut out = String::new();
     let _ = writeln!(
         out,
-        "{:<16} {:<9} {:>6} {:>5} {:>11} {:<8} URL",
+        "{:<16} {:<14} {:>6} {:>5} {:>11} {:<8} URL",
         "NODE", "ROLE", "EPOCH", "READY", "HEARTBEAT", "VERSION"
     );
     for node in body["nodes"].as_array().into_iter().flatten() {
         let text = |k: &str| node[k].as_str().unwrap_or("-").to_owned();
+        let role = if node["reachable"] == false { format!("down({})", text("role")) } else { text("role") };
         let age = node["heartbeat_age_seconds"].as_f64().map_or("-".to_owned(), |a| format!("{a:.1}s ago"));
         let _ = writeln!(
             out,
-            "{:<16} {:<9} {:>6} {:>5} {:>11} {:<8} {}{}",
+            "{:<16} {:<14} {:>6} {:>5} {:>11} {:<8} {}{}",
             text("node"),
-            text("role"),
+            role,
             node["epoch"].as_u64().unwrap_or(0),
             if node["ready"].as_bool().unwrap_or(false) { "yes" } else { "no" },
             age,

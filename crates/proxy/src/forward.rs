@@ -83,7 +83,14 @@ async fn handle(
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(hyper::header::HOST);
-    match client.request(Request::from_parts(parts, body)).await {
+    let forwarded = tokio::select! {
+        result = client.request(Request::from_parts(parts, body)) => result,
+        _ = backends.deposed(&target) => {
+            tracing::warn!(%target, "the active changed while a request was in flight; answered 503");
+            return unavailable("the active aggregator changed while this request was in flight; retry");
+        }
+    };
+    match forwarded {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
             strip_hop_by_hop(&mut parts.headers);

@@ -25,6 +25,8 @@ pub struct BackendState {
 #[derive(Debug)]
 pub struct Backends {
     states: RwLock<Vec<BackendState>>,
+    /// The current active's URL, for requests in flight to notice when it changes.
+    active_tx: tokio::sync::watch::Sender<Option<String>>,
 }
 
 impl Backends {
@@ -41,7 +43,24 @@ impl Backends {
                 error: None,
             })
             .collect();
-        Backends { states: RwLock::new(states) }
+        let (active_tx, _) = tokio::sync::watch::channel(None);
+        Backends { states: RwLock::new(states), active_tx }
+    }
+
+    /// Resolves when `url` is no longer the active: a request forwarded to an active that froze
+    /// is answered 503 then, instead of hanging until the old active resumes.
+    pub async fn deposed(&self, url: &str) {
+        let mut rx = self.active_tx.subscribe();
+        let _ = rx.wait_for(|active| active.as_deref() != Some(url)).await;
+    }
+
+    fn publish_active(&self) {
+        let active = self.active();
+        self.active_tx.send_if_modified(|current| {
+            let changed = *current != active;
+            *current = active;
+            changed
+        });
     }
 
     /// The URL of the ready active with the highest epoch.
@@ -52,11 +71,14 @@ impl Backends {
 
     /// Marks a backend down at once when a forwarded request could not reach it.
     pub fn mark_down(&self, url: &str, error: String) {
-        let mut states = self.states.write().expect("backends");
-        if let Some(b) = states.iter_mut().find(|b| b.url == url) {
-            b.active = false;
-            b.error = Some(error);
+        {
+            let mut states = self.states.write().expect("backends");
+            if let Some(b) = states.iter_mut().find(|b| b.url == url) {
+                b.active = false;
+                b.error = Some(error);
+            }
         }
+        self.publish_active();
     }
 
     pub fn snapshot(&self) -> Vec<BackendState> {
@@ -64,12 +86,15 @@ impl Backends {
     }
 
     fn update(&self, index: usize, next: BackendState) {
-        let mut states = self.states.write().expect("backends");
-        let was = states[index].active;
-        if was != next.active {
-            tracing::info!(url = %next.url, epoch = next.epoch, active = next.active, "backend changed");
+        {
+            let mut states = self.states.write().expect("backends");
+            let was = states[index].active;
+            if was != next.active {
+                tracing::info!(url = %next.url, epoch = next.epoch, active = next.active, "backend changed");
+            }
+            states[index] = next;
         }
-        states[index] = next;
+        self.publish_active();
     }
 }
 

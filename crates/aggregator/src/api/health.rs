@@ -48,11 +48,14 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
     let (dto_backlog, load_lag) = backlog.as_ref().map(|b| (b.0, b.1)).unwrap_or((0, 0.0));
     let state = app.node.state();
     let now_ms = crate::unix_now_ms();
+    let failwait = app.config.failwait.as_secs_f64();
     let mut nodes: Vec<Value> = reports
         .into_iter()
         .map(|(_, mut report)| {
             let age = report["updated_at_ms"].as_i64().map(|t| (now_ms - t).max(0) as f64 / 1000.0);
             report["heartbeat_age_seconds"] = json!(age);
+            // A node silent for failwait is down (or cut off), whatever it last said.
+            report["reachable"] = json!(age.is_some_and(|a| a < failwait));
             report
         })
         .collect();
@@ -61,7 +64,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         "node": app.node.id, "role": state.role.name(), "epoch": state.epoch, "ready": state.ready,
         "advertise": app.node.advertise, "version": VERSION, "pid": std::process::id(),
         "failwait": duration::format(app.config.failwait), "startwait": duration::format(app.config.startwait),
-        "reason": state.reason, "heartbeat_age_seconds": 0.0, "this_node": true,
+        "reason": state.reason, "heartbeat_age_seconds": 0.0, "reachable": true, "this_node": true,
     });
     match nodes.iter_mut().find(|n| n["node"] == app.node.id.as_str()) {
         Some(n) => *n = mine,
@@ -74,7 +77,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({
         "nodes": nodes,
         "lease": lease,
-        "active": nodes.iter().find(|n| n["role"] == "active").map(|n| n["node"].clone()),
+        "active": nodes.iter().find(|n| n["role"] == "active" && n["reachable"] == true).map(|n| n["node"].clone()),
         "failwait": duration::format(app.config.failwait),
         "startwait": duration::format(app.config.startwait),
         "dto_backlog": dto_backlog,

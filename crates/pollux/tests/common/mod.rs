@@ -4,6 +4,8 @@
 //! Every wait has a deadline; every process started is killed (by pid) when its handle drops.
 #![allow(dead_code)]
 
+pub mod cluster;
+
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
 use std::path::Path;
@@ -30,7 +32,7 @@ pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// A running `pollux aggregator`.
+/// A running `pollux` process that serves HTTP (an aggregator or the proxy).
 pub struct Aggregator {
     child: Child,
     pub url: String,
@@ -40,18 +42,23 @@ pub struct Aggregator {
 impl Aggregator {
     /// Starts an aggregator on an ephemeral port of 127.0.0.1 and waits until it listens.
     pub fn start(shared: &Path, extra: &[&str], env: &[(&str, &str)]) -> Aggregator {
+        let mut args: Vec<String> = ["aggregator", "--listen", "127.0.0.1:0", "--node-id", "da-test", "--shared-dir"]
+            .iter()
+            .map(|s| s.to_string())
+            .collect();
+        args.push(shared.display().to_string());
+        args.extend(extra.iter().map(|s| s.to_string()));
+        Aggregator::spawn(&args, env)
+    }
+
+    /// Starts `pollux <args>` and waits until it says where it listens.
+    pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Aggregator {
         let mut cmd = Command::new(BIN);
-        cmd.args(["aggregator", "--listen", "127.0.0.1:0", "--node-id", "da-test", "--shared-dir"])
-            .arg(shared)
-            .args(extra)
-            .env("RUST_LOG", "info")
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(Stdio::piped());
+        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start pollux aggregator");
+        let mut child = cmd.spawn().expect("start pollux");
         let stderr = child.stderr.take().unwrap();
         let log = Arc::new(Mutex::new(String::new()));
         let (tx, rx) = mpsc::channel();
@@ -72,7 +79,7 @@ impl Aggregator {
             Err(_) => {
                 let _ = child.kill();
                 let _ = child.wait();
-                panic!("aggregator did not start listening:\n{}", log.lock().unwrap());
+                panic!("pollux {args:?} did not start listening:\n{}", log.lock().unwrap());
             }
         };
         Aggregator { child, url: format!("http://{addr}"), log }
@@ -99,20 +106,27 @@ impl Aggregator {
         let _ = self.child.wait();
     }
 
+    pub fn signal(&self, signal: &str) {
+        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
+        assert!(status.success(), "kill -{signal} {}", self.pid());
+    }
+
     /// Waits for the process to exit on its own (a crash point), returning its status.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_until(limit, "the aggregator to exit", || self.child.try_wait().unwrap())
+        wait_until(limit, "the process to exit", || self.child.try_wait().unwrap())
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> ExitStatus {
-        let _ = Command::new("kill").arg("-TERM").arg(self.pid().to_string()).status();
+        self.signal("TERM");
         self.wait_exit(Duration::from_secs(15))
     }
 }
 
 impl Drop for Aggregator {
     fn drop(&mut self) {
+        // A stopped process must be continued to die of SIGKILL promptly; harmless otherwise.
+        let _ = Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

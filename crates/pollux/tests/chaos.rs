@@ -1,0 +1,165 @@
+//! The chaos suite: two aggregators, a proxy and one shared directory as real processes; a load
+//! of collectors PUTting through the proxy; faults injected while data flows. After each, the
+//! checker verifies from the repository that every acknowledged DTO is loaded exactly once, no
+//! record appears twice, rollups equal a recomputation from raw data, and no DTO was loaded by
+//! an epoch after a higher epoch had begun.
+
+mod common;
+
+use common::cluster::{check_nothing_lost, Cluster, Load};
+use common::*;
+use std::time::Duration;
+
+const FAILWAIT: &str = "2s";
+const STARTWAIT: &str = "6s";
+const TAKEOVER: Duration = Duration::from_secs(20);
+
+fn wait_role(cluster: &Cluster, i: usize, roles: &[&str]) -> String {
+    wait_until(Duration::from_secs(20), &format!("node {i} to be one of {roles:?}"), || {
+        cluster.role(i).map(|r| r.0).filter(|r| roles.contains(&r.as_str()))
+    })
+}
+
+#[test]
+fn kill_9_of_the_active_hands_over_and_the_restarted_node_rejoins_as_standby() {
+    let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
+    let first = c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(20, TAKEOVER);
+    c.kill9(0);
+    let second = c.wait_active(1, TAKEOVER);
+    assert!(second > first);
+    load.wait_progress(20, TAKEOVER);
+    c.start_node(0, &[]);
+    wait_role(&c, 0, &["standby"]);
+    load.wait_progress(20, TAKEOVER);
+    assert_eq!(c.active(), Some(1), "the returning node left the active alone");
+    assert_eq!(c.role(1).unwrap().1, second);
+    check_nothing_lost(&c, &load.stop());
+}
+
+#[test]
+fn sigstop_past_failwait_then_sigcont_the_old_active_fences_itself() {
+    let c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(20, TAKEOVER);
+    c.node(0).signal("STOP");
+    let second = c.wait_active(1, TAKEOVER);
+    load.wait_progress(20, TAKEOVER);
+    c.node(0).signal("CONT");
+    let role = wait_role(&c, 0, &["fenced", "standby"]);
+    assert_ne!(role, "active");
+    load.wait_progress(20, TAKEOVER);
+    assert_eq!(c.active(), Some(1));
+    assert_eq!(c.role(1).unwrap().1, second);
+    assert!(c.node(0).log().contains("fenced"), "{}", c.node(0).log());
+    check_nothing_lost(&c, &load.stop());
+}
+
+#[test]
+fn kill_9_of_the_standby_changes_nothing() {
+    let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
+    let epoch = c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(10, TAKEOVER);
+    c.kill9(1);
+    load.wait_progress(30, TAKEOVER);
+    c.start_node(1, &[]);
+    wait_role(&c, 1, &["standby"]);
+    load.wait_progress(10, TAKEOVER);
+    assert_eq!(c.active(), Some(0));
+    assert_eq!(c.role(0).unwrap().1, epoch, "no takeover happened");
+    check_nothing_lost(&c, &load.stop());
+}
+
+#[test]
+fn planned_switchover_under_load_loses_nothing() {
+    let c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    for (from, to) in [(0, 1), (1, 0)] {
+        load.wait_progress(15, TAKEOVER);
+        let out = std::process::Command::new(BIN).args(["failover", "--url", &c.proxy.url]).output().unwrap();
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("from {}", cluster_name(from))), "{stdout}");
+        c.wait_active(to, TAKEOVER);
+    }
+    load.wait_progress(15, TAKEOVER);
+    // A switchover asked of a standby is refused.
+    let out = std::process::Command::new(BIN).args(["failover", "--url", &c.url(1)]).output().unwrap();
+    assert!(!out.status.success());
+    check_nothing_lost(&c, &load.stop());
+}
+
+fn cluster_name(i: usize) -> &'static str {
+    common::cluster::NAMES[i]
+}
+
+#[cfg(feature = "failpoints")]
+mod with_failpoints {
+    use super::*;
+
+    fn crash_of_the_active_at(point: &str) {
+        let env = format!("{point}=abort");
+        let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", &env)], &[]]);
+        c.wait_active(0, TAKEOVER);
+        let load = Load::start(&c.proxy.url, 2);
+        // da1 dies at the first write or load; da2 takes over and the load goes on.
+        c.wait_active(1, TAKEOVER);
+        load.wait_progress(30, TAKEOVER);
+        c.kill9(0);
+        c.start_node(0, &[]);
+        wait_role(&c, 0, &["standby"]);
+        load.wait_progress(10, TAKEOVER);
+        check_nothing_lost(&c, &load.stop());
+    }
+
+    #[test]
+    fn crash_of_the_active_inside_a_dto_write() {
+        crash_of_the_active_at("store.mid_write");
+    }
+
+    #[test]
+    fn crash_of_the_active_inside_a_load() {
+        crash_of_the_active_at("repository.load.before_commit");
+    }
+
+    #[test]
+    fn a_start_that_hangs_hands_over_after_startwait() {
+        let c = Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", "startup.hang=hang")], &[]]);
+        assert_eq!(wait_role(&c, 0, &["starting"]), "starting");
+        let load = Load::start(&c.proxy.url, 1);
+        c.wait_active(1, Duration::from_secs(30));
+        load.wait_progress(20, TAKEOVER);
+        assert_ne!(c.role(0).unwrap().0, "active");
+        // da1 yields at startwait, or da2 takes a start older than startwait: whichever first.
+        assert!(c.node(0).log().contains("failpoint startup.hang"), "{}", c.node(0).log());
+        check_nothing_lost(&c, &load.stop());
+    }
+
+    #[test]
+    fn shared_dir_unwritable_for_a_while_acknowledges_nothing_and_loses_nothing() {
+        let flags = tempdir();
+        let flag = flags.path().join("unwritable");
+        let env = format!("shared.write=error-while:{}", flag.display());
+        let fault: &[(&str, &str)] = &[("POLLUX_FAILPOINTS", &env)];
+        let c = Cluster::start(FAILWAIT, STARTWAIT, [fault, fault]);
+        c.wait_active(0, TAKEOVER);
+        let load = Load::start(&c.proxy.url, 2);
+        load.wait_progress(20, TAKEOVER);
+        std::fs::write(&flag, b"").unwrap();
+        wait_until(TAKEOVER, "no active while the shared dir is unwritable", || c.active().is_none().then_some(()));
+        let during = load.sent.load(std::sync::atomic::Ordering::Relaxed);
+        std::thread::sleep(Duration::from_millis(1500)); // the fault lasts a while; nothing to wait for
+        assert!(
+            load.sent.load(std::sync::atomic::Ordering::Relaxed) <= during + 2,
+            "DTOs were acknowledged while nothing could be stored"
+        );
+        std::fs::remove_file(&flag).unwrap();
+        wait_until(TAKEOVER, "an active again", || c.active());
+        load.wait_progress(20, TAKEOVER);
+        check_nothing_lost(&c, &load.stop());
+    }
+}

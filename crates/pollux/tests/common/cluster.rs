@@ -1,0 +1,233 @@
+//! A fault-tolerant environment on one machine: two aggregators on 127.0.0.2 and 127.0.0.3, a
+//! proxy on 127.0.0.1, one shared directory; a load generator that behaves like collectors; and
+//! the checker that says, from the repository, whether anything was lost or duplicated.
+
+use super::*;
+use pollux_repository::{conformance::rollups_match_raw, SqliteOptions, SqliteRepository};
+use std::collections::BTreeSet;
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+
+pub const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
+pub const NAMES: [&str; 2] = ["da1", "da2"];
+
+pub struct Cluster {
+    pub shared: tempfile::TempDir,
+    pub proxy: Aggregator,
+    pub nodes: [Option<Aggregator>; 2],
+    ports: [u16; 2],
+    failwait: String,
+    startwait: String,
+}
+
+fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
+}
+
+impl Cluster {
+    /// Starts da1 first (it becomes the active), then da2 and the proxy.
+    pub fn start(failwait: &str, startwait: &str, env: [&[(&str, &str)]; 2]) -> Cluster {
+        let shared = tempdir();
+        let ports = [free_port(HOSTS[0]), free_port(HOSTS[1])];
+        let urls: Vec<String> = (0..2).map(|i| format!("http://{}:{}", HOSTS[i], ports[i])).collect();
+        let proxy = Aggregator::spawn(
+            &[
+                "proxy".into(),
+                "--listen".into(),
+                "127.0.0.1:0".into(),
+                "--aggregator".into(),
+                urls[0].clone(),
+                "--aggregator".into(),
+                urls[1].clone(),
+            ],
+            &[],
+        );
+        let mut cluster = Cluster {
+            shared,
+            proxy,
+            nodes: [None, None],
+            ports,
+            failwait: failwait.into(),
+            startwait: startwait.into(),
+        };
+        cluster.start_node(0, env[0]);
+        wait_until(Duration::from_secs(30), "da1 to hold the lease", || {
+            std::fs::read_to_string(cluster.shared.path().join("election/lease")).ok().filter(|l| l.contains("\"da1\""))
+        });
+        cluster.start_node(1, env[1]);
+        cluster
+    }
+
+    pub fn url(&self, i: usize) -> String {
+        format!("http://{}:{}", HOSTS[i], self.ports[i])
+    }
+
+    pub fn start_node(&mut self, i: usize, env: &[(&str, &str)]) {
+        let args: Vec<String> = [
+            "aggregator",
+            "--node-id",
+            NAMES[i],
+            "--listen",
+            &format!("{}:{}", HOSTS[i], self.ports[i]),
+            "--failwait",
+            &self.failwait,
+            "--startwait",
+            &self.startwait,
+            "--shared-dir",
+            &self.shared.path().display().to_string(),
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect();
+        self.nodes[i] = Some(Aggregator::spawn(&args, env));
+    }
+
+    pub fn node(&self, i: usize) -> &Aggregator {
+        self.nodes[i].as_ref().expect("node running")
+    }
+
+    pub fn kill9(&mut self, i: usize) {
+        if let Some(mut n) = self.nodes[i].take() {
+            n.kill9();
+        }
+    }
+
+    /// `(role, epoch)` from a node's /health, or None when it does not answer.
+    pub fn role(&self, i: usize) -> Option<(String, u64)> {
+        let (status, body) = get(&format!("{}/health", self.url(i)));
+        (status == 200).then(|| (body["role"].as_str().unwrap_or("").to_owned(), body["epoch"].as_u64().unwrap_or(0)))
+    }
+
+    /// Waits until node `i` is the ready active (also as the proxy sees it); returns its epoch.
+    /// On a timeout the panic carries every process's log.
+    pub fn wait_active(&self, i: usize, limit: Duration) -> u64 {
+        let deadline = Instant::now() + limit;
+        loop {
+            let (status, body) = get(&format!("{}/health/active", self.proxy.url));
+            if status == 200 && body["node"] == NAMES[i] {
+                return body["epoch"].as_u64().unwrap();
+            }
+            if Instant::now() > deadline {
+                panic!("timed out after {limit:?} waiting for {} to become the active\n{}", NAMES[i], self.logs());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Every process's log, for a failure message.
+    pub fn logs(&self) -> String {
+        let mut out = format!("--- proxy\n{}", self.proxy.log());
+        for (i, node) in self.nodes.iter().enumerate() {
+            if let Some(n) = node {
+                out.push_str(&format!("--- {}\n{}", NAMES[i], n.log()));
+            }
+        }
+        out
+    }
+
+    /// The active's index, as the proxy routes.
+    pub fn active(&self) -> Option<usize> {
+        let (status, body) = get(&format!("{}/health/active", self.proxy.url));
+        (status == 200).then(|| NAMES.iter().position(|n| body["node"] == *n)).flatten()
+    }
+}
+
+/// Collectors: `senders` threads PUT DTOs through the proxy, each retried until answered 201
+/// or 200, and record every acknowledged id.
+pub struct Load {
+    stop: Arc<AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<Vec<String>>>,
+    pub sent: Arc<AtomicUsize>,
+}
+
+/// Records per DTO the load sends.
+pub const LOAD_RECORDS: usize = 6;
+/// Where the load's cycles start: hours long closed, so their rollups are due at once.
+pub fn load_base() -> i64 {
+    (unix_now() / 3600 - 10) * 3600
+}
+
+impl Load {
+    pub fn start(proxy: &str, senders: usize) -> Load {
+        let stop = Arc::new(AtomicBool::new(false));
+        let sent = Arc::new(AtomicUsize::new(0));
+        let base = load_base();
+        let threads = (0..senders)
+            .map(|t| {
+                let (stop, sent, url) = (stop.clone(), sent.clone(), proxy.to_owned());
+                std::thread::spawn(move || {
+                    let mut acked = Vec::new();
+                    let mut n: i64 = 0;
+                    while !stop.load(Ordering::Relaxed) {
+                        let id = format!("c{t}.Interface.{n}");
+                        let mut dto = interface_dto(&id, base + n * 300, 2, LOAD_RECORDS / 2);
+                        for r in dto["records"].as_array_mut().unwrap() {
+                            r["device"] = format!("c{t}-{}", r["device"].as_str().unwrap()).into();
+                        }
+                        let deadline = Instant::now() + Duration::from_secs(90);
+                        loop {
+                            let (status, _) = put_json(&url, &dto);
+                            if status == 201 || status == 200 {
+                                break;
+                            }
+                            assert!(Instant::now() < deadline, "{id} not acknowledged within 90 s");
+                            std::thread::sleep(Duration::from_millis(20));
+                        }
+                        acked.push(id);
+                        sent.fetch_add(1, Ordering::Relaxed);
+                        n += 1;
+                        std::thread::sleep(Duration::from_millis(5));
+                    }
+                    acked
+                })
+            })
+            .collect();
+        Load { stop, threads, sent }
+    }
+
+    /// Waits until `more` further DTOs have been acknowledged.
+    pub fn wait_progress(&self, more: usize, limit: Duration) {
+        let target = self.sent.load(Ordering::Relaxed) + more;
+        wait_until(limit, &format!("{more} more acknowledged DTOs"), || {
+            (self.sent.load(Ordering::Relaxed) >= target).then_some(())
+        });
+    }
+
+    /// Stops the senders (each finishes the DTO it holds) and returns every acknowledged id.
+    pub fn stop(self) -> BTreeSet<String> {
+        self.stop.store(true, Ordering::Relaxed);
+        self.threads.into_iter().flat_map(|t| t.join().expect("a sender failed")).collect()
+    }
+}
+
+/// The checker: every acknowledged DTO loaded exactly once, no record twice, epochs never going
+/// back in load order, and rollups equal to a recomputation from raw data.
+pub fn check_nothing_lost(cluster: &Cluster, acked: &BTreeSet<String>) {
+    assert!(!acked.is_empty());
+    let proxy = &cluster.proxy.url;
+    wait_until(Duration::from_secs(60), "every acknowledged DTO loaded", || {
+        let (status, body) = get(&format!("{proxy}/api/v1/status"));
+        (status == 200
+            && body["dto_backlog"] == 0
+            && body["repository"]["loaded_dtos"].as_u64() >= Some(acked.len() as u64))
+        .then_some(())
+    });
+    let repo = RepoCheck::open(cluster.shared.path());
+    let loaded = repo.loaded_ids();
+    let unique: BTreeSet<String> = loaded.iter().cloned().collect();
+    assert_eq!(unique.len(), loaded.len(), "a DTO id was loaded twice");
+    let lost: Vec<&String> = acked.difference(&unique).collect();
+    assert!(lost.is_empty(), "acknowledged but never loaded: {lost:?}");
+    let rows = repo.interface_rows();
+    assert_eq!(rows.len(), unique.len() * LOAD_RECORDS, "every record of every loaded DTO");
+    assert!(rows.iter().all(|r| r.3 == 1), "a record appears twice");
+    assert!(repo.epochs_never_go_back(), "a DTO was loaded by an epoch after a higher epoch had begun");
+
+    let sqlite =
+        SqliteRepository::open(&cluster.shared.path().join("repository.sqlite"), SqliteOptions::default()).unwrap();
+    let (from, to) = (load_base(), unix_now() / 3600 * 3600);
+    wait_until(Duration::from_secs(60), "rollups equal to a recomputation from raw data", || {
+        ["c0-rtr-0", "c0-rtr-1"].iter().try_for_each(|device| {
+            rollups_match_raw(&sqlite, "Interface", "in_bps", device, "ge-0/0/0", from, to).map(drop).ok()
+        })
+    });
+}

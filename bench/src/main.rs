@@ -6,9 +6,11 @@
 //! target/release/pollux-bench ingest      # PUT -> loaded values/s, bare SQLite, VictoriaMetrics
 //! target/release/pollux-bench latency     # ingest answer latency p50/p99
 //! target/release/pollux-bench query       # series and top-N latency on a day of 100,000 items
+//! target/release/pollux-bench failover    # kill -9 -> first 201, planned switchover, proxy overhead
 //! target/release/pollux-bench all
 //! ```
 
+mod failover;
 mod ingest;
 mod query;
 mod util;
@@ -27,11 +29,13 @@ fn main() -> anyhow::Result<()> {
         "ingest" => ingest::throughput(flag("--dtos", 60), flag("--runs", 3)),
         "latency" => ingest::latency(flag("--runs", 40)),
         "query" => query::run(flag("--items", 100_000), flag("--hours", 24)),
+        "failover" => failover::run(flag("--rounds", 5)),
         "all" => {
             ingest::throughput(60, 3)?;
             ingest::latency(40)?;
+            failover::run(5)?;
             query::run(100_000, 24)
         }
-        other => anyhow::bail!("unknown benchmark {other:?}: ingest, latency, query or all"),
+        other => anyhow::bail!("unknown benchmark {other:?}: ingest, latency, failover, query or all"),
     }
 }

@@ -131,7 +131,9 @@ fn run_aggregator(args: AggregatorArgs) -> ExitCode {
             return ExitCode::from(EXIT_USAGE);
         }
     };
-    run_until_signal("aggregator", |shutdown| async move { aggregator.run(shutdown).await.context("aggregator") })
+    run_until_signal("aggregator", Flavor::MultiThread, |shutdown| async move {
+        aggregator.run(shutdown).await.context("aggregator")
+    })
 }
 
 fn run_proxy(args: ProxyArgs) -> ExitCode {
@@ -150,16 +152,32 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         }
     };
     let proxy = pollux_proxy::Proxy::build(config, listener);
-    run_until_signal("proxy", |shutdown| async move { proxy.run(shutdown).await.context("proxy") })
+    run_until_signal(
+        "proxy",
+        Flavor::CurrentThread,
+        |shutdown| async move { proxy.run(shutdown).await.context("proxy") },
+    )
 }
 
-/// Runs a role on a multi-threaded runtime until SIGINT or SIGTERM.
-fn run_until_signal<F, Fut>(role: &str, body: F) -> ExitCode
+/// Which tokio runtime a role runs on.
+enum Flavor {
+    MultiThread,
+    /// One thread: for the proxy, whose work per request is a few microseconds of byte
+    /// shovelling, where hand-offs between worker threads cost more than they give.
+    CurrentThread,
+}
+
+/// Runs a role until SIGINT or SIGTERM.
+fn run_until_signal<F, Fut>(role: &str, flavor: Flavor, body: F) -> ExitCode
 where
     F: FnOnce(CancellationToken) -> Fut,
     Fut: std::future::Future<Output = anyhow::Result<()>>,
 {
-    let runtime = tokio::runtime::Builder::new_multi_thread().enable_all().build().expect("tokio runtime");
+    let runtime = match flavor {
+        Flavor::MultiThread => tokio::runtime::Builder::new_multi_thread().enable_all().build(),
+        Flavor::CurrentThread => tokio::runtime::Builder::new_current_thread().enable_all().build(),
+    }
+    .expect("tokio runtime");
     let result = runtime.block_on(async {
         let shutdown = CancellationToken::new();
         tokio::spawn(stop_on_signal(shutdown.clone()));

@@ -141,6 +141,8 @@ pub struct Load {
 
 /// Records per DTO the load sends.
 pub const LOAD_RECORDS: usize = 6;
+/// Cycles a sender goes through before it starts over with new devices (8 h 20 min).
+const CYCLES_PER_ROUND: i64 = 100;
 /// Where the load's cycles start: hours long closed, so their rollups are due at once.
 pub fn load_base() -> i64 {
     (unix_now() / 3600 - 10) * 3600
@@ -158,10 +160,13 @@ impl Load {
                     let mut acked = Vec::new();
                     let mut n: i64 = 0;
                     while !stop.load(Ordering::Relaxed) {
+                        // Cycles stay in the closed hours of the last ten: every hundred DTOs the
+                        // sender starts over with new devices.
+                        let (wrap, cycle) = (n / CYCLES_PER_ROUND, base + (n % CYCLES_PER_ROUND) * 300);
                         let id = format!("c{t}.Interface.{n}");
-                        let mut dto = interface_dto(&id, base + n * 300, 2, LOAD_RECORDS / 2);
+                        let mut dto = interface_dto(&id, cycle, 2, LOAD_RECORDS / 2);
                         for r in dto["records"].as_array_mut().unwrap() {
-                            r["device"] = format!("c{t}-{}", r["device"].as_str().unwrap()).into();
+                            r["device"] = format!("c{t}w{wrap}-{}", r["device"].as_str().unwrap()).into();
                         }
                         let deadline = Instant::now() + Duration::from_secs(90);
                         loop {
@@ -182,6 +187,19 @@ impl Load {
             })
             .collect();
         Load { stop, threads, sent }
+    }
+
+    /// Waits until `more` further DTOs have been acknowledged; false on a timeout.
+    pub fn progressed(&self, more: usize, limit: Duration) -> bool {
+        let target = self.sent.load(Ordering::Relaxed) + more;
+        let deadline = Instant::now() + limit;
+        while self.sent.load(Ordering::Relaxed) < target {
+            if Instant::now() > deadline {
+                return false;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        true
     }
 
     /// Waits until `more` further DTOs have been acknowledged.
@@ -226,7 +244,7 @@ pub fn check_nothing_lost(cluster: &Cluster, acked: &BTreeSet<String>) {
         SqliteRepository::open(&cluster.shared.path().join("repository.sqlite"), SqliteOptions::default()).unwrap();
     let (from, to) = (load_base(), unix_now() / 3600 * 3600);
     wait_until(Duration::from_secs(60), "rollups equal to a recomputation from raw data", || {
-        ["c0-rtr-0", "c0-rtr-1"].iter().try_for_each(|device| {
+        ["c0w0-rtr-0", "c0w0-rtr-1"].iter().try_for_each(|device| {
             rollups_match_raw(&sqlite, "Interface", "in_bps", device, "ge-0/0/0", from, to).map(drop).ok()
         })
     });

@@ -7,7 +7,7 @@ use crate::ingest::make_dto;
 use crate::util::{self, agent, percentile, start_aggregator, Rng};
 use anyhow::bail;
 use pollux_model::{Catalog, Dto};
-use pollux_repository::{Repository, SqliteOptions, SqliteRepository};
+use pollux_repository::{Repository, RollupPolicy, SqliteOptions, SqliteRepository};
 use std::time::{Duration, Instant};
 
 const INTERFACES: usize = 10;
@@ -99,7 +99,7 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
     let t = Instant::now();
     let mut rolled = 0;
     loop {
-        let p = repo.roll_up(1, util::unix_now(), Duration::from_secs(600), 1000)?;
+        let p = repo.roll_up(1, util::unix_now(), &RollupPolicy::immediate(Duration::from_secs(600)), 1000)?;
         rolled += p.done;
         if !p.more {
             break;

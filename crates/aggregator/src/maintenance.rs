@@ -8,7 +8,7 @@
 use crate::metrics::Metrics;
 use crate::services::Term;
 use crate::App;
-use pollux_repository::{Epoch, RepoError, Retention};
+use pollux_repository::{Epoch, RepoError, Retention, RollupPolicy};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -17,6 +17,10 @@ const TICK: Duration = Duration::from_secs(1);
 const CATALOG_EVERY: Duration = Duration::from_secs(10);
 const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 const ROLLUP_BUDGET: usize = 16;
+/// A closed period is recomputed once no load has touched it for this long...
+const ROLLUP_SETTLE: Duration = Duration::from_secs(5);
+/// ...or once it has waited this long, however often late data keeps touching it.
+const ROLLUP_MAX_DELAY: Duration = Duration::from_secs(300);
 const COMPACT_BUDGET: usize = 4;
 
 pub fn run(app: Arc<App>, term: Arc<Term>) {
@@ -52,7 +56,8 @@ fn step(app: &App, epoch: Epoch, last_catalog: &mut Instant, last_expire: &mut I
     }
     let now = crate::unix_now();
     let config = &app.config;
-    let rolled = app.repo.roll_up(epoch, now, config.rollup_grace, ROLLUP_BUDGET)?;
+    let policy = RollupPolicy { grace: config.rollup_grace, settle: ROLLUP_SETTLE, max_delay: ROLLUP_MAX_DELAY };
+    let rolled = app.repo.roll_up(epoch, now, &policy, ROLLUP_BUDGET)?;
     Metrics::add(&app.metrics.rollups_computed, rolled.done as u64);
     let before = now - config.recent_window.as_secs() as i64;
     let compacted = app.repo.compact(epoch, before, COMPACT_BUDGET)?;

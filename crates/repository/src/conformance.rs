@@ -10,7 +10,7 @@
 //! [`rollups_match_raw`] is also what the black-box tests use to check a repository that real
 //! aggregators wrote while being killed.
 
-use crate::{ItemFilter, RepoError, Repository, Retention, Series, SeriesQuery, TopQuery};
+use crate::{ItemFilter, RepoError, Repository, Retention, RollupPolicy, Series, SeriesQuery, TopQuery};
 use pollux_model::Resolution;
 use pollux_model::{Catalog, Dto, MetricFamily, Record};
 use std::collections::BTreeMap;
@@ -28,7 +28,8 @@ macro_rules! conformance_tests {
         $crate::conformance_tests!(@each $make;
             epoch_fences_older_writers, dto_loads_exactly_once, failed_batch_writes_nothing,
             series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
-            top_ranks_by_average, items_and_devices, family_widening, retention_expires);
+            top_ranks_by_average, items_and_devices, family_widening, retention_expires,
+            late_data_settles_before_it_is_rolled);
     };
     (@each $make:expr; $($check:ident),*) => {
         $(
@@ -96,7 +97,10 @@ pub fn epoch_fences_older_writers(repo: &dyn Repository) {
     repo.claim_epoch(2, "newer").unwrap();
     let stale = repo.load(1, &[dto("b", T0 + INTERVAL, &[("r1", "ge-0", 2.0)])]);
     assert!(matches!(stale, Err(RepoError::Fenced { ours: 1, current: 2 })), "{stale:?}");
-    assert!(matches!(repo.roll_up(1, NOW, Duration::ZERO, 10), Err(RepoError::Fenced { .. })));
+    assert!(matches!(
+        repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 10),
+        Err(RepoError::Fenced { .. })
+    ));
     assert!(matches!(repo.compact(1, NOW, 10), Err(RepoError::Fenced { .. })));
     assert_eq!(raw(repo, "r1", "ge-0", T0, NOW).len(), 1, "the stale load wrote nothing");
     assert!(repo.loaded_dto("b").unwrap().is_none());
@@ -230,7 +234,7 @@ pub fn rollups_equal_recomputation(repo: &dyn Repository) {
         let batch: Vec<Dto> = chunk.iter().map(|&c| make(c, "on-time")).collect();
         repo.load(1, &batch).unwrap();
     }
-    while repo.roll_up(1, NOW, Duration::from_secs(600), 1000).unwrap().more {}
+    while repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::from_secs(600)), 1000).unwrap().more {}
     repo.compact(1, T0 + 4 * 86_400, 10_000).unwrap();
     // Late deliveries, and duplicates of what was already loaded.
     let late: Vec<Dto> = cycles.iter().copied().filter(|c| (c / INTERVAL) % 7 == 0).map(|c| make(c, "late")).collect();
@@ -239,7 +243,7 @@ pub fn rollups_equal_recomputation(repo: &dyn Repository) {
     }
     let dups: Vec<Dto> = order.iter().take(100).map(|&c| make(c, "on-time")).collect();
     assert_eq!(repo.load(1, &dups).unwrap().already_loaded, 100);
-    while repo.roll_up(1, NOW, Duration::from_secs(600), 1000).unwrap().more {}
+    while repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::from_secs(600)), 1000).unwrap().more {}
     assert_eq!(repo.stats().unwrap().pending_rollups, 0);
     let (from, to) = (T0, T0 + 9 * 86_400);
     for (device, item) in items {
@@ -263,7 +267,7 @@ pub fn top_ranks_by_average(repo: &dyn Repository) {
     assert_eq!(names.len(), 3);
     assert_eq!(from_raw[0].avg, 29.0 + 5.5);
     assert!(from_raw.windows(2).all(|w| w[0].avg >= w[1].avg));
-    while repo.roll_up(1, NOW, Duration::ZERO, 100).unwrap().more {}
+    while repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 100).unwrap().more {}
     let from_rollups = repo.top(&query).unwrap();
     assert_eq!(from_rollups, from_raw, "hourly rollups rank exactly as raw data");
 }
@@ -315,11 +319,29 @@ pub fn retention_expires(repo: &dyn Repository) {
     prepare(repo, 1);
     repo.load(1, &[dto("old", T0, &[("r1", "ge-0", 1.0)])]).unwrap();
     repo.load(1, &[dto("new", T0 + 20 * 86_400, &[("r1", "ge-0", 2.0)])]).unwrap();
-    while repo.roll_up(1, NOW, Duration::ZERO, 100).unwrap().more {}
+    while repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 100).unwrap().more {}
     let day = Duration::from_secs(86_400);
     let retention = Retention { raw: 15 * day, hour: 15 * day, ..Retention::default() };
     assert!(repo.expire(1, NOW, &retention).unwrap().done > 0);
     assert_eq!(raw(repo, "r1", "ge-0", 0, NOW), [(T0 + 20 * 86_400 + 10, 2.0)]);
     assert!(repo.loaded_dto("old").unwrap().is_none());
     assert!(repo.loaded_dto("new").unwrap().is_some());
+}
+
+pub fn late_data_settles_before_it_is_rolled(repo: &dyn Repository) {
+    prepare(repo, 1);
+    // Loads stamp pending periods with the wall clock; this check reads it too.
+    let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
+    let policy =
+        RollupPolicy { grace: Duration::ZERO, settle: Duration::from_secs(5), max_delay: Duration::from_secs(300) };
+    repo.load(1, &[dto("late.1", T0, &[("r1", "ge-0", 1.0)])]).unwrap();
+    assert_eq!(repo.roll_up(1, now, &policy, 100).unwrap().done, 0, "still being touched");
+    let overdue = RollupPolicy { max_delay: Duration::ZERO, ..policy };
+    assert_eq!(repo.roll_up(1, now + 1, &overdue, 100).unwrap().done, 3, "overdue: the hour, its day, its week");
+    repo.load(1, &[dto("late.2", T0 + INTERVAL, &[("r1", "ge-0", 3.0)])]).unwrap();
+    assert_eq!(repo.roll_up(1, now + 2, &policy, 100).unwrap().done, 0);
+    // Settled: the hour, then its day (touched by the hour's roll, so it settles in turn).
+    assert_eq!(repo.roll_up(1, now + 10, &policy, 100).unwrap().done, 1);
+    while repo.roll_up(1, now + 100, &policy, 100).unwrap().more {}
+    assert_eq!(rollups_match_raw(repo, "Interface", "in_bps", "r1", "ge-0", T0, T0 + 3600).unwrap(), 1);
 }

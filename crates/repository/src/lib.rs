@@ -86,6 +86,26 @@ pub struct Progress {
     pub more: bool,
 }
 
+/// When a pending rollup period is recomputed.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct RollupPolicy {
+    /// A period is due once it ended this long ago: data for it may still be on its way.
+    pub grace: Duration,
+    /// ...and once no load has touched it for this long, so a burst of late data (a collector
+    /// emptying its spool) re-rolls a period once, after the burst, not after every batch.
+    /// Zero disables the wait.
+    pub settle: Duration,
+    /// ...or once it has been pending this long, however often it is touched.
+    pub max_delay: Duration,
+}
+
+impl RollupPolicy {
+    /// Due as soon as the period ended `grace` ago, touched or not.
+    pub fn immediate(grace: Duration) -> RollupPolicy {
+        RollupPolicy { grace, settle: Duration::ZERO, max_delay: Duration::ZERO }
+    }
+}
+
 /// How long each resolution is kept.
 #[derive(Debug, Clone, PartialEq)]
 pub struct Retention {
@@ -205,9 +225,9 @@ pub trait Repository: Send + Sync {
     /// The registry entry of a loaded DTO.
     fn loaded_dto(&self, id: &str) -> Result<Option<LoadedDto>>;
 
-    /// Recomputes pending rollup periods that closed at least `grace` before `now`, finest
+    /// Recomputes the pending rollup periods that `policy` says are due at `now`, finest
     /// resolution first, at most `budget` periods per call.
-    fn roll_up(&self, epoch: Epoch, now: UnixSeconds, grace: Duration, budget: usize) -> Result<Progress>;
+    fn roll_up(&self, epoch: Epoch, now: UnixSeconds, policy: &RollupPolicy, budget: usize) -> Result<Progress>;
     /// Moves raw data of cycles that started before `before` from the time-ordered recent
     /// tables into the item-ordered history tables, at most `budget` cycles per call.
     fn compact(&self, epoch: Epoch, before: UnixSeconds, budget: usize) -> Result<Progress>;

@@ -87,14 +87,23 @@ impl<'de: 'a, 'a> Deserialize<'de> for BorrowedName<'a> {
 }
 
 /// Decodes a DTO from the contract's JSON. Shape errors name the JSON path.
+///
+/// The fast path parses without tracking where it is; only a body that fails is parsed again
+/// with the path tracked, to name the field in the error.
 pub fn decode(bytes: &[u8]) -> Result<Dto, DtoError> {
-    let de = &mut serde_json::Deserializer::from_slice(bytes);
-    let wire: WireDto = serde_path_to_error::deserialize(de).map_err(|e| {
-        let path = e.path().to_string();
-        let field = if path == "." { "body".to_owned() } else { path };
-        DtoError::new(field, e.into_inner().to_string())
-    })?;
-    from_wire(wire)
+    match serde_json::from_slice::<WireDto<'_>>(bytes) {
+        Ok(wire) => from_wire(wire),
+        Err(_) => {
+            let de = &mut serde_json::Deserializer::from_slice(bytes);
+            let err = match serde_path_to_error::deserialize::<_, WireDto<'_>>(de) {
+                Ok(wire) => return from_wire(wire),
+                Err(e) => e,
+            };
+            let path = err.path().to_string();
+            let field = if path == "." { "body".to_owned() } else { path };
+            Err(DtoError::new(field, err.into_inner().to_string()))
+        }
+    }
 }
 
 fn from_wire(wire: WireDto<'_>) -> Result<Dto, DtoError> {

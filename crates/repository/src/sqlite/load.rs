@@ -141,10 +141,12 @@ fn insert_dto(
             rusqlite::params![family.name, i64::from(dto.interval)],
         )?;
     }
-    let mut pending =
-        tx.prepare_cached("INSERT OR IGNORE INTO rollup_pending (resolution, family, period) VALUES ('hour', ?1, ?2)")?;
+    let mut pending = tx.prepare_cached(
+        "INSERT INTO rollup_pending (resolution, family, period, marked_at, touched_at) VALUES ('hour', ?1, ?2, ?3, ?3)
+         ON CONFLICT DO UPDATE SET touched_at = excluded.touched_at",
+    )?;
     for hour in hours {
-        pending.execute(rusqlite::params![family.name, hour])?;
+        pending.execute(rusqlite::params![family.name, hour, now])?;
     }
     Ok(values)
 }

@@ -132,6 +132,7 @@ CREATE TABLE IF NOT EXISTS recent_cycles (
     family TEXT NOT NULL, cycle INTEGER NOT NULL, PRIMARY KEY (family, cycle)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_pending (
     resolution TEXT NOT NULL, family TEXT NOT NULL, period INTEGER NOT NULL,
+    marked_at INTEGER NOT NULL, touched_at INTEGER NOT NULL,
     PRIMARY KEY (resolution, period, family)) WITHOUT ROWID;
 ";
 
@@ -361,8 +362,8 @@ impl crate::Repository for SqliteRepository {
     fn loaded_dto(&self, id: &str) -> Result<Option<crate::LoadedDto>> {
         self.read(|c| query::loaded_dto(c, id))
     }
-    fn roll_up(&self, epoch: Epoch, now: i64, grace: Duration, budget: usize) -> Result<crate::Progress> {
-        self.roll_up_due(epoch, now, grace, budget)
+    fn roll_up(&self, epoch: Epoch, now: i64, policy: &crate::RollupPolicy, budget: usize) -> Result<crate::Progress> {
+        self.roll_up_due(epoch, now, policy, budget)
     }
     fn compact(&self, epoch: Epoch, before: i64, budget: usize) -> Result<crate::Progress> {
         self.compact_before(epoch, before, budget)

@@ -5,29 +5,39 @@
 //! unit either done or still pending.
 
 use super::{check_epoch, FamilyTables, SqliteRepository};
-use crate::{Epoch, Progress, Result, Retention};
+use crate::{Epoch, Progress, Result, Retention, RollupPolicy};
 use pollux_model::Resolution;
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::time::Duration;
 
 impl SqliteRepository {
-    pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, grace: Duration, budget: usize) -> Result<Progress> {
+    pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, policy: &RollupPolicy, budget: usize) -> Result<Progress> {
+        let settled = now - policy.settle.as_secs() as i64;
+        let overdue = now - policy.max_delay.as_secs() as i64;
+        let wait_for_settling = !policy.settle.is_zero();
         let mut progress = Progress::default();
         for resolution in Resolution::ROLLUPS {
             let length = resolution.length().expect("rollups have periods");
             // A period is due once it ended `grace` ago: data for it may still be on its way
             // until then. Coarser periods wait until no finer period is due, so a day is rolled
             // from complete hours.
-            let due_before = now - grace.as_secs() as i64 - length;
+            let due_before = now - policy.grace.as_secs() as i64 - length;
             loop {
                 let due: Vec<(String, i64)> = self.read(|c| {
                     let mut stmt = c.prepare_cached(
                         "SELECT family, period FROM rollup_pending
-                         WHERE resolution = ?1 AND period <= ?2 ORDER BY period, family LIMIT ?3",
+                         WHERE resolution = ?1 AND period <= ?2 AND (NOT ?4 OR touched_at <= ?5 OR marked_at <= ?6)
+                         ORDER BY period, family LIMIT ?3",
                     )?;
-                    let rows = stmt.query_map(params![resolution.name(), due_before, (budget + 1) as i64], |r| {
-                        Ok((r.get(0)?, r.get(1)?))
-                    })?;
+                    let args = params![
+                        resolution.name(),
+                        due_before,
+                        (budget + 1) as i64,
+                        wait_for_settling,
+                        settled,
+                        overdue
+                    ];
+                    let rows = stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?;
                     Ok(rows.collect::<Result<Vec<_>, _>>()?)
                 })?;
                 if due.is_empty() {
@@ -38,7 +48,7 @@ impl SqliteRepository {
                         progress.more = true;
                         return Ok(progress);
                     }
-                    self.roll_period(epoch, &family, resolution, period)?;
+                    self.roll_period(epoch, &family, resolution, period, now)?;
                     progress.done += 1;
                 }
             }
@@ -48,7 +58,7 @@ impl SqliteRepository {
 
     /// Recomputes one period of one family from the next finer resolution, replacing what was
     /// there, and marks the enclosing coarser period pending.
-    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64) -> Result<()> {
+    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
         let family = self.family(family)?;
         let mut writer = self.writer();
         let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
@@ -86,8 +96,9 @@ impl SqliteRepository {
         )?;
         if let Some(parent) = resolution.parent() {
             tx.execute(
-                "INSERT OR IGNORE INTO rollup_pending (resolution, family, period) VALUES (?1, ?2, ?3)",
-                params![parent.name(), family.name, parent.period_start(period)],
+                "INSERT INTO rollup_pending (resolution, family, period, marked_at, touched_at) VALUES (?1, ?2, ?3, ?4, ?4)
+                 ON CONFLICT DO UPDATE SET touched_at = excluded.touched_at",
+                params![parent.name(), family.name, parent.period_start(period), now],
             )?;
         }
         tx.commit()?;

@@ -2,11 +2,9 @@
 //! time without an active; the proxy's overhead on ingest and query latency.
 
 use crate::ingest::make_dto;
-use crate::util::{self, agent, median, percentile, pollux_bin, wait_for, Proc, Rng};
+use crate::util::{self, agent, median, percentile, spawn, wait_for, Proc, Rng};
 use anyhow::Context;
 use pollux_model::codec::json;
-use std::io::{BufRead, BufReader};
-use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FAILWAIT: &str = "2s";
@@ -18,26 +16,6 @@ struct Cluster {
     nodes: [Option<Proc>; 2],
     _proxy: Proc,
     proxy: String,
-}
-
-fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
-    let mut child = Command::new(pollux_bin()?)
-        .args(args)
-        .env("RUST_LOG", "warn,pollux_aggregator=info,pollux_proxy=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().unwrap();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(30)).context("did not start")?;
-    Ok((Proc { child }, format!("http://{addr}")))
 }
 
 impl Cluster {

@@ -6,7 +6,6 @@ use crate::util::{self, agent, median, metric, percentile, start_aggregator, wai
 use anyhow::{bail, Context};
 use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE};
 use pollux_model::{Dto, Record};
-use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -59,6 +58,14 @@ fn dtos(n: usize) -> Vec<Dto> {
         .collect()
 }
 
+/// One PUT of a DTO body.
+struct Put {
+    url: String,
+    content_type: &'static str,
+    id: String,
+    body: Vec<u8>,
+}
+
 /// Sends every body with `CLIENTS` concurrent senders; returns (seconds to all acknowledged,
 /// seconds to all loaded). The first cycle's DTOs are sent first, untimed, so that the timed
 /// part measures the steady state of a known network (item ids exist).
@@ -74,29 +81,20 @@ fn pollux_run(bodies: &Arc<Vec<(String, Vec<u8>)>>, content_type: &'static str) 
         let page = util::get_text(&agent, &format!("{url}/metrics"))?;
         Ok(metric(&page, "pollux_dtos_loaded_total") == Some(warm))
     })?;
-    let next = Arc::new(AtomicUsize::new(NETWORK_DTOS_PER_CYCLE));
     let start = Instant::now();
-    let senders: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
-            std::thread::spawn(move || -> anyhow::Result<()> {
-                let agent = util::agent();
-                while let Some((id, body)) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let r = agent
-                        .put(&format!("{url}/api/v1/dto/{id}"))
-                        .header("content-type", content_type)
-                        .send(&body[..])?;
-                    if r.status() != 201 {
-                        bail!("PUT {id}: {}", r.status());
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for s in senders {
-        s.join().expect("sender")?;
-    }
+    let with_url: Arc<Vec<Put>> = Arc::new(
+        bodies
+            .iter()
+            .map(|(id, body)| Put { url: url.clone(), content_type, id: id.clone(), body: body.clone() })
+            .collect(),
+    );
+    util::send_all(&with_url, NETWORK_DTOS_PER_CYCLE, CLIENTS, |agent, Put { url, content_type, id, body }| {
+        let r = agent.put(&format!("{url}/api/v1/dto/{id}")).header("content-type", *content_type).send(&body[..])?;
+        if r.status() != 201 {
+            bail!("PUT {id}: {}", r.status());
+        }
+        Ok(())
+    })?;
     let acked = start.elapsed().as_secs_f64();
     let n = bodies.len() as f64;
     wait_for(Duration::from_secs(600), || {
@@ -182,26 +180,15 @@ fn victoria_metrics(dtos: &[Dto]) -> anyhow::Result<Option<f64>> {
     for body in &bodies[..NETWORK_DTOS_PER_CYCLE] {
         agent().post(&format!("{url}/api/v1/import/prometheus")).send(&body[..])?;
     }
-    let next = Arc::new(AtomicUsize::new(NETWORK_DTOS_PER_CYCLE));
     let start = Instant::now();
-    let senders: Vec<_> = (0..CLIENTS)
-        .map(|_| {
-            let (bodies, next, url) = (bodies.clone(), next.clone(), url.clone());
-            std::thread::spawn(move || -> anyhow::Result<()> {
-                let agent = agent();
-                while let Some(body) = bodies.get(next.fetch_add(1, Ordering::Relaxed)) {
-                    let r = agent.post(&format!("{url}/api/v1/import/prometheus")).send(&body[..])?;
-                    if !r.status().is_success() {
-                        bail!("import: {}", r.status());
-                    }
-                }
-                Ok(())
-            })
-        })
-        .collect();
-    for s in senders {
-        s.join().expect("sender")?;
-    }
+    let with_url: Arc<Vec<(String, Vec<u8>)>> = Arc::new(bodies.iter().map(|b| (url.clone(), b.clone())).collect());
+    util::send_all(&with_url, NETWORK_DTOS_PER_CYCLE, CLIENTS, |agent, (url, body)| {
+        let r = agent.post(&format!("{url}/api/v1/import/prometheus")).send(&body[..])?;
+        if !r.status().is_success() {
+            bail!("import: {}", r.status());
+        }
+        Ok(())
+    })?;
     let values: usize = dtos[NETWORK_DTOS_PER_CYCLE..].iter().map(Dto::value_count).sum();
     Ok(Some(values as f64 / start.elapsed().as_secs_f64()))
 }

@@ -28,12 +28,11 @@ impl Drop for Proc {
     }
 }
 
-/// Starts `pollux aggregator` on an ephemeral port; returns it with its base URL once active.
-pub fn start_aggregator(shared: &Path) -> anyhow::Result<(Proc, String)> {
+/// Starts `pollux <args>` and returns it with the URL it says it listens on.
+pub fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
     let mut child = Command::new(pollux_bin()?)
-        .args(["aggregator", "--listen", "127.0.0.1:0", "--node-id", "bench", "--shared-dir"])
-        .arg(shared)
-        .env("RUST_LOG", "warn,pollux_aggregator=info")
+        .args(args)
+        .env("RUST_LOG", "warn,pollux_aggregator=info,pollux_proxy=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;
@@ -47,10 +46,48 @@ pub fn start_aggregator(shared: &Path) -> anyhow::Result<(Proc, String)> {
             }
         }
     });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).context("aggregator did not start")?;
-    let url = format!("http://{addr}");
+    let addr = rx.recv_timeout(Duration::from_secs(60)).with_context(|| format!("pollux {args:?} did not start"))?;
+    Ok((proc, format!("http://{addr}")))
+}
+
+/// Starts `pollux aggregator` on an ephemeral port; returns it with its base URL once active.
+pub fn start_aggregator(shared: &Path) -> anyhow::Result<(Proc, String)> {
+    let args: Vec<String> = ["aggregator", "--listen", "127.0.0.1:0", "--node-id", "bench", "--shared-dir"]
+        .iter()
+        .map(|s| s.to_string())
+        .chain([shared.display().to_string()])
+        .collect();
+    let (proc, url) = spawn(&args)?;
     wait_for(Duration::from_secs(120), || Ok(get_status(&format!("{url}/health/active"))? == 200))?;
     Ok((proc, url))
+}
+
+/// Runs `senders` threads that call `send` on each of `items[first..]` once, in order of a
+/// shared cursor; returns when all are sent or one failed.
+pub fn send_all<T: Send + Sync + 'static>(
+    items: &std::sync::Arc<Vec<T>>,
+    first: usize,
+    senders: usize,
+    send: fn(&ureq::Agent, &T) -> anyhow::Result<()>,
+) -> anyhow::Result<()> {
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    let next = std::sync::Arc::new(AtomicUsize::new(first));
+    let threads: Vec<_> = (0..senders)
+        .map(|_| {
+            let (items, next) = (items.clone(), next.clone());
+            std::thread::spawn(move || -> anyhow::Result<()> {
+                let agent = agent();
+                while let Some(item) = items.get(next.fetch_add(1, Ordering::Relaxed)) {
+                    send(&agent, item)?;
+                }
+                Ok(())
+            })
+        })
+        .collect();
+    for t in threads {
+        t.join().expect("sender thread")?;
+    }
+    Ok(())
 }
 
 pub fn agent() -> ureq::Agent {

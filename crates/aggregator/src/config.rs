@@ -4,6 +4,7 @@
 //! live here as named constants. [`AggregatorConfig::validate`] checks cross-field rules before
 //! any port is bound or file touched, and every error names the file and key at fault.
 
+pub use pollux_model::config::ConfigError;
 use pollux_model::duration;
 use pollux_repository::Retention;
 use serde::Deserialize;
@@ -141,21 +142,6 @@ fn default_node_id() -> String {
         .unwrap_or_else(|| "pollux-da".to_owned())
 }
 
-/// A configuration problem: the file (or "command line") and the key, in one line.
-#[derive(Debug, thiserror::Error)]
-#[error("{source_name}: {key}: {problem}")]
-pub struct ConfigError {
-    pub source_name: String,
-    pub key: String,
-    pub problem: String,
-}
-
-impl ConfigError {
-    pub fn new(source_name: impl Into<String>, key: impl Into<String>, problem: impl Into<String>) -> Self {
-        ConfigError { source_name: source_name.into(), key: key.into(), problem: problem.into() }
-    }
-}
-
 /// Values given on the command line; each overrides the file.
 #[derive(Debug, Clone, Default)]
 pub struct Overrides {
@@ -193,14 +179,7 @@ impl AggregatorConfig {
 
     /// Parses the TOML text; an error is `(key, problem)`.
     pub fn from_toml(text: &str) -> Result<AggregatorConfig, (String, String)> {
-        toml::from_str(text).map_err(|e: toml::de::Error| {
-            let problem = e.message().trim().replace('\n', " ");
-            let key = match e.span() {
-                Some(span) => key_at(text, span.start),
-                None => "-".to_owned(),
-            };
-            (key, problem)
-        })
+        pollux_model::config::from_toml(text)
     }
 
     /// Cross-field rules, checked before anything starts.
@@ -264,22 +243,6 @@ impl AggregatorConfig {
     pub fn advertise_url(&self) -> String {
         self.advertise.clone().unwrap_or_else(|| format!("http://{}", self.listen))
     }
-}
-
-/// Names the key on the line holding byte `offset` of a TOML text, with its table
-/// (`retention.raw`) and the line number, for error messages.
-fn key_at(text: &str, offset: usize) -> String {
-    let line_start = text[..offset].rfind('\n').map_or(0, |i| i + 1);
-    let line_no = text[..offset].matches('\n').count() + 1;
-    let line = text[line_start..].lines().next().unwrap_or("");
-    let key = line.split('=').next().unwrap_or("").trim();
-    let table = text[..line_start]
-        .lines()
-        .rev()
-        .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
-        .map(|t| format!("{}.", t.trim()))
-        .unwrap_or_default();
-    format!("line {line_no} {table}{key}")
 }
 
 #[cfg(test)]

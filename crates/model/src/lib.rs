@@ -6,11 +6,13 @@
 //!   poll cycle from one collector), and its validation against the catalog.
 //! - [`codec`]: the JSON form of the external contract and a compact binary form, used on the
 //!   wire under its own content type and for the DTO files in the shared directory.
+//! - [`config`]: TOML configuration parsing with errors that name the line and key.
 //! - [`duration`]: the `"5m"`-style durations of the configuration (`failwait`, `startwait`).
 //! - [`period`]: the UTC hour, day and week periods that rollups are computed over.
 #![forbid(unsafe_code)]
 
 pub mod codec;
+pub mod config;
 pub mod dto;
 pub mod duration;
 pub mod family;

@@ -1,5 +1,6 @@
 //! The proxy's configuration: a TOML file overridden by flags, checked once at start.
 
+pub use pollux_model::config::ConfigError;
 use pollux_model::duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
@@ -36,14 +37,6 @@ impl Default for ProxyConfig {
     }
 }
 
-#[derive(Debug, thiserror::Error)]
-#[error("{source_name}: {key}: {problem}")]
-pub struct ConfigError {
-    pub source_name: String,
-    pub key: String,
-    pub problem: String,
-}
-
 impl ProxyConfig {
     /// Reads `file` (if any), then applies the flags: `listen` and, when any are given, the
     /// aggregator URLs (which replace the file's list).
@@ -53,11 +46,11 @@ impl ProxyConfig {
         aggregators: Vec<String>,
     ) -> Result<ProxyConfig, ConfigError> {
         let name = file.map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
-        let err = |key: &str, problem: String| ConfigError { source_name: name.clone(), key: key.to_owned(), problem };
+        let err = |key: &str, problem: String| ConfigError::new(&name, key, problem);
         let mut config = match file {
             Some(path) => {
                 let text = std::fs::read_to_string(path).map_err(|e| err("-", format!("cannot read: {e}")))?;
-                toml::from_str(&text).map_err(|e: toml::de::Error| err("-", e.message().replace('\n', " ")))?
+                pollux_model::config::from_toml(&text).map_err(|(key, problem)| err(&key, problem))?
             }
             None => ProxyConfig::default(),
         };

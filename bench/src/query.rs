@@ -28,8 +28,8 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
     let shared = tempfile::tempdir()?;
     let path = shared.path().join("repository.sqlite");
     let repo = SqliteRepository::open(&path, SqliteOptions::default())?;
-    repo.ensure_family(Catalog::builtin().get("Interface").unwrap())?;
     repo.claim_epoch(1, "bench")?;
+    repo.ensure_family(1, Catalog::builtin().get("Interface").unwrap())?;
     let mut rng = Rng::new(3);
     let mut values = 0usize;
     let mut load_time = Duration::ZERO;

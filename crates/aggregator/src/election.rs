@@ -44,12 +44,17 @@ pub fn run(
         last_status_write: None,
     };
     while !stop.is_cancelled() {
-        let now = Instant::now();
-        let read = runtime.store.read().map_err(|e| e.to_string());
+        // The fence file bounds the next epoch from below; unreadable, it makes the lease
+        // unusable too (a holder keeps renewing, a standby waits).
+        let (read, floor) = match runtime.app.shared.read_fence() {
+            Ok(floor) => (runtime.store.read().map_err(|e| e.to_string()), floor),
+            Err(e) => (Err(format!("fence file: {e}")), 0),
+        };
         if let Err(e) = &read {
             tracing::warn!(error = %e, "lease not readable");
         }
-        let floor = runtime.app.shared.read_fence().unwrap_or(0);
+        // Taken after the read: a standby's silence is measured from no earlier than what it saw.
+        let now = Instant::now();
         let actions = runtime.elector.on_lease(now, read, floor);
         runtime.perform(actions);
         if runtime.elector.wants_promotion() {
@@ -88,11 +93,14 @@ impl Runtime {
         for action in actions {
             match action {
                 Action::Write { expected, new } => {
+                    // A renewal counts from before the write: the holder's window must never
+                    // outlast what a standby could have observed.
+                    let started = Instant::now();
                     let result = self.store.swap(expected.as_ref(), &new);
                     if let Err(e) = &result {
                         tracing::warn!(error = %e, epoch = new.epoch, state = ?new.state, "lease write failed");
                     }
-                    let more = self.elector.on_write(Instant::now(), result);
+                    let more = self.elector.on_write(started, result);
                     self.perform(more);
                 }
                 Action::Start { epoch } => {

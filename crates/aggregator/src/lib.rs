@@ -85,20 +85,32 @@ impl App {
         self.catalog.read().expect("catalog").clone()
     }
 
-    /// Rereads `metric-families/`; a bad file is logged and the families in use are kept.
-    pub fn reload_catalog(&self) -> Result<(), RepoError> {
+    /// Rereads `metric-families/` into memory; a bad file is logged and the families in use
+    /// are kept. Returns the families that are new or changed.
+    pub fn reload_catalog_in_memory(&self) -> Vec<Arc<pollux_model::MetricFamily>> {
         match self.shared.load_catalog() {
             Ok(catalog) => {
-                for family in catalog.iter() {
-                    let known = self.catalog().get(&family.name).cloned();
-                    if known.as_deref() != Some(family.as_ref()) {
-                        self.repo.ensure_family(family)?;
-                        tracing::info!(family = %family.name, "metric family defined");
-                    }
-                }
+                let before = self.catalog();
+                let changed = catalog
+                    .iter()
+                    .filter(|f| before.get(&f.name).map(|b| b.as_ref()) != Some(f.as_ref()))
+                    .cloned()
+                    .collect();
                 *self.catalog.write().expect("catalog") = Arc::new(catalog);
+                changed
             }
-            Err(e) => tracing::error!(error = %e, "metric families not reloaded; keeping the ones in use"),
+            Err(e) => {
+                tracing::error!(error = %e, "metric families not reloaded; keeping the ones in use");
+                Vec::new()
+            }
+        }
+    }
+
+    /// Rereads `metric-families/` and widens the repository for new or changed families.
+    pub fn reload_catalog(&self, epoch: pollux_repository::Epoch) -> Result<(), RepoError> {
+        for family in self.reload_catalog_in_memory() {
+            self.repo.ensure_family(epoch, &family)?;
+            tracing::info!(family = %family.name, "metric family defined");
         }
         Ok(())
     }
@@ -130,8 +142,11 @@ impl Aggregator {
             shared = %shared.root().display(), nfs = shared_report.nfs, ?journal,
             free_mib = shared_report.free_bytes >> 20, families = catalog.len(), "shared dir checked"
         );
-        let limits =
-            Limits { max_records: config.max_records, max_future_seconds: config.max_clock_skew.as_secs() as i64 };
+        let limits = Limits {
+            max_records: config.max_records,
+            max_future_seconds: config.max_clock_skew.as_secs() as i64,
+            max_age_seconds: config.retention.raw.as_secs() as i64,
+        };
         // With port 0 (tests) the advertised URL must carry the port actually bound.
         let advertise = match (&config.advertise, listener.local_addr()) {
             (None, Ok(addr)) => format!("http://{addr}"),
@@ -141,7 +156,8 @@ impl Aggregator {
         let app = App {
             node: Node::new(config.node_id.clone(), advertise),
             commands: Mutex::new(commands),
-            store: DtoStore::new(shared.dto_dir()),
+            store: DtoStore::open(shared.dto_dir())
+                .map_err(|e| SharedDirError::Unusable { path: shared.dto_dir(), problem: e.to_string() })?,
             shared,
             shared_report,
             repo: Arc::new(repo),

@@ -27,8 +27,8 @@ use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-/// How many files one listing of the store picks up.
-const LIST_LIMIT: usize = 512;
+/// Most files one listing of the store looks at (oldest first).
+const LIST_LIMIT: usize = 100_000;
 /// Wait after a failed load before trying again (the files stay; nothing is lost).
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Longest sleep with nothing to do: new files normally wake the loader at once.
@@ -40,11 +40,13 @@ const IDLE_WAIT: Duration = Duration::from_millis(500);
 pub struct Handoff {
     queue: Mutex<VecDeque<Dto>>,
     capacity: usize,
+    /// Set when a DTO did not fit: the loader must then read the store too.
+    overflowed: std::sync::atomic::AtomicBool,
 }
 
 impl Handoff {
     pub fn new(capacity: usize) -> Handoff {
-        Handoff { queue: Mutex::new(VecDeque::new()), capacity }
+        Handoff { queue: Mutex::new(VecDeque::new()), capacity, overflowed: Default::default() }
     }
 
     /// Offers a DTO that is already durable in the store.
@@ -52,6 +54,8 @@ impl Handoff {
         let mut queue = self.queue.lock().expect("handoff");
         if queue.len() < self.capacity {
             queue.push_back(dto);
+        } else {
+            self.overflowed.store(true, std::sync::atomic::Ordering::Release);
         }
     }
 
@@ -66,6 +70,11 @@ impl Handoff {
             taken.push(dto);
         }
         taken
+    }
+
+    /// Whether a DTO overflowed since the last call.
+    fn take_overflow(&self) -> bool {
+        self.overflowed.swap(false, std::sync::atomic::Ordering::AcqRel)
     }
 
     pub fn clear(&self) {
@@ -96,23 +105,59 @@ pub fn run(app: &Arc<App>, term: &Term) {
 /// Loads one batch; returns how many DTOs it consumed.
 fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<usize, RepoError> {
     let mut batch = app.handoff.take(app.config.load_batch_values);
-    if batch.is_empty() {
-        batch = read_from_store(app)?;
+    if batch.is_empty() || app.handoff.take_overflow() {
+        // The store holds what did not fit in the handoff and what a predecessor left. A DTO
+        // in both is loaded once: the second copy finds its id registered.
+        batch.extend(read_from_store(app, epoch, ensured)?);
     }
     let mut ready = Vec::with_capacity(batch.len());
     for dto in batch {
-        if ensure_family(app, &dto, ensured)? {
+        if ensure_family(app, epoch, &dto, ensured)? {
             ready.push(dto);
         }
     }
     if ready.is_empty() {
         return Ok(0);
     }
-    let report = app.repo.load(epoch, &ready)?;
+    let report = match app.repo.load(epoch, &ready) {
+        Ok(report) => report,
+        Err(e @ RepoError::Fenced { .. }) => return Err(e),
+        Err(e) if ready.len() > 1 => {
+            // One bad DTO must not hold the others back: load them one at a time.
+            tracing::warn!(error = %e, dtos = ready.len(), "batch load failed; loading one by one");
+            return load_one_by_one(app, epoch, ready);
+        }
+        Err(e) => return Err(e),
+    };
+    finish(app, &ready, &report)?;
+    Ok(ready.len())
+}
+
+/// Loads each DTO in its own transaction, leaving the ones that fail in the store.
+fn load_one_by_one(app: &App, epoch: Epoch, dtos: Vec<Dto>) -> Result<usize, RepoError> {
+    let mut loaded = 0;
+    for dto in dtos {
+        match app.repo.load(epoch, std::slice::from_ref(&dto)) {
+            Ok(report) => {
+                finish(app, std::slice::from_ref(&dto), &report)?;
+                loaded += 1;
+            }
+            Err(e @ RepoError::Fenced { .. }) => return Err(e),
+            Err(e) => {
+                Metrics::add(&app.metrics.load_errors, 1);
+                tracing::error!(id = %dto.id, error = %e, "DTO not loaded; it stays in the store and is retried");
+            }
+        }
+    }
+    Ok(loaded)
+}
+
+/// After a commit: removes the loaded files and counts.
+fn finish(app: &App, loaded: &[Dto], report: &pollux_repository::LoadReport) -> Result<(), RepoError> {
     if pollux_failpoint::hit("loader.after_commit") {
         return Err(RepoError::Injected("loader.after_commit"));
     }
-    for dto in &ready {
+    for dto in loaded {
         if let Err(e) = app.store.remove(&dto.id) {
             tracing::warn!(id = %dto.id, error = %e, "loaded DTO file not removed; the next pass will");
         }
@@ -121,12 +166,12 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
     Metrics::add(&app.metrics.dtos_already_loaded, report.already_loaded as u64);
     Metrics::add(&app.metrics.values_loaded, report.values as u64);
     app.maintenance_wake.notify();
-    Ok(ready.len())
+    Ok(())
 }
 
 /// Makes sure the repository has the tables of the DTO's family; false when the family is not
 /// defined (any more): the DTO stays in the store until it is.
-fn ensure_family(app: &App, dto: &Dto, ensured: &mut HashSet<String>) -> Result<bool, RepoError> {
+fn ensure_family(app: &App, epoch: Epoch, dto: &Dto, ensured: &mut HashSet<String>) -> Result<bool, RepoError> {
     if ensured.contains(&dto.family) {
         return Ok(true);
     }
@@ -134,13 +179,14 @@ fn ensure_family(app: &App, dto: &Dto, ensured: &mut HashSet<String>) -> Result<
         tracing::error!(id = %dto.id, family = %dto.family, "stored DTO of a family no longer defined; kept until it is");
         return Ok(false);
     };
-    app.repo.ensure_family(&family)?;
+    app.repo.ensure_family(epoch, &family)?;
     ensured.insert(dto.family.clone());
     Ok(true)
 }
 
-/// Reads a batch of stored DTOs back from the store, quarantining damaged files.
-fn read_from_store(app: &App) -> Result<Vec<Dto>, RepoError> {
+/// Reads a batch of stored DTOs back from the store, oldest first, quarantining damaged files
+/// and passing over DTOs of families that are not defined (they wait; they do not block).
+fn read_from_store(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<Vec<Dto>, RepoError> {
     let ids = app.store.list(LIST_LIMIT).map_err(|e| RepoError::Db(format!("listing the DTO store: {e}")))?;
     let mut batch = Vec::new();
     let mut values = 0;
@@ -150,8 +196,10 @@ fn read_from_store(app: &App) -> Result<Vec<Dto>, RepoError> {
         }
         match app.store.read(&id) {
             Ok(Some(stored)) => {
-                values += stored.dto.value_count();
-                batch.push(stored.dto);
+                if ensure_family(app, epoch, &stored.dto, ensured)? {
+                    values += stored.dto.value_count();
+                    batch.push(stored.dto);
+                }
             }
             Ok(None) => {}
             Err(crate::store::ReadError::Damaged(why)) => {

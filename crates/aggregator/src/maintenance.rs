@@ -52,11 +52,16 @@ pub fn run(app: Arc<App>, term: Arc<Term>) {
 fn step(app: &App, epoch: Epoch, last_catalog: &mut Instant, last_expire: &mut Instant) -> Result<bool, RepoError> {
     if last_catalog.elapsed() >= CATALOG_EVERY {
         *last_catalog = Instant::now();
-        app.reload_catalog()?;
+        app.reload_catalog(epoch)?;
     }
     let now = crate::unix_now();
     let config = &app.config;
-    let policy = RollupPolicy { grace: config.rollup_grace, settle: ROLLUP_SETTLE, max_delay: ROLLUP_MAX_DELAY };
+    let policy = RollupPolicy {
+        grace: config.rollup_grace,
+        settle: ROLLUP_SETTLE,
+        max_delay: ROLLUP_MAX_DELAY,
+        retention: Some(Retention::from(&config.retention)),
+    };
     let rolled = app.repo.roll_up(epoch, now, &policy, ROLLUP_BUDGET)?;
     Metrics::add(&app.metrics.rollups_computed, rolled.done as u64);
     let before = now - config.recent_window.as_secs() as i64;

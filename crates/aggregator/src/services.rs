@@ -89,11 +89,10 @@ fn startup(app: Arc<App>, term: Arc<Term>) {
     app.loader_wake.notify();
     if let Err(e) = app.shared.write_fence(epoch) {
         tracing::error!(epoch, error = %e, "cannot write the fence file; not starting");
+        let _ = term.commands.send(Command::Fenced { epoch, reason: format!("fence file: {e}") });
         return;
     }
-    if let Err(e) = app.reload_catalog() {
-        tracing::warn!(error = %e, "metric families not rechecked at start");
-    }
+    app.reload_catalog_in_memory();
     let discarded = match app.store.discard_temp() {
         Ok(n) => n,
         Err(e) => {

@@ -121,10 +121,15 @@ impl SharedDir {
         }
     }
 
-    /// Durably replaces the fence file with `epoch`.
+    /// Durably replaces the fence file with `epoch`; refuses to lower it (a slow starter of an
+    /// older epoch must not undo a newer leader's fence).
     pub fn write_fence(&self, epoch: Epoch) -> std::io::Result<()> {
         if pollux_failpoint::hit("shared.write") {
             return Err(std::io::Error::other("injected fault shared.write"));
+        }
+        let current = self.read_fence()?;
+        if current > epoch {
+            return Err(std::io::Error::other(format!("the fence is already at epoch {current}, above {epoch}")));
         }
         crate::store::write_durably(&self.root, &self.fence_path(), format!("{epoch}\n").as_bytes())
     }

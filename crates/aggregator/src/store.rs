@@ -7,9 +7,11 @@
 //! active aggregator; its sender never got a 201 for it and still holds it in its spool.
 //!
 //! ```text
-//!   <id>.dto.tmp.<pid>.<n>  ── fsync, link ──▶  <id>.dto  ── loaded, committed ──▶ removed
-//!                                                  └── undecodable ──▶ quarantine/<id>.dto
+//!   tmp/<id>.<pid>.<n>  ── fsync, link ──▶  <id>.dto  ── loaded, committed ──▶ removed
+//!                                              └── undecodable ──▶ quarantine/<id>.dto
 //! ```
+//!
+//! Temp files live in their own subdirectory, so no DTO id can ever look like one.
 //!
 //! File format: `"PXF1"`, the storing epoch (u64 LE), a CRC32 of those 12 bytes, then the DTO
 //! in the binary codec (which carries its own checksum).
@@ -26,7 +28,7 @@ use std::time::SystemTime;
 const MAGIC: &[u8; 4] = b"PXF1";
 const HEADER_LEN: usize = 16;
 const SUFFIX: &str = ".dto";
-const TEMP_MARK: &str = ".dto.tmp.";
+const TEMP_DIR: &str = "tmp";
 
 /// What [`DtoStore::store`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -60,8 +62,11 @@ pub struct DtoStore {
 }
 
 impl DtoStore {
-    pub fn new(dir: impl Into<PathBuf>) -> DtoStore {
-        DtoStore { dir: dir.into(), temp_counter: AtomicU64::new(0) }
+    /// The store in `dir`, creating its temp subdirectory.
+    pub fn open(dir: impl Into<PathBuf>) -> io::Result<DtoStore> {
+        let dir = dir.into();
+        fs::create_dir_all(dir.join(TEMP_DIR))?;
+        Ok(DtoStore { dir, temp_counter: AtomicU64::new(0) })
     }
 
     fn path(&self, id: &str) -> PathBuf {
@@ -77,6 +82,9 @@ impl DtoStore {
     pub fn store(&self, dto: &Dto, epoch: Epoch) -> io::Result<StoreOutcome> {
         let final_path = self.path(&dto.id);
         if final_path.exists() {
+            // The first PUT may have failed before its directory fsync: make the entry durable
+            // before this one is acknowledged.
+            sync_dir(&self.dir)?;
             return Ok(StoreOutcome::AlreadyStored);
         }
         let mut bytes = Vec::with_capacity(HEADER_LEN + 64 + dto.records.len() * 64);
@@ -87,7 +95,7 @@ impl DtoStore {
         bytes.extend_from_slice(&binary::encode(dto));
 
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let temp = self.dir.join(format!("{}{TEMP_MARK}{}.{n}", dto.id, std::process::id()));
+        let temp = self.dir.join(TEMP_DIR).join(format!("{}.{}.{n}", dto.id, std::process::id()));
         let result = self.publish(&temp, &final_path, &bytes);
         let _ = fs::remove_file(&temp);
         result
@@ -116,7 +124,10 @@ impl DtoStore {
         }
         match fs::hard_link(temp, final_path) {
             Ok(()) => {}
-            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => return Ok(StoreOutcome::AlreadyStored),
+            Err(e) if e.kind() == io::ErrorKind::AlreadyExists => {
+                sync_dir(&self.dir)?;
+                return Ok(StoreOutcome::AlreadyStored);
+            }
             Err(e) => return Err(e),
         }
         sync_dir(&self.dir)?;
@@ -190,16 +201,14 @@ impl DtoStore {
 
     /// Deletes temp files left by a crash inside a write. Their senders got no 201 for them.
     pub fn discard_temp(&self) -> io::Result<usize> {
+        let temp_dir = self.dir.join(TEMP_DIR);
         let mut discarded = 0;
-        for entry in fs::read_dir(&self.dir)? {
-            let entry = entry?;
-            if entry.file_name().to_str().is_some_and(|n| n.contains(TEMP_MARK)) {
-                fs::remove_file(entry.path())?;
-                discarded += 1;
-            }
+        for entry in fs::read_dir(&temp_dir)? {
+            fs::remove_file(entry?.path())?;
+            discarded += 1;
         }
         if discarded > 0 {
-            sync_dir(&self.dir)?;
+            sync_dir(&temp_dir)?;
         }
         Ok(discarded)
     }
@@ -260,7 +269,7 @@ mod tests {
     #[test]
     fn stores_once_reads_back_and_removes() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DtoStore::new(dir.path());
+        let store = DtoStore::open(dir.path()).unwrap();
         assert_eq!(store.store(&dto("a"), 3).unwrap(), StoreOutcome::Stored);
         assert_eq!(store.store(&dto("a"), 4).unwrap(), StoreOutcome::AlreadyStored);
         let back = store.read("a").unwrap().unwrap();
@@ -270,16 +279,20 @@ mod tests {
         store.remove("a").unwrap();
         store.remove("a").unwrap();
         assert!(store.read("a").unwrap().is_none());
-        assert_eq!(fs::read_dir(dir.path()).unwrap().count(), 0, "no temp file left behind");
+        assert_eq!(fs::read_dir(dir.path().join(TEMP_DIR)).unwrap().count(), 0, "no temp file left behind");
     }
 
     #[test]
     fn temp_leftovers_are_discarded_and_damage_is_quarantined() {
         let dir = tempfile::tempdir().unwrap();
-        let store = DtoStore::new(dir.path());
-        fs::write(dir.path().join("x.dto.tmp.99.0"), b"half a DTO").unwrap();
+        let store = DtoStore::open(dir.path()).unwrap();
+        fs::write(dir.path().join("tmp/x.99.0"), b"half a DTO").unwrap();
         fs::write(dir.path().join("bad.dto"), b"PXF1 not really").unwrap();
+        // An id that looks like a temp name is a DTO like any other.
+        store.store(&dto("a.dto.tmp.1.0"), 1).unwrap();
         assert_eq!(store.discard_temp().unwrap(), 1);
+        assert_eq!(store.list(10).unwrap().len(), 2);
+        store.remove("a.dto.tmp.1.0").unwrap();
         assert_eq!(store.list(10).unwrap(), ["bad"]);
         assert!(matches!(store.read("bad"), Err(ReadError::Damaged(_))));
         store.quarantine("bad").unwrap();

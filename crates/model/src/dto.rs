@@ -77,11 +77,14 @@ pub struct Limits {
     pub max_records: usize,
     /// How far in the future a cycle may start, to catch collectors with a wrong clock.
     pub max_future_seconds: i64,
+    /// How far in the past a cycle may start: data older than the raw retention would be
+    /// expired at once, and would re-roll periods whose raw data is gone.
+    pub max_age_seconds: i64,
 }
 
 impl Default for Limits {
     fn default() -> Self {
-        Limits { max_records: 100_000, max_future_seconds: 3600 }
+        Limits { max_records: 100_000, max_future_seconds: 3600, max_age_seconds: 35 * 86_400 }
     }
 }
 
@@ -145,6 +148,12 @@ impl Dto {
                     "{} is more than {}s ahead of this aggregator's clock ({now})",
                     self.cycle, limits.max_future_seconds
                 ),
+            ));
+        }
+        if self.cycle < now - limits.max_age_seconds {
+            return Err(DtoError::new(
+                "cycle",
+                format!("{} is older than the raw retention ({}s) allows", self.cycle, limits.max_age_seconds),
             ));
         }
         if self.records.len() > limits.max_records {
@@ -245,6 +254,7 @@ mod tests {
             ("interval", Box::new(|d| d.interval = 0)),
             ("cycle", Box::new(|d| d.cycle = -5)),
             ("cycle", Box::new(|d| d.cycle = 1_763_831_000 + 7200)),
+            ("cycle", Box::new(|d| d.cycle = 1_763_831_000 - 36 * 86_400)),
             ("records[0].ts", Box::new(|d| d.records[0].ts = d.cycle - 1)),
             ("records[0].ts", Box::new(|d| d.records[0].ts = d.cycle + 600)),
             ("records[0].values.out_bps", Box::new(|d| d.records[0].values[1] = Some(f64::NAN))),

@@ -152,6 +152,8 @@ fn a_dto_is_stored_once_loaded_once_and_queryable() {
         ("/api/v1/series?family=Nope&device=rtr-1&item=x&metric=in_bps", "unknown family"),
         ("/api/v1/series?family=Interface&device=r&item=x&metric=in_bps&from=abc", "from"),
         ("/api/v1/series?family=Interface&device=r&item=x&metric=in_bps&from=10&to=5", "before"),
+        ("/api/v1/series?family=Interface&device=r&item=x&metric=in_bps&resolution=hour&from=0&to=9223372036854775807", "to:"),
+        ("/api/v1/series?family=Interface&device=r&item=x&metric=in_bps&to=-9223372036854775808", "to:"),
         ("/api/v1/series?family=Interface&device=r&item=x&metric=in_bps&resolution=minute", "resolution"),
         ("/api/v1/top?family=Interface&metric=in_bps&n=0", "n:"),
         ("/api/v1/items?limit=0", "limit"),

@@ -97,8 +97,12 @@ async fn handle(
             Response::from_parts(parts, body.boxed())
         }
         Err(e) => {
-            // The active died or froze between two checks: take it out now; the client retries.
-            backends.mark_down(&target, e.to_string());
+            // The active died between two checks: take it out now. Other failures (a client
+            // that aborted its upload, a pooled connection closed under us) say nothing about
+            // the active, and the next health check decides.
+            if e.is_connect() {
+                backends.mark_down(&target, e.to_string());
+            }
             tracing::warn!(%target, error = %e, "forwarding failed");
             unavailable(&format!("the active aggregator at {target} did not answer; retry shortly"))
         }

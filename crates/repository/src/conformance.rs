@@ -43,10 +43,10 @@ macro_rules! conformance_tests {
 }
 
 fn prepare(repo: &dyn Repository, epoch: u64) {
-    for family in Catalog::builtin().iter() {
-        repo.ensure_family(family).unwrap();
-    }
     repo.claim_epoch(epoch, "suite").unwrap();
+    for family in Catalog::builtin().iter() {
+        repo.ensure_family(epoch, family).unwrap();
+    }
 }
 
 /// A DTO of the Interface family for `cycle` with the given `(device, item, in_bps)` records.
@@ -142,18 +142,23 @@ pub fn series_reads_recent_and_compacted_alike(repo: &dyn Repository) {
         let cycle = T0 + c * INTERVAL;
         repo.load(1, &[dto(&format!("c{c}"), cycle, &[("r1", "ge-0", c as f64), ("r1", "ge-1", 100.0)])]).unwrap();
     }
+    // Another DTO with the same item in the same cycle replaces its record, in either table.
+    repo.load(1, &[dto("again", T0, &[("r1", "ge-0", 42.0)])]).unwrap();
     let before = raw(repo, "r1", "ge-0", T0, NOW);
     assert_eq!(before.len(), 6);
+    assert_eq!(before[0], (T0 + 10, 42.0));
     let progress = repo.compact(1, T0 + 3 * INTERVAL, 100).unwrap();
     assert_eq!(progress.done, 3);
     assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), before, "half compacted");
     repo.compact(1, NOW, 100).unwrap();
     assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), before, "all compacted");
+    repo.load(1, &[dto("again.2", T0, &[("r1", "ge-0", 7.5)])]).unwrap();
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW)[..2], [(T0 + 10, 7.5), before[1]], "replaced in history too");
     // Late data for a compacted cycle goes to history and is read back the same way.
     repo.load(1, &[dto("late", T0 + INTERVAL, &[("r1", "ge-2", 7.0)])]).unwrap();
     assert_eq!(raw(repo, "r1", "ge-2", T0, NOW), [(T0 + INTERVAL + 10, 7.0)]);
     // Half-open ranges.
-    assert_eq!(raw(repo, "r1", "ge-0", T0 + 10, T0 + INTERVAL + 10), [(T0 + 10, 0.0)]);
+    assert_eq!(raw(repo, "r1", "ge-0", T0 + 10, T0 + INTERVAL + 10), [(T0 + 10, 7.5)]);
 }
 
 /// Checks every hourly, daily and weekly rollup of one item's `in_bps` against a recomputation
@@ -288,9 +293,13 @@ pub fn items_and_devices(repo: &dyn Repository) {
 pub fn family_widening(repo: &dyn Repository) {
     prepare(repo, 1);
     let mut family = MetricFamily::from_toml("name = \"Temp\"\n[[metric]]\nname = \"celsius\"").unwrap();
-    repo.ensure_family(&family).unwrap();
+    repo.ensure_family(1, &family).unwrap();
     family.metrics.push(pollux_model::Metric { name: "fan_rpm".into(), ..family.metrics[0].clone() });
-    repo.ensure_family(&family).unwrap();
+    repo.ensure_family(1, &family).unwrap();
+    assert!(
+        matches!(repo.ensure_family(0, &family), Err(RepoError::Fenced { .. })),
+        "a stale writer changes no schema"
+    );
     let d = Dto {
         id: "temp".into(),
         collector: "dc1".into(),
@@ -332,11 +341,15 @@ pub fn late_data_settles_before_it_is_rolled(repo: &dyn Repository) {
     prepare(repo, 1);
     // Loads stamp pending periods with the wall clock; this check reads it too.
     let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64;
-    let policy =
-        RollupPolicy { grace: Duration::ZERO, settle: Duration::from_secs(5), max_delay: Duration::from_secs(300) };
+    let policy = RollupPolicy {
+        grace: Duration::ZERO,
+        settle: Duration::from_secs(5),
+        max_delay: Duration::from_secs(300),
+        retention: None,
+    };
     repo.load(1, &[dto("late.1", T0, &[("r1", "ge-0", 1.0)])]).unwrap();
     assert_eq!(repo.roll_up(1, now, &policy, 100).unwrap().done, 0, "still being touched");
-    let overdue = RollupPolicy { max_delay: Duration::ZERO, ..policy };
+    let overdue = RollupPolicy { max_delay: Duration::ZERO, ..policy.clone() };
     assert_eq!(repo.roll_up(1, now + 1, &overdue, 100).unwrap().done, 3, "overdue: the hour, its day, its week");
     repo.load(1, &[dto("late.2", T0 + INTERVAL, &[("r1", "ge-0", 3.0)])]).unwrap();
     assert_eq!(repo.roll_up(1, now + 2, &policy, 100).unwrap().done, 0);

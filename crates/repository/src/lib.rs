@@ -87,7 +87,7 @@ pub struct Progress {
 }
 
 /// When a pending rollup period is recomputed.
-#[derive(Debug, Clone, Copy, PartialEq)]
+#[derive(Debug, Clone, PartialEq)]
 pub struct RollupPolicy {
     /// A period is due once it ended this long ago: data for it may still be on its way.
     pub grace: Duration,
@@ -97,12 +97,15 @@ pub struct RollupPolicy {
     pub settle: Duration,
     /// ...or once it has been pending this long, however often it is touched.
     pub max_delay: Duration,
+    /// When set, a pending period whose finer data is past its retention is dropped, not
+    /// recomputed: its rollup would be rebuilt from the little that is left.
+    pub retention: Option<Retention>,
 }
 
 impl RollupPolicy {
     /// Due as soon as the period ended `grace` ago, touched or not.
     pub fn immediate(grace: Duration) -> RollupPolicy {
-        RollupPolicy { grace, settle: Duration::ZERO, max_delay: Duration::ZERO }
+        RollupPolicy { grace, settle: Duration::ZERO, max_delay: Duration::ZERO, retention: None }
     }
 }
 
@@ -216,8 +219,9 @@ pub trait Repository: Send + Sync {
     /// Raises the epoch row to `epoch`, before the new leader writes anything. Fails with
     /// `Fenced` when the row is already at or past `epoch` (someone newer got there first).
     fn claim_epoch(&self, epoch: Epoch, node: &str) -> Result<()>;
-    /// Creates or widens the tables of a family (new metrics become new columns).
-    fn ensure_family(&self, family: &MetricFamily) -> Result<()>;
+    /// Creates or widens the tables of a family (new metrics become new columns), as a write
+    /// of `epoch` like any other.
+    fn ensure_family(&self, epoch: Epoch, family: &MetricFamily) -> Result<()>;
 
     /// Loads a batch of DTOs in one transaction: the epoch check, each DTO's data unless its id
     /// is already registered, its registry entry and its pending rollups.

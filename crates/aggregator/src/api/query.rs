@@ -33,9 +33,18 @@ fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, de
     }
 }
 
+/// The latest timestamp a query may name: 9999-12-31T23:59:59Z.
+const MAX_TS: i64 = 253_402_300_799;
+
 fn range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     let to = number(params, "to", crate::unix_now())?;
-    let from = number(params, "from", to - 3600)?;
+    if !(0..=MAX_TS).contains(&to) {
+        return Err(ApiError::bad_request(format!("to: {to} is not Unix seconds between 0 and {MAX_TS}")));
+    }
+    let from = number(params, "from", (to - 3600).max(0))?;
+    if !(0..=MAX_TS).contains(&from) {
+        return Err(ApiError::bad_request(format!("from: {from} is not Unix seconds between 0 and {MAX_TS}")));
+    }
     if from >= to {
         return Err(ApiError::bad_request(format!("from: {from} must be before to ({to})")));
     }

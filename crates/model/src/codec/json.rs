@@ -243,4 +243,37 @@ mod tests {
         let twice = EXAMPLE.replace("\"in_util\": 12.5", "\"in_util\": 12.5, \"in_util\": 1");
         assert_eq!(decode(twice.as_bytes()).unwrap_err().field, "records[0].values.in_util");
     }
+
+    /// Fuzz-like: thousands of random mutations of a valid body never panic the decoder or the
+    /// validator; each is either a DTO or an error naming a field.
+    #[test]
+    fn random_mutations_never_panic() {
+        let catalog = crate::Catalog::builtin();
+        let limits = crate::Limits::default();
+        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
+        let mut next = move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        };
+        let alphabet = b"{}[]\":,.-+eE0123456789 nulltruefalse\\u\xff\x00";
+        for _ in 0..5000 {
+            let mut bytes = EXAMPLE.as_bytes().to_vec();
+            for _ in 0..1 + next() % 4 {
+                let pos = (next() as usize) % bytes.len();
+                match next() % 3 {
+                    0 => bytes[pos] = alphabet[(next() as usize) % alphabet.len()],
+                    1 => bytes.insert(pos, alphabet[(next() as usize) % alphabet.len()]),
+                    _ => bytes.truncate(pos.max(1)),
+                }
+            }
+            match decode(&bytes) {
+                Ok(dto) => {
+                    let _ = dto.validate(&catalog, &limits, 1_763_831_000);
+                }
+                Err(e) => assert!(!e.field.is_empty() && !e.problem.is_empty()),
+            }
+        }
+    }
 }

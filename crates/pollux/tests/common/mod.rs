@@ -188,16 +188,20 @@ pub fn interface_dto(id: &str, cycle: i64, devices: usize, items: usize) -> Valu
     json!({"id": id, "collector": "dc1", "family": "Interface", "cycle": cycle, "interval": 300, "records": records})
 }
 
-/// Files in `<shared>/dto` (whole DTOs and temp leftovers alike).
+/// Files in `<shared>/dto` and its `tmp/` (whole DTOs and temp leftovers alike).
 pub fn dto_files(shared: &Path) -> Vec<String> {
-    let mut names: Vec<String> = std::fs::read_dir(shared.join("dto"))
-        .map(|rd| {
-            rd.filter_map(|e| e.ok())
-                .filter(|e| e.path().is_file())
-                .map(|e| e.file_name().to_string_lossy().into_owned())
-                .collect()
-        })
-        .unwrap_or_default();
+    let list = |dir: &Path, prefix: &str| -> Vec<String> {
+        std::fs::read_dir(dir)
+            .map(|rd| {
+                rd.filter_map(|e| e.ok())
+                    .filter(|e| e.path().is_file())
+                    .map(|e| format!("{prefix}{}", e.file_name().to_string_lossy()))
+                    .collect()
+            })
+            .unwrap_or_default()
+    };
+    let mut names = list(&shared.join("dto"), "");
+    names.extend(list(&shared.join("dto/tmp"), "tmp/"));
     names.sort();
     names
 }

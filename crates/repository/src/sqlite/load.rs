@@ -99,14 +99,10 @@ fn insert_dto(
     let into_history = dto.cycle < watermark;
     let column_list: String = columns.iter().map(|c| format!(", \"{c}\"")).collect();
     let placeholders: String = ", ?".repeat(columns.len());
-    let sql = if into_history {
-        format!("INSERT OR REPLACE INTO {} (item_id, ts{column_list}) VALUES (?, ?{placeholders})", family.raw())
-    } else {
-        format!(
-            "INSERT OR REPLACE INTO {} (cycle, item_id, ts{column_list}) VALUES (?, ?, ?{placeholders})",
-            family.recent()
-        )
-    };
+    // Both raw tables take (cycle, item_id, ts, metrics...): only the clustering differs.
+    let table = if into_history { family.raw() } else { family.recent() };
+    let sql =
+        format!("INSERT OR REPLACE INTO {table} (cycle, item_id, ts{column_list}) VALUES (?, ?, ?{placeholders})");
     let mut stmt = tx.prepare_cached(&sql)?;
     let mut values = 0;
     let mut hours = BTreeSet::new();
@@ -115,15 +111,11 @@ fn insert_dto(
         if record.values.len() != columns.len() {
             return Err(RepoError::Db(format!("DTO {}: a record's values do not match its columns", dto.id)));
         }
-        let mut p = 1;
-        if !into_history {
-            stmt.raw_bind_parameter(p, dto.cycle)?;
-            p += 1;
-        }
-        stmt.raw_bind_parameter(p, item_id)?;
-        stmt.raw_bind_parameter(p + 1, record.ts)?;
+        stmt.raw_bind_parameter(1, dto.cycle)?;
+        stmt.raw_bind_parameter(2, item_id)?;
+        stmt.raw_bind_parameter(3, record.ts)?;
         for (c, value) in record.values.iter().enumerate() {
-            stmt.raw_bind_parameter(p + 2 + c, *value)?;
+            stmt.raw_bind_parameter(4 + c, *value)?;
             values += usize::from(value.is_some());
         }
         stmt.raw_execute()?;

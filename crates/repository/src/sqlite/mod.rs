@@ -12,7 +12,7 @@
 //!   load ──▶ recent_<F>  PRIMARY KEY (cycle, item_id)   appends: a cycle is one sorted run
 //!               │  compact(): one whole cycle per transaction, once it is older than the
 //!               ▼  recent window (default 2 h), in item order
-//!            raw_<F>     PRIMARY KEY (item_id, ts)      a 24 h series is one range scan
+//!            raw_<F>     PRIMARY KEY (item_id, cycle)   a 24 h series is one range scan
 //!
 //!   roll_up(): hour_<F> ◀─ recent_<F> ∪ raw_<F>;  day_<F> ◀─ hour_<F>;  week_<F> ◀─ day_<F>
 //!              each PRIMARY KEY (period, item_id): a top-N over a period is one range scan
@@ -23,7 +23,8 @@
 //! for a cycle already compacted (below the family's `watermark`) goes straight to `raw_<F>`.
 //!
 //! Every table is `WITHOUT ROWID`: the primary key is the clustering, and no second copy of the
-//! key lives in an index.
+//! key lives in an index. Both raw tables identify a record the same way, by item and cycle (one
+//! poll of an item per cycle; a repeat replaces it), so moving a cycle changes no result.
 //!
 //! # Concurrency
 //!
@@ -95,6 +96,9 @@ impl FamilyTables {
             .ok_or_else(|| RepoError::UnknownMetric { family: self.name.clone(), metric: metric.to_owned() })
     }
 }
+
+/// Read connections kept open between queries; a burst opens more, then they are closed.
+const MAX_IDLE_READERS: usize = 8;
 
 /// Item ids already committed, by family, device and item (nested so lookups borrow `&str`).
 type ItemCache = HashMap<String, HashMap<String, HashMap<String, i64>>>;
@@ -202,7 +206,10 @@ impl SqliteRepository {
             }
         };
         let result = f(&conn);
-        self.readers.lock().expect("reader pool").push(conn);
+        let mut pool = self.readers.lock().expect("reader pool");
+        if pool.len() < MAX_IDLE_READERS {
+            pool.push(conn);
+        }
         result
     }
 
@@ -226,9 +233,10 @@ impl SqliteRepository {
         self.reload_families()
     }
 
-    pub(crate) fn ensure(&self, family: &MetricFamily) -> Result<()> {
+    pub(crate) fn ensure(&self, epoch: Epoch, family: &MetricFamily) -> Result<()> {
         let mut writer = self.writer();
         let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_epoch(&tx, epoch)?;
         let known: Option<String> = tx
             .query_row("SELECT columns FROM family_state WHERE family = ?1", [&family.name], |r| r.get(0))
             .optional()?;
@@ -237,6 +245,9 @@ impl SqliteRepository {
         let added: Vec<String> =
             family.metrics.iter().map(|m| m.name.clone()).filter(|m| !columns.contains(m)).collect();
         if known.is_some() && added.is_empty() {
+            // Another node may have widened the tables: take its column list as ours.
+            let tables = FamilyTables { name: family.name.clone(), columns };
+            self.families.write().expect("families lock").insert(family.name.clone(), Arc::new(tables));
             return Ok(());
         }
         let mut tables = FamilyTables { name: family.name.clone(), columns: columns.clone() };
@@ -253,8 +264,8 @@ impl SqliteRepository {
             tx.execute_batch(&format!(
                 "CREATE TABLE IF NOT EXISTS {recent} (cycle INTEGER NOT NULL, item_id INTEGER NOT NULL,
                     ts INTEGER NOT NULL{cols}, PRIMARY KEY (cycle, item_id)) WITHOUT ROWID;
-                 CREATE TABLE IF NOT EXISTS {raw} (item_id INTEGER NOT NULL, ts INTEGER NOT NULL{cols},
-                    PRIMARY KEY (item_id, ts)) WITHOUT ROWID;",
+                 CREATE TABLE IF NOT EXISTS {raw} (item_id INTEGER NOT NULL, cycle INTEGER NOT NULL,
+                    ts INTEGER NOT NULL{cols}, PRIMARY KEY (item_id, cycle)) WITHOUT ROWID;",
                 recent = tables.recent(),
                 raw = tables.raw(),
             ))?;
@@ -353,8 +364,8 @@ impl crate::Repository for SqliteRepository {
     fn claim_epoch(&self, epoch: Epoch, node: &str) -> Result<()> {
         self.claim(epoch, node, unix_now())
     }
-    fn ensure_family(&self, family: &MetricFamily) -> Result<()> {
-        self.ensure(family)
+    fn ensure_family(&self, epoch: Epoch, family: &MetricFamily) -> Result<()> {
+        self.ensure(epoch, family)
     }
     fn load(&self, epoch: Epoch, dtos: &[pollux_model::Dto]) -> Result<crate::LoadReport> {
         self.load_batch(epoch, dtos, unix_now())

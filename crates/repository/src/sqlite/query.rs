@@ -84,7 +84,8 @@ fn raw_series(
     // The recent table is clustered by cycle: look the item up in each recent cycle that can
     // hold records in range, rather than scanning the cycles.
     let sql = format!(
-        "SELECT ts, \"{column}\" FROM {raw} WHERE item_id = ?1 AND ts >= ?2 AND ts < ?3 AND \"{column}\" IS NOT NULL
+        "SELECT ts, \"{column}\" FROM {raw}
+         WHERE item_id = ?1 AND cycle > ?2 - ?5 AND cycle < ?3 AND ts >= ?2 AND ts < ?3 AND \"{column}\" IS NOT NULL
          UNION ALL
          SELECT ts, \"{column}\" FROM {recent}
          WHERE cycle IN (SELECT cycle FROM recent_cycles WHERE family = ?4 AND cycle > ?2 - ?5 AND cycle < ?3)
@@ -183,7 +184,8 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
                 WHERE cycle > ?1 - {span} AND cycle < ?2 AND ts >= ?1 AND ts < ?2
                 UNION ALL
                 SELECT item_id, \"{column}\" FROM {raw}
-                WHERE item_id IN (SELECT id FROM items WHERE family = '{family}') AND ts >= ?1 AND ts < ?2)
+                WHERE item_id IN (SELECT id FROM items WHERE family = '{family}')
+                  AND cycle > ?1 - {span} AND cycle < ?2 AND ts >= ?1 AND ts < ?2)
              WHERE v IS NOT NULL GROUP BY item_id ORDER BY avg DESC LIMIT ?3",
             span = 2 * max_interval,
             recent = family.recent(),

@@ -22,6 +22,14 @@ impl SqliteRepository {
             // until then. Coarser periods wait until no finer period is due, so a day is rolled
             // from complete hours.
             let due_before = now - policy.grace.as_secs() as i64 - length;
+            if let Some(retention) = &policy.retention {
+                let finer = match resolution.child() {
+                    Some(Resolution::Hour) => retention.hour,
+                    Some(Resolution::Day) => retention.day,
+                    _ => retention.raw,
+                };
+                self.drop_pending_before(epoch, resolution, now - finer.as_secs() as i64)?;
+            }
             loop {
                 let due: Vec<(String, i64)> = self.read(|c| {
                     let mut stmt = c.prepare_cached(
@@ -54,6 +62,22 @@ impl SqliteRepository {
             }
         }
         Ok(progress)
+    }
+
+    /// Forgets pending periods of `resolution` that start before `cutoff`.
+    fn drop_pending_before(&self, epoch: Epoch, resolution: Resolution, cutoff: i64) -> Result<()> {
+        let mut writer = self.writer();
+        let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_epoch(&tx, epoch)?;
+        let dropped = tx.execute(
+            "DELETE FROM rollup_pending WHERE resolution = ?1 AND period < ?2",
+            params![resolution.name(), cutoff],
+        )?;
+        tx.commit()?;
+        if dropped > 0 {
+            tracing::warn!(resolution = resolution.name(), dropped, "pending rollups past retention dropped");
+        }
+        Ok(())
     }
 
     /// Recomputes one period of one family from the next finer resolution, replacing what was
@@ -153,7 +177,7 @@ impl SqliteRepository {
                 tx.query_row("SELECT max_interval FROM family_state WHERE family = ?1", [&name], |r| r.get(0))?;
             progress.done += tx.execute(
                 &format!(
-                    "DELETE FROM {} WHERE item_id IN (SELECT id FROM items WHERE family = ?1) AND ts < ?2",
+                    "DELETE FROM {} WHERE item_id IN (SELECT id FROM items WHERE family = ?1) AND cycle < ?2 AND ts < ?2",
                     family.raw()
                 ),
                 params![name, raw_cutoff],
@@ -211,7 +235,8 @@ fn raw_rollup_sql(
     if read_history {
         source.push_str(&format!(
             " UNION ALL SELECT item_id{cols} FROM {raw}
-              WHERE item_id IN (SELECT id FROM items WHERE family = ?3) AND ts >= ?1 AND ts < ?2",
+              WHERE item_id IN (SELECT id FROM items WHERE family = ?3)
+                AND cycle > {first_cycle} AND cycle < ?2 AND ts >= ?1 AND ts < ?2",
             raw = family.raw()
         ));
     }
@@ -234,8 +259,8 @@ fn move_cycles(tx: &Transaction<'_>, family: &FamilyTables, until: i64) -> Resul
     let Some(last) = last else { return Ok(0) };
     tx.execute(
         &format!(
-            "INSERT OR REPLACE INTO {raw} (item_id, ts{cols})
-             SELECT item_id, ts{cols} FROM {recent} WHERE cycle < ?1 ORDER BY item_id, ts",
+            "INSERT OR REPLACE INTO {raw} (item_id, cycle, ts{cols})
+             SELECT item_id, cycle, ts{cols} FROM {recent} WHERE cycle < ?1 ORDER BY item_id, cycle",
             raw = family.raw(),
             recent = family.recent()
         ),

@@ -120,6 +120,21 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
 
     let (_proc, url) = start_aggregator(shared.path())?;
     let agent = agent();
+    // Time the queries, not the new active's first maintenance (the hours that just left the
+    // recent window are compacted, their rollups recomputed): wait until it is idle.
+    let idle = |page: &str| {
+        (util::metric(page, "pollux_pending_rollups"), util::metric(page, "pollux_cycles_compacted_total"))
+    };
+    let mut last = (None, None);
+    let mut quiet_since = Instant::now();
+    util::wait_for(Duration::from_secs(600), || {
+        let now = idle(&util::get_text(&agent, &format!("{url}/metrics"))?);
+        if now != last {
+            last = now;
+            quiet_since = Instant::now();
+        }
+        Ok(quiet_since.elapsed() > Duration::from_secs(5))
+    })?;
     let mut rng = Rng::new(5);
     let timed = |path: String| -> anyhow::Result<f64> {
         let t = Instant::now();

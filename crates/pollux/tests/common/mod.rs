@@ -106,9 +106,17 @@ impl Aggregator {
         let _ = self.child.wait();
     }
 
-    pub fn signal(&self, signal: &str) {
-        let status = Command::new("kill").arg(format!("-{signal}")).arg(self.pid().to_string()).status().unwrap();
-        assert!(status.success(), "kill -{signal} {}", self.pid());
+    /// Sends a signal by name: "STOP", "CONT" or "TERM".
+    pub fn signal(&self, name: &str) {
+        use nix::sys::signal::Signal;
+        let signal = match name {
+            "STOP" => Signal::SIGSTOP,
+            "CONT" => Signal::SIGCONT,
+            "TERM" => Signal::SIGTERM,
+            other => panic!("no signal {other}"),
+        };
+        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
+        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
     }
 
     /// Waits for the process to exit on its own (a crash point), returning its status.
@@ -125,8 +133,9 @@ impl Aggregator {
 
 impl Drop for Aggregator {
     fn drop(&mut self) {
-        // A stopped process must be continued to die of SIGKILL promptly; harmless otherwise.
-        let _ = Command::new("kill").arg("-CONT").arg(self.child.id().to_string()).status();
+        // SIGKILL ends a stopped process too; continuing it first is harmless and tidy.
+        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
+        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

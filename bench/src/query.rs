@@ -106,6 +106,27 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
         }
     }
     println!("  rollups: {rolled} periods in {:.1} s", t.elapsed().as_secs_f64());
+    let mut direct = Vec::new();
+    let mut probe_rng = Rng::new(9);
+    for _ in 0..300 {
+        let q = pollux_repository::SeriesQuery {
+            family: "Interface".into(),
+            device: format!("rtr-{:05}", probe_rng.next() as usize % devices),
+            item: format!("ge-0/0/{}", probe_rng.next() as usize % INTERFACES),
+            metric: "in_bps".into(),
+            from: end - 24 * 3600,
+            to: end,
+            resolution: pollux_model::Resolution::Raw,
+        };
+        let t = Instant::now();
+        repo.series(&q)?;
+        direct.push(t.elapsed().as_secs_f64() * 1e3);
+    }
+    println!(
+        "  24 h raw series of one item through the repository API (no HTTP): p50 {:.2} ms  p99 {:.2} ms",
+        percentile(&mut direct, 50.0),
+        percentile(&mut direct, 99.0)
+    );
     drop(repo);
     {
         let conn = rusqlite::Connection::open(&path)?;

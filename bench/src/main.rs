@@ -9,6 +9,9 @@
 //! target/release/pollux-bench failover    # kill -9 -> first 201, planned switchover, proxy overhead
 //! target/release/pollux-bench all
 //! ```
+//!
+//! `BENCH_PROBE_RECENT=1 pollux-bench query` also times the series before compaction, i.e. the
+//! layout with the time-ordered table alone (the measurement behind the two-table design).
 
 mod failover;
 mod ingest;

@@ -29,9 +29,9 @@ use tokio_util::sync::CancellationToken;
 const CLAIM_RETRY: Duration = Duration::from_millis(250);
 
 pub struct ActiveServices {
-    pub epoch: Epoch,
     stop: CancellationToken,
-    threads: Vec<JoinHandle<()>>,
+    /// The startup thread, which runs the loader and maintenance threads and joins them.
+    startup: JoinHandle<()>,
 }
 
 /// What the active threads share besides the app.
@@ -58,7 +58,7 @@ impl ActiveServices {
             .name("startup".into())
             .spawn(move || startup(app, term))
             .expect("spawn startup thread");
-        ActiveServices { epoch, stop, threads: vec![startup] }
+        ActiveServices { stop, startup }
     }
 
     /// Cancels every thread; they end at their next step.
@@ -70,13 +70,11 @@ impl ActiveServices {
     pub fn stop_and_wait(self, limit: Duration) {
         self.stop();
         let deadline = std::time::Instant::now() + limit;
-        for thread in self.threads {
-            while !thread.is_finished() && std::time::Instant::now() < deadline {
-                std::thread::sleep(Duration::from_millis(10));
-            }
-            if thread.is_finished() {
-                let _ = thread.join();
-            }
+        while !self.startup.is_finished() && std::time::Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        if self.startup.is_finished() {
+            let _ = self.startup.join();
         }
     }
 }

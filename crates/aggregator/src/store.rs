@@ -73,10 +73,6 @@ impl DtoStore {
         self.dir.join(format!("{id}{SUFFIX}"))
     }
 
-    pub fn contains(&self, id: &str) -> bool {
-        self.path(id).exists()
-    }
-
     /// Makes `dto` durable unless its id is already stored. Returns only after the file and the
     /// directory entry are on disk.
     pub fn store(&self, dto: &Dto, epoch: Epoch) -> io::Result<StoreOutcome> {

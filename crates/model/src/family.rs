@@ -95,11 +95,6 @@ pub enum FamilyError {
 }
 
 impl MetricFamily {
-    /// Position of the metric named `name`.
-    pub fn metric_index(&self, name: &str) -> Option<usize> {
-        self.metrics.iter().position(|m| m.name == name)
-    }
-
     pub fn metric(&self, name: &str) -> Option<&Metric> {
         self.metrics.iter().find(|m| m.name == name)
     }

@@ -157,10 +157,6 @@ impl SqliteRepository {
         Ok(repo)
     }
 
-    pub fn path(&self) -> &Path {
-        &self.path
-    }
-
     /// Rereads the family tables another process may have created or widened.
     fn reload_families(&self) -> Result<()> {
         let writer = self.writer();

@@ -51,8 +51,6 @@ pub enum StartError {
     SharedDir(#[from] SharedDirError),
     #[error("repository {path}: {source}")]
     Repository { path: String, source: RepoError },
-    #[error("fence file: {0}")]
-    Fence(std::io::Error),
     #[error("http: {0}")]
     Http(std::io::Error),
 }
@@ -170,10 +168,6 @@ impl Aggregator {
             config,
         };
         Ok(Aggregator { app: Arc::new(app), listener, inbox })
-    }
-
-    pub fn app(&self) -> Arc<App> {
-        self.app.clone()
     }
 
     /// Serves until `shutdown` fires; returns once the server and every thread have stopped.

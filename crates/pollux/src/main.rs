@@ -102,6 +102,17 @@ fn main() -> ExitCode {
 }
 
 fn run_aggregator(args: AggregatorArgs) -> ExitCode {
+    let aggregator = match start_aggregator(args) {
+        Ok(a) => a,
+        Err(code) => return code,
+    };
+    run_until_signal("aggregator", Flavor::MultiThread, |shutdown| async move {
+        aggregator.run(shutdown).await.context("aggregator")
+    })
+}
+
+/// Configuration, listener and shared-dir checks: everything that can refuse a start.
+fn start_aggregator(args: AggregatorArgs) -> Result<Aggregator, ExitCode> {
     let overrides = Overrides {
         node_id: args.node_id,
         listen: args.listen,
@@ -110,53 +121,37 @@ fn run_aggregator(args: AggregatorArgs) -> ExitCode {
         failwait: args.failwait,
         startwait: args.startwait,
     };
-    let config = match AggregatorConfig::load(args.config.as_deref(), overrides) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pollux aggregator: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let listener = match std::net::TcpListener::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("pollux aggregator: listen {}: {e}", config.listen);
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    let aggregator = match Aggregator::build(config, listener) {
-        Ok(a) => a,
-        Err(e) => {
-            eprintln!("pollux aggregator: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
-    };
-    run_until_signal("aggregator", Flavor::MultiThread, |shutdown| async move {
-        aggregator.run(shutdown).await.context("aggregator")
-    })
+    let config = AggregatorConfig::load(args.config.as_deref(), overrides).map_err(|e| refuse("aggregator", e))?;
+    let listener = bind("aggregator", config.listen)?;
+    Aggregator::build(config, listener).map_err(|e| refuse("aggregator", e))
 }
 
 fn run_proxy(args: ProxyArgs) -> ExitCode {
-    let config = match pollux_proxy::ProxyConfig::load(args.config.as_deref(), args.listen, args.aggregators) {
-        Ok(c) => c,
-        Err(e) => {
-            eprintln!("pollux proxy: {e}");
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let start = || -> Result<pollux_proxy::Proxy, ExitCode> {
+        let config = pollux_proxy::ProxyConfig::load(args.config.as_deref(), args.listen, args.aggregators)
+            .map_err(|e| refuse("proxy", e))?;
+        let listener = bind("proxy", config.listen)?;
+        Ok(pollux_proxy::Proxy::build(config, listener))
     };
-    let listener = match std::net::TcpListener::bind(config.listen) {
-        Ok(l) => l,
-        Err(e) => {
-            eprintln!("pollux proxy: listen {}: {e}", config.listen);
-            return ExitCode::from(EXIT_USAGE);
-        }
+    let proxy = match start() {
+        Ok(p) => p,
+        Err(code) => return code,
     };
-    let proxy = pollux_proxy::Proxy::build(config, listener);
     run_until_signal(
         "proxy",
         Flavor::CurrentThread,
         |shutdown| async move { proxy.run(shutdown).await.context("proxy") },
     )
+}
+
+/// Prints why a role will not start, in one line, and gives the usage exit status.
+fn refuse(role: &str, problem: impl std::fmt::Display) -> ExitCode {
+    eprintln!("pollux {role}: {problem}");
+    ExitCode::from(EXIT_USAGE)
+}
+
+fn bind(role: &str, addr: SocketAddr) -> Result<std::net::TcpListener, ExitCode> {
+    std::net::TcpListener::bind(addr).map_err(|e| refuse(role, format!("listen {addr}: {e}")))
 }
 
 /// Which tokio runtime a role runs on.

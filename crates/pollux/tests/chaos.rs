@@ -35,6 +35,25 @@ fn kill_9_of_the_active_hands_over_and_the_restarted_node_rejoins_as_standby() {
     load.wait_progress(20, TAKEOVER);
     assert_eq!(c.active(), Some(1), "the returning node left the active alone");
     assert_eq!(c.role(1).unwrap().1, second);
+
+    // The standby refuses ingest and queries, naming the active from the lease.
+    let (status, body) = put_json(&c.url(0), &interface_dto("to-standby", unix_now() / 300 * 300 - 300, 1, 1));
+    assert_eq!((status, body["role"].as_str()), (503, Some("standby")), "{body}");
+    assert_eq!(body["active"].as_str(), Some(c.url(1).as_str()), "{body}");
+    assert_eq!(get_retry_after(&format!("{}/api/v1/devices", c.url(0))), (503, Some("1".to_owned())));
+    // The System Status, asked of either node, shows both.
+    for i in 0..2 {
+        let (_, status) = get(&format!("{}/api/v1/status", c.url(i)));
+        let roles: Vec<(&str, &str)> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["node"].as_str().unwrap(), n["role"].as_str().unwrap()))
+            .collect();
+        assert_eq!(roles, [("da1", "standby"), ("da2", "active")], "{status}");
+        assert_eq!(status["lease"]["holder"], "da2");
+        assert_eq!(status["lease"]["epoch"], second);
+    }
     check_nothing_lost(&c, &load.stop());
 }
 
@@ -151,6 +170,8 @@ mod with_failpoints {
         load.wait_progress(20, TAKEOVER);
         std::fs::write(&flag, b"").unwrap();
         wait_until(TAKEOVER, "no active while the shared dir is unwritable", || c.active().is_none().then_some(()));
+        // Collectors are told to come back: 503 with Retry-After from the proxy.
+        assert_eq!(get_retry_after(&format!("{}/api/v1/devices", c.proxy.url)), (503, Some("1".to_owned())));
         let during = load.sent.load(std::sync::atomic::Ordering::Relaxed);
         std::thread::sleep(Duration::from_millis(1500)); // the fault lasts a while; nothing to wait for
         assert!(

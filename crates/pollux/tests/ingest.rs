@@ -234,3 +234,41 @@ fn bearer_token_and_custom_families() {
     ));
     assert_eq!(series["points"], json!([[cycle + 5, 41.5]]));
 }
+
+#[test]
+fn a_stored_dto_of_an_undefined_family_waits_without_blocking_the_others() {
+    use pollux_aggregator::store::DtoStore;
+    use pollux_model::{Dto, Record};
+    let shared = tempdir();
+    // What a predecessor left: four whole DTOs, one of a family that is not defined here (its
+    // definition was removed). The oldest first, so it heads every listing of the store.
+    let store = DtoStore::open(shared.path().join("dto")).unwrap();
+    let cycle = cycle_now();
+    let dto = |id: &str, family: &str, metric: &str| Dto {
+        id: id.into(),
+        collector: "dc1".into(),
+        family: family.into(),
+        cycle,
+        interval: 300,
+        metrics: vec![metric.into()],
+        records: vec![Record { device: "r1".into(), item: "x".into(), ts: cycle + 1, values: vec![Some(1.0)] }],
+    };
+    store.store(&dto("gone.1", "Gone", "level"), 1).unwrap();
+    for i in 0..3 {
+        std::thread::sleep(Duration::from_millis(20)); // distinct mtimes: listing order
+        store.store(&dto(&format!("cpu.{i}"), "CPU", "util"), 1).unwrap();
+    }
+    let da = Aggregator::start(shared.path(), &[], &[]);
+    da.wait_active();
+    wait_until(Duration::from_secs(20), "the CPU DTOs loaded past the undefined one", || {
+        (0..3).all(|i| get(&format!("{}/api/v1/dto/cpu.{i}", da.url)).1["state"] == "loaded").then_some(())
+    });
+    assert_eq!(get(&format!("{}/api/v1/dto/gone.1", da.url)).1["state"], "stored", "kept, not dropped");
+    // Defining the family again lets it load (the definitions are reread every 10 s).
+    std::fs::write(shared.path().join("metric-families/gone.toml"), "name = \"Gone\"\n[[metric]]\nname = \"level\"\n")
+        .unwrap();
+    wait_until(Duration::from_secs(30), "the waiting DTO loaded once its family is back", || {
+        (get(&format!("{}/api/v1/dto/gone.1", da.url)).1["state"] == "loaded").then_some(())
+    });
+    assert!(dto_files(shared.path()).is_empty());
+}

@@ -160,6 +160,14 @@ pub fn get(url: &str) -> (u16, Value) {
     }
 }
 
+/// GET: status and the `Retry-After` header, if any.
+pub fn get_retry_after(url: &str) -> (u16, Option<String>) {
+    match agent().get(url).call() {
+        Ok(r) => (r.status().as_u16(), r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned)),
+        Err(_) => (0, None),
+    }
+}
+
 pub fn get_text(url: &str) -> String {
     agent().get(url).call().unwrap().body_mut().read_to_string().unwrap()
 }

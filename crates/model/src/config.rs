@@ -41,7 +41,8 @@ fn key_at(text: &str, offset: usize) -> String {
         .lines()
         .rev()
         .find_map(|l| l.trim().strip_prefix('[').and_then(|l| l.strip_suffix(']')))
-        .map(|t| format!("{}.", t.trim()))
+        // `[[device]]`, an array of tables, names its table like `[retention]` does.
+        .map(|t| format!("{}.", t.trim_matches(|c| c == '[' || c == ']').trim()))
         .unwrap_or_default();
     format!("line {line_no} {table}{key}")
 }

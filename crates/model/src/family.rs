@@ -150,6 +150,9 @@ impl MetricFamily {
             if let Some(oid) = &metric.oid {
                 check_oid(&field("oid"), oid)?;
             }
+            if let Some(expr) = &metric.expr {
+                crate::expr::Expr::parse(expr).map_err(|e| invalid(&field("expr"), e.to_string()))?;
+            }
         }
         Ok(())
     }
@@ -373,6 +376,7 @@ mod tests {
             ("name = \"T\"\n[[metric]]\nname = \"a\"\n[[metric]]\nname = \"a\"", "metric[1].name"),
             ("name = \"T\"\n[[metric]]\nname = \"a\"\noid = \"1.x.3\"", "metric[0].oid"),
             ("name = \"T\"\nmetric = []", "metric"),
+            ("name = \"T\"\n[[metric]]\nname = \"a\"\nexpr = \"value *\"", "metric[0].expr"),
         ];
         for (text, field) in cases {
             match MetricFamily::from_toml(text) {

@@ -8,6 +8,7 @@
 //!   wire under its own content type and for the DTO files in the shared directory.
 //! - [`config`]: TOML configuration parsing with errors that name the line and key.
 //! - [`duration`]: the `"5m"`-style durations of the configuration (`failwait`, `startwait`).
+//! - [`expr`]: the arithmetic that turns a customized metric's raw value into the stored one.
 //! - [`period`]: the UTC hour, day and week periods that rollups are computed over.
 #![forbid(unsafe_code)]
 
@@ -15,6 +16,7 @@ pub mod codec;
 pub mod config;
 pub mod dto;
 pub mod duration;
+pub mod expr;
 pub mod family;
 pub mod period;
 

@@ -31,6 +31,10 @@ enum Command {
     Aggregator(AggregatorArgs),
     /// Route every client request to whichever aggregator is the ready active.
     Proxy(ProxyArgs),
+    /// Poll devices over SNMP and send one DTO per metric family per cycle, spooled durably.
+    Collector(CollectorArgs),
+    /// Simulated SNMP devices (v2c and v3), and the collector inventory that polls them.
+    Simulate(SimulateArgs),
     /// Print the System Status: every aggregator, the lease, the shared state.
     Status(status::StatusArgs),
     /// Planned switchover: the active hands over to the standby without waiting for failwait.
@@ -48,6 +52,59 @@ struct ProxyArgs {
     /// An aggregator's base URL; repeat for each (replaces the file's list).
     #[arg(long = "aggregator")]
     aggregators: Vec<String>,
+}
+
+#[derive(clap::Args)]
+struct CollectorArgs {
+    /// TOML configuration file; flags override its values.
+    #[arg(long)]
+    config: Option<PathBuf>,
+    /// This collector's name, the first part of its DTO ids (default: the host name).
+    #[arg(long)]
+    id: Option<String>,
+    /// An aggregator's (or the proxy's) base URL; repeat for failover locations, first is primary.
+    #[arg(long = "aggregator")]
+    aggregators: Vec<String>,
+    /// The device inventory (default /etc/pollux/inventory.toml).
+    #[arg(long)]
+    inventory: Option<PathBuf>,
+    /// Where DTOs wait until acknowledged (default /var/lib/pollux/spool).
+    #[arg(long)]
+    spool_dir: Option<PathBuf>,
+    /// Poll cycle for devices without their own (default 5m).
+    #[arg(long, value_parser = parse_duration)]
+    interval: Option<Duration>,
+    /// Address of the /metrics listener (default 127.0.0.1:8582).
+    #[arg(long)]
+    metrics_listen: Option<SocketAddr>,
+}
+
+#[derive(clap::Args)]
+struct SimulateArgs {
+    /// Number of devices.
+    #[arg(long, default_value_t = 10)]
+    devices: u32,
+    /// Interfaces per device.
+    #[arg(long, default_value_t = 10)]
+    interfaces: u32,
+    /// Address and first port: device k answers on port+k.
+    #[arg(long, default_value = pollux_simulator::DEFAULT_LISTEN)]
+    listen: SocketAddr,
+    /// Write the collector inventory for the simulated devices here.
+    #[arg(long)]
+    inventory_out: Option<PathBuf>,
+    /// How many devices (the first ones) speak SNMPv3 (authPriv, SHA and AES); the rest v2c.
+    #[arg(long, default_value_t = 0)]
+    v3_devices: u32,
+    /// Percentage of v2c requests left unanswered.
+    #[arg(long, default_value_t = 0.0)]
+    loss: f64,
+    /// Delay before each v2c answer.
+    #[arg(long, value_parser = parse_duration)]
+    latency: Option<Duration>,
+    /// Percentage of v2c answers sent damaged (truncated, bad length, flipped bytes).
+    #[arg(long, default_value_t = 0.0)]
+    malformed: f64,
 }
 
 #[derive(clap::Args)]
@@ -96,6 +153,8 @@ fn main() -> ExitCode {
     match cli.command {
         Command::Aggregator(args) => run_aggregator(args),
         Command::Proxy(args) => run_proxy(args),
+        Command::Collector(args) => run_collector(args),
+        Command::Simulate(args) => run_simulate(args),
         Command::Status(args) => status::run(args),
         Command::Failover(args) => failover::run(args),
     }
@@ -142,6 +201,73 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         Flavor::CurrentThread,
         |shutdown| async move { proxy.run(shutdown).await.context("proxy") },
     )
+}
+
+fn run_collector(args: CollectorArgs) -> ExitCode {
+    use pollux_collector::config::{CollectorConfig, Overrides};
+    let start = || -> Result<pollux_collector::Collector, ExitCode> {
+        let overrides = Overrides {
+            id: args.id,
+            aggregators: args.aggregators,
+            inventory: args.inventory,
+            spool_dir: args.spool_dir,
+            interval: args.interval,
+            metrics_listen: args.metrics_listen,
+        };
+        let config = CollectorConfig::load(args.config.as_deref(), overrides).map_err(|e| refuse("collector", e))?;
+        let devices = pollux_collector::inventory::load(&config.inventory).map_err(|e| refuse("collector", e))?;
+        let listener = bind("collector", config.metrics_listen)?;
+        Ok(pollux_collector::Collector::build(config, devices, listener))
+    };
+    let collector = match start() {
+        Ok(c) => c,
+        Err(code) => return code,
+    };
+    run_until_signal("collector", Flavor::MultiThread, |shutdown| async move {
+        collector.run(shutdown).await.context("collector")
+    })
+}
+
+fn run_simulate(args: SimulateArgs) -> ExitCode {
+    use pollux_simulator::{agent::Impairments, Simulator, SimulatorConfig};
+    for (flag, value) in [("--loss", args.loss), ("--malformed", args.malformed)] {
+        if !(0.0..=100.0).contains(&value) {
+            return refuse("simulate", format!("{flag}: {value} is not a percentage from 0 to 100"));
+        }
+    }
+    if args.v3_devices > args.devices {
+        return refuse("simulate", "--v3-devices: more than --devices");
+    }
+    let config = SimulatorConfig {
+        devices: args.devices,
+        interfaces: args.interfaces,
+        listen: args.listen,
+        v3_devices: args.v3_devices,
+        impairments: Impairments {
+            loss: args.loss / 100.0,
+            latency: args.latency.unwrap_or_default(),
+            malformed: args.malformed / 100.0,
+        },
+        ..SimulatorConfig::default()
+    };
+    let inventory_out = args.inventory_out;
+    run_until_signal("simulate", Flavor::MultiThread, |shutdown| async move {
+        let simulator = Simulator::start(config.clone(), shutdown.clone()).await.context("simulate")?;
+        if let Some(path) = &inventory_out {
+            std::fs::write(path, simulator.inventory()).with_context(|| format!("{}", path.display()))?;
+        }
+        eprintln!(
+            "pollux simulate: {} devices ({} SNMPv3) with {} interfaces each on {}:{}-{}",
+            config.devices,
+            config.v3_devices,
+            config.interfaces,
+            config.listen.ip(),
+            config.listen.port(),
+            u32::from(config.listen.port()) + config.devices - 1
+        );
+        simulator.run(shutdown).await;
+        Ok(())
+    })
 }
 
 /// Prints why a role will not start, in one line, and gives the usage exit status.

@@ -1,0 +1,409 @@
+//! The Data Collector: polls devices over SNMP, turns counters into rates, writes one DTO per
+//! metric family per poll cycle into a durable spool, and sends the spool to the active
+//! aggregator with failover.
+//!
+//! ```text
+//!  inventory ──> one task per poll interval (group) ──at each cycle boundary──> poll every device
+//!                  (bounded concurrency; crate::poll)      │
+//!                                                          v
+//!               DTOs per family (split above max_records_per_dto) ──fsync──> spool (crate::spool)
+//!                                                          │                      │
+//!                        state-<interval>s.json <── counters, done cycle          v
+//!                                                                  sender thread (crate::sender)
+//!                                                                  PUT /api/v1/dto/{id}, failover
+//! ```
+//!
+//! Nothing a cycle polled is lost short of the spool's size bound: its DTOs are fsync'd before
+//! any is sent, and a DTO leaves the spool only once an aggregator acknowledged it. A collector
+//! restarted within a cycle it had not finished polls that cycle at once; one restarted after a
+//! cycle it had finished (its DTOs spooled) waits for the next boundary.
+#![forbid(unsafe_code)]
+
+pub mod config;
+pub mod families;
+pub mod inventory;
+pub mod metrics;
+pub mod poll;
+pub mod rates;
+pub mod sender;
+pub mod snmp;
+pub mod spool;
+pub mod state;
+pub mod walk;
+
+use config::CollectorConfig;
+use families::FamilyCache;
+use inventory::DeviceSpec;
+use metrics::Metrics;
+use poll::{DevicePoll, Plan, Plans};
+use pollux_model::{Catalog, Dto, Record, UnixSeconds};
+use snmp::{AsyncSnmp, RequestPolicy, SnmpSession};
+use spool::Spool;
+use state::{DeviceState, GroupState};
+use std::collections::{BTreeMap, HashSet};
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+
+#[derive(Debug, thiserror::Error)]
+pub enum CollectorError {
+    #[error("spool directory {path}: {source}")]
+    Spool { path: String, source: std::io::Error },
+    #[error("SNMP socket: {0}")]
+    Snmp(String),
+    #[error("metrics listener: {0}")]
+    Listener(std::io::Error),
+}
+
+/// A collector ready to run: configuration and inventory checked, metrics port bound.
+pub struct Collector {
+    config: CollectorConfig,
+    devices: Vec<Arc<DeviceSpec>>,
+    metrics_listener: std::net::TcpListener,
+}
+
+/// The first second of the cycle holding `now`.
+pub fn cycle_of(now: UnixSeconds, interval: u32) -> UnixSeconds {
+    now - now.rem_euclid(i64::from(interval))
+}
+
+/// The DTO id for one part of one family's cycle. A group polled at the collector's own
+/// interval gets the short form of the contract (`dc1.Interface.1763830800.0`); other groups
+/// name their interval so two groups' cycles never share an id.
+pub fn dto_id(
+    collector: &str,
+    family: &str,
+    interval: u32,
+    default_interval: u32,
+    cycle: UnixSeconds,
+    part: usize,
+) -> String {
+    if interval == default_interval {
+        format!("{collector}.{family}.{cycle}.{part}")
+    } else {
+        format!("{collector}.{family}.{interval}s.{cycle}.{part}")
+    }
+}
+
+impl Collector {
+    pub fn build(
+        config: CollectorConfig,
+        devices: Vec<DeviceSpec>,
+        metrics_listener: std::net::TcpListener,
+    ) -> Collector {
+        Collector { config, devices: devices.into_iter().map(Arc::new).collect(), metrics_listener }
+    }
+
+    /// Polls, spools and sends until `shutdown`; returns once every task has stopped.
+    pub async fn run(self, shutdown: CancellationToken) -> Result<(), CollectorError> {
+        let config = Arc::new(self.config);
+        let spool_error = |source| CollectorError::Spool { path: config.spool_dir.display().to_string(), source };
+        let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(spool_error)?);
+        let families = Arc::new(FamilyCache::open(config.spool_dir.join("families.json")));
+        let metrics = Arc::new(Metrics::default());
+        let snmp = Arc::new(AsyncSnmp::bind().await.map_err(|e| CollectorError::Snmp(e.to_string()))?);
+
+        let stop_sender = Arc::new(AtomicBool::new(false));
+        let sender = sender::Sender {
+            spool: spool.clone(),
+            urls: config.aggregators.clone(),
+            token: config.ingest_token.clone(),
+            timeout: config.send_timeout,
+            metrics: metrics.clone(),
+            families: families.clone(),
+            families_refresh: config.families_refresh,
+            stop: stop_sender.clone(),
+        };
+        let sender_thread =
+            std::thread::Builder::new().name("sender".into()).spawn(move || sender.run()).expect("thread");
+
+        self.metrics_listener.set_nonblocking(true).map_err(CollectorError::Listener)?;
+        let listener = tokio::net::TcpListener::from_std(self.metrics_listener).map_err(CollectorError::Listener)?;
+        let mut tasks = tokio::task::JoinSet::new();
+        tasks.spawn(metrics::serve(listener, metrics.clone(), spool.clone(), shutdown.clone()));
+
+        let mut groups: BTreeMap<u32, Vec<Arc<DeviceSpec>>> = BTreeMap::new();
+        for device in &self.devices {
+            let interval = device.interval.unwrap_or(config.interval).as_secs() as u32;
+            groups.entry(interval).or_default().push(device.clone());
+        }
+        tracing::info!(
+            devices = self.devices.len(),
+            groups = groups.len(),
+            aggregators = ?config.aggregators,
+            "collector {} polling every {}",
+            config.id,
+            pollux_model::duration::format(config.interval)
+        );
+        let polls = Arc::new(Semaphore::new(config.max_concurrent_polls));
+        for (interval, devices) in groups {
+            let group = Group {
+                interval,
+                devices,
+                config: config.clone(),
+                spool: spool.clone(),
+                families: families.clone(),
+                metrics: metrics.clone(),
+                snmp: snmp.clone(),
+                polls: polls.clone(),
+            };
+            tasks.spawn(group.run(shutdown.clone()));
+        }
+        shutdown.cancelled().await;
+        while tasks.join_next().await.is_some() {}
+        stop_sender.store(true, Ordering::Relaxed);
+        let _ = tokio::task::spawn_blocking(move || sender_thread.join()).await;
+        Ok(())
+    }
+}
+
+/// The devices polled at one interval, and what polling them needs.
+struct Group {
+    interval: u32,
+    devices: Vec<Arc<DeviceSpec>>,
+    config: Arc<CollectorConfig>,
+    spool: Arc<Spool>,
+    families: Arc<FamilyCache>,
+    metrics: Arc<Metrics>,
+    snmp: Arc<AsyncSnmp>,
+    polls: Arc<Semaphore>,
+}
+
+/// Sleeps until Unix time `at`, or returns false on shutdown.
+async fn sleep_until_unix(at: UnixSeconds, shutdown: &CancellationToken) -> bool {
+    loop {
+        let wait = at as f64 - poll::unix_now();
+        if wait <= 0.0 {
+            return true;
+        }
+        // Re-read the clock at least every few seconds: it may be stepped.
+        let nap = Duration::from_secs_f64(wait.min(5.0));
+        tokio::select! {
+            _ = shutdown.cancelled() => return false,
+            _ = tokio::time::sleep(nap) => {}
+        }
+    }
+}
+
+impl Group {
+    async fn run(self, shutdown: CancellationToken) {
+        let state_path = state::path(&self.config.spool_dir, self.interval);
+        let mut state = GroupState::load(&state_path);
+        let mut sessions: Vec<Option<Arc<dyn SnmpSession>>> = vec![None; self.devices.len()];
+        let mut plans: (Option<Arc<Catalog>>, Arc<Plans>) = (None, Arc::default());
+        let mut warned = HashSet::new();
+        let mut cycle = cycle_of(poll::unix_now() as i64, self.interval);
+        if state.done.is_some_and(|done| done >= cycle) || self.already_spooled(cycle) {
+            cycle += i64::from(self.interval);
+        }
+        loop {
+            if !sleep_until_unix(cycle, &shutdown).await {
+                return;
+            }
+            let catalog = self.families.catalog();
+            if !plans.0.as_ref().is_some_and(|c| Arc::ptr_eq(c, &catalog)) {
+                let built = catalog.iter().filter_map(|f| Plan::new(f.clone()).map(|p| (f.name.clone(), Arc::new(p))));
+                plans = (Some(catalog.clone()), Arc::new(built.collect()));
+            }
+            for device in &self.devices {
+                for family in &device.families {
+                    if catalog.get(family).is_none() && warned.insert(family.clone()) {
+                        tracing::warn!("family {family} (device {}) is not known yet; not polled", device.name);
+                    }
+                }
+            }
+            let started = Instant::now();
+            let results = tokio::select! {
+                _ = shutdown.cancelled() => return,
+                r = self.poll_all(&mut sessions, &mut state, &plans.1) => r,
+            };
+            let dtos = self.dtos(cycle, &catalog, results);
+            Metrics::add(&self.metrics.cycles, 1);
+            self.metrics.last_cycle_seconds_millis.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);
+            if let Err(e) = self.spool_cycle(cycle, dtos, &mut state, &state_path).await {
+                // Without a spool nothing can be kept: say so loudly, and try the next cycle.
+                tracing::error!("cycle {cycle}: cannot write the spool: {e}; this cycle's data is lost");
+            }
+            let next = cycle + i64::from(self.interval);
+            let current = cycle_of(poll::unix_now() as i64, self.interval);
+            if current > next {
+                let skipped = (current - next) / i64::from(self.interval);
+                Metrics::add(&self.metrics.cycles_skipped, skipped as u64);
+                tracing::error!(
+                    "cycle {cycle} took {:?}, past the next {skipped} cycle(s) of {}s; they are skipped",
+                    started.elapsed(),
+                    self.interval
+                );
+                cycle = current;
+            } else {
+                cycle = next;
+            }
+        }
+    }
+
+    fn already_spooled(&self, cycle: UnixSeconds) -> bool {
+        let default = self.config.interval.as_secs() as u32;
+        ["Availability", "Interface", "CPU", "Memory"]
+            .iter()
+            .any(|f| self.spool.contains(cycle, &dto_id(&self.config.id, f, self.interval, default, cycle, 0)))
+    }
+
+    /// Polls every device of the group once, at most `max_concurrent_polls` at a time.
+    async fn poll_all(
+        &self,
+        sessions: &mut [Option<Arc<dyn SnmpSession>>],
+        state: &mut GroupState,
+        plans: &Arc<Plans>,
+    ) -> Vec<(Arc<DeviceSpec>, DevicePoll)> {
+        let mut tasks = tokio::task::JoinSet::new();
+        for (k, device) in self.devices.iter().enumerate() {
+            let policy = RequestPolicy {
+                timeout: device.timeout.unwrap_or(self.config.timeout),
+                retries: device.retries.unwrap_or(self.config.retries),
+            };
+            if sessions[k].is_none() {
+                match self.snmp.session(device, policy).await {
+                    Ok(session) => sessions[k] = Some(session),
+                    Err(e) => tracing::warn!("device {}: {e}", device.name),
+                }
+            }
+            let session = sessions[k].clone();
+            let device_state = state.devices.remove(&device.name).unwrap_or_default();
+            let (device, plans, permits) = (device.clone(), plans.clone(), self.polls.clone());
+            tasks.spawn(async move {
+                let _permit = permits.acquire_owned().await.expect("semaphore");
+                let mut device_state: DeviceState = device_state;
+                let poll = match session {
+                    Some(s) => poll::poll_device(&*s, &device.name, &device.families, &plans, &mut device_state).await,
+                    None => DevicePoll::default(),
+                };
+                (k, device, poll, device_state)
+            });
+        }
+        let mut results: Vec<Option<(Arc<DeviceSpec>, DevicePoll)>> = (0..self.devices.len()).map(|_| None).collect();
+        while let Some(joined) = tasks.join_next().await {
+            let (k, device, poll, device_state) = joined.expect("poll task");
+            state.devices.insert(device.name.clone(), device_state);
+            Metrics::add(&self.metrics.polls, 1);
+            Metrics::add(&self.metrics.timeouts, u64::from(poll.timeouts));
+            Metrics::add(&self.metrics.family_failures, poll.failures.len() as u64);
+            if !poll.reachable {
+                Metrics::add(&self.metrics.polls_unreachable, 1);
+            }
+            for (family, why) in &poll.failures {
+                tracing::debug!(device = device.name, family, "not polled: {why}");
+            }
+            results[k] = Some((device, poll));
+        }
+        results.into_iter().flatten().collect()
+    }
+
+    /// The cycle's DTOs, `(id, encoded)`, one per family (more above `max_records_per_dto`).
+    fn dtos(&self, cycle: UnixSeconds, catalog: &Catalog, results: Vec<(Arc<DeviceSpec>, DevicePoll)>) -> Vec<Dto> {
+        let interval = self.interval;
+        // A record's time is its poll's; a poll that ran late is pinned inside the window the
+        // aggregator accepts for the cycle rather than refused.
+        let ts = |at: f64| (at as i64).clamp(cycle, cycle + 2 * i64::from(interval) - 1);
+        let mut by_family: BTreeMap<String, Vec<Record>> = BTreeMap::new();
+        let now = poll::unix_now();
+        for (device, poll) in results {
+            if device.families.iter().any(|f| f == "Availability") {
+                let reachable = if poll.reachable { 1.0 } else { 0.0 };
+                by_family.entry("Availability".into()).or_default().push(Record {
+                    device: device.name.clone(),
+                    item: device.name.clone(),
+                    ts: ts(now),
+                    values: vec![Some(reachable), poll.response_ms],
+                });
+            }
+            for (family, records) in poll.families {
+                let list = by_family.entry(family).or_default();
+                list.extend(records.into_iter().map(|(item, at, values)| Record {
+                    device: device.name.clone(),
+                    item,
+                    ts: ts(at),
+                    values,
+                }));
+            }
+        }
+        let default_interval = self.config.interval.as_secs() as u32;
+        let mut dtos = Vec::new();
+        for (family, records) in by_family {
+            let Some(definition) = catalog.get(&family) else { continue };
+            let metrics: Vec<String> = definition.metrics.iter().map(|m| m.name.clone()).collect();
+            Metrics::add(&self.metrics.records, records.len() as u64);
+            for (part, chunk) in records.chunks(self.config.max_records_per_dto).enumerate() {
+                dtos.push(Dto {
+                    id: dto_id(&self.config.id, &family, interval, default_interval, cycle, part),
+                    collector: self.config.id.clone(),
+                    family: family.clone(),
+                    cycle,
+                    interval,
+                    metrics: metrics.clone(),
+                    records: chunk.to_vec(),
+                });
+            }
+        }
+        dtos
+    }
+
+    /// Writes the cycle's DTOs to the spool (fsync'd), then the group's state.
+    async fn spool_cycle(
+        &self,
+        cycle: UnixSeconds,
+        dtos: Vec<Dto>,
+        state: &mut GroupState,
+        state_path: &std::path::Path,
+    ) -> std::io::Result<()> {
+        let count = dtos.len() as u64;
+        let spool = self.spool.clone();
+        let dropped = tokio::task::spawn_blocking(move || {
+            let encoded: Vec<(UnixSeconds, String, Vec<u8>)> =
+                dtos.iter().map(|d| (d.cycle, d.id.clone(), pollux_model::codec::binary::encode(d))).collect();
+            spool.add(&encoded)
+        })
+        .await
+        .expect("spool task")?;
+        Metrics::add(&self.metrics.dtos_spooled, count);
+        if !dropped.is_empty() {
+            Metrics::add(&self.metrics.dropped, dropped.len() as u64);
+            for d in &dropped {
+                tracing::error!(
+                    "spool full (spool_max_bytes = {}): DROPPED unsent DTO {} of cycle {}",
+                    self.config.spool_max_bytes,
+                    d.id,
+                    d.cycle
+                );
+            }
+        }
+        state.done = Some(cycle);
+        let snapshot = std::mem::take(state);
+        let path = state_path.to_owned();
+        let (snapshot, saved) = tokio::task::spawn_blocking(move || {
+            let saved = snapshot.save(&path);
+            (snapshot, saved)
+        })
+        .await
+        .expect("state task");
+        *state = snapshot;
+        if let Err(e) = saved {
+            tracing::warn!("{}: {e}; a restart would lose one rate", state_path.display());
+        }
+        Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn cycles_align_to_interval_boundaries_and_ids_are_stable() {
+        assert_eq!(cycle_of(1_763_830_812, 300), 1_763_830_800);
+        assert_eq!(cycle_of(1_763_830_800, 300), 1_763_830_800);
+        assert_eq!(dto_id("dc1", "Interface", 300, 300, 1_763_830_800, 0), "dc1.Interface.1763830800.0");
+        assert_eq!(dto_id("dc1", "CPU", 60, 300, 1_763_830_800, 2), "dc1.CPU.60s.1763830800.2");
+    }
+}

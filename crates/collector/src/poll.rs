@@ -1,0 +1,446 @@
+//! Polling one device for one cycle: its sysUpTime first (Availability, and the reboot check
+//! that keeps rates honest), then each family's table in one multi-column GETBULK walk, then
+//! the family's records.
+//!
+//! ```text
+//!  GET sysUpTime.0 ──timeout──> Availability {reachable: 0}; nothing else this cycle
+//!        │ ok: Availability {reachable: 1, response_ms}
+//!        v
+//!  per family: TableWalk (GETBULK) ──> rows ──> counters into rates (state) ──> records
+//! ```
+//!
+//! A family whose walk fails (timeout, refusal, an agent that loops) gives no records for
+//! this device and cycle and is counted; the other families and devices go on.
+
+use crate::rates::{self, Sample, Uptime, Width};
+use crate::snmp::{SnmpError, SnmpSession, SnmpValue};
+use crate::state::{DeviceState, ItemState};
+use crate::walk::{self, Rows, TableWalk};
+use pollux_model::expr::Expr;
+use pollux_model::{MetricFamily, MetricKind};
+use std::collections::{HashMap, HashSet};
+use std::sync::Arc;
+use std::time::{Instant, SystemTime, UNIX_EPOCH};
+
+const SYS_UPTIME: [u32; 9] = [1, 3, 6, 1, 2, 1, 1, 3, 0];
+/// Repetitions asked for per GETBULK; agents return fewer when the answer would not fit.
+pub const MAX_REPETITIONS: u32 = 25;
+/// Most GETBULK requests for one table walk of one device.
+const MAX_REQUESTS_PER_WALK: usize = 10_000;
+
+const IF_DESCR: &str = "1.3.6.1.2.1.2.2.1.2";
+const HR_STORAGE_RAM: [u32; 10] = [1, 3, 6, 1, 2, 1, 25, 2, 1, 2];
+
+/// How a family's table turns into records.
+enum Shape {
+    Interface,
+    Cpu,
+    Memory,
+    /// An operator's family: one column (or scalar) per metric with an OID.
+    Custom {
+        exprs: Vec<Option<Expr>>,
+    },
+}
+
+/// What to poll for one family, prepared once per catalog.
+pub struct Plan {
+    pub family: Arc<MetricFamily>,
+    shape: Shape,
+    /// The table columns walked (or the scalars fetched, for a custom family without a table).
+    columns: Vec<Vec<u32>>,
+    scalar: bool,
+}
+
+/// Interface columns, in the order [`interface_records`] reads them.
+const INTERFACE_COLUMNS: [&str; 12] = [
+    IF_DESCR,
+    "1.3.6.1.2.1.2.2.1.13",    // ifInDiscards
+    "1.3.6.1.2.1.2.2.1.14",    // ifInErrors
+    "1.3.6.1.2.1.2.2.1.19",    // ifOutDiscards
+    "1.3.6.1.2.1.2.2.1.20",    // ifOutErrors
+    "1.3.6.1.2.1.31.1.1.1.1",  // ifName
+    "1.3.6.1.2.1.31.1.1.1.6",  // ifHCInOctets
+    "1.3.6.1.2.1.31.1.1.1.7",  // ifHCInUcastPkts
+    "1.3.6.1.2.1.31.1.1.1.10", // ifHCOutOctets
+    "1.3.6.1.2.1.31.1.1.1.11", // ifHCOutUcastPkts
+    "1.3.6.1.2.1.31.1.1.1.15", // ifHighSpeed
+    "1.3.6.1.2.1.31.1.1.1.19", // ifCounterDiscontinuityTime
+];
+const CPU_COLUMNS: [&str; 1] = ["1.3.6.1.2.1.25.3.3.1.2"]; // hrProcessorLoad
+const MEMORY_COLUMNS: [&str; 4] = [
+    "1.3.6.1.2.1.25.2.3.1.2", // hrStorageType
+    "1.3.6.1.2.1.25.2.3.1.4", // hrStorageAllocationUnits
+    "1.3.6.1.2.1.25.2.3.1.5", // hrStorageSize
+    "1.3.6.1.2.1.25.2.3.1.6", // hrStorageUsed
+];
+
+fn oids(columns: &[&str]) -> Vec<Vec<u32>> {
+    columns.iter().map(|c| walk::parse_oid(c).expect("built-in OID")).collect()
+}
+
+impl Plan {
+    /// The plan for a family, or `None` for Availability (it comes with every poll) and for a
+    /// custom family with nothing to poll.
+    pub fn new(family: Arc<MetricFamily>) -> Option<Plan> {
+        let (shape, columns, scalar) = match (family.builtin, family.name.as_str()) {
+            (true, "Interface") => (Shape::Interface, oids(&INTERFACE_COLUMNS), false),
+            (true, "CPU") => (Shape::Cpu, oids(&CPU_COLUMNS), false),
+            (true, "Memory") => (Shape::Memory, oids(&MEMORY_COLUMNS), false),
+            (true, _) => return None,
+            (false, _) => {
+                let columns: Vec<Vec<u32>> =
+                    family.metrics.iter().filter_map(|m| m.oid.as_deref().and_then(walk::parse_oid)).collect();
+                if columns.is_empty() {
+                    return None;
+                }
+                let exprs =
+                    family.metrics.iter().map(|m| m.expr.as_deref().and_then(|e| Expr::parse(e).ok())).collect();
+                (Shape::Custom { exprs }, columns, family.table.is_none())
+            }
+        };
+        Some(Plan { family, shape, columns, scalar })
+    }
+}
+
+/// One device's result for one cycle.
+#[derive(Debug, Default)]
+pub struct DevicePoll {
+    pub reachable: bool,
+    /// Availability's values: reachable, response_ms.
+    pub response_ms: Option<f64>,
+    /// Per family name, its records.
+    pub families: Vec<(String, Records)>,
+    pub timeouts: u32,
+    /// Families that could not be polled, with why.
+    pub failures: Vec<(String, String)>,
+}
+
+pub fn unix_now() -> f64 {
+    SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_secs_f64()).unwrap_or(0.0)
+}
+
+/// Polls one device: Availability always, then every family of `plans` the device lists.
+pub async fn poll_device(
+    session: &dyn SnmpSession,
+    device_name: &str,
+    families: &[String],
+    plans: &HashMap<String, Arc<Plan>>,
+    state: &mut DeviceState,
+) -> DevicePoll {
+    let mut poll = DevicePoll::default();
+    let started = Instant::now();
+    let uptime = match session.get(&[SYS_UPTIME.to_vec()]).await {
+        Ok(bindings) => match bindings.first().map(|b| &b.value) {
+            Some(SnmpValue::TimeTicks(ticks)) => Some(*ticks),
+            _ => None,
+        },
+        Err(SnmpError::Timeout) => {
+            poll.timeouts += 1;
+            return poll;
+        }
+        Err(e) => {
+            poll.failures.push(("Availability".into(), e.to_string()));
+            return poll;
+        }
+    };
+    poll.reachable = true;
+    poll.response_ms = Some(started.elapsed().as_secs_f64() * 1000.0);
+    let rebooted = match uptime {
+        Some(ticks) => {
+            let now = Uptime { ticks, at: unix_now() };
+            let rebooted = state.uptime.is_some_and(|before| rates::rebooted(before, now));
+            state.uptime = Some(now);
+            rebooted
+        }
+        None => false,
+    };
+    if rebooted {
+        tracing::info!(device = device_name, "sysUpTime went back: the device restarted; no rates this poll");
+    }
+    for name in families {
+        let Some(plan) = plans.get(name) else { continue };
+        let started = unix_now();
+        let rows = match fetch(session, plan).await {
+            Ok(rows) => rows,
+            Err(Failure { timeout, problem }) => {
+                poll.timeouts += u32::from(timeout);
+                poll.failures.push((name.clone(), problem));
+                continue;
+            }
+        };
+        let at = (started + unix_now()) / 2.0;
+        let previous = state.items.remove(name).unwrap_or_default();
+        let (records, items) = build(plan, device_name, &rows, at, rebooted, previous);
+        state.items.insert(name.clone(), items);
+        poll.families.push((name.clone(), records));
+    }
+    poll
+}
+
+/// Why a family could not be fetched.
+struct Failure {
+    timeout: bool,
+    problem: String,
+}
+
+impl From<SnmpError> for Failure {
+    fn from(e: SnmpError) -> Failure {
+        Failure { timeout: e == SnmpError::Timeout, problem: e.to_string() }
+    }
+}
+
+/// Walks a plan's columns (or GETs its scalars).
+async fn fetch(session: &dyn SnmpSession, plan: &Plan) -> Result<Rows, Failure> {
+    if plan.scalar {
+        let bindings = session.get(&plan.columns).await?;
+        let values = bindings.into_iter().map(|b| (b.value != SnmpValue::Missing).then_some(b.value)).collect();
+        return Ok(Rows::from([(Vec::new(), values)]));
+    }
+    let mut walk = TableWalk::new(plan.columns.clone());
+    for _ in 0..MAX_REQUESTS_PER_WALK {
+        let Some(request) = walk.next_request() else { return Ok(walk.into_rows()) };
+        let bindings = session.get_bulk(&request, 0, MAX_REPETITIONS).await?;
+        walk.feed(&bindings).map_err(|e| Failure { timeout: false, problem: e.to_string() })?;
+    }
+    Err(Failure { timeout: false, problem: format!("table walk took more than {MAX_REQUESTS_PER_WALK} requests") })
+}
+
+/// Counter slots of the Interface family, in state order, with the column each comes from.
+const INTERFACE_COUNTERS: [(usize, Width); 8] = [
+    (6, Width::Bits64), // in octets
+    (8, Width::Bits64), // out octets
+    (7, Width::Bits64), // in packets
+    (9, Width::Bits64), // out packets
+    (2, Width::Bits32), // in errors
+    (4, Width::Bits32), // out errors
+    (1, Width::Bits32), // in discards
+    (3, Width::Bits32), // out discards
+];
+
+/// Records of one family: (item, poll time, values in the family's metric order).
+pub type Records = Vec<(String, f64, Vec<Option<f64>>)>;
+/// The plans of a catalog, by family name.
+pub type Plans = HashMap<String, Arc<Plan>>;
+
+/// Turns a family's rows into records, updating each item's counters.
+fn build(
+    plan: &Plan,
+    device: &str,
+    rows: &Rows,
+    at: f64,
+    rebooted: bool,
+    mut previous: HashMap<String, ItemState>,
+) -> (Records, HashMap<String, ItemState>) {
+    let mut records = Vec::with_capacity(rows.len());
+    let mut items = HashMap::with_capacity(rows.len());
+    let mut names = HashSet::with_capacity(rows.len());
+    for (index, row) in rows {
+        let dotted = walk::dotted(index);
+        let mut item = match plan.shape {
+            Shape::Interface => {
+                let name = [5, 0].iter().find_map(|&c| row[c].as_ref().and_then(SnmpValue::as_text));
+                name.filter(|n| !n.is_empty()).unwrap_or_else(|| dotted.clone())
+            }
+            _ if plan.scalar => device.to_owned(),
+            _ => dotted.clone(),
+        };
+        if !names.insert(item.clone()) {
+            // Two interfaces with one name: the index tells them apart.
+            item = format!("{item}#{dotted}");
+            names.insert(item.clone());
+        }
+        let mut state = previous.remove(&item).unwrap_or_default();
+        let values = match &plan.shape {
+            Shape::Interface => interface_values(row, at, rebooted, &mut state),
+            Shape::Cpu => vec![row[0].as_ref().and_then(SnmpValue::as_f64)],
+            Shape::Memory => match memory_values(row) {
+                Some(values) => values,
+                None => continue,
+            },
+            Shape::Custom { exprs } => custom_values(plan, exprs, row, at, rebooted, &mut state),
+        };
+        // An item with no value yet (the first poll of its counters) has nothing to send.
+        if values.iter().any(Option::is_some) {
+            records.push((item.clone(), at, values));
+        }
+        items.insert(item, state);
+    }
+    (records, items)
+}
+
+/// Sample of a counter column, if it holds a counter.
+fn counter(value: Option<&SnmpValue>, at: f64) -> Option<Sample> {
+    match value? {
+        SnmpValue::Counter32(n) => Some(Sample { value: u64::from(*n), at }),
+        SnmpValue::Counter64(n) => Some(Sample { value: *n, at }),
+        SnmpValue::Integer(n) if *n >= 0 => Some(Sample { value: *n as u64, at }),
+        SnmpValue::Gauge32(n) => Some(Sample { value: u64::from(*n), at }),
+        _ => None,
+    }
+}
+
+/// Moves one counter slot on and gives its rate, if there is an honest one.
+fn advance(
+    state: &mut ItemState,
+    slot: usize,
+    sample: Option<Sample>,
+    width: Width,
+    ceiling: Option<f64>,
+    reset: bool,
+) -> Option<f64> {
+    if state.counters.len() <= slot {
+        state.counters.resize(slot + 1, None);
+    }
+    let previous = std::mem::replace(&mut state.counters[slot], sample);
+    match (previous, sample) {
+        (Some(p), Some(c)) if !reset => rates::rate(p, c, width, ceiling),
+        _ => None,
+    }
+}
+
+fn interface_values(row: &[Option<SnmpValue>], at: f64, rebooted: bool, state: &mut ItemState) -> Vec<Option<f64>> {
+    let discontinuity = match row[11] {
+        Some(SnmpValue::TimeTicks(t)) => Some(t),
+        _ => None,
+    };
+    let reset = rebooted || (state.discontinuity.is_some() && discontinuity != state.discontinuity);
+    state.discontinuity = discontinuity;
+    let speed_bps = row[10].as_ref().and_then(SnmpValue::as_f64).filter(|s| *s > 0.0).map(|mbps| mbps * 1e6);
+    // An octet rate over the line rate (plus slack for clock jitter) is a reset, not traffic.
+    let octet_ceiling = speed_bps.map(|bps| bps / 8.0 * 1.5);
+    let mut rates = [None; 8];
+    for (slot, (column, width)) in INTERFACE_COUNTERS.iter().enumerate() {
+        let ceiling = if slot < 2 { octet_ceiling } else { None };
+        rates[slot] = advance(state, slot, counter(row[*column].as_ref(), at), *width, ceiling, reset);
+    }
+    let bps = |octets: Option<f64>| octets.map(|r| r * 8.0);
+    let (in_bps, out_bps) = (bps(rates[0]), bps(rates[1]));
+    let util = |bits: Option<f64>| Some(bits? / speed_bps? * 100.0);
+    vec![in_bps, out_bps, rates[2], rates[3], rates[4], rates[5], rates[6], rates[7], util(in_bps), util(out_bps)]
+}
+
+/// RAM's used_pct, used_bytes, total_bytes; `None` for storage that is not RAM.
+fn memory_values(row: &[Option<SnmpValue>]) -> Option<Vec<Option<f64>>> {
+    match &row[0] {
+        Some(SnmpValue::Oid(kind)) if kind.as_slice() == HR_STORAGE_RAM => {}
+        _ => return None,
+    }
+    let number = |c: usize| row[c].as_ref().and_then(SnmpValue::as_f64);
+    let unit = number(1)?;
+    let total = number(2).map(|s| s * unit);
+    let used = number(3).map(|u| u * unit);
+    let pct = match (used, total) {
+        (Some(u), Some(t)) if t > 0.0 => Some(u / t * 100.0),
+        _ => None,
+    };
+    Some(vec![pct, used, total])
+}
+
+fn custom_values(
+    plan: &Plan,
+    exprs: &[Option<Expr>],
+    row: &[Option<SnmpValue>],
+    at: f64,
+    rebooted: bool,
+    state: &mut ItemState,
+) -> Vec<Option<f64>> {
+    let mut column = 0;
+    plan.family
+        .metrics
+        .iter()
+        .enumerate()
+        .map(|(i, metric)| {
+            metric.oid.as_deref().and_then(walk::parse_oid)?;
+            let value = row.get(column).and_then(Option::as_ref);
+            column += 1;
+            let raw = match metric.kind {
+                MetricKind::Gauge => value.and_then(SnmpValue::as_f64),
+                MetricKind::Counter32 => advance(state, i, counter(value, at), Width::Bits32, None, rebooted),
+                MetricKind::Counter64 => advance(state, i, counter(value, at), Width::Bits64, None, rebooted),
+            }?;
+            match &exprs[i] {
+                Some(expr) => expr.eval(raw),
+                None => Some(raw),
+            }
+        })
+        .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use pollux_model::Catalog;
+
+    fn interface_row(octets: u64, errors: u32, discontinuity: u32) -> Vec<Option<SnmpValue>> {
+        let mut row = vec![None; 12];
+        row[0] = Some(SnmpValue::Text(b"eth0".to_vec()));
+        row[2] = Some(SnmpValue::Counter32(errors));
+        row[6] = Some(SnmpValue::Counter64(octets));
+        row[8] = Some(SnmpValue::Counter64(octets / 2));
+        row[10] = Some(SnmpValue::Gauge32(1000));
+        row[11] = Some(SnmpValue::TimeTicks(discontinuity));
+        row
+    }
+
+    #[test]
+    fn interface_rates_wraps_and_discontinuities() {
+        let mut state = ItemState::default();
+        // First poll: no rate.
+        let first = interface_values(&interface_row(1_000_000, u32::MAX - 4, 0), 100.0, false, &mut state);
+        assert_eq!(first[0], None);
+        // 10 s later: 1.25 MB more in, so 1 Mb/s, 0.1 % of 1 Gb/s; errors wrapped by 10.
+        let second = interface_values(&interface_row(2_250_000, 5, 0), 110.0, false, &mut state);
+        assert_eq!(second[0], Some(1_000_000.0));
+        assert_eq!(second[8], Some(0.1));
+        assert_eq!(second[4], Some(1.0));
+        // The interface's counters were reset: no rate, not a spike.
+        let third = interface_values(&interface_row(10, 0, 777), 120.0, false, &mut state);
+        assert_eq!((third[0], third[4]), (None, None));
+        let fourth = interface_values(&interface_row(1_250_010, 1, 777), 130.0, false, &mut state);
+        assert_eq!(fourth[0], Some(1_000_000.0));
+        // A device restart (sysUpTime back) gives no rates either.
+        let fifth = interface_values(&interface_row(5_000_000, 2, 777), 140.0, true, &mut state);
+        assert_eq!(fifth[0], None);
+    }
+
+    #[test]
+    fn memory_reads_only_ram() {
+        let mut row = vec![
+            Some(SnmpValue::Oid(HR_STORAGE_RAM.to_vec())),
+            Some(SnmpValue::Integer(1024)),
+            Some(SnmpValue::Integer(1000)),
+            Some(SnmpValue::Integer(250)),
+        ];
+        assert_eq!(memory_values(&row), Some(vec![Some(25.0), Some(256_000.0), Some(1_024_000.0)]));
+        row[0] = Some(SnmpValue::Oid(vec![1, 3, 6, 1, 2, 1, 25, 2, 1, 4]));
+        assert_eq!(memory_values(&row), None);
+    }
+
+    #[test]
+    fn custom_family_counters_and_expressions() {
+        let family = MetricFamily::from_toml(
+            r#"
+            name = "Fan"
+            table = "1.3.6.1.4.1.99.1"
+            [[metric]]
+            name = "rpm"
+            oid = "1.3.6.1.4.1.99.1.1.2"
+            expr = "value * 60"
+            [[metric]]
+            name = "spins"
+            type = "counter32"
+            oid = "1.3.6.1.4.1.99.1.1.3"
+            "#,
+        )
+        .unwrap();
+        let plan = Plan::new(Arc::new(family)).unwrap();
+        let row = |rps: i64, spins: u32| vec![Some(SnmpValue::Integer(rps)), Some(SnmpValue::Counter32(spins))];
+        let rows = Rows::from([(vec![7], row(50, 100))]);
+        let (records, items) = build(&plan, "d", &rows, 10.0, false, HashMap::new());
+        assert_eq!(records, vec![("7".to_owned(), 10.0, vec![Some(3000.0), None])]);
+        let rows = Rows::from([(vec![7], row(51, 300))]);
+        let (records, _) = build(&plan, "d", &rows, 20.0, false, items);
+        assert_eq!(records[0].2, vec![Some(3060.0), Some(20.0)]);
+        assert!(Plan::new(Catalog::builtin().get("Availability").unwrap().clone()).is_none());
+    }
+}

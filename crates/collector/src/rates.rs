@@ -1,0 +1,127 @@
+//! Counters into rates: the delta between two polls over the time measured between them.
+//!
+//! Pure functions over samples; the state they need (each counter's previous sample and each
+//! device's previous sysUpTime) is kept by [`crate::state`]. What must never come out of here
+//! is a bogus spike, so:
+//!
+//! - the first sample of a counter gives no rate;
+//! - a device whose sysUpTime went back rebooted: its counters restarted, no rate this poll;
+//! - an item whose ifCounterDiscontinuityTime changed had its counters reset: no rate;
+//! - a 32-bit counter that went down wrapped if the wrapped delta is under half its range,
+//!   otherwise it was reset; a 64-bit counter that went down was reset (it cannot wrap in the
+//!   life of the hardware);
+//! - a rate above a ceiling the caller knows (the interface speed, for octets) is refused.
+
+use serde::{Deserialize, Serialize};
+
+/// A counter's value and when it was read (Unix seconds with fractions).
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Sample {
+    pub value: u64,
+    pub at: f64,
+}
+
+/// The width of a counter.
+#[derive(Clone, Copy, Debug, PartialEq)]
+pub enum Width {
+    Bits32,
+    Bits64,
+}
+
+/// A device's sysUpTime (hundredths of a second) and when it was read.
+#[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+pub struct Uptime {
+    pub ticks: u32,
+    pub at: f64,
+}
+
+/// Whether the device restarted between two sysUpTime readings. sysUpTime is a 32-bit count
+/// of hundredths that wraps after 497 days; a reading that went back by about that much wrapped.
+pub fn rebooted(previous: Uptime, current: Uptime) -> bool {
+    if current.ticks >= previous.ticks {
+        // Still counting up, unless more wall time passed than uptime did (a reboot that
+        // happened long enough ago to count past the old value).
+        let ticks = f64::from(current.ticks - previous.ticks);
+        let wall = (current.at - previous.at) * 100.0;
+        return ticks + 100.0 * 60.0 < wall;
+    }
+    let wrapped = f64::from(current.ticks) + (f64::from(u32::MAX) + 1.0 - f64::from(previous.ticks));
+    let wall = (current.at - previous.at) * 100.0;
+    (wrapped - wall).abs() > 100.0 * 60.0
+}
+
+/// The per-second rate between two samples of one counter, or `None` when there is no honest
+/// one. `ceiling` bounds a plausible rate (per second), when the caller knows one.
+pub fn rate(previous: Sample, current: Sample, width: Width, ceiling: Option<f64>) -> Option<f64> {
+    let elapsed = current.at - previous.at;
+    if elapsed <= 0.0 || !elapsed.is_finite() {
+        return None;
+    }
+    let delta = if current.value >= previous.value {
+        current.value - previous.value
+    } else {
+        match width {
+            Width::Bits32 => {
+                let wrapped = (1u64 << 32) - (previous.value & 0xFFFF_FFFF) + (current.value & 0xFFFF_FFFF);
+                if wrapped >= 1 << 31 {
+                    return None;
+                }
+                wrapped
+            }
+            Width::Bits64 => return None,
+        }
+    };
+    let rate = delta as f64 / elapsed;
+    match ceiling {
+        Some(max) if rate > max => None,
+        _ => Some(rate),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn s(value: u64, at: f64) -> Sample {
+        Sample { value, at }
+    }
+
+    #[test]
+    fn rate_over_measured_time() {
+        assert_eq!(rate(s(1_000, 100.0), s(4_000, 103.0), Width::Bits64, None), Some(1_000.0));
+        assert_eq!(rate(s(1_000, 100.0), s(1_000, 100.0), Width::Bits64, None), None);
+        assert_eq!(rate(s(1_000, 100.0), s(1_000, 99.0), Width::Bits64, None), None);
+    }
+
+    #[test]
+    fn thirty_two_bit_counters_wrap() {
+        let before = u64::from(u32::MAX) - 99;
+        assert_eq!(rate(s(before, 0.0), s(100, 2.0), Width::Bits32, None), Some(100.0));
+    }
+
+    #[test]
+    fn resets_give_no_rate() {
+        // A 32-bit counter that fell from high to low by more than half the range was reset.
+        assert_eq!(rate(s(3_000_000_000, 0.0), s(5, 10.0), Width::Bits32, None), Some(129_496_730.1));
+        assert_eq!(rate(s(1_000_000_000, 0.0), s(5, 10.0), Width::Bits32, None), None);
+        // 64-bit counters never wrap in practice: going down is a reset.
+        assert_eq!(rate(s(1_000, 0.0), s(5, 10.0), Width::Bits64, None), None);
+    }
+
+    #[test]
+    fn rates_above_the_ceiling_are_refused() {
+        assert_eq!(rate(s(0, 0.0), s(2_000, 1.0), Width::Bits64, Some(1_000.0)), None);
+        assert_eq!(rate(s(0, 0.0), s(1_000, 1.0), Width::Bits64, Some(1_000.0)), Some(1_000.0));
+    }
+
+    #[test]
+    fn reboot_detection() {
+        let up = |ticks, at| Uptime { ticks, at };
+        assert!(!rebooted(up(10_000, 0.0), up(16_000, 60.0)));
+        assert!(rebooted(up(10_000, 0.0), up(500, 60.0)));
+        // Rebooted long enough ago that uptime has passed its old value again.
+        assert!(rebooted(up(10_000, 0.0), up(20_000, 3_600.0)));
+        // The 497-day wrap of sysUpTime is not a reboot.
+        assert!(!rebooted(up(u32::MAX - 1_000, 0.0), up(5_000, 60.0)));
+    }
+}

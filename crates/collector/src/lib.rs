@@ -120,6 +120,9 @@ impl Collector {
             std::thread::Builder::new().name("sender".into()).spawn(move || sender.run()).expect("thread");
 
         self.metrics_listener.set_nonblocking(true).map_err(CollectorError::Listener)?;
+        if let Ok(addr) = self.metrics_listener.local_addr() {
+            tracing::info!("metrics listening on {addr}");
+        }
         let listener = tokio::net::TcpListener::from_std(self.metrics_listener).map_err(CollectorError::Listener)?;
         let mut tasks = tokio::task::JoinSet::new();
         tasks.spawn(metrics::serve(listener, metrics.clone(), spool.clone(), shutdown.clone()));

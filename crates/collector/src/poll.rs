@@ -160,7 +160,7 @@ pub async fn poll_device(
     for name in families {
         let Some(plan) = plans.get(name) else { continue };
         let started = unix_now();
-        let rows = match fetch(session, plan).await {
+        let rows = match fetch(session, plan, &mut state.repetitions).await {
             Ok(rows) => rows,
             Err(Failure { timeout, problem }) => {
                 poll.timeouts += u32::from(timeout);
@@ -190,7 +190,11 @@ impl From<SnmpError> for Failure {
 }
 
 /// Walks a plan's columns (or GETs its scalars).
-async fn fetch(session: &dyn SnmpSession, plan: &Plan) -> Result<Rows, Failure> {
+///
+/// Some agents answer a GETBULK whose full answer would not fit their message size with an
+/// error (net-snmp over SNMPv3 says genErr) instead of fewer repetitions: on an error status the
+/// walk asks again with half the repetitions, and remembers what worked for the device.
+async fn fetch(session: &dyn SnmpSession, plan: &Plan, repetitions: &mut Option<u32>) -> Result<Rows, Failure> {
     if plan.scalar {
         let bindings = session.get(&plan.columns).await?;
         let values = bindings.into_iter().map(|b| (b.value != SnmpValue::Missing).then_some(b.value)).collect();
@@ -199,7 +203,13 @@ async fn fetch(session: &dyn SnmpSession, plan: &Plan) -> Result<Rows, Failure> 
     let mut walk = TableWalk::new(plan.columns.clone());
     for _ in 0..MAX_REQUESTS_PER_WALK {
         let Some(request) = walk.next_request() else { return Ok(walk.into_rows()) };
-        let bindings = session.get_bulk(&request, 0, MAX_REPETITIONS).await?;
+        let bindings = loop {
+            let asked = repetitions.unwrap_or(MAX_REPETITIONS);
+            match session.get_bulk(&request, 0, asked).await {
+                Err(SnmpError::Refused(_)) if asked > 1 => *repetitions = Some(asked / 2),
+                other => break other?,
+            }
+        };
         walk.feed(&bindings).map_err(|e| Failure { timeout: false, problem: e.to_string() })?;
     }
     Err(Failure { timeout: false, problem: format!("table walk took more than {MAX_REQUESTS_PER_WALK} requests") })
@@ -280,20 +290,13 @@ fn counter(value: Option<&SnmpValue>, at: f64) -> Option<Sample> {
 }
 
 /// Moves one counter slot on and gives its rate, if there is an honest one.
-fn advance(
-    state: &mut ItemState,
-    slot: usize,
-    sample: Option<Sample>,
-    width: Width,
-    ceiling: Option<f64>,
-    reset: bool,
-) -> Option<f64> {
+fn advance(state: &mut ItemState, slot: usize, sample: Option<Sample>, width: Width, reset: bool) -> Option<f64> {
     if state.counters.len() <= slot {
         state.counters.resize(slot + 1, None);
     }
     let previous = std::mem::replace(&mut state.counters[slot], sample);
     match (previous, sample) {
-        (Some(p), Some(c)) if !reset => rates::rate(p, c, width, ceiling),
+        (Some(p), Some(c)) if !reset => rates::rate(p, c, width),
         _ => None,
     }
 }
@@ -306,12 +309,9 @@ fn interface_values(row: &[Option<SnmpValue>], at: f64, rebooted: bool, state: &
     let reset = rebooted || (state.discontinuity.is_some() && discontinuity != state.discontinuity);
     state.discontinuity = discontinuity;
     let speed_bps = row[10].as_ref().and_then(SnmpValue::as_f64).filter(|s| *s > 0.0).map(|mbps| mbps * 1e6);
-    // An octet rate over the line rate (plus slack for clock jitter) is a reset, not traffic.
-    let octet_ceiling = speed_bps.map(|bps| bps / 8.0 * 1.5);
     let mut rates = [None; 8];
     for (slot, (column, width)) in INTERFACE_COUNTERS.iter().enumerate() {
-        let ceiling = if slot < 2 { octet_ceiling } else { None };
-        rates[slot] = advance(state, slot, counter(row[*column].as_ref(), at), *width, ceiling, reset);
+        rates[slot] = advance(state, slot, counter(row[*column].as_ref(), at), *width, reset);
     }
     let bps = |octets: Option<f64>| octets.map(|r| r * 8.0);
     let (in_bps, out_bps) = (bps(rates[0]), bps(rates[1]));
@@ -355,8 +355,8 @@ fn custom_values(
             column += 1;
             let raw = match metric.kind {
                 MetricKind::Gauge => value.and_then(SnmpValue::as_f64),
-                MetricKind::Counter32 => advance(state, i, counter(value, at), Width::Bits32, None, rebooted),
-                MetricKind::Counter64 => advance(state, i, counter(value, at), Width::Bits64, None, rebooted),
+                MetricKind::Counter32 => advance(state, i, counter(value, at), Width::Bits32, rebooted),
+                MetricKind::Counter64 => advance(state, i, counter(value, at), Width::Bits64, rebooted),
             }?;
             match &exprs[i] {
                 Some(expr) => expr.eval(raw),

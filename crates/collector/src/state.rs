@@ -28,6 +28,9 @@ pub struct ItemState {
 pub struct DeviceState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime: Option<Uptime>,
+    /// GETBULK repetitions the device could answer, once it refused more.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub repetitions: Option<u32>,
     /// Per family, per item.
     #[serde(default)]
     pub items: HashMap<String, HashMap<String, ItemState>>,

@@ -148,7 +148,9 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info".into()))
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_snmp=off".into()),
+        )
         .init();
     match cli.command {
         Command::Aggregator(args) => run_aggregator(args),
@@ -256,14 +258,14 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
         if let Some(path) = &inventory_out {
             std::fs::write(path, simulator.inventory()).with_context(|| format!("{}", path.display()))?;
         }
-        eprintln!(
-            "pollux simulate: {} devices ({} SNMPv3) with {} interfaces each on {}:{}-{}",
+        tracing::info!(
+            "{} devices ({} SNMPv3) with {} interfaces each on ports {}-{}, listening on {}",
             config.devices,
             config.v3_devices,
             config.interfaces,
-            config.listen.ip(),
             config.listen.port(),
-            u32::from(config.listen.port()) + config.devices - 1
+            u32::from(config.listen.port()) + config.devices - 1,
+            config.listen
         );
         simulator.run(shutdown).await;
         Ok(())

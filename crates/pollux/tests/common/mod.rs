@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod snmp;
 
 use serde_json::{json, Value};
 use std::io::{BufRead, BufReader};
@@ -259,6 +260,21 @@ impl RepoCheck {
                  JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.ts ORDER BY 1, 2, 3",
             )
             .unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
+            .unwrap()
+            .collect::<Result<_, _>>()
+            .unwrap()
+    }
+
+    /// Raw rows of a family, recent and compacted, as `(device, item, cycle)` with their count.
+    pub fn family_cycles(&self, family: &str) -> Vec<(String, String, i64, i64)> {
+        let sql = format!(
+            "SELECT i.device, i.item, r.cycle, count(*) FROM (
+                SELECT item_id, cycle FROM recent_{family} UNION ALL SELECT item_id, cycle FROM raw_{family}) r
+             JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.cycle ORDER BY 1, 2, 3"
+        );
+        // The family's tables appear with its first load.
+        let Ok(mut stmt) = self.conn.prepare(&sql) else { return Vec::new() };
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .unwrap()
             .collect::<Result<_, _>>()

@@ -1,0 +1,424 @@
+//! Black-box tests of the collector: against the simulator and against a real net-snmp
+//! `snmpd`, end to end into an aggregator, with the aggregator and the collector killed.
+//!
+//! Ports: each test has its own range below the ephemeral ports (21000-21999).
+
+mod common;
+
+use common::snmp::{collector, metric, pollux, simulator, Process, Snmpd, V3_AUTH, V3_PRIV, V3_USER};
+use common::{get, tempdir, unix_now, wait_until, Aggregator, RepoCheck};
+use std::collections::{BTreeMap, BTreeSet};
+use std::path::Path;
+use std::time::{Duration, Instant};
+
+const INTERVAL: i64 = 2;
+
+fn aggregator_at(shared: &Path, port: u16) -> Aggregator {
+    let args: Vec<String> = [
+        "aggregator",
+        "--listen",
+        &format!("127.0.0.1:{port}"),
+        "--node-id",
+        "da-test",
+        "--shared-dir",
+        &shared.display().to_string(),
+        "--failwait",
+        "4s",
+    ]
+    .iter()
+    .map(|s| s.to_string())
+    .collect();
+    let aggregator = Aggregator::spawn(&args, &[]);
+    aggregator.wait_active();
+    aggregator
+}
+
+/// Per device, the cycles the repository holds for `family` (any item), each with its count.
+fn cycles_by_device(shared: &Path, family: &str) -> BTreeMap<String, BTreeMap<i64, i64>> {
+    let mut by_device: BTreeMap<String, BTreeMap<i64, i64>> = BTreeMap::new();
+    for (device, _item, cycle, count) in RepoCheck::open(shared).family_cycles(family) {
+        *by_device.entry(device).or_default().entry(cycle).or_default() += count;
+    }
+    by_device
+}
+
+/// Waits until the clock is in the middle of a cycle, so that a kill and restart happen
+/// within one cycle.
+fn wait_mid_cycle() {
+    wait_until(Duration::from_secs(5), "the middle of a cycle", || {
+        let now = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        let into = now % INTERVAL as f64;
+        (0.6..1.2).contains(&into).then_some(())
+    });
+}
+
+#[test]
+fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
+    let dir = tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    let devices = 6;
+    let _sim = simulator(21000, devices, 3, 2, &[], &inventory);
+    let port = 21581;
+    let url = format!("http://127.0.0.1:{port}");
+    let mut aggregator = aggregator_at(&shared, port);
+    let config = "timeout = \"500ms\"\n";
+    let mut collector_ = collector(dir.path(), &url, &inventory, "2s", config);
+    wait_until(Duration::from_secs(30), "three cycles loaded for every device", || {
+        let cycles = cycles_by_device(&shared, "Availability");
+        (cycles.len() == devices as usize && cycles.values().all(|c| c.len() >= 3)).then_some(())
+    });
+
+    // The aggregator dies for several cycles: the collector keeps polling into its spool.
+    aggregator.kill9();
+    wait_until(Duration::from_secs(30), "three cycles spooled", || {
+        (metric(&collector_, "pollux_collector_spool_dtos") >= 12.0).then_some(())
+    });
+    // The collector dies too, with DTOs waiting, and comes back on the same spool.
+    wait_mid_cycle();
+    collector_.kill9();
+    collector_ = collector(dir.path(), &url, &inventory, "2s", config);
+    let aggregator = aggregator_at(&shared, port);
+    wait_until(Duration::from_secs(60), "the spool to drain", || {
+        (metric(&collector_, "pollux_collector_spool_dtos") == 0.0).then_some(())
+    });
+
+    // The collector dies while a send is in flight: the aggregator is frozen so the PUT hangs,
+    // then thawed after the collector is gone. It may have stored the DTO without anyone to
+    // tell; the restarted collector sends it again and must get 200, not a second copy.
+    aggregator.signal("STOP");
+    wait_until(Duration::from_secs(10), "a DTO to be in flight", || {
+        (metric(&collector_, "pollux_collector_spool_dtos") >= 2.0).then_some(())
+    });
+    wait_mid_cycle();
+    collector_.kill9();
+    aggregator.signal("CONT");
+    collector_ = collector(dir.path(), &url, &inventory, "2s", config);
+    let resumed = Instant::now();
+    wait_until(Duration::from_secs(30), "two more cycles after the restart", || {
+        (resumed.elapsed() > Duration::from_secs(5) && metric(&collector_, "pollux_collector_spool_dtos") == 0.0)
+            .then_some(())
+    });
+    collector_.stop();
+    wait_until(Duration::from_secs(30), "the aggregator to load everything", || {
+        (get(&format!("{url}/api/v1/status")).1["dto_backlog"].as_u64() == Some(0)).then_some(())
+    });
+
+    // Every device has every cycle from its first to its last, once.
+    let availability = cycles_by_device(&shared, "Availability");
+    let (first, last) = availability.values().fold((i64::MAX, i64::MIN), |(lo, hi), c| {
+        (lo.min(*c.keys().next().unwrap()), hi.max(*c.keys().last().unwrap()))
+    });
+    assert!((last - first) / INTERVAL >= 8, "too few cycles: {first}..{last}");
+    for (device, cycles) in &availability {
+        let expected: BTreeSet<i64> = (first..=last).step_by(INTERVAL as usize).collect();
+        let got: BTreeSet<i64> = cycles.keys().copied().collect();
+        let missing: Vec<_> = expected.difference(&got).collect();
+        assert!(missing.is_empty(), "{device}: cycles missing {missing:?} of {first}..{last}");
+        assert!(cycles.values().all(|&n| n == 1), "{device}: a cycle twice: {cycles:?}");
+    }
+    // Rates survive the restarts (previous counters live in the spool dir): every interface
+    // has a rate in every cycle after its first.
+    let interfaces = RepoCheck::open(&shared).family_cycles("Interface");
+    let mut per_item: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
+    for (device, item, cycle, count) in interfaces {
+        assert_eq!(count, 1, "{device} {item} cycle {cycle} twice");
+        per_item.entry((device, item)).or_default().push(cycle);
+    }
+    assert_eq!(per_item.len(), devices as usize * 3);
+    for ((device, item), cycles) in &per_item {
+        let gaps: Vec<_> = cycles.windows(2).filter(|w| w[1] - w[0] != INTERVAL).collect();
+        assert!(gaps.is_empty(), "{device} {item}: rate missing between {gaps:?}");
+        assert_eq!(*cycles.last().unwrap(), last, "{device} {item}");
+    }
+    let ids = RepoCheck::open(&shared).loaded_ids();
+    let unique: BTreeSet<&String> = ids.iter().collect();
+    assert_eq!(unique.len(), ids.len(), "a DTO id loaded twice");
+}
+
+#[test]
+fn malformed_answers_mark_the_device_down_and_the_collector_goes_on() {
+    let dir = tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let good = dir.path().join("good.toml");
+    let bad = dir.path().join("bad.toml");
+    let _good_sim = simulator(21100, 2, 2, 0, &[], &good);
+    let _bad_sim = simulator(21200, 2, 2, 0, &["--malformed", "100"], &bad);
+    let inventory = dir.path().join("inventory.toml");
+    let bad_text = std::fs::read_to_string(&bad).unwrap().replace("\"sim-", "\"bad-");
+    std::fs::write(&inventory, std::fs::read_to_string(&good).unwrap() + &bad_text).unwrap();
+    let aggregator = Aggregator::start(&shared, &["--failwait", "2s"], &[]);
+    aggregator.wait_active();
+    let collector_ = collector(dir.path(), &aggregator.url, &inventory, "2s", "timeout = \"300ms\"\nretries = 1\n");
+    wait_until(Duration::from_secs(30), "three cycles of every device", || {
+        let cycles = cycles_by_device(&shared, "Availability");
+        (cycles.len() == 4 && cycles.values().all(|c| c.len() >= 3)).then_some(())
+    });
+    let now = unix_now();
+    for (device, expected) in [("sim-000", 1.0), ("sim-001", 1.0), ("bad-000", 0.0), ("bad-001", 0.0)] {
+        let url = format!(
+            "{}/api/v1/series?family=Availability&device={device}&item={device}&metric=reachable&resolution=raw&from={}&to={}",
+            aggregator.url,
+            now - 60,
+            now + 10
+        );
+        let (status, body) = get(&url);
+        assert_eq!(status, 200, "{body}");
+        let points = body["points"].as_array().unwrap();
+        assert!(points.len() >= 3, "{device}: {body}");
+        assert!(points.iter().all(|p| p[1].as_f64() == Some(expected)), "{device}: {body}");
+    }
+    // The damaged devices gave no Interface records; the healthy ones did.
+    let interface_devices: BTreeSet<String> =
+        RepoCheck::open(&shared).family_cycles("Interface").into_iter().map(|r| r.0).collect();
+    assert_eq!(interface_devices, ["sim-000", "sim-001"].iter().map(|s| s.to_string()).collect());
+    assert!(metric(&collector_, "pollux_collector_polls_unreachable_total") >= 6.0);
+    assert!(metric(&collector_, "pollux_collector_timeouts_total") >= 6.0);
+    assert!(metric(&collector_, "pollux_collector_cycles_total") >= 3.0);
+}
+
+/// Steady traffic on the loopback interface, so its counters move at a known pace.
+struct Traffic {
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+    threads: Vec<std::thread::JoinHandle<()>>,
+}
+
+impl Traffic {
+    fn start(port: u16) -> Traffic {
+        use std::sync::atomic::Ordering;
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let receiver = std::net::UdpSocket::bind(("127.0.0.1", port)).unwrap();
+        receiver.set_read_timeout(Some(Duration::from_millis(100))).unwrap();
+        let (s1, s2) = (stop.clone(), stop.clone());
+        let drain = std::thread::spawn(move || {
+            let mut buf = [0u8; 2048];
+            while !s1.load(Ordering::Relaxed) {
+                let _ = receiver.recv(&mut buf);
+            }
+        });
+        let send = std::thread::spawn(move || {
+            let socket = std::net::UdpSocket::bind("127.0.0.1:0").unwrap();
+            let payload = [0x5Au8; 1000];
+            while !s2.load(Ordering::Relaxed) {
+                for _ in 0..10 {
+                    let _ = socket.send_to(&payload, ("127.0.0.1", port));
+                }
+                std::thread::sleep(Duration::from_millis(2));
+            }
+        });
+        Traffic { stop, threads: vec![drain, send] }
+    }
+}
+
+impl Drop for Traffic {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::Relaxed);
+        for t in self.threads.drain(..) {
+            let _ = t.join();
+        }
+    }
+}
+
+fn series(
+    aggregator: &Aggregator,
+    family: &str,
+    device: &str,
+    item: &str,
+    metric: &str,
+    from: i64,
+    to: i64,
+) -> Vec<(i64, f64)> {
+    let url = format!(
+        "{}/api/v1/series?family={family}&device={device}&item={item}&metric={metric}&resolution=raw&from={from}&to={to}",
+        aggregator.url
+    );
+    let (status, body) = get(&url);
+    if status == 400 && body["error"].as_str().is_some_and(|e| e.contains("unknown family")) {
+        return Vec::new(); // nothing loaded for the family yet
+    }
+    assert_eq!(status, 200, "{url}: {body}");
+    body["points"].as_array().unwrap().iter().map(|p| (p[0].as_i64().unwrap(), p[1].as_f64().unwrap())).collect()
+}
+
+fn items(aggregator: &Aggregator, device: &str, family: &str) -> BTreeSet<String> {
+    let (_, body) = get(&format!("{}/api/v1/items?device={device}&family={family}", aggregator.url));
+    // A family never loaded is unknown to the aggregator: no items.
+    body["items"].as_array().into_iter().flatten().map(|i| i["item"].as_str().unwrap().to_owned()).collect()
+}
+
+#[test]
+fn values_from_a_real_snmpd_match_snmpget_over_v2c_and_v3() {
+    let dir = tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let snmpd = Snmpd::start(dir.path(), 21300);
+    let _traffic = Traffic::start(21399);
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(
+        &inventory,
+        format!(
+            "[[device]]\nname = \"netsnmp-v2c\"\naddress = \"127.0.0.1\"\nport = {port}\ncommunity = \"public\"\n\n\
+             [[device]]\nname = \"netsnmp-v3\"\naddress = \"127.0.0.1\"\nport = {port}\nversion = \"3\"\n\
+             user = \"{V3_USER}\"\nauth_protocol = \"sha\"\nauth_password = \"{V3_AUTH}\"\n\
+             priv_protocol = \"aes\"\npriv_password = \"{V3_PRIV}\"\n",
+            port = snmpd.port
+        ),
+    )
+    .unwrap();
+    let aggregator = Aggregator::start(&shared, &["--failwait", "2s"], &[]);
+    aggregator.wait_active();
+    let _collector = collector(dir.path(), &aggregator.url, &inventory, "2s", "");
+
+    // Reference rate of the loopback interface over a window covering several polls.
+    let names = snmpd.walk("1.3.6.1.2.1.31.1.1.1.1");
+    let lo = names.iter().find(|(_, name)| name == "lo").map(|(i, _)| i.clone()).expect("an interface named lo");
+    let octets = || -> (f64, f64) {
+        let value = snmpd.get(&format!("1.3.6.1.2.1.31.1.1.1.6.{lo}")).unwrap();
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        (value.parse().unwrap(), at)
+    };
+    let (c0, t0) = octets();
+    let start = unix_now();
+    for device in ["netsnmp-v2c", "netsnmp-v3"] {
+        wait_until(Duration::from_secs(60), "ten rates of lo", || {
+            let points: Vec<_> =
+                series(&aggregator, "Interface", device, "lo", "in_bps", start, unix_now() + 5).into_iter().collect();
+            (points.len() >= 10).then_some(())
+        });
+    }
+    let (c1, t1) = octets();
+    let reference = (c1 - c0) * 8.0 / (t1 - t0);
+    for device in ["netsnmp-v2c", "netsnmp-v3"] {
+        let points = series(&aggregator, "Interface", device, "lo", "in_bps", start, unix_now() + 5);
+        let mean = points.iter().map(|p| p.1).sum::<f64>() / points.len() as f64;
+        assert!(reference > 1e6, "the traffic generator should move lo: {reference} b/s");
+        // snmpd refreshes interface counters from the kernel every few seconds, so one poll may
+        // see no change and the next two polls' worth: only a mean over many polls compares.
+        assert!(
+            (mean / reference - 1.0).abs() < 0.35,
+            "{device}: collector {mean:.0} b/s, snmpget {reference:.0} b/s: {points:?}"
+        );
+        // Every interface snmpd lists, by name.
+        let expected: BTreeSet<String> = names.iter().map(|(_, n)| n.clone()).collect();
+        assert_eq!(items(&aggregator, device, "Interface"), expected, "{device}");
+        // Processors by hrDeviceIndex.
+        let cpus: BTreeSet<String> = snmpd.walk("1.3.6.1.2.1.25.3.3.1.2").into_iter().map(|(i, _)| i).collect();
+        assert_eq!(items(&aggregator, device, "CPU"), cpus, "{device}");
+        // RAM: the size exactly, the use within 10 %.
+        let ram = snmpd
+            .walk("1.3.6.1.2.1.25.2.3.1.2")
+            .into_iter()
+            .find(|(_, kind)| kind == ".1.3.6.1.2.1.25.2.1.2")
+            .map(|(i, _)| i)
+            .expect("a RAM entry in hrStorageTable");
+        let number = |oid: &str| -> f64 { snmpd.get(&format!("{oid}.{ram}")).unwrap().parse().unwrap() };
+        let unit = number("1.3.6.1.2.1.25.2.3.1.4");
+        let total = series(&aggregator, "Memory", device, &ram, "total_bytes", start - 10, unix_now() + 5);
+        assert_eq!(total.last().unwrap().1, number("1.3.6.1.2.1.25.2.3.1.5") * unit, "{device}");
+        let used = series(&aggregator, "Memory", device, &ram, "used_bytes", start - 10, unix_now() + 5);
+        let now_used = number("1.3.6.1.2.1.25.2.3.1.6") * unit;
+        assert!((used.last().unwrap().1 / now_used - 1.0).abs() < 0.1, "{device}: {used:?} vs {now_used}");
+    }
+}
+
+#[test]
+fn simulator_rates_match_snmpget_and_the_simulated_traffic() {
+    let dir = tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    let _sim = simulator(21500, 3, 2, 1, &[], &inventory);
+    let aggregator = Aggregator::start(&shared, &["--failwait", "2s"], &[]);
+    aggregator.wait_active();
+    let _collector = collector(dir.path(), &aggregator.url, &inventory, "2s", "");
+    let snmpget = |port: u16, oid: &str| -> (f64, f64) {
+        let out = std::process::Command::new("snmpget")
+            .args(["-v2c", "-c", "public", "-On", "-Oqv", &format!("127.0.0.1:{port}"), oid])
+            .env("MIBS", "")
+            .output()
+            .expect("snmpget (Debian package snmp)");
+        let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
+        (String::from_utf8_lossy(&out.stdout).trim().parse().unwrap(), at)
+    };
+    // Device 1 (v2c) and device 0 (v3, read through the collector only), interface 1.
+    let start = unix_now();
+    let (c0, t0) = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
+    wait_until(Duration::from_secs(30), "three polls", || {
+        (series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, unix_now() + 5).len() >= 3)
+            .then_some(())
+    });
+    let (c1, t1) = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
+    let reference = (c1 - c0) * 8.0 / (t1 - t0);
+    let speed = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.15.1").0 * 1e6;
+    let points = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, unix_now() + 5);
+    // The simulated rate swings by at most ~1 % over a few seconds.
+    for (ts, bps) in &points {
+        assert!((bps / reference - 1.0).abs() < 0.05, "at {ts}: collector {bps:.0} b/s, snmpget {reference:.0} b/s");
+    }
+    let util = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_util", start, unix_now() + 5);
+    assert_eq!(util.len(), points.len());
+    for ((_, bps), (_, pct)) in points.iter().zip(&util) {
+        assert!((pct - bps / speed * 100.0).abs() < 1e-6, "in_util {pct} for {bps} b/s on {speed} b/s");
+    }
+    // The v3 device's rates come through too, and CPU and Memory for both.
+    wait_until(Duration::from_secs(10), "the v3 device's rates", || {
+        (!series(&aggregator, "Interface", "sim-000", "ge-0/0/2", "out_bps", start, unix_now() + 5).is_empty())
+            .then_some(())
+    });
+    for device in ["sim-000", "sim-001"] {
+        assert_eq!(items(&aggregator, device, "CPU"), ["196608", "196609"].iter().map(|s| s.to_string()).collect());
+        let used = series(&aggregator, "Memory", device, "1", "used_pct", start - 10, unix_now() + 5);
+        assert!(used.iter().all(|(_, pct)| (0.0..100.0).contains(pct)) && !used.is_empty(), "{device}: {used:?}");
+    }
+}
+
+#[test]
+fn a_bad_inventory_or_configuration_stops_with_status_64_naming_the_place() {
+    let dir = tempdir();
+    let inventory = dir.path().join("inventory.toml");
+    std::fs::write(&inventory, "[[device]]\nname = \"a\"\naddress = \"192.0.2.1\"\n\n[[device]]\nname = \"b\"\naddress = \"192.0.2.2\"\nversion = \"3\"\n").unwrap();
+    let run = |extra: &[&str]| {
+        let out = pollux()
+            .args(["collector", "--spool-dir"])
+            .arg(dir.path().join("spool"))
+            .args(["--metrics-listen", "127.0.0.1:0"])
+            .args(extra)
+            .output()
+            .unwrap();
+        (out.status.code(), String::from_utf8_lossy(&out.stderr).into_owned())
+    };
+    let path = inventory.display().to_string();
+    let (code, stderr) = run(&["--inventory", &path]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains(&path) && stderr.contains("line 5 device[1].user"), "{stderr}");
+    let (code, stderr) = run(&["--inventory", "/nonexistent/inventory.toml"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("/nonexistent/inventory.toml"), "{stderr}");
+    let (code, stderr) = run(&["--inventory", &path, "--interval", "0s"]);
+    assert_eq!(code, Some(64), "{stderr}");
+    assert!(stderr.contains("interval"), "{stderr}");
+    let out = pollux().args(["simulate", "--loss", "150"]).output().unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    assert!(String::from_utf8_lossy(&out.stderr).contains("--loss"));
+    // Nothing was polled or spooled.
+    assert!(!dir.path().join("spool").exists());
+}
+
+/// The simulator carries many devices; a short check that the last one answers too.
+#[test]
+fn simulator_answers_on_every_port() {
+    let dir = tempdir();
+    let inventory = dir.path().join("inventory.toml");
+    let _sim: Process = simulator(21400, 500, 2, 0, &[], &inventory);
+    let text = std::fs::read_to_string(&inventory).unwrap();
+    assert_eq!(text.matches("[[device]]").count(), 500);
+    assert!(text.contains("port = 21899"));
+    let out = std::process::Command::new("snmpget")
+        .args(["-v2c", "-c", "public", "-On", "-Oqv", "-t", "2", "127.0.0.1:21899", "1.3.6.1.2.1.1.5.0"])
+        .env("MIBS", "")
+        .output()
+        .expect("snmpget (Debian package snmp)");
+    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().trim_matches('"'), "sim-499");
+}

@@ -7,12 +7,14 @@
 //! target/release/pollux-bench latency     # ingest answer latency p50/p99
 //! target/release/pollux-bench query       # series and top-N latency on a day of 100,000 items
 //! target/release/pollux-bench failover    # kill -9 -> first 201, planned switchover, proxy overhead
+//! target/release/pollux-bench collector   # items polled/s vs snmpbulkwalk; 100,000 interfaces per cycle
 //! target/release/pollux-bench all
 //! ```
 //!
 //! `BENCH_PROBE_RECENT=1 pollux-bench query` also times the series before compaction, i.e. the
 //! layout with the time-ordered table alone (the measurement behind the two-table design).
 
+mod collector;
 mod failover;
 mod ingest;
 mod query;
@@ -33,12 +35,14 @@ fn main() -> anyhow::Result<()> {
         "latency" => ingest::latency(flag("--runs", 40)),
         "query" => query::run(flag("--items", 100_000), flag("--hours", 24)),
         "failover" => failover::run(flag("--rounds", 5)),
+        "collector" => collector::run(flag("--rate-devices", 1_000), flag("--devices", 10_000)),
         "all" => {
             ingest::throughput(60, 3)?;
             ingest::latency(40)?;
             failover::run(5)?;
+            collector::run(1_000, 10_000)?;
             query::run(100_000, 24)
         }
-        other => anyhow::bail!("unknown benchmark {other:?}: ingest, latency, failover, query or all"),
+        other => anyhow::bail!("unknown benchmark {other:?}: ingest, latency, failover, collector, query or all"),
     }
 }

@@ -32,7 +32,7 @@ impl Drop for Proc {
 pub fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
     let mut child = Command::new(pollux_bin()?)
         .args(args)
-        .env("RUST_LOG", "warn,pollux_aggregator=info,pollux_proxy=info")
+        .env("RUST_LOG", "warn,pollux=info,pollux_aggregator=info,pollux_proxy=info,pollux_collector=info")
         .stdout(Stdio::null())
         .stderr(Stdio::piped())
         .spawn()?;

@@ -103,7 +103,9 @@ impl Collector {
         let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(spool_error)?);
         let families = Arc::new(FamilyCache::open(config.spool_dir.join("families.json")));
         let metrics = Arc::new(Metrics::default());
-        let snmp = Arc::new(AsyncSnmp::bind().await.map_err(|e| CollectorError::Snmp(e.to_string()))?);
+        let snmp = Arc::new(
+            AsyncSnmp::bind(config.max_concurrent_polls).await.map_err(|e| CollectorError::Snmp(e.to_string()))?,
+        );
 
         let stop_sender = Arc::new(AtomicBool::new(false));
         let sender = sender::Sender {
@@ -274,9 +276,11 @@ impl Group {
             }
             let session = sessions[k].clone();
             let device_state = state.devices.remove(&device.name).unwrap_or_default();
-            let (device, plans, permits) = (device.clone(), plans.clone(), self.polls.clone());
+            let (device, plans) = (device.clone(), plans.clone());
+            // The permit is taken before the task exists, so only polls in flight hold memory.
+            let permit = self.polls.clone().acquire_owned().await.expect("semaphore");
             tasks.spawn(async move {
-                let _permit = permits.acquire_owned().await.expect("semaphore");
+                let _permit = permit;
                 let mut device_state: DeviceState = device_state;
                 let poll = match session {
                     Some(s) => poll::poll_device(&*s, &device.name, &device.families, &plans, &mut device_state).await,

@@ -16,11 +16,25 @@
 
 use serde::{Deserialize, Serialize};
 
-/// A counter's value and when it was read (Unix seconds with fractions).
+/// A counter's value and when it was read (Unix seconds with fractions). Stored as a pair
+/// `[value, at]`: the state file holds eight of them per interface.
 #[derive(Clone, Copy, Debug, PartialEq, Serialize, Deserialize)]
+#[serde(from = "(u64, f64)", into = "(u64, f64)")]
 pub struct Sample {
     pub value: u64,
     pub at: f64,
+}
+
+impl From<(u64, f64)> for Sample {
+    fn from((value, at): (u64, f64)) -> Sample {
+        Sample { value, at }
+    }
+}
+
+impl From<Sample> for (u64, f64) {
+    fn from(s: Sample) -> (u64, f64) {
+        (s.value, s.at)
+    }
 }
 
 /// The width of a counter.

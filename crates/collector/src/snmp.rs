@@ -2,9 +2,14 @@
 //!
 //! The rest of the collector speaks [`SnmpSession`] with our own [`Binding`] and [`SnmpValue`],
 //! so the SNMP library can be replaced without touching polling, rates or DTOs. The one
-//! implementation, [`AsyncSnmp`], uses the `async-snmp` crate: all devices share one UDP socket
+//! implementation, [`AsyncSnmp`], uses the `async-snmp` crate: devices share a few UDP sockets
 //! (responses are matched by request id), and SNMPv3 master keys are derived once per
 //! credential, not once per device (deriving hashes a megabyte per password).
+//!
+//! Why a few sockets and not one: a burst of answers to hundreds of requests in flight
+//! overflows one socket's receive buffer (212 KB by default on Linux), and each datagram the
+//! kernel drops costs a whole timeout and retry. Measured with 1,000 simulated devices: 256
+//! polls in flight on one socket took 2.2 s a cycle, on sockets of 32 polls each 0.15 s.
 
 use crate::inventory::{Credentials, DeviceSpec};
 use async_snmp::{
@@ -91,16 +96,32 @@ pub struct RequestPolicy {
     pub retries: u32,
 }
 
-/// Sessions over `async-snmp`, sharing one socket.
+/// Polls in flight per socket.
+pub const POLLS_PER_SOCKET: usize = 32;
+/// Receive buffer asked for each socket; the kernel caps it at `net.core.rmem_max`.
+const RECEIVE_BUFFER: usize = 4 << 20;
+
+/// Sessions over `async-snmp`, sharing a few sockets.
 pub struct AsyncSnmp {
-    transport: UdpTransport,
+    transports: Vec<UdpTransport>,
+    next: std::sync::atomic::AtomicUsize,
     master_keys: Mutex<HashMap<(String, String, String, String), MasterKeys>>,
 }
 
 impl AsyncSnmp {
-    pub async fn bind() -> Result<AsyncSnmp, SnmpError> {
-        let transport = UdpTransport::bind("0.0.0.0:0").await.map_err(|e| SnmpError::Network(e.to_string()))?;
-        Ok(AsyncSnmp { transport, master_keys: Mutex::new(HashMap::new()) })
+    /// Binds enough sockets for `concurrency` polls in flight.
+    pub async fn bind(concurrency: usize) -> Result<AsyncSnmp, SnmpError> {
+        let mut transports = Vec::new();
+        for _ in 0..concurrency.div_ceil(POLLS_PER_SOCKET).max(1) {
+            let transport = UdpTransport::builder()
+                .bind("0.0.0.0:0")
+                .recv_buffer_size(RECEIVE_BUFFER)
+                .build()
+                .await
+                .map_err(|e| SnmpError::Network(e.to_string()))?;
+            transports.push(transport);
+        }
+        Ok(AsyncSnmp { transports, next: Default::default(), master_keys: Mutex::new(HashMap::new()) })
     }
 
     /// A session with one device. SNMPv3 engine discovery happens on its first request.
@@ -120,7 +141,9 @@ impl AsyncSnmp {
         let client = Client::builder((device.address.clone(), device.port), auth)
             .request_timeout(policy.timeout)
             .retry(retry)
-            .build_with(&self.transport)
+            .build_with(
+                &self.transports[self.next.fetch_add(1, std::sync::atomic::Ordering::Relaxed) % self.transports.len()],
+            )
             .await
             .map_err(|e| SnmpError::Network(e.to_string()))?;
         Ok(Arc::new(AsyncSnmpSession { client }))

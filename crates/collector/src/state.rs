@@ -66,8 +66,13 @@ impl GroupState {
     }
 
     pub fn save(&self, path: &Path) -> std::io::Result<()> {
+        use std::io::Write;
         let temp = path.with_extension("json.tmp");
-        std::fs::write(&temp, serde_json::to_vec(self).map_err(std::io::Error::other)?)?;
+        // Streamed: the state of 100,000 interfaces is tens of megabytes of JSON.
+        let mut out = std::io::BufWriter::new(std::fs::File::create(&temp)?);
+        serde_json::to_writer(&mut out, self).map_err(std::io::Error::other)?;
+        out.flush()?;
+        drop(out);
         std::fs::rename(&temp, path)
     }
 }

@@ -116,6 +116,12 @@ impl CollectorConfig {
         config.spool_dir = o.spool_dir.unwrap_or(config.spool_dir);
         config.interval = o.interval.unwrap_or(config.interval);
         config.metrics_listen = o.metrics_listen.unwrap_or(config.metrics_listen);
+        // `http://da1:8581/` and `http://da1:8581` are the same aggregator.
+        for url in &mut config.aggregators {
+            while url.ends_with('/') {
+                url.pop();
+            }
+        }
         config.validate().map_err(|(key, problem)| ConfigError::new(source, key, problem))?;
         Ok(config)
     }
@@ -130,7 +136,13 @@ impl CollectorConfig {
             return err("aggregators", "name at least one aggregator (or the proxy) URL".into());
         }
         for url in &self.aggregators {
-            if !(url.starts_with("http://") || url.starts_with("https://")) || url.len() < 10 {
+            if url.starts_with("https://") {
+                return err(
+                    "aggregators",
+                    format!("{url:?}: https is not supported yet; use http:// on a trusted network"),
+                );
+            }
+            if !url.starts_with("http://") || url.len() < 8 || url.contains(char::is_whitespace) {
                 return err("aggregators", format!("{url:?} is not an http:// URL"));
             }
         }
@@ -177,7 +189,11 @@ mod tests {
         assert_eq!(e.key, "line 2 retries");
         std::fs::write(&path, "id = \"dc 1\"\n").unwrap();
         assert_eq!(CollectorConfig::load(Some(&path), Overrides::default()).unwrap_err().key, "id");
-        let bad = Overrides { aggregators: vec!["ftp://x".into()], ..Default::default() };
-        assert_eq!(CollectorConfig::load(None, bad).unwrap_err().key, "aggregators");
+        for url in ["ftp://x", "https://da1:8581", "http://"] {
+            let bad = Overrides { aggregators: vec![url.into()], ..Default::default() };
+            assert_eq!(CollectorConfig::load(None, bad).unwrap_err().key, "aggregators", "{url}");
+        }
+        let slash = Overrides { aggregators: vec!["http://da1:8581/".into()], ..Default::default() };
+        assert_eq!(CollectorConfig::load(None, slash).unwrap().aggregators, ["http://da1:8581"]);
     }
 }

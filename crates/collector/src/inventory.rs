@@ -176,9 +176,12 @@ fn check(raw: RawDevice) -> Result<DeviceSpec, (&'static str, String)> {
     if families.is_empty() {
         return Err(("families", "name at least one family, or leave the key out for all built-in".into()));
     }
-    for family in &families {
+    for (i, family) in families.iter().enumerate() {
         if family.is_empty() || !family.chars().all(|c| c.is_ascii_alphanumeric() || c == '_') {
             return Err(("families", format!("{family:?} is not a family name")));
+        }
+        if families[..i].contains(family) {
+            return Err(("families", format!("{family:?} appears twice")));
         }
     }
     if raw.interval.is_some_and(|d| d.as_secs() == 0 || d.subsec_nanos() != 0 || d.as_secs() > 86_400) {
@@ -301,6 +304,7 @@ families = ["Interface"]
             (GOOD.replace("community = \"c0mm\"", "comunity = \"c0mm\""), "line 5 device.comunity"),
             (GOOD.replace("port = 1161", "port = 70000"), "line 11 device.port"),
             (GOOD.replace("[\"Interface\"]", "[\"If ace\"]"), "line 8 device[1].families"),
+            (GOOD.replace("[\"Interface\"]", "[\"CPU\", \"CPU\"]"), "line 8 device[1].families"),
             ("# nothing\n".to_owned(), "device"),
         ];
         for (text, key) in cases {

@@ -15,8 +15,8 @@
 //!
 //! Nothing a cycle polled is lost short of the spool's size bound: its DTOs are fsync'd before
 //! any is sent, and a DTO leaves the spool only once an aggregator acknowledged it. A collector
-//! restarted within a cycle it had not finished polls that cycle at once; one restarted after a
-//! cycle it had finished (its DTOs spooled) waits for the next boundary.
+//! restarted within a cycle it had not finished (its DTOs not all spooled) polls that cycle at
+//! once; one restarted after a finished cycle waits for the next boundary.
 #![forbid(unsafe_code)]
 
 pub mod config;
@@ -200,7 +200,10 @@ impl Group {
         let mut plans: (Option<Arc<Catalog>>, Arc<Plans>) = (None, Arc::default());
         let mut warned = HashSet::new();
         let mut cycle = cycle_of(poll::unix_now() as i64, self.interval);
-        if state.done.is_some_and(|done| done >= cycle) || self.already_spooled(cycle) {
+        // A cycle is done once all its DTOs are in the spool and the state file says so. One
+        // interrupted half-way is polled again: its DTOs keep their ids, so a part already sent
+        // is answered 200 and one still waiting is replaced.
+        if state.done.is_some_and(|done| done >= cycle) {
             cycle += i64::from(self.interval);
         }
         loop {
@@ -248,13 +251,6 @@ impl Group {
         }
     }
 
-    fn already_spooled(&self, cycle: UnixSeconds) -> bool {
-        let default = self.config.interval.as_secs() as u32;
-        ["Availability", "Interface", "CPU", "Memory"]
-            .iter()
-            .any(|f| self.spool.contains(cycle, &dto_id(&self.config.id, f, self.interval, default, cycle, 0)))
-    }
-
     /// Polls every device of the group once, at most `max_concurrent_polls` at a time.
     async fn poll_all(
         &self,
@@ -276,14 +272,17 @@ impl Group {
             }
             let session = sessions[k].clone();
             let device_state = state.devices.remove(&device.name).unwrap_or_default();
-            let (device, plans) = (device.clone(), plans.clone());
+            let (device, plans, interval) = (device.clone(), plans.clone(), f64::from(self.interval));
             // The permit is taken before the task exists, so only polls in flight hold memory.
             let permit = self.polls.clone().acquire_owned().await.expect("semaphore");
             tasks.spawn(async move {
                 let _permit = permit;
                 let mut device_state: DeviceState = device_state;
                 let poll = match session {
-                    Some(s) => poll::poll_device(&*s, &device.name, &device.families, &plans, &mut device_state).await,
+                    Some(s) => {
+                        poll::poll_device(&*s, interval, &device.name, &device.families, &plans, &mut device_state)
+                            .await
+                    }
                     None => DevicePoll::default(),
                 };
                 (k, device, poll, device_state)
@@ -291,7 +290,14 @@ impl Group {
         }
         let mut results: Vec<Option<(Arc<DeviceSpec>, DevicePoll)>> = (0..self.devices.len()).map(|_| None).collect();
         while let Some(joined) = tasks.join_next().await {
-            let (k, device, poll, device_state) = joined.expect("poll task");
+            let (k, device, poll, device_state) = match joined {
+                Ok(result) => result,
+                Err(e) => {
+                    // A bug, not a device problem: say so, and keep polling the others.
+                    tracing::error!("a poll task failed: {e}; that device has no data this cycle");
+                    continue;
+                }
+            };
             state.devices.insert(device.name.clone(), device_state);
             Metrics::add(&self.metrics.polls, 1);
             Metrics::add(&self.metrics.timeouts, u64::from(poll.timeouts));

@@ -49,6 +49,9 @@ pub struct Plan {
     /// The table columns walked (or the scalars fetched, for a custom family without a table).
     columns: Vec<Vec<u32>>,
     scalar: bool,
+    /// A fingerprint of the metrics' names, OIDs and types (0 for built-ins), kept with each
+    /// item's counters: when an operator changes a customized family, its counters restart.
+    layout: u64,
 }
 
 /// Interface columns, in the order [`interface_records`] reads them.
@@ -98,7 +101,18 @@ impl Plan {
                 (Shape::Custom { exprs }, columns, family.table.is_none())
             }
         };
-        Some(Plan { family, shape, columns, scalar })
+        let layout = if family.builtin {
+            0
+        } else {
+            use std::hash::{Hash, Hasher};
+            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            for m in &family.metrics {
+                (&m.name, &m.oid, format!("{:?}", m.kind)).hash(&mut hasher);
+            }
+            family.table.hash(&mut hasher);
+            hasher.finish() | 1
+        };
+        Some(Plan { family, shape, columns, scalar, layout })
     }
 }
 
@@ -122,6 +136,7 @@ pub fn unix_now() -> f64 {
 /// Polls one device: Availability always, then every family of `plans` the device lists.
 pub async fn poll_device(
     session: &dyn SnmpSession,
+    interval: f64,
     device_name: &str,
     families: &[String],
     plans: &HashMap<String, Arc<Plan>>,
@@ -155,6 +170,8 @@ pub async fn poll_device(
         None => false,
     };
     if rebooted {
+        // Every counter restarted, including those of families that fail this cycle.
+        state.items.clear();
         tracing::info!(device = device_name, "sysUpTime went back: the device restarted; no rates this poll");
     }
     for name in families {
@@ -170,7 +187,8 @@ pub async fn poll_device(
         };
         let at = (started + unix_now()) / 2.0;
         let previous = state.items.remove(name).unwrap_or_default();
-        let (records, items) = build(plan, device_name, &rows, at, rebooted, previous);
+        let reading = Reading { at, reset: rebooted, max_gap: interval * MAX_GAP_INTERVALS };
+        let (records, items) = build(plan, device_name, &rows, &reading, previous);
         state.items.insert(name.clone(), items);
         poll.families.push((name.clone(), records));
     }
@@ -206,7 +224,7 @@ async fn fetch(session: &dyn SnmpSession, plan: &Plan, repetitions: &mut Option<
         let bindings = loop {
             let asked = repetitions.unwrap_or(MAX_REPETITIONS);
             match session.get_bulk(&request, 0, asked).await {
-                Err(SnmpError::Refused(_)) if asked > 1 => *repetitions = Some(asked / 2),
+                Err(SnmpError::TooBig(_)) if asked > 1 => *repetitions = Some(asked / 2),
                 other => break other?,
             }
         };
@@ -233,12 +251,24 @@ pub type Records = Vec<(String, f64, Vec<Option<f64>>)>;
 pub type Plans = HashMap<String, Arc<Plan>>;
 
 /// Turns a family's rows into records, updating each item's counters.
+/// When a family's rows were read, and what limits their rates.
+pub struct Reading {
+    /// Unix time of the read (the middle of the walk).
+    pub at: f64,
+    /// The device restarted since the last poll: no rates.
+    pub reset: bool,
+    /// Samples further apart give no rate (see `rates`).
+    pub max_gap: f64,
+}
+
+/// Rates span at most this many poll intervals (a missed poll or two still gives a rate).
+const MAX_GAP_INTERVALS: f64 = 3.5;
+
 fn build(
     plan: &Plan,
     device: &str,
     rows: &Rows,
-    at: f64,
-    rebooted: bool,
+    reading: &Reading,
     mut previous: HashMap<String, ItemState>,
 ) -> (Records, HashMap<String, ItemState>) {
     let mut records = Vec::with_capacity(rows.len());
@@ -246,36 +276,67 @@ fn build(
     let mut names = HashSet::with_capacity(rows.len());
     for (index, row) in rows {
         let dotted = walk::dotted(index);
-        let mut item = match plan.shape {
-            Shape::Interface => {
-                let name = [5, 0].iter().find_map(|&c| row[c].as_ref().and_then(SnmpValue::as_text));
-                name.filter(|n| !n.is_empty()).unwrap_or_else(|| dotted.clone())
-            }
+        let name = match plan.shape {
+            Shape::Interface => [5, 0]
+                .iter()
+                .filter_map(|&c| row[c].as_ref().and_then(SnmpValue::as_text))
+                .map(|n| clean_name(&n))
+                .find(|n| !n.is_empty())
+                .unwrap_or_else(|| clean_name(&dotted)),
             _ if plan.scalar => device.to_owned(),
-            _ => dotted.clone(),
+            _ => clean_name(&dotted),
         };
-        if !names.insert(item.clone()) {
-            // Two interfaces with one name: the index tells them apart.
-            item = format!("{item}#{dotted}");
-            names.insert(item.clone());
-        }
-        let mut state = previous.remove(&item).unwrap_or_default();
+        let item = unique_name(name, &dotted, &mut names);
+        let mut state = previous.remove(&item).filter(|s| s.layout == plan.layout).unwrap_or_default();
+        state.layout = plan.layout;
         let values = match &plan.shape {
-            Shape::Interface => interface_values(row, at, rebooted, &mut state),
+            Shape::Interface => interface_values(row, reading, &mut state),
             Shape::Cpu => vec![row[0].as_ref().and_then(SnmpValue::as_f64)],
             Shape::Memory => match memory_values(row) {
                 Some(values) => values,
                 None => continue,
             },
-            Shape::Custom { exprs } => custom_values(plan, exprs, row, at, rebooted, &mut state),
+            Shape::Custom { exprs } => custom_values(plan, exprs, row, reading, &mut state),
         };
         // An item with no value yet (the first poll of its counters) has nothing to send.
         if values.iter().any(Option::is_some) {
-            records.push((item.clone(), at, values));
+            records.push((item.clone(), reading.at, values));
         }
         items.insert(item, state);
     }
     (records, items)
+}
+
+/// An item name the aggregator accepts, from what a device says: no control characters (agents
+/// often end ifDescr with a NUL), trimmed, at most 255 bytes.
+fn clean_name(raw: &str) -> String {
+    let cleaned: String = raw.chars().filter(|c| !c.is_control()).collect();
+    truncate(cleaned.trim(), pollux_model::dto::MAX_NAME_LEN).to_owned()
+}
+
+fn truncate(text: &str, max: usize) -> &str {
+    let mut end = text.len().min(max);
+    while !text.is_char_boundary(end) {
+        end -= 1;
+    }
+    &text[..end]
+}
+
+/// `name`, or when a device has two items of that name, the name with its index (and a number
+/// if even that is taken), so that a DTO never holds one item twice.
+fn unique_name(name: String, index: &str, taken: &mut HashSet<String>) -> String {
+    if taken.insert(name.clone()) {
+        return name;
+    }
+    for n in 0.. {
+        let suffix = if n == 0 { format!("#{index}") } else { format!("#{index}.{n}") };
+        let budget = pollux_model::dto::MAX_NAME_LEN.saturating_sub(suffix.len());
+        let candidate = format!("{}{suffix}", truncate(&name, budget));
+        if taken.insert(candidate.clone()) {
+            return candidate;
+        }
+    }
+    unreachable!("some suffix is free")
 }
 
 /// Sample of a counter column, if it holds a counter.
@@ -290,28 +351,36 @@ fn counter(value: Option<&SnmpValue>, at: f64) -> Option<Sample> {
 }
 
 /// Moves one counter slot on and gives its rate, if there is an honest one.
-fn advance(state: &mut ItemState, slot: usize, sample: Option<Sample>, width: Width, reset: bool) -> Option<f64> {
+fn advance(
+    state: &mut ItemState,
+    slot: usize,
+    value: Option<&SnmpValue>,
+    width: Width,
+    reading: &Reading,
+    reset: bool,
+) -> Option<f64> {
     if state.counters.len() <= slot {
         state.counters.resize(slot + 1, None);
     }
+    let sample = counter(value, reading.at);
     let previous = std::mem::replace(&mut state.counters[slot], sample);
     match (previous, sample) {
-        (Some(p), Some(c)) if !reset => rates::rate(p, c, width),
+        (Some(p), Some(c)) if !reset => rates::rate(p, c, width, reading.max_gap),
         _ => None,
     }
 }
 
-fn interface_values(row: &[Option<SnmpValue>], at: f64, rebooted: bool, state: &mut ItemState) -> Vec<Option<f64>> {
+fn interface_values(row: &[Option<SnmpValue>], reading: &Reading, state: &mut ItemState) -> Vec<Option<f64>> {
     let discontinuity = match row[11] {
         Some(SnmpValue::TimeTicks(t)) => Some(t),
         _ => None,
     };
-    let reset = rebooted || (state.discontinuity.is_some() && discontinuity != state.discontinuity);
+    let reset = reading.reset || (state.discontinuity.is_some() && discontinuity != state.discontinuity);
     state.discontinuity = discontinuity;
     let speed_bps = row[10].as_ref().and_then(SnmpValue::as_f64).filter(|s| *s > 0.0).map(|mbps| mbps * 1e6);
     let mut rates = [None; 8];
     for (slot, (column, width)) in INTERFACE_COUNTERS.iter().enumerate() {
-        rates[slot] = advance(state, slot, counter(row[*column].as_ref(), at), *width, reset);
+        rates[slot] = advance(state, slot, row[*column].as_ref(), *width, reading, reset);
     }
     let bps = |octets: Option<f64>| octets.map(|r| r * 8.0);
     let (in_bps, out_bps) = (bps(rates[0]), bps(rates[1]));
@@ -340,8 +409,7 @@ fn custom_values(
     plan: &Plan,
     exprs: &[Option<Expr>],
     row: &[Option<SnmpValue>],
-    at: f64,
-    rebooted: bool,
+    reading: &Reading,
     state: &mut ItemState,
 ) -> Vec<Option<f64>> {
     let mut column = 0;
@@ -355,8 +423,8 @@ fn custom_values(
             column += 1;
             let raw = match metric.kind {
                 MetricKind::Gauge => value.and_then(SnmpValue::as_f64),
-                MetricKind::Counter32 => advance(state, i, counter(value, at), Width::Bits32, rebooted),
-                MetricKind::Counter64 => advance(state, i, counter(value, at), Width::Bits64, rebooted),
+                MetricKind::Counter32 => advance(state, i, value, Width::Bits32, reading, reading.reset),
+                MetricKind::Counter64 => advance(state, i, value, Width::Bits64, reading, reading.reset),
             }?;
             match &exprs[i] {
                 Some(expr) => expr.eval(raw),
@@ -382,25 +450,51 @@ mod tests {
         row
     }
 
+    fn at(at: f64, reset: bool) -> Reading {
+        Reading { at, reset, max_gap: 35.0 }
+    }
+
     #[test]
     fn interface_rates_wraps_and_discontinuities() {
         let mut state = ItemState::default();
         // First poll: no rate.
-        let first = interface_values(&interface_row(1_000_000, u32::MAX - 4, 0), 100.0, false, &mut state);
+        let first = interface_values(&interface_row(1_000_000, u32::MAX - 4, 0), &at(100.0, false), &mut state);
         assert_eq!(first[0], None);
         // 10 s later: 1.25 MB more in, so 1 Mb/s, 0.1 % of 1 Gb/s; errors wrapped by 10.
-        let second = interface_values(&interface_row(2_250_000, 5, 0), 110.0, false, &mut state);
+        let second = interface_values(&interface_row(2_250_000, 5, 0), &at(110.0, false), &mut state);
         assert_eq!(second[0], Some(1_000_000.0));
         assert_eq!(second[8], Some(0.1));
         assert_eq!(second[4], Some(1.0));
         // The interface's counters were reset: no rate, not a spike.
-        let third = interface_values(&interface_row(10, 0, 777), 120.0, false, &mut state);
+        let third = interface_values(&interface_row(10, 0, 777), &at(120.0, false), &mut state);
         assert_eq!((third[0], third[4]), (None, None));
-        let fourth = interface_values(&interface_row(1_250_010, 1, 777), 130.0, false, &mut state);
+        let fourth = interface_values(&interface_row(1_250_010, 1, 777), &at(130.0, false), &mut state);
         assert_eq!(fourth[0], Some(1_000_000.0));
         // A device restart (sysUpTime back) gives no rates either.
-        let fifth = interface_values(&interface_row(5_000_000, 2, 777), 140.0, true, &mut state);
+        let fifth = interface_values(&interface_row(5_000_000, 2, 777), &at(140.0, true), &mut state);
         assert_eq!(fifth[0], None);
+        // A poll long after the last one (the collector was down) gives no rate either.
+        let sixth = interface_values(&interface_row(6_000_000, 3, 777), &at(141.0, false), &mut state);
+        assert!(sixth[0].is_some());
+        let late = interface_values(&interface_row(7_000_000, 4, 777), &at(241.0, false), &mut state);
+        assert_eq!(late[0], None);
+    }
+
+    #[test]
+    fn item_names_are_cleaned_bounded_and_unique() {
+        assert_eq!(clean_name("eth0\0"), "eth0");
+        assert_eq!(clean_name(" Gi0/1\r\n"), "Gi0/1");
+        assert_eq!(clean_name(&"é".repeat(200)).len(), 254);
+        let mut taken = HashSet::new();
+        assert_eq!(unique_name("ge-0/0/1".into(), "5", &mut taken), "ge-0/0/1");
+        assert_eq!(unique_name("ge-0/0/1".into(), "6", &mut taken), "ge-0/0/1#6");
+        // A device that really has an interface named like the renamed one.
+        assert_eq!(unique_name("ge-0/0/1#6".into(), "7", &mut taken), "ge-0/0/1#6#7");
+        assert_eq!(unique_name("ge-0/0/1".into(), "6", &mut taken), "ge-0/0/1#6.1");
+        let long = "x".repeat(255);
+        assert_eq!(unique_name(long.clone(), "1", &mut taken), long);
+        let renamed = unique_name(long, "12", &mut taken);
+        assert!(renamed.len() <= 255 && renamed.ends_with("#12"));
     }
 
     #[test]
@@ -436,10 +530,10 @@ mod tests {
         let plan = Plan::new(Arc::new(family)).unwrap();
         let row = |rps: i64, spins: u32| vec![Some(SnmpValue::Integer(rps)), Some(SnmpValue::Counter32(spins))];
         let rows = Rows::from([(vec![7], row(50, 100))]);
-        let (records, items) = build(&plan, "d", &rows, 10.0, false, HashMap::new());
+        let (records, items) = build(&plan, "d", &rows, &at(10.0, false), HashMap::new());
         assert_eq!(records, vec![("7".to_owned(), 10.0, vec![Some(3000.0), None])]);
         let rows = Rows::from([(vec![7], row(51, 300))]);
-        let (records, _) = build(&plan, "d", &rows, 20.0, false, items);
+        let (records, _) = build(&plan, "d", &rows, &at(20.0, false), items);
         assert_eq!(records[0].2, vec![Some(3060.0), Some(20.0)]);
         assert!(Plan::new(Catalog::builtin().get("Availability").unwrap().clone()).is_none());
     }

@@ -4,6 +4,7 @@
 //!  spool.oldest() ──PUT /api/v1/dto/{id}──> aggregators[current]
 //!     201 / 200            -> remove from the spool; next
 //!     400 / 413 / 415      -> refused for good: move to rejected/, log, count; next
+//!     404                  -> a wrong URL, not a bad DTO: treated like 503
 //!     503, 5xx, no answer  -> next URL in the list; after a whole round without success,
 //!                             wait (backoff doubling from 250 ms to 30 s, with jitter)
 //!     401 / 403            -> the token is wrong: log, back off, try again (nothing is dropped)
@@ -49,7 +50,8 @@ fn classify(status: u16, body: &str) -> Outcome {
     match status {
         200 | 201 => Outcome::Acknowledged,
         401 | 403 => Outcome::Unauthorized,
-        400 | 404 | 413 | 415 | 422 => Outcome::Refused(format!("{status} {}", body.trim())),
+        // 404 is not the DTO's fault: a wrong URL or something else on the port. Try elsewhere.
+        400 | 413 | 415 | 422 => Outcome::Refused(format!("{status} {}", body.trim())),
         _ => Outcome::TryElsewhere(format!("{status} {}", body.trim())),
     }
 }
@@ -181,6 +183,7 @@ mod tests {
         assert!(matches!(classify(400, "{\"error\":\"x\"}"), Outcome::Refused(_)));
         assert!(matches!(classify(503, ""), Outcome::TryElsewhere(_)));
         assert!(matches!(classify(502, ""), Outcome::TryElsewhere(_)));
+        assert!(matches!(classify(404, ""), Outcome::TryElsewhere(_)));
         assert_eq!(classify(401, ""), Outcome::Unauthorized);
     }
 

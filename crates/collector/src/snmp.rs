@@ -74,6 +74,9 @@ pub enum SnmpError {
     /// digest...), or something that does not fit the request.
     #[error("{0}")]
     Refused(String),
+    /// The agent answered tooBig or genErr: what some agents say when an answer would not fit.
+    #[error("{0}")]
+    TooBig(String),
     /// Could not send (unresolvable name, network down).
     #[error("{0}")]
     Network(String),
@@ -210,6 +213,9 @@ fn classify(error: Box<async_snmp::Error>) -> SnmpError {
     match *error {
         async_snmp::Error::Timeout { .. } => SnmpError::Timeout,
         async_snmp::Error::Network { .. } | async_snmp::Error::Closed { .. } => SnmpError::Network(error.to_string()),
+        async_snmp::Error::Snmp {
+            status: async_snmp::ErrorStatus::TooBig | async_snmp::ErrorStatus::GenErr, ..
+        } => SnmpError::TooBig(error.to_string()),
         other => SnmpError::Refused(other.to_string()),
     }
 }

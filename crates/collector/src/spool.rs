@@ -142,12 +142,6 @@ impl Spool {
         Ok(dropped)
     }
 
-    /// Whether a DTO with this id is waiting (a restarted collector does not poll a cycle whose
-    /// DTOs are already spooled).
-    pub fn contains(&self, cycle: UnixSeconds, id: &str) -> bool {
-        self.index.lock().expect("spool index").entries.contains_key(&file_name(cycle, id))
-    }
-
     /// The oldest waiting DTO, waiting up to `wait` for one.
     pub fn oldest(&self, wait: Duration) -> Option<Entry> {
         let index = self.index.lock().expect("spool index");
@@ -177,8 +171,10 @@ impl Spool {
 
     fn forget(&self, entry: &Entry) {
         let mut index = self.index.lock().expect("spool index");
-        if index.entries.remove(&entry.file_name).is_some() {
-            index.bytes -= entry.bytes;
+        // The index may hold a newer file of the same name (a cycle polled again after a
+        // restart): subtract what the index held, not what the caller saw.
+        if let Some(held) = index.entries.remove(&entry.file_name) {
+            index.bytes -= held.bytes;
         }
     }
 

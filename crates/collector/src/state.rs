@@ -19,8 +19,16 @@ pub struct ItemState {
     /// ifCounterDiscontinuityTime (or none), to notice counter resets of one interface.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub discontinuity: Option<u32>,
+    /// The family definition the counters were read under (see `poll::Plan`): a customized
+    /// family whose metrics changed starts its counters over instead of subtracting across OIDs.
+    #[serde(default, skip_serializing_if = "is_zero")]
+    pub layout: u64,
     /// One slot per counter of the family, in the family's counter order.
     pub counters: Vec<Option<Sample>>,
+}
+
+fn is_zero(n: &u64) -> bool {
+    *n == 0
 }
 
 /// What one device's polls left behind.
@@ -28,8 +36,9 @@ pub struct ItemState {
 pub struct DeviceState {
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub uptime: Option<Uptime>,
-    /// GETBULK repetitions the device could answer, once it refused more.
-    #[serde(default, skip_serializing_if = "Option::is_none")]
+    /// GETBULK repetitions the device could answer, once it refused more. Not kept across
+    /// restarts, so a device that refused once during a bad moment gets full walks again.
+    #[serde(skip)]
     pub repetitions: Option<u32>,
     /// Per family, per item.
     #[serde(default)]

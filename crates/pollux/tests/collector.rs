@@ -1,7 +1,8 @@
 //! Black-box tests of the collector: against the simulator and against a real net-snmp
 //! `snmpd`, end to end into an aggregator, with the aggregator and the collector killed.
 //!
-//! Ports: each test has its own range below the ephemeral ports (21000-21999).
+//! Ports: each test has its own range below the ephemeral ports (21000-22499); ranges must
+//! not overlap, since the tests of this file run in parallel.
 
 mod common;
 
@@ -132,9 +133,19 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
         assert!(gaps.is_empty(), "{device} {item}: rate missing between {gaps:?}");
         assert_eq!(*cycles.last().unwrap(), last, "{device} {item}");
     }
-    let ids = RepoCheck::open(&shared).loaded_ids();
-    let unique: BTreeSet<&String> = ids.iter().collect();
-    assert_eq!(unique.len(), ids.len(), "a DTO id loaded twice");
+    // A record cannot be stored twice for one item and cycle (the repository's key; the count
+    // above also covers the recent and compacted tables together). What could go wrong is one
+    // cycle's data sent under more than one id: every loaded id must be the one part of its
+    // family and cycle, `dc1.<family>.<cycle>.0`.
+    let mut ids_per_cycle: BTreeMap<(String, i64), Vec<String>> = BTreeMap::new();
+    for id in RepoCheck::open(&shared).loaded_ids() {
+        let parts: Vec<&str> = id.split('.').collect();
+        assert_eq!((parts.len(), parts[0], parts[3]), (4, "dc1", "0"), "unexpected DTO id {id}");
+        ids_per_cycle.entry((parts[1].to_owned(), parts[2].parse().unwrap())).or_default().push(id.clone());
+    }
+    assert!(ids_per_cycle.values().all(|ids| ids.len() == 1), "{ids_per_cycle:?}");
+    let availability_dtos = ids_per_cycle.keys().filter(|(f, _)| f == "Availability").count() as i64;
+    assert_eq!(availability_dtos, (last - first) / INTERVAL + 1);
 }
 
 #[test]
@@ -342,22 +353,30 @@ fn simulator_rates_match_snmpget_and_the_simulated_traffic() {
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
         (String::from_utf8_lossy(&out.stdout).trim().parse().unwrap(), at)
     };
-    // Device 1 (v2c) and device 0 (v3, read through the collector only), interface 1.
+    // Device 1 (v2c) and device 0 (v3, read through the collector only), interface 1. The
+    // simulator's traffic is a known function of time, so the rate over any window is known.
+    let device = pollux_simulator::mib::Device::new(1, "sim-001".into(), 0.0, 0.0);
+    let expected = |from: f64, to: f64| pollux_simulator::mib::expected_octet_rate(&device, 1, true, from, to) * 8.0;
     let start = unix_now();
     let (c0, t0) = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
-    wait_until(Duration::from_secs(30), "three polls", || {
-        (series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, unix_now() + 5).len() >= 3)
-            .then_some(())
+    let points = wait_until(Duration::from_secs(30), "three polls", || {
+        let points = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, unix_now() + 5);
+        (points.len() >= 3).then_some(points)
     });
     let (c1, t1) = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
-    let reference = (c1 - c0) * 8.0 / (t1 - t0);
-    let speed = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.15.1").0 * 1e6;
-    let points = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, unix_now() + 5);
-    // The simulated rate swings by at most ~1 % over a few seconds.
+    // What snmpget reads is the simulated traffic (the timestamps are taken a few ms late).
+    let by_snmpget = (c1 - c0) * 8.0 / (t1 - t0);
+    assert!((by_snmpget / expected(t0, t1) - 1.0).abs() < 0.01, "snmpget {by_snmpget:.0} b/s");
+    // Each collector rate is the traffic between two polls 2 s apart, taken within a few ms of
+    // the cycle start that is the record's time.
     for (ts, bps) in &points {
-        assert!((bps / reference - 1.0).abs() < 0.05, "at {ts}: collector {bps:.0} b/s, snmpget {reference:.0} b/s");
+        let want = expected(*ts as f64 - 2.0, *ts as f64);
+        assert!((bps / want - 1.0).abs() < 0.01, "at {ts}: collector {bps:.0} b/s, simulated {want:.0} b/s");
     }
-    let util = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_util", start, unix_now() + 5);
+    let speed = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.15.1").0 * 1e6;
+    let to = points.last().unwrap().0 + 1;
+    let points = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, to);
+    let util = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_util", start, to);
     assert_eq!(util.len(), points.len());
     for ((_, bps), (_, pct)) in points.iter().zip(&util) {
         assert!((pct - bps / speed * 100.0).abs() < 1e-6, "in_util {pct} for {bps} b/s on {speed} b/s");
@@ -430,7 +449,13 @@ fn customized_families_come_from_the_aggregator_and_32_bit_counters_wrap() {
             compared.push(*ts);
         }
     }
-    assert!(compared.len() >= 2 && compared.iter().any(|ts| *ts > wrapped_at), "{legacy:?} (wrap at {wrapped_at})");
+    assert!(compared.len() >= 2, "{legacy:?}");
+    // Rates on both sides of the wrap, and (below) one in every cycle: the pair of polls
+    // around the wrap gave a rate, and the comparison above says it was right.
+    assert!(
+        legacy.first().unwrap().0 < wrapped_at - 1 && legacy.last().unwrap().0 > wrapped_at,
+        "{legacy:?} (wrap at {wrapped_at})"
+    );
     // No rate went missing at the wrap: one per cycle, without a gap.
     let cycles: Vec<i64> = RepoCheck::open(&shared)
         .family_cycles("IfLegacy")
@@ -479,12 +504,12 @@ fn a_bad_inventory_or_configuration_stops_with_status_64_naming_the_place() {
 fn simulator_answers_on_every_port() {
     let dir = tempdir();
     let inventory = dir.path().join("inventory.toml");
-    let _sim: Process = simulator(21400, 500, 2, 0, &[], &inventory);
+    let _sim: Process = simulator(22000, 500, 2, 0, &[], &inventory);
     let text = std::fs::read_to_string(&inventory).unwrap();
     assert_eq!(text.matches("[[device]]").count(), 500);
-    assert!(text.contains("port = 21899"));
+    assert!(text.contains("port = 22499"));
     let out = std::process::Command::new("snmpget")
-        .args(["-v2c", "-c", "public", "-On", "-Oqv", "-t", "2", "127.0.0.1:21899", "1.3.6.1.2.1.1.5.0"])
+        .args(["-v2c", "-c", "public", "-On", "-Oqv", "-t", "2", "127.0.0.1:22499", "1.3.6.1.2.1.1.5.0"])
         .env("MIBS", "")
         .output()
         .expect("snmpget (Debian package snmp)");

@@ -179,7 +179,11 @@ pub fn answer(shape: &Shape, device: &Device, request: &Request, now: f64) -> Ve
             }
         }
     }
-    ber::encode_response(&request.community, request.request_id, &varbinds)
+    if varbinds.len() > budget {
+        // GET and GETNEXT answer everything or nothing.
+        return ber::encode_response(&request.community, request.request_id, ber::TOO_BIG, &[]);
+    }
+    ber::encode_response(&request.community, request.request_id, 0, &varbinds)
 }
 
 /// The v3 devices' MIB, as `async-snmp`'s agent asks for it.
@@ -263,6 +267,24 @@ pub fn master_keys(credentials: &V3Credentials) -> Result<MasterKeys, async_snmp
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_get_too_large_for_one_datagram_is_answered_too_big() {
+        let shape = Shape::new(1);
+        let device = Device::new(1, "d".into(), 0.0, 0.0);
+        let long: Vec<u32> = (0..100).collect();
+        let request = Request {
+            community: b"c".to_vec(),
+            kind: ber::TAG_GET,
+            request_id: 9,
+            non_repeaters: 0,
+            max_repetitions: 0,
+            oids: vec![long; 40],
+        };
+        let response = answer(&shape, &device, &request, 100.0);
+        assert!(response.len() < 64, "{}", response.len());
+        assert!(response.windows(3).any(|w| w == [0x02, 1, ber::TOO_BIG as u8]));
+    }
 
     #[test]
     fn getbulk_answers_whole_repetitions_within_the_size_limit() {

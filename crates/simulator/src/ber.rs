@@ -89,24 +89,34 @@ impl<'a> Reader<'a> {
 }
 
 fn decode_oid(contents: &[u8]) -> Result<Vec<u32>, DecodeError> {
-    let (&first, rest) = contents.split_first().ok_or(DecodeError("empty OID"))?;
-    let mut arcs = vec![u32::from(first / 40).min(2), 0];
-    arcs[1] = u32::from(first) - arcs[0] * 40;
-    let mut arc: u32 = 0;
-    for (i, &b) in rest.iter().enumerate() {
-        if arc > u32::MAX >> 7 {
+    if contents.is_empty() {
+        return Err(DecodeError("empty OID"));
+    }
+    // Sub-identifiers in base 128; the first one packs the first two arcs as 40 * a + b.
+    let mut subids: Vec<u64> = Vec::new();
+    let mut value: u64 = 0;
+    for (i, &b) in contents.iter().enumerate() {
+        if value > u64::from(u32::MAX) {
             return Err(DecodeError("OID arc too large"));
         }
-        arc = arc << 7 | u32::from(b & 0x7F);
+        value = value << 7 | u64::from(b & 0x7F);
         if b & 0x80 == 0 {
-            arcs.push(arc);
-            arc = 0;
-            if arcs.len() > MAX_ARCS {
+            subids.push(value);
+            value = 0;
+            if subids.len() >= MAX_ARCS {
                 return Err(DecodeError("OID too long"));
             }
-        } else if i == rest.len() - 1 {
+        } else if i == contents.len() - 1 {
             return Err(DecodeError("OID ends inside an arc"));
         }
+    }
+    let first = subids[0];
+    let (a, b) = if first < 80 { (first / 40, first % 40) } else { (2, first - 80) };
+    let mut arcs = Vec::with_capacity(subids.len() + 1);
+    arcs.push(a as u32);
+    arcs.push(u32::try_from(b).map_err(|_| DecodeError("OID arc too large"))?);
+    for &arc in &subids[1..] {
+        arcs.push(u32::try_from(arc).map_err(|_| DecodeError("OID arc too large"))?);
     }
     Ok(arcs)
 }
@@ -186,25 +196,28 @@ fn push_unsigned(out: &mut Vec<u8>, tag: u8, n: u64) {
     }
 }
 
+fn push_subid(out: &mut Vec<u8>, mut v: u64) {
+    let mut groups = [0u8; 10];
+    let mut n = 0;
+    loop {
+        groups[n] = (v & 0x7F) as u8;
+        n += 1;
+        v >>= 7;
+        if v == 0 {
+            break;
+        }
+    }
+    for k in (0..n).rev() {
+        out.push(groups[k] | if k > 0 { 0x80 } else { 0 });
+    }
+}
+
 fn push_oid(out: &mut Vec<u8>, arcs: &[u32]) {
     let mut contents = Vec::with_capacity(arcs.len() + 4);
     let (a, b) = (arcs.first().copied().unwrap_or(0), arcs.get(1).copied().unwrap_or(0));
-    contents.push((a * 40 + b) as u8);
+    push_subid(&mut contents, u64::from(a.min(2)) * 40 + u64::from(b));
     for &arc in arcs.iter().skip(2) {
-        let mut groups = [0u8; 5];
-        let mut n = 0;
-        let mut v = arc;
-        loop {
-            groups[n] = (v & 0x7F) as u8;
-            n += 1;
-            v >>= 7;
-            if v == 0 {
-                break;
-            }
-        }
-        for k in (0..n).rev() {
-            contents.push(groups[k] | if k > 0 { 0x80 } else { 0 });
-        }
+        push_subid(&mut contents, u64::from(arc));
     }
     push_tlv(out, 0x06, &contents);
 }
@@ -227,11 +240,14 @@ pub fn encode_varbind(out: &mut Vec<u8>, oid: &[u32], binding: &Binding) {
     push_tlv(out, 0x30, &contents);
 }
 
+/// The error-status of a response that would not fit (RFC 3416).
+pub const TOO_BIG: i64 = 1;
+
 /// Wraps encoded variable bindings into a v2c Response message.
-pub fn encode_response(community: &[u8], request_id: i32, varbinds: &[u8]) -> Vec<u8> {
+pub fn encode_response(community: &[u8], request_id: i32, error_status: i64, varbinds: &[u8]) -> Vec<u8> {
     let mut pdu = Vec::with_capacity(varbinds.len() + 16);
     push_signed(&mut pdu, 0x02, i64::from(request_id));
-    push_signed(&mut pdu, 0x02, 0);
+    push_signed(&mut pdu, 0x02, error_status);
     push_signed(&mut pdu, 0x02, 0);
     push_tlv(&mut pdu, 0x30, varbinds);
     let mut message = Vec::with_capacity(pdu.len() + community.len() + 16);
@@ -297,6 +313,9 @@ mod tests {
             (TAG_GET_BULK, 77, 1, 10)
         );
         assert_eq!(request.oids[1], vec![1, 3, 6, 1, 2, 1, 31, 1, 1, 1, 6, 300_000]);
+        // First arcs past 2.47 take more than one byte.
+        let odd = encode_request(b"c", TAG_GET, 1, 0, 0, &[vec![2, 999, 3], vec![1, 3, u32::MAX]]);
+        assert_eq!(decode_request(&odd).unwrap().oids, vec![vec![2, 999, 3], vec![1, 3, u32::MAX]]);
         let negative = encode_request(b"c", TAG_GET, -5, 0, 0, &[vec![1, 3]]);
         assert_eq!(decode_request(&negative).unwrap().request_id, -5);
     }

@@ -6,7 +6,7 @@
 //! rate, which swings by ±30 % over a period of 5 to 15 minutes; counters are that rate integrated
 //! since the device's boot, so two reads a few seconds apart give the rate a collector should
 //! report. The 32-bit counters start at offsets that make them wrap soon after the simulator
-//! starts: ifInOctets and ifOutOctets within 15 s, errors and discards within 5 minutes. All devices of one simulator share one [`Shape`]: the sorted list of
+//! starts: ifInOctets and ifOutOctets 10 to 20 s after, errors and discards within 5 minutes. All devices of one simulator share one [`Shape`]: the sorted list of
 //! object identifiers, searched for GET and GETNEXT.
 
 use std::f64::consts::TAU;
@@ -194,8 +194,8 @@ impl Device {
 
     /// A 32-bit counter whose offset makes it wrap a few minutes after the simulator started.
     fn counter32(&self, rate: &Swing, interface: u32, column: u32, now: f64) -> u32 {
-        // Octet counters wrap 5 to 15 s after the start (tests see it), the others within minutes.
-        let (first, spread) = if column == 10 || column == 16 { (5.0, 10.0) } else { (60.0, 240.0) };
+        // Octet counters wrap 10 to 20 s after the start (tests see it), the others within minutes.
+        let (first, spread) = if column == 10 || column == 16 { (10.0, 10.0) } else { (60.0, 240.0) };
         let seconds_to_wrap = first + spread * unit(self.number, interface, 60 + u64::from(column));
         let until_start = rate.integral(self.boot, self.start).max(0.0) as u64;
         let offset = (1u64 << 32).wrapping_sub(until_start).wrapping_sub((rate.mean * seconds_to_wrap) as u64);

@@ -162,8 +162,8 @@ impl CollectorConfig {
         if self.max_records_per_dto == 0 || self.max_records_per_dto > 100_000 {
             return err("max_records_per_dto", "must be 1 to 100000 (the aggregator's default limit)".into());
         }
-        if self.spool_max_bytes < 1 << 20 {
-            return err("spool_max_bytes", "must be at least 1 MiB".into());
+        if self.spool_max_bytes < 64 << 10 {
+            return err("spool_max_bytes", "must be at least 65536 (64 KiB)".into());
         }
         if self.send_timeout.is_zero() {
             return err("send_timeout", "must be more than zero".into());

@@ -417,7 +417,9 @@ fn customized_families_come_from_the_aggregator_and_32_bit_counters_wrap() {
     std::fs::write(&inventory, text).unwrap();
     let aggregator = Aggregator::start(&shared, &["--failwait", "2s"], &[]);
     aggregator.wait_active();
-    let collector_ = collector(dir.path(), &aggregator.url, &inventory, "2s", "families_refresh = \"1s\"\n");
+    // Small parts: each cycle's Interface records (2 devices x 2) go in two DTOs.
+    let config = "families_refresh = \"1s\"\nmax_records_per_dto = 2\n";
+    let collector_ = collector(dir.path(), &aggregator.url, &inventory, "2s", config);
     let start = unix_now();
     // The simulator wraps ifInOctets 5 to 15 s after it starts: see it happen.
     let read = || -> u64 {
@@ -465,6 +467,46 @@ fn customized_families_come_from_the_aggregator_and_32_bit_counters_wrap() {
         .collect();
     assert!(cycles.windows(2).all(|w| w[1] - w[0] == INTERVAL), "{cycles:?}");
     assert_eq!(metric(&collector_, "pollux_collector_dtos_rejected_total"), 0.0);
+    let ids = RepoCheck::open(&shared).loaded_ids();
+    let second_parts = ids.iter().filter(|id| id.starts_with("dc1.Interface.") && id.ends_with(".1")).count();
+    assert!(second_parts >= 3, "a cycle over max_records_per_dto is split into parts: {ids:?}");
+}
+
+/// With no aggregator for a long time, a spool at its bound drops its oldest DTOs: counted,
+/// logged, never the newest; what is left is delivered once an aggregator answers.
+#[test]
+fn a_full_spool_drops_the_oldest_loudly() {
+    let dir = tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(&shared).unwrap();
+    let inventory = dir.path().join("inventory.toml");
+    let _sim = simulator(21700, 40, 10, 0, &[], &inventory);
+    let port = 21781;
+    let url = format!("http://127.0.0.1:{port}");
+    let config = "spool_max_bytes = 65536\n";
+    let collector_ = collector(dir.path(), &url, &inventory, "2s", config);
+    let first_cycle = wait_until(Duration::from_secs(20), "a first cycle spooled", || {
+        let outbox = std::fs::read_dir(dir.path().join("spool/outbox")).ok()?;
+        outbox.filter_map(|e| e.ok()?.file_name().to_str()?.split('.').next()?.parse::<i64>().ok()).min()
+    });
+    wait_until(Duration::from_secs(40), "drops", || {
+        (metric(&collector_, "pollux_collector_dropped_total") >= 3.0).then_some(())
+    });
+    assert!(metric(&collector_, "pollux_collector_spool_bytes") <= 65536.0);
+    assert!(collector_.log().contains("DROPPED unsent DTO dc1."), "{}", collector_.log());
+    let oldest_left = std::fs::read_dir(dir.path().join("spool/outbox"))
+        .unwrap()
+        .filter_map(|e| e.ok()?.file_name().to_str()?.split('.').next()?.parse::<i64>().ok())
+        .min()
+        .unwrap();
+    assert!(oldest_left > first_cycle, "the oldest go first");
+    let _aggregator = aggregator_at(&shared, port);
+    wait_until(Duration::from_secs(60), "the spool to drain", || {
+        (metric(&collector_, "pollux_collector_spool_dtos") == 0.0).then_some(())
+    });
+    let cycles = cycles_by_device(&shared, "Availability");
+    let loaded_first = cycles.values().map(|c| *c.keys().next().unwrap()).min().unwrap();
+    assert!(loaded_first >= oldest_left, "dropped cycles are gone, the rest arrived");
 }
 
 #[test]

@@ -69,6 +69,29 @@ pub fn cycle_of(now: UnixSeconds, interval: u32) -> UnixSeconds {
     now - now.rem_euclid(i64::from(interval))
 }
 
+/// The cycle to poll after `cycle` finished at `now`, and how many cycles were skipped because
+/// it overran: the next one if its time has not passed yet or is still running (it is polled
+/// late but whole), otherwise the one running now.
+pub fn next_cycle(cycle: UnixSeconds, interval: u32, now: UnixSeconds) -> (UnixSeconds, i64) {
+    let next = cycle + i64::from(interval);
+    let current = cycle_of(now, interval);
+    if current > next {
+        (current, (current - next) / i64::from(interval))
+    } else {
+        (next, 0)
+    }
+}
+
+/// The first cycle to poll at start: the running one, unless it is already done.
+pub fn first_cycle(done: Option<UnixSeconds>, interval: u32, now: UnixSeconds) -> UnixSeconds {
+    let current = cycle_of(now, interval);
+    if done.is_some_and(|d| d >= current) {
+        current + i64::from(interval)
+    } else {
+        current
+    }
+}
+
 /// The DTO id for one part of one family's cycle. A group polled at the collector's own
 /// interval gets the short form of the contract (`dc1.Interface.1763830800.0`); other groups
 /// name their interval so two groups' cycles never share an id.
@@ -199,13 +222,10 @@ impl Group {
         let mut sessions: Vec<Option<Arc<dyn SnmpSession>>> = vec![None; self.devices.len()];
         let mut plans: (Option<Arc<Catalog>>, Arc<Plans>) = (None, Arc::default());
         let mut warned = HashSet::new();
-        let mut cycle = cycle_of(poll::unix_now() as i64, self.interval);
         // A cycle is done once all its DTOs are in the spool and the state file says so. One
         // interrupted half-way is polled again: its DTOs keep their ids, so a part already sent
         // is answered 200 and one still waiting is replaced.
-        if state.done.is_some_and(|done| done >= cycle) {
-            cycle += i64::from(self.interval);
-        }
+        let mut cycle = first_cycle(state.done, self.interval, poll::unix_now() as i64);
         loop {
             if !sleep_until_unix(cycle, &shutdown).await {
                 return;
@@ -234,20 +254,16 @@ impl Group {
                 // Without a spool nothing can be kept: say so loudly, and try the next cycle.
                 tracing::error!("cycle {cycle}: cannot write the spool: {e}; this cycle's data is lost");
             }
-            let next = cycle + i64::from(self.interval);
-            let current = cycle_of(poll::unix_now() as i64, self.interval);
-            if current > next {
-                let skipped = (current - next) / i64::from(self.interval);
+            let (next, skipped) = next_cycle(cycle, self.interval, poll::unix_now() as i64);
+            if skipped > 0 {
                 Metrics::add(&self.metrics.cycles_skipped, skipped as u64);
                 tracing::error!(
                     "cycle {cycle} took {:?}, past the next {skipped} cycle(s) of {}s; they are skipped",
                     started.elapsed(),
                     self.interval
                 );
-                cycle = current;
-            } else {
-                cycle = next;
             }
+            cycle = next;
         }
     }
 
@@ -418,5 +434,21 @@ mod tests {
         assert_eq!(cycle_of(1_763_830_800, 300), 1_763_830_800);
         assert_eq!(dto_id("dc1", "Interface", 300, 300, 1_763_830_800, 0), "dc1.Interface.1763830800.0");
         assert_eq!(dto_id("dc1", "CPU", 60, 300, 1_763_830_800, 2), "dc1.CPU.60s.1763830800.2");
+    }
+
+    #[test]
+    fn restarts_poll_the_running_cycle_unless_done() {
+        assert_eq!(first_cycle(None, 300, 1_800_100), 1_800_000);
+        assert_eq!(first_cycle(Some(1_799_700), 300, 1_800_100), 1_800_000);
+        assert_eq!(first_cycle(Some(1_800_000), 300, 1_800_100), 1_800_300);
+    }
+
+    #[test]
+    fn an_overrun_polls_the_next_cycle_late_or_skips_to_the_running_one() {
+        // On time, and a little late: the next cycle, nothing skipped.
+        assert_eq!(next_cycle(1_800_000, 300, 1_800_010), (1_800_300, 0));
+        assert_eq!(next_cycle(1_800_000, 300, 1_800_350), (1_800_300, 0));
+        // Two boundaries later: the running cycle, one skipped.
+        assert_eq!(next_cycle(1_800_000, 300, 1_800_650), (1_800_600, 1));
     }
 }

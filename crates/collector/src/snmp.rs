@@ -116,13 +116,22 @@ impl AsyncSnmp {
     pub async fn bind(concurrency: usize) -> Result<AsyncSnmp, SnmpError> {
         let mut transports = Vec::new();
         for _ in 0..concurrency.div_ceil(POLLS_PER_SOCKET).max(1) {
-            let transport = UdpTransport::builder()
-                .bind("0.0.0.0:0")
-                .recv_buffer_size(RECEIVE_BUFFER)
-                .build()
-                .await
-                .map_err(|e| SnmpError::Network(e.to_string()))?;
-            transports.push(transport);
+            // A dual-stack socket reaches IPv6 and IPv4 devices alike; a host without IPv6
+            // gets an IPv4 one.
+            let mut last_error = None;
+            for local in ["[::]:0", "0.0.0.0:0"] {
+                match UdpTransport::builder().bind(local).recv_buffer_size(RECEIVE_BUFFER).build().await {
+                    Ok(transport) => {
+                        transports.push(transport);
+                        last_error = None;
+                        break;
+                    }
+                    Err(e) => last_error = Some(e),
+                }
+            }
+            if let Some(e) = last_error {
+                return Err(SnmpError::Network(e.to_string()));
+            }
         }
         Ok(AsyncSnmp { transports, next: Default::default(), master_keys: Mutex::new(HashMap::new()) })
     }

@@ -271,6 +271,7 @@ fn values_from_a_real_snmpd_match_snmpget_over_v2c_and_v3() {
         &inventory,
         format!(
             "[[device]]\nname = \"netsnmp-v2c\"\naddress = \"127.0.0.1\"\nport = {port}\ncommunity = \"public\"\n\n\
+             [[device]]\nname = \"netsnmp-ipv6\"\naddress = \"::1\"\nport = {port}\nfamilies = [\"Memory\", \"Availability\"]\n\n\
              [[device]]\nname = \"netsnmp-v3\"\naddress = \"127.0.0.1\"\nport = {port}\nversion = \"3\"\n\
              user = \"{V3_USER}\"\nauth_protocol = \"sha\"\nauth_password = \"{V3_AUTH}\"\n\
              priv_protocol = \"aes\"\npriv_password = \"{V3_PRIV}\"\n",
@@ -331,6 +332,9 @@ fn values_from_a_real_snmpd_match_snmpget_over_v2c_and_v3() {
         let used = series(&aggregator, "Memory", device, &ram, "used_bytes", start - 10, unix_now() + 5);
         let now_used = number("1.3.6.1.2.1.25.2.3.1.6") * unit;
         assert!((used.last().unwrap().1 / now_used - 1.0).abs() < 0.1, "{device}: {used:?} vs {now_used}");
+        // The same agent over IPv6 (::1) reports the same RAM.
+        let over_ipv6 = series(&aggregator, "Memory", "netsnmp-ipv6", &ram, "total_bytes", start - 10, unix_now() + 5);
+        assert_eq!(over_ipv6.last().map(|p| p.1), Some(total.last().unwrap().1), "IPv6: {over_ipv6:?}");
     }
 }
 

@@ -64,7 +64,7 @@ pub fn metric(collector: &Process, name: &str) -> f64 {
         .unwrap_or_else(|| panic!("no {name} in:\n{text}"))
 }
 
-/// A net-snmp `snmpd` on 127.0.0.1:`port`, answering v2c (community `public`) and v3 (user
+/// A net-snmp `snmpd` on 127.0.0.1:`port` and [::1]:`port`, answering v2c (community `public`) and v3 (user
 /// `pollux`, authPriv SHA/AES), with its own configuration and persistent directory.
 pub struct Snmpd {
     child: Child,
@@ -84,14 +84,15 @@ impl Snmpd {
         std::fs::write(
             &conf,
             format!(
-                "rocommunity public 127.0.0.1\ncreateUser {V3_USER} SHA \"{V3_AUTH}\" AES \"{V3_PRIV}\"\nrouser {V3_USER} priv\n"
+                "rocommunity public 127.0.0.1\nrocommunity6 public ::1\n\
+                 createUser {V3_USER} SHA \"{V3_AUTH}\" AES \"{V3_PRIV}\"\nrouser {V3_USER} priv\n"
             ),
         )
         .unwrap();
         let child = Command::new("snmpd")
             .args(["-f", "-Lo", "-C", "-c"])
             .arg(&conf)
-            .arg(format!("udp:127.0.0.1:{port}"))
+            .arg(format!("udp:127.0.0.1:{port},udp6:[::1]:{port}"))
             .env("SNMP_PERSISTENT_DIR", &persist)
             .env("MIBS", "")
             .stdin(Stdio::null())

@@ -182,7 +182,12 @@ impl Collector {
         shutdown.cancelled().await;
         while tasks.join_next().await.is_some() {}
         stop_sender.store(true, Ordering::Relaxed);
-        let _ = tokio::task::spawn_blocking(move || sender_thread.join()).await;
+        // The sender stops between two sends; one in flight to a frozen aggregator could take
+        // send_timeout. Not worth waiting for: an unacknowledged DTO stays in the spool.
+        let joined = tokio::task::spawn_blocking(move || sender_thread.join());
+        if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+            tracing::warn!("the sender is still waiting for an answer; its DTO stays in the spool");
+        }
         Ok(())
     }
 }

@@ -25,6 +25,8 @@ use std::time::{Duration, Instant};
 
 const MIN_BACKOFF: Duration = Duration::from_millis(250);
 const MAX_BACKOFF: Duration = Duration::from_secs(30);
+const CONNECT_TIMEOUT: Duration = Duration::from_secs(3);
+const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
 
 pub struct Sender {
     pub spool: Arc<Spool>,
@@ -67,7 +69,20 @@ impl Sender {
     /// Runs until `stop` is set. Blocking: give it a thread.
     pub fn run(self) {
         let agent: ureq::Agent = ureq::Agent::new_with_config(
-            ureq::Agent::config_builder().timeout_global(Some(self.timeout)).http_status_as_error(false).build(),
+            ureq::Agent::config_builder()
+                .timeout_global(Some(self.timeout))
+                // An aggregator host that is down answers no SYN: move to the next URL soon.
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .http_status_as_error(false)
+                .build(),
+        );
+        // The family listing is small; a slow answer must not hold up sending for long.
+        let listing_agent: ureq::Agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(LISTING_TIMEOUT))
+                .timeout_connect(Some(CONNECT_TIMEOUT))
+                .http_status_as_error(false)
+                .build(),
         );
         let mut current = 0usize;
         let mut failed_in_round = 0usize;
@@ -76,7 +91,7 @@ impl Sender {
         let mut families_due = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             if Instant::now() >= families_due {
-                self.families.refresh(&agent, &self.urls, current);
+                self.families.refresh(&listing_agent, &self.urls, current);
                 families_due = Instant::now() + self.families_refresh;
             }
             let Some(entry) = self.spool.oldest(Duration::from_millis(200)) else { continue };

@@ -6,7 +6,8 @@
 
 mod common;
 
-use common::snmp::{collector, metric, pollux, simulator, Process, Snmpd, V3_AUTH, V3_PRIV, V3_USER};
+use common::cluster::Cluster;
+use common::snmp::{collector, collector_as, metric, pollux, simulator, Process, Snmpd, V3_AUTH, V3_PRIV, V3_USER};
 use common::{get, tempdir, unix_now, wait_until, Aggregator, RepoCheck};
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::Path;
@@ -146,6 +147,54 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
     assert!(ids_per_cycle.values().all(|ids| ids.len() == 1), "{ids_per_cycle:?}");
     let availability_dtos = ids_per_cycle.keys().filter(|(f, _)| f == "Availability").count() as i64;
     assert_eq!(availability_dtos, (last - first) / INTERVAL + 1);
+}
+
+/// The whole fault-tolerant environment: two aggregators, the proxy, and two collectors, one
+/// sending through the proxy and one with both aggregators' URLs (the first primary). The
+/// active aggregator is killed -9; the standby takes over; no cycle of either collector is lost.
+#[test]
+fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
+    let mut cluster = Cluster::start("2s", "30s", [&[], &[]]);
+    cluster.wait_active(0, Duration::from_secs(30));
+    let dir = tempdir();
+    let simulated = dir.path().join("simulated.toml");
+    let _sim = simulator(22600, 4, 3, 1, &[], &simulated);
+    // The second collector polls the same agents under other device names.
+    let renamed = dir.path().join("renamed.toml");
+    std::fs::write(&renamed, std::fs::read_to_string(&simulated).unwrap().replace("\"sim-", "\"direct-")).unwrap();
+    let config = "timeout = \"500ms\"\n";
+    let (da1, da2) = (cluster.url(0), cluster.url(1));
+    let through_proxy = collector_as("dc1", &dir.path().join("dc1"), &[&cluster.proxy.url], &simulated, "2s", config);
+    let direct = collector_as("dc2", &dir.path().join("dc2"), &[&da1, &da2], &renamed, "2s", config);
+    let shared = cluster.shared.path().to_owned();
+    let enough = |n: usize| {
+        let cycles = cycles_by_device(&shared, "Availability");
+        (cycles.len() == 8 && cycles.values().all(|c| c.len() >= n)).then_some(())
+    };
+    wait_until(Duration::from_secs(30), "three cycles of every device", || enough(3));
+    cluster.kill9(0);
+    cluster.wait_active(1, Duration::from_secs(30));
+    wait_until(Duration::from_secs(30), "three more cycles after the takeover", || {
+        let loaded = cycles_by_device(&shared, "Availability");
+        let since = unix_now() - 1;
+        (loaded.values().all(|c| c.keys().filter(|&&k| k >= since - 6).count() >= 3)).then_some(())
+    });
+    for c in [&through_proxy, &direct] {
+        wait_until(Duration::from_secs(30), "the spools to drain", || {
+            (metric(c, "pollux_collector_spool_dtos") == 0.0).then_some(())
+        });
+    }
+    wait_until(Duration::from_secs(30), "the new active to load everything", || {
+        (get(&format!("{da2}/api/v1/status")).1["dto_backlog"].as_u64() == Some(0)).then_some(())
+    });
+    let availability = cycles_by_device(&shared, "Availability");
+    assert_eq!(availability.len(), 8);
+    for (device, cycles) in &availability {
+        let got: Vec<i64> = cycles.keys().copied().collect();
+        let gaps: Vec<_> = got.windows(2).filter(|w| w[1] - w[0] != INTERVAL).collect();
+        assert!(gaps.is_empty(), "{device}: cycles missing between {gaps:?}\n{}", cluster.logs());
+    }
+    assert!(metric(&direct, "pollux_collector_send_failures_total") >= 1.0, "dc2 failed over from da1 to da2");
 }
 
 #[test]

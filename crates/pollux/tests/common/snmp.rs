@@ -28,30 +28,38 @@ pub fn simulator(port: u16, devices: u32, interfaces: u32, v3: u32, extra: &[&st
     Process::spawn(&args, &[])
 }
 
-/// `pollux collector` with a configuration file holding `config` (TOML lines).
+/// `pollux collector` named dc1 with a configuration file holding `config` (TOML lines).
 pub fn collector(dir: &Path, aggregator: &str, inventory: &Path, interval: &str, config: &str) -> Process {
+    collector_as("dc1", dir, &[aggregator], inventory, interval, config)
+}
+
+/// `pollux collector --id <id>` sending to `aggregators` in order, its spool in `dir/spool`.
+pub fn collector_as(
+    id: &str,
+    dir: &Path,
+    aggregators: &[&str],
+    inventory: &Path,
+    interval: &str,
+    config: &str,
+) -> Process {
+    std::fs::create_dir_all(dir).unwrap();
     let config_path = dir.join("collector.toml");
     std::fs::write(&config_path, config).unwrap();
-    let args: Vec<String> = [
-        "collector",
-        "--config",
-        &config_path.display().to_string(),
-        "--id",
-        "dc1",
-        "--aggregator",
-        aggregator,
-        "--inventory",
-        &inventory.display().to_string(),
-        "--spool-dir",
-        &dir.join("spool").display().to_string(),
-        "--interval",
-        interval,
-        "--metrics-listen",
-        "127.0.0.1:0",
-    ]
-    .iter()
-    .map(|s| s.to_string())
-    .collect();
+    let mut args: Vec<String> = vec!["collector".into(), "--config".into(), config_path.display().to_string()];
+    args.extend(["--id".into(), id.into()]);
+    for url in aggregators {
+        args.extend(["--aggregator".into(), url.to_string()]);
+    }
+    args.extend([
+        "--inventory".into(),
+        inventory.display().to_string(),
+        "--spool-dir".into(),
+        dir.join("spool").display().to_string(),
+        "--interval".into(),
+        interval.into(),
+        "--metrics-listen".into(),
+        "127.0.0.1:0".into(),
+    ]);
     Process::spawn(&args, &[])
 }
 

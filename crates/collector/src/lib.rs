@@ -184,8 +184,12 @@ impl Collector {
         stop_sender.store(true, Ordering::Relaxed);
         // The sender stops between two sends; one in flight to a frozen aggregator could take
         // send_timeout. Not worth waiting for: an unacknowledged DTO stays in the spool.
-        let joined = tokio::task::spawn_blocking(move || sender_thread.join());
-        if tokio::time::timeout(Duration::from_secs(5), joined).await.is_err() {
+        // (Not joined on a blocking task: the runtime would wait for it when it shuts down.)
+        let deadline = Instant::now() + Duration::from_secs(5);
+        while !sender_thread.is_finished() && Instant::now() < deadline {
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+        if !sender_thread.is_finished() {
             tracing::warn!("the sender is still waiting for an answer; its DTO stays in the spool");
         }
         Ok(())
@@ -227,10 +231,12 @@ impl Group {
         let mut sessions: Vec<Option<Arc<dyn SnmpSession>>> = vec![None; self.devices.len()];
         let mut plans: (Option<Arc<Catalog>>, Arc<Plans>) = (None, Arc::default());
         let mut warned = HashSet::new();
-        // A cycle is done once all its DTOs are in the spool and the state file says so. One
-        // interrupted half-way is polled again: its DTOs keep their ids, so a part already sent
-        // is answered 200 and one still waiting is replaced.
+        // A cycle is done once its DTOs are in the spool (they arrive there whole) and the state
+        // file says so; the spool is asked too, since the state file is written after it.
         let mut cycle = first_cycle(state.done, self.interval, poll::unix_now() as i64);
+        if self.spool.has_cycle(cycle, self.interval) {
+            cycle += i64::from(self.interval);
+        }
         loop {
             if !sleep_until_unix(cycle, &shutdown).await {
                 return;
@@ -348,7 +354,7 @@ impl Group {
                 by_family.entry("Availability".into()).or_default().push(Record {
                     device: device.name.clone(),
                     item: device.name.clone(),
-                    ts: ts(now),
+                    ts: ts(poll.polled_at.unwrap_or(now)),
                     values: vec![Some(reachable), poll.response_ms],
                 });
             }
@@ -399,12 +405,15 @@ impl Group {
         state_path: &std::path::Path,
     ) -> std::io::Result<()> {
         let count = dtos.len() as u64;
-        let spool = self.spool.clone();
+        let (spool, interval) = (self.spool.clone(), self.interval);
         let dropped = tokio::task::spawn_blocking(move || {
+            if dtos.is_empty() {
+                return Ok(Vec::new());
+            }
             // Each DTO is dropped once encoded, so the cycle is never held twice over.
-            let encoded: Vec<(UnixSeconds, String, Vec<u8>)> =
-                dtos.into_iter().map(|d| (d.cycle, d.id.clone(), pollux_model::codec::binary::encode(&d))).collect();
-            spool.add(&encoded)
+            let encoded: Vec<(String, Vec<u8>)> =
+                dtos.into_iter().map(|d| (d.id.clone(), pollux_model::codec::binary::encode(&d))).collect();
+            spool.add(cycle, interval, &encoded)
         })
         .await
         .expect("spool task")?;

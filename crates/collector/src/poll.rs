@@ -104,13 +104,12 @@ impl Plan {
         let layout = if family.builtin {
             0
         } else {
-            use std::hash::{Hash, Hasher};
-            let mut hasher = std::collections::hash_map::DefaultHasher::new();
+            // Stable across builds (unlike std's hasher): it is kept in the state file.
+            let mut text = family.table.clone().unwrap_or_default();
             for m in &family.metrics {
-                (&m.name, &m.oid, format!("{:?}", m.kind)).hash(&mut hasher);
+                text.push_str(&format!("|{}:{}:{:?}", m.name, m.oid.as_deref().unwrap_or(""), m.kind));
             }
-            family.table.hash(&mut hasher);
-            hasher.finish() | 1
+            fnv1a(text.as_bytes()) | 1
         };
         Some(Plan { family, shape, columns, scalar, layout })
     }
@@ -119,6 +118,8 @@ impl Plan {
 /// One device's result for one cycle.
 #[derive(Debug, Default)]
 pub struct DevicePoll {
+    /// When the device was asked for sysUpTime (Unix seconds); `None` if it was not asked.
+    pub polled_at: Option<f64>,
     pub reachable: bool,
     /// Availability's values: reachable, response_ms.
     pub response_ms: Option<f64>,
@@ -142,7 +143,7 @@ pub async fn poll_device(
     plans: &HashMap<String, Arc<Plan>>,
     state: &mut DeviceState,
 ) -> DevicePoll {
-    let mut poll = DevicePoll::default();
+    let mut poll = DevicePoll { polled_at: Some(unix_now()), ..DevicePoll::default() };
     let started = Instant::now();
     let uptime = match session.get(&[SYS_UPTIME.to_vec()]).await {
         Ok(bindings) => match bindings.first().map(|b| &b.value) {
@@ -322,12 +323,19 @@ fn truncate(text: &str, max: usize) -> &str {
     &text[..end]
 }
 
+/// FNV-1a: a small hash that is the same in every build.
+fn fnv1a(bytes: &[u8]) -> u64 {
+    bytes.iter().fold(0xcbf2_9ce4_8422_2325, |h, &b| (h ^ u64::from(b)).wrapping_mul(0x0100_0000_01b3))
+}
+
 /// `name`, or when a device has two items of that name, the name with its index (and a number
-/// if even that is taken), so that a DTO never holds one item twice.
+/// if even that is taken), so that a DTO never holds one item twice. An index too long to fit
+/// in 255 bytes is replaced by its hash.
 fn unique_name(name: String, index: &str, taken: &mut HashSet<String>) -> String {
     if taken.insert(name.clone()) {
         return name;
     }
+    let index = if index.len() > 64 { format!("{:016x}", fnv1a(index.as_bytes())) } else { index.to_owned() };
     for n in 0.. {
         let suffix = if n == 0 { format!("#{index}") } else { format!("#{index}.{n}") };
         let budget = pollux_model::dto::MAX_NAME_LEN.saturating_sub(suffix.len());
@@ -493,8 +501,11 @@ mod tests {
         assert_eq!(unique_name("ge-0/0/1".into(), "6", &mut taken), "ge-0/0/1#6.1");
         let long = "x".repeat(255);
         assert_eq!(unique_name(long.clone(), "1", &mut taken), long);
-        let renamed = unique_name(long, "12", &mut taken);
+        let renamed = unique_name(long.clone(), "12", &mut taken);
         assert!(renamed.len() <= 255 && renamed.ends_with("#12"));
+        let huge_index = "1.".repeat(200) + "1";
+        let renamed = unique_name(long, &huge_index, &mut taken);
+        assert!(renamed.len() <= 255, "{}", renamed.len());
     }
 
     #[test]

@@ -3,7 +3,7 @@
 //! ```text
 //!  spool.oldest() ──PUT /api/v1/dto/{id}──> aggregators[current]
 //!     201 / 200            -> remove from the spool; next
-//!     400 / 413 / 415      -> refused for good: move to rejected/, log, count; next
+//!     400/413/415/422      -> refused for good: move to rejected/, log, count; next
 //!     404                  -> a wrong URL, not a bad DTO: treated like 503
 //!     503, 5xx, no answer  -> next URL in the list; after a whole round without success,
 //!                             wait (backoff doubling from 250 ms to 30 s, with jitter)

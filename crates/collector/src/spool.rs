@@ -4,11 +4,17 @@
 //! already has, so a resend is harmless).
 //!
 //! ```text
-//! <spool_dir>/outbox/<cycle>.<id>.pxd   DTOs waiting, binary codec (checksummed), sent in name order
-//! <spool_dir>/tmp/                      files being written; leftovers are deleted at start
-//! <spool_dir>/rejected/                 DTOs an aggregator refused (400/413/415): kept, never sent again
-//! <spool_dir>/state-<interval>s.json    previous counters (see crate::state)
+//! <spool_dir>/outbox/<cycle>.<interval>s/<id>.pxd  one cycle's DTOs (binary codec, checksummed),
+//!                                                  sent in name order
+//! <spool_dir>/tmp/                                 a cycle being written; deleted at start
+//! <spool_dir>/rejected/                            DTOs an aggregator refused (400/413/415/422)
+//! <spool_dir>/state-<interval>s.json               previous counters (see crate::state)
 //! ```
+//!
+//! A cycle's DTOs are written into a directory under `tmp/`, each fsync'd, and the directory is
+//! renamed into `outbox/` in one step: a cycle is in the spool whole or not at all. So a
+//! collector restarted in the middle of a cycle either finds it (and does not poll it again,
+//! which could move items between parts already sent and parts not) or polls it afresh.
 //!
 //! The spool is bounded (`spool_max_bytes`): when a new batch would pass the bound, the oldest
 //! DTOs are deleted, each one logged as an error and counted in `pollux_collector_dropped_total`.
@@ -27,7 +33,8 @@ const SUFFIX: &str = ".pxd";
 /// One DTO waiting in the outbox.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Entry {
-    pub file_name: String,
+    /// `<batch directory>/<id>.pxd`, relative to the outbox: the sending order.
+    pub path: String,
     pub id: String,
     pub cycle: UnixSeconds,
     pub bytes: u64,
@@ -57,22 +64,27 @@ pub struct Dropped {
     pub cycle: UnixSeconds,
 }
 
-fn file_name(cycle: UnixSeconds, id: &str) -> String {
-    format!("{cycle:012}.{id}{SUFFIX}")
+fn batch_name(cycle: UnixSeconds, interval: u32) -> String {
+    format!("{cycle:012}.{interval}s")
 }
 
-fn parse_name(name: &str) -> Option<(UnixSeconds, String)> {
-    let stem = name.strip_suffix(SUFFIX)?;
-    let (cycle, id) = stem.split_once('.')?;
-    Some((cycle.parse().ok()?, id.to_owned()))
+fn parse_batch(name: &str) -> Option<UnixSeconds> {
+    name.split_once('.')?.0.parse().ok()
 }
 
 fn sync_dir(dir: &Path) -> std::io::Result<()> {
     File::open(dir)?.sync_all()
 }
 
+fn ignore_missing(result: std::io::Result<()>) -> std::io::Result<()> {
+    match result {
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(()),
+        other => other,
+    }
+}
+
 impl Spool {
-    /// Opens (creating) the spool, deletes temp leftovers and indexes the outbox.
+    /// Opens (creating) the spool, deletes what was being written and indexes the outbox.
     pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
         let spool = Spool {
             outbox: dir.join("outbox"),
@@ -82,59 +94,88 @@ impl Spool {
             index: Mutex::new(Index::default()),
             added: Condvar::new(),
         };
+        if spool.tmp.exists() {
+            fs::remove_dir_all(&spool.tmp)?;
+        }
         for d in [&spool.outbox, &spool.tmp, &spool.rejected] {
             fs::create_dir_all(d)?;
         }
-        for entry in fs::read_dir(&spool.tmp)? {
-            fs::remove_file(entry?.path())?;
-        }
         let mut index = spool.index.lock().expect("spool index");
-        for entry in fs::read_dir(&spool.outbox)? {
-            let entry = entry?;
-            let name = entry.file_name().to_string_lossy().into_owned();
-            match parse_name(&name) {
-                Some((cycle, id)) => {
-                    let bytes = entry.metadata()?.len();
-                    index.bytes += bytes;
-                    index.entries.insert(name.clone(), Entry { file_name: name, id, cycle, bytes });
-                }
-                None => tracing::warn!("{}: not a spooled DTO; left alone", entry.path().display()),
+        for batch in fs::read_dir(&spool.outbox)? {
+            let batch = batch?;
+            let batch_name = batch.file_name().to_string_lossy().into_owned();
+            let Some(cycle) = parse_batch(&batch_name).filter(|_| batch.path().is_dir()) else {
+                tracing::warn!("{}: not a spooled cycle; left alone", batch.path().display());
+                continue;
+            };
+            for file in fs::read_dir(batch.path())? {
+                let file = file?;
+                let name = file.file_name().to_string_lossy().into_owned();
+                let Some(id) = name.strip_suffix(SUFFIX) else { continue };
+                let bytes = file.metadata()?.len();
+                let path = format!("{batch_name}/{name}");
+                index.bytes += bytes;
+                index.entries.insert(path.clone(), Entry { path, id: id.to_owned(), cycle, bytes });
             }
+            // A cycle whose DTOs were all sent before the crash leaves an empty directory.
+            let _ = fs::remove_dir(batch.path());
         }
         drop(index);
         Ok(spool)
     }
 
-    /// Writes a cycle's DTOs (`(cycle, id, encoded body)`), fsyncs them and the outbox, then
-    /// makes them visible to the sender. Returns the DTOs dropped to stay within the bound.
-    pub fn add(&self, dtos: &[(UnixSeconds, String, Vec<u8>)]) -> std::io::Result<Vec<Dropped>> {
+    /// Whether a cycle's DTOs are waiting in the outbox.
+    pub fn has_cycle(&self, cycle: UnixSeconds, interval: u32) -> bool {
+        self.outbox.join(batch_name(cycle, interval)).is_dir()
+    }
+
+    /// Writes a cycle's DTOs (`(id, encoded body)`), fsyncs them, and moves them into the
+    /// outbox in one rename. Returns the DTOs dropped to stay within the bound.
+    pub fn add(&self, cycle: UnixSeconds, interval: u32, dtos: &[(String, Vec<u8>)]) -> std::io::Result<Vec<Dropped>> {
+        let batch = batch_name(cycle, interval);
+        let temp = self.tmp.join(&batch);
+        if temp.exists() {
+            fs::remove_dir_all(&temp)?;
+        }
+        fs::create_dir(&temp)?;
         let mut added = Vec::with_capacity(dtos.len());
-        for (cycle, id, body) in dtos {
-            let name = file_name(*cycle, id);
-            let temp = self.tmp.join(&name);
-            let mut file = File::create(&temp)?;
+        for (id, body) in dtos {
+            let name = format!("{id}{SUFFIX}");
+            let mut file = File::create(temp.join(&name))?;
             file.write_all(body)?;
             file.sync_all()?;
-            fs::rename(&temp, self.outbox.join(&name))?;
-            added.push(Entry { file_name: name, id: id.clone(), cycle: *cycle, bytes: body.len() as u64 });
+            let path = format!("{batch}/{name}");
+            added.push(Entry { path, id: id.clone(), cycle, bytes: body.len() as u64 });
+        }
+        sync_dir(&temp)?;
+        let target = self.outbox.join(&batch);
+        if target.exists() {
+            // The same cycle spooled twice in one run is a bug elsewhere; keep both polls'
+            // DTOs rather than lose one (same ids: the newer file wins).
+            tracing::error!("cycle {batch} is already in the spool; merging");
+            for entry in &added {
+                let name = entry.path.rsplit('/').next().unwrap_or_default();
+                fs::rename(temp.join(name), target.join(name))?;
+            }
+            sync_dir(&target)?;
+            fs::remove_dir(&temp)?;
+        } else {
+            fs::rename(&temp, &target)?;
         }
         sync_dir(&self.outbox)?;
         let mut index = self.index.lock().expect("spool index");
         for entry in added {
             index.bytes += entry.bytes;
-            if let Some(old) = index.entries.insert(entry.file_name.clone(), entry) {
+            if let Some(old) = index.entries.insert(entry.path.clone(), entry) {
                 index.bytes -= old.bytes;
             }
         }
         let mut dropped = Vec::new();
         while index.bytes > self.max_bytes {
-            let Some((name, entry)) = index.entries.pop_first() else { break };
+            let Some((path, entry)) = index.entries.pop_first() else { break };
             index.bytes -= entry.bytes;
-            match fs::remove_file(self.outbox.join(&name)) {
-                Ok(()) => {}
-                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {}
-                Err(e) => return Err(e),
-            }
+            ignore_missing(fs::remove_file(self.outbox.join(&path)))?;
+            self.remove_batch_if_empty(&path);
             dropped.push(Dropped { id: entry.id, cycle: entry.cycle });
         }
         drop(index);
@@ -150,30 +191,37 @@ impl Spool {
     }
 
     pub fn read(&self, entry: &Entry) -> std::io::Result<Vec<u8>> {
-        fs::read(self.outbox.join(&entry.file_name))
+        fs::read(self.outbox.join(&entry.path))
     }
 
     /// Forgets an acknowledged DTO. Its file is unlinked without a directory fsync: if a crash
     /// undoes the unlink, the DTO is sent again and answered 200.
     pub fn remove(&self, entry: &Entry) -> std::io::Result<()> {
         self.forget(entry);
-        match fs::remove_file(self.outbox.join(&entry.file_name)) {
-            Err(e) if e.kind() != std::io::ErrorKind::NotFound => Err(e),
-            _ => Ok(()),
-        }
+        ignore_missing(fs::remove_file(self.outbox.join(&entry.path)))?;
+        self.remove_batch_if_empty(&entry.path);
+        Ok(())
     }
 
     /// Moves a DTO an aggregator refused out of the outbox, keeping it for the operator.
     pub fn reject(&self, entry: &Entry) -> std::io::Result<()> {
         self.forget(entry);
-        fs::rename(self.outbox.join(&entry.file_name), self.rejected.join(&entry.file_name))
+        let kept = entry.path.replace('/', ".");
+        fs::rename(self.outbox.join(&entry.path), self.rejected.join(kept))?;
+        self.remove_batch_if_empty(&entry.path);
+        Ok(())
+    }
+
+    fn remove_batch_if_empty(&self, path: &str) {
+        if let Some((batch, _)) = path.split_once('/') {
+            // Fails while the cycle still has DTOs waiting, which is what we want.
+            let _ = fs::remove_dir(self.outbox.join(batch));
+        }
     }
 
     fn forget(&self, entry: &Entry) {
         let mut index = self.index.lock().expect("spool index");
-        // The index may hold a newer file of the same name (a cycle polled again after a
-        // restart): subtract what the index held, not what the caller saw.
-        if let Some(held) = index.entries.remove(&entry.file_name) {
+        if let Some(held) = index.entries.remove(&entry.path) {
             index.bytes -= held.bytes;
         }
     }
@@ -194,24 +242,27 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let spool = Spool::open(dir.path(), 2_500).unwrap();
         let body = vec![7u8; 1_000];
-        spool
-            .add(&[(200, "c.Interface.200.0".into(), body.clone()), (100, "c.CPU.100.0".into(), body.clone())])
-            .unwrap();
-        std::fs::write(dir.path().join("tmp/leftover.pxd"), b"x").unwrap();
+        spool.add(200, 100, &[("c.Interface.200.0".into(), body.clone())]).unwrap();
+        spool.add(100, 100, &[("c.CPU.100.0".into(), body.clone())]).unwrap();
+        // A cycle half-written when the collector died.
+        std::fs::create_dir_all(dir.path().join("tmp/000000000300.100s")).unwrap();
+        std::fs::write(dir.path().join("tmp/000000000300.100s/c.CPU.300.0.pxd"), b"x").unwrap();
         drop(spool);
         let spool = Spool::open(dir.path(), 2_500).unwrap();
         assert!(std::fs::read_dir(dir.path().join("tmp")).unwrap().next().is_none());
+        assert!(spool.has_cycle(100, 100) && spool.has_cycle(200, 100) && !spool.has_cycle(300, 100));
         let oldest = spool.oldest(Duration::ZERO).unwrap();
         assert_eq!((oldest.cycle, oldest.id.as_str()), (100, "c.CPU.100.0"));
-        let dropped = spool.add(&[(300, "c.CPU.300.0".into(), body.clone())]).unwrap();
+        let dropped = spool.add(300, 100, &[("c.CPU.300.0".into(), body.clone())]).unwrap();
         assert_eq!(dropped, vec![Dropped { id: "c.CPU.100.0".into(), cycle: 100 }]);
+        assert!(!spool.has_cycle(100, 100), "a cycle whose DTOs are all gone leaves no directory");
         assert_eq!(spool.depth(), (2, 2_000, Some(200)));
         let oldest = spool.oldest(Duration::ZERO).unwrap();
         spool.remove(&oldest).unwrap();
         let next = spool.oldest(Duration::ZERO).unwrap();
         spool.reject(&next).unwrap();
         assert_eq!(spool.depth(), (0, 0, None));
-        assert!(dir.path().join("rejected").join(&next.file_name).exists());
+        assert!(dir.path().join("rejected").join(next.path.replace('/', ".")).exists());
         assert!(spool.oldest(Duration::from_millis(1)).is_none());
     }
 }

@@ -5,7 +5,7 @@
 //! One file per poll interval group (`state-<interval>s.json`), written after the cycle's DTOs
 //! are fsync'd into the spool, by write-to-temp and rename. It is not fsync'd itself: if a crash
 //! loses it, the next poll starts over from no previous sample (one rate lost, never a wrong
-//! one), and a cycle whose DTOs are already spooled is recognised by their ids instead.
+//! one), and a cycle whose DTOs are already spooled is recognised by its spool directory.
 
 use crate::rates::{Sample, Uptime};
 use pollux_model::UnixSeconds;

@@ -283,7 +283,8 @@ mod tests {
         };
         let response = answer(&shape, &device, &request, 100.0);
         assert!(response.len() < 64, "{}", response.len());
-        assert!(response.windows(3).any(|w| w == [0x02, 1, ber::TOO_BIG as u8]));
+        // request-id 9, then error-status tooBig.
+        assert!(response.windows(6).any(|w| w == [0x02, 1, 9, 0x02, 1, ber::TOO_BIG as u8]));
     }
 
     #[test]

@@ -100,7 +100,11 @@ impl Snmpd {
         let child = Command::new("snmpd")
             .args(["-f", "-Lo", "-C", "-c"])
             .arg(&conf)
-            .arg(format!("udp:127.0.0.1:{port},udp6:[::1]:{port}"))
+            .arg(if ipv6_loopback() {
+                format!("udp:127.0.0.1:{port},udp6:[::1]:{port}")
+            } else {
+                format!("udp:127.0.0.1:{port}")
+            })
             .env("SNMP_PERSISTENT_DIR", &persist)
             .env("MIBS", "")
             .stdin(Stdio::null())
@@ -151,6 +155,11 @@ impl Drop for Snmpd {
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
+}
+
+/// Whether this host has an IPv6 loopback (a container may not).
+pub fn ipv6_loopback() -> bool {
+    std::net::UdpSocket::bind("[::1]:0").is_ok()
 }
 
 /// The path of the `pollux` binary, for tests that run it to completion.

@@ -151,9 +151,10 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
     assert_eq!(availability_dtos, (last - first) / INTERVAL + 1);
 }
 
-/// The whole fault-tolerant environment: two aggregators, the proxy, and two collectors, one
-/// sending through the proxy and one with both aggregators' URLs (the first primary). The
-/// active aggregator is killed -9; the standby takes over; no cycle of either collector is lost.
+/// The whole fault-tolerant environment: two aggregators, the proxy, and three collectors: one
+/// sending through the proxy, one with both aggregators' URLs (the active first), and one with
+/// the standby first (answered 503, so it moves on). The active is killed -9; the standby takes
+/// over; no cycle of any collector is lost.
 #[test]
 fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
     let mut cluster = Cluster::start("2s", "30s", [&[], &[]]);
@@ -168,12 +169,17 @@ fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
     let (da1, da2) = (cluster.url(0), cluster.url(1));
     let through_proxy = collector_as("dc1", &dir.path().join("dc1"), &[&cluster.proxy.url], &simulated, "2s", config);
     let direct = collector_as("dc2", &dir.path().join("dc2"), &[&da1, &da2], &renamed, "2s", config);
+    let standby_first = dir.path().join("standby-first.toml");
+    std::fs::write(&standby_first, std::fs::read_to_string(&simulated).unwrap().replace("\"sim-", "\"sb-")).unwrap();
+    let backwards = collector_as("dc3", &dir.path().join("dc3"), &[&da2, &da1], &standby_first, "2s", config);
     let shared = cluster.shared.path().to_owned();
     let enough = |n: usize| {
         let cycles = cycles_by_device(&shared, "Availability");
-        (cycles.len() == 8 && cycles.values().all(|c| c.len() >= n)).then_some(())
+        (cycles.len() == 12 && cycles.values().all(|c| c.len() >= n)).then_some(())
     };
     wait_until(Duration::from_secs(30), "three cycles of every device", || enough(3));
+    // dc3's data is there, so it got past the standby's 503 (counted as a failed send) to da1.
+    assert!(metric(&backwards, "pollux_collector_send_failures_total") >= 1.0);
     cluster.kill9(0);
     cluster.wait_active(1, Duration::from_secs(30));
     wait_until(Duration::from_secs(30), "three more cycles after the takeover", || {
@@ -181,7 +187,7 @@ fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
         let since = unix_now() - 1;
         (loaded.values().all(|c| c.keys().filter(|&&k| k >= since - 6).count() >= 3)).then_some(())
     });
-    for c in [&through_proxy, &direct] {
+    for c in [&through_proxy, &direct, &backwards] {
         wait_until(Duration::from_secs(30), "the spools to drain", || {
             (metric(c, "pollux_collector_spool_dtos") == 0.0).then_some(())
         });
@@ -190,7 +196,7 @@ fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
         (get(&format!("{da2}/api/v1/status")).1["dto_backlog"].as_u64() == Some(0)).then_some(())
     });
     let availability = cycles_by_device(&shared, "Availability");
-    assert_eq!(availability.len(), 8);
+    assert_eq!(availability.len(), 12);
     for (device, cycles) in &availability {
         let got: Vec<i64> = cycles.keys().copied().collect();
         let gaps: Vec<_> = got.windows(2).filter(|w| w[1] - w[0] != INTERVAL).collect();

@@ -157,12 +157,7 @@ impl AggregatorConfig {
     /// Reads `file` (if any), applies `overrides`, and validates the result.
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<AggregatorConfig, ConfigError> {
         let mut config = match file {
-            Some(path) => {
-                let name = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
-                Self::from_toml(&text).map_err(|(key, problem)| ConfigError::new(&name, key, problem))?
-            }
+            Some(path) => pollux_model::config::read_file(path)?,
             None => AggregatorConfig::default(),
         };
         let o = overrides;

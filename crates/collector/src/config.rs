@@ -97,14 +97,7 @@ pub struct Overrides {
 impl CollectorConfig {
     pub fn load(file: Option<&Path>, overrides: Overrides) -> Result<CollectorConfig, ConfigError> {
         let (mut config, source) = match file {
-            Some(path) => {
-                let name = path.display().to_string();
-                let text = std::fs::read_to_string(path)
-                    .map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
-                let config: CollectorConfig = pollux_model::config::from_toml(&text)
-                    .map_err(|(key, problem)| ConfigError::new(&name, key, problem))?;
-                (config, name)
-            }
+            Some(path) => (pollux_model::config::read_file(path)?, path.display().to_string()),
             None => (CollectorConfig::default(), "command line".to_owned()),
         };
         let o = overrides;

@@ -18,6 +18,13 @@ impl ConfigError {
     }
 }
 
+/// Reads and parses a TOML configuration file; an error names the file, and the line and key.
+pub fn read_file<T: DeserializeOwned>(path: &std::path::Path) -> Result<T, ConfigError> {
+    let name = path.display().to_string();
+    let text = std::fs::read_to_string(path).map_err(|e| ConfigError::new(&name, "-", format!("cannot read: {e}")))?;
+    from_toml(&text).map_err(|(key, problem)| ConfigError::new(&name, key, problem))
+}
+
 /// Parses a TOML configuration; an error is `(key, problem)`, the key as `line N table.key`.
 pub fn from_toml<T: DeserializeOwned>(text: &str) -> Result<T, (String, String)> {
     toml::from_str(text).map_err(|e: toml::de::Error| {

@@ -8,7 +8,8 @@ mod common;
 
 use common::cluster::Cluster;
 use common::snmp::{
-    collector, collector_as, ipv6_loopback, metric, pollux, simulator, Process, Snmpd, V3_AUTH, V3_PRIV, V3_USER,
+    collector, collector_as, ipv6_loopback, metric, pollux, simulator, snmpget, workspace, Process, Snmpd, V3_AUTH,
+    V3_PRIV, V3_USER,
 };
 use common::{get, tempdir, unix_now, wait_until, Aggregator, RepoCheck};
 use std::collections::{BTreeMap, BTreeSet};
@@ -58,9 +59,7 @@ fn wait_mid_cycle() {
 
 #[test]
 fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
-    let dir = tempdir();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
+    let (dir, shared) = workspace();
     let inventory = dir.path().join("inventory.toml");
     let devices = 6;
     let _sim = simulator(21000, devices, 3, 2, &[], &inventory);
@@ -207,9 +206,7 @@ fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
 
 #[test]
 fn malformed_answers_mark_the_device_down_and_the_collector_goes_on() {
-    let dir = tempdir();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
+    let (dir, shared) = workspace();
     let good = dir.path().join("good.toml");
     let bad = dir.path().join("bad.toml");
     let _good_sim = simulator(21100, 2, 2, 0, &[], &good);
@@ -318,9 +315,7 @@ fn items(aggregator: &Aggregator, device: &str, family: &str) -> BTreeSet<String
 
 #[test]
 fn values_from_a_real_snmpd_match_snmpget_over_v2c_and_v3() {
-    let dir = tempdir();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
+    let (dir, shared) = workspace();
     let snmpd = Snmpd::start(dir.path(), 21300);
     let _traffic = Traffic::start(21399);
     let inventory = dir.path().join("inventory.toml");
@@ -400,36 +395,30 @@ fn values_from_a_real_snmpd_match_snmpget_over_v2c_and_v3() {
 
 #[test]
 fn simulator_rates_match_snmpget_and_the_simulated_traffic() {
-    let dir = tempdir();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
+    let (dir, shared) = workspace();
     let inventory = dir.path().join("inventory.toml");
     let _sim = simulator(21500, 3, 2, 1, &[], &inventory);
     let aggregator = Aggregator::start(&shared, &["--failwait", "2s"], &[]);
     aggregator.wait_active();
     let _collector = collector(dir.path(), &aggregator.url, &inventory, "2s", "");
-    let snmpget = |port: u16, oid: &str| -> (f64, f64) {
-        let out = std::process::Command::new("snmpget")
-            .args(["-v2c", "-c", "public", "-On", "-Oqv", &format!("127.0.0.1:{port}"), oid])
-            .env("MIBS", "")
-            .output()
-            .expect("snmpget (Debian package snmp)");
+    let read = |port: u16, oid: &str| -> (f64, f64) {
+        let value = snmpget(port, oid);
         let at = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs_f64();
-        (String::from_utf8_lossy(&out.stdout).trim().parse().unwrap(), at)
+        (value.parse().unwrap(), at)
     };
     // Device 1 (v2c) and device 0 (v3, read through the collector only), interface 1. The
     // simulator's traffic is a known function of time, so the rate over any window is known.
     let device = pollux_simulator::mib::Device::new(1, "sim-001".into(), 0.0, 0.0);
     let expected = |from: f64, to: f64| pollux_simulator::mib::expected_octet_rate(&device, 1, true, from, to) * 8.0;
     let start = unix_now();
-    let (c0, t0) = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
+    let (c0, t0) = read(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
     let points = wait_until(Duration::from_secs(30), "four polls", || {
         let points = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, unix_now() + 5);
         // The first rate spans the collector's start (mid-cycle) to the next boundary: not a
         // whole cycle, so it is left out.
         (points.len() >= 4).then(|| points[1..].to_vec())
     });
-    let (c1, t1) = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
+    let (c1, t1) = read(21501, "1.3.6.1.2.1.31.1.1.1.6.1");
     // What snmpget reads is the simulated traffic (the timestamps are taken a few ms late).
     let by_snmpget = (c1 - c0) * 8.0 / (t1 - t0);
     assert!((by_snmpget / expected(t0, t1) - 1.0).abs() < 0.01, "snmpget {by_snmpget:.0} b/s");
@@ -439,7 +428,7 @@ fn simulator_rates_match_snmpget_and_the_simulated_traffic() {
         let want = expected(*ts as f64 - 2.0, *ts as f64);
         assert!((bps / want - 1.0).abs() < 0.01, "at {ts}: collector {bps:.0} b/s, simulated {want:.0} b/s");
     }
-    let speed = snmpget(21501, "1.3.6.1.2.1.31.1.1.1.15.1").0 * 1e6;
+    let speed = read(21501, "1.3.6.1.2.1.31.1.1.1.15.1").0 * 1e6;
     let to = points.last().unwrap().0 + 1;
     let points = series(&aggregator, "Interface", "sim-001", "ge-0/0/1", "in_bps", start, to);
     assert!(points.len() >= 4);
@@ -465,9 +454,7 @@ fn simulator_rates_match_snmpget_and_the_simulated_traffic() {
 /// every few seconds at these rates, so its rates also prove the wrap handling.
 #[test]
 fn customized_families_come_from_the_aggregator_and_32_bit_counters_wrap() {
-    let dir = tempdir();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir_all(shared.join("metric-families")).unwrap();
+    let (dir, shared) = workspace();
     std::fs::write(
         shared.join("metric-families/IfLegacy.toml"),
         "name = \"IfLegacy\"\ndescription = \"ifTable's 32-bit octet counters\"\ntable = \"1.3.6.1.2.1.2.2\"\n\n\
@@ -489,14 +476,7 @@ fn customized_families_come_from_the_aggregator_and_32_bit_counters_wrap() {
     let collector_ = collector(dir.path(), &aggregator.url, &inventory, "2s", config);
     let start = unix_now();
     // The simulator wraps ifInOctets 10 to 20 s after it starts: see it happen.
-    let read = || -> u64 {
-        let out = std::process::Command::new("snmpget")
-            .args(["-v2c", "-c", "public", "-On", "-Oqv", "127.0.0.1:21601", "1.3.6.1.2.1.2.2.1.10.1"])
-            .env("MIBS", "")
-            .output()
-            .expect("snmpget (Debian package snmp)");
-        String::from_utf8_lossy(&out.stdout).trim().parse().unwrap()
-    };
+    let read = || -> u64 { snmpget(21601, "1.3.6.1.2.1.2.2.1.10.1").parse().unwrap() };
     let mut last = read();
     let wrapped_at = wait_until(Duration::from_secs(30), "ifInOctets to wrap", || {
         let now = read();
@@ -543,9 +523,7 @@ fn customized_families_come_from_the_aggregator_and_32_bit_counters_wrap() {
 /// logged, never the newest; what is left is delivered once an aggregator answers.
 #[test]
 fn a_full_spool_drops_the_oldest_loudly() {
-    let dir = tempdir();
-    let shared = dir.path().join("shared");
-    std::fs::create_dir_all(&shared).unwrap();
+    let (dir, shared) = workspace();
     let inventory = dir.path().join("inventory.toml");
     let _sim = simulator(21700, 40, 10, 0, &[], &inventory);
     let port = 21781;
@@ -624,10 +602,5 @@ fn simulator_answers_on_every_port() {
     let text = std::fs::read_to_string(&inventory).unwrap();
     assert_eq!(text.matches("[[device]]").count(), 500);
     assert!(text.contains("port = 22499"));
-    let out = std::process::Command::new("snmpget")
-        .args(["-v2c", "-c", "public", "-On", "-Oqv", "-t", "2", "127.0.0.1:22499", "1.3.6.1.2.1.1.5.0"])
-        .env("MIBS", "")
-        .output()
-        .expect("snmpget (Debian package snmp)");
-    assert_eq!(String::from_utf8_lossy(&out.stdout).trim().trim_matches('"'), "sim-499");
+    assert_eq!(snmpget(22499, "1.3.6.1.2.1.1.5.0"), "sim-499");
 }

@@ -48,10 +48,7 @@ impl ProxyConfig {
         let name = file.map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
         let err = |key: &str, problem: String| ConfigError::new(&name, key, problem);
         let mut config = match file {
-            Some(path) => {
-                let text = std::fs::read_to_string(path).map_err(|e| err("-", format!("cannot read: {e}")))?;
-                pollux_model::config::from_toml(&text).map_err(|(key, problem)| err(&key, problem))?
-            }
+            Some(path) => pollux_model::config::read_file(path)?,
             None => ProxyConfig::default(),
         };
         config.listen = listen.unwrap_or(config.listen);

@@ -157,6 +157,25 @@ impl Drop for Snmpd {
     }
 }
 
+/// `snmpget -v2c -c public` of one object on 127.0.0.1:`port`: its value as text (quotes
+/// removed), empty when there is no answer.
+pub fn snmpget(port: u16, oid: &str) -> String {
+    let out = Command::new("snmpget")
+        .args(["-v2c", "-c", "public", "-On", "-Oqv", "-t", "2", &format!("127.0.0.1:{port}"), oid])
+        .env("MIBS", "")
+        .output()
+        .expect("snmpget (Debian package snmp)");
+    String::from_utf8_lossy(&out.stdout).trim().trim_matches('"').to_owned()
+}
+
+/// A test's directory and the shared directory inside it.
+pub fn workspace() -> (tempfile::TempDir, PathBuf) {
+    let dir = super::tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir_all(shared.join("metric-families")).unwrap();
+    (dir, shared)
+}
+
 /// Whether this host has an IPv6 loopback (a container may not).
 pub fn ipv6_loopback() -> bool {
     std::net::UdpSocket::bind("[::1]:0").is_ok()

@@ -340,7 +340,7 @@ impl Group {
         results.into_iter().flatten().collect()
     }
 
-    /// The cycle's DTOs, `(id, encoded)`, one per family (more above `max_records_per_dto`).
+    /// The cycle's DTOs, one per family (more above `max_records_per_dto`).
     fn dtos(&self, cycle: UnixSeconds, catalog: &Catalog, results: Vec<(Arc<DeviceSpec>, DevicePoll)>) -> Vec<Dto> {
         let interval = self.interval;
         // A record's time is its poll's; a poll that ran late is pinned inside the window the
@@ -370,18 +370,17 @@ impl Group {
         }
         let default_interval = self.config.interval.as_secs() as u32;
         let mut dtos = Vec::new();
-        for (family, mut records) in by_family {
+        for (family, records) in by_family {
             let Some(definition) = catalog.get(&family) else { continue };
             let metrics: Vec<String> = definition.metrics.iter().map(|m| m.name.clone()).collect();
             Metrics::add(&self.metrics.records, records.len() as u64);
             // Parts in record order, moved rather than copied (a cycle can be 100,000 records).
-            let mut parts = Vec::new();
-            while records.len() > self.config.max_records_per_dto {
-                let rest = records.split_off(self.config.max_records_per_dto);
-                parts.push(std::mem::replace(&mut records, rest));
-            }
-            parts.push(records);
-            for (part, records) in parts.into_iter().enumerate() {
+            let mut records = records.into_iter();
+            for part in 0.. {
+                let records: Vec<Record> = records.by_ref().take(self.config.max_records_per_dto).collect();
+                if records.is_empty() {
+                    break;
+                }
                 dtos.push(Dto {
                     id: dto_id(&self.config.id, &family, interval, default_interval, cycle, part),
                     collector: self.config.id.clone(),

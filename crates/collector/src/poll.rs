@@ -54,7 +54,7 @@ pub struct Plan {
     layout: u64,
 }
 
-/// Interface columns, in the order [`interface_records`] reads them.
+/// Interface columns, in the order [`interface_values`] reads them.
 const INTERFACE_COLUMNS: [&str; 12] = [
     IF_DESCR,
     "1.3.6.1.2.1.2.2.1.13",    // ifInDiscards
@@ -171,7 +171,8 @@ pub async fn poll_device(
         None => false,
     };
     if rebooted {
-        // Every counter restarted, including those of families that fail this cycle.
+        // Every counter restarted, including those of families that fail this cycle: with no
+        // previous sample, no counter gives a rate until its next poll.
         state.items.clear();
         tracing::info!(device = device_name, "sysUpTime went back: the device restarted; no rates this poll");
     }
@@ -188,7 +189,7 @@ pub async fn poll_device(
         };
         let at = (started + unix_now()) / 2.0;
         let previous = state.items.remove(name).unwrap_or_default();
-        let reading = Reading { at, reset: rebooted, max_gap: interval * MAX_GAP_INTERVALS };
+        let reading = Reading { at, max_gap: interval * MAX_GAP_INTERVALS };
         let (records, items) = build(plan, device_name, &rows, &reading, previous);
         state.items.insert(name.clone(), items);
         poll.families.push((name.clone(), records));
@@ -251,13 +252,10 @@ pub type Records = Vec<(String, f64, Vec<Option<f64>>)>;
 /// The plans of a catalog, by family name.
 pub type Plans = HashMap<String, Arc<Plan>>;
 
-/// Turns a family's rows into records, updating each item's counters.
 /// When a family's rows were read, and what limits their rates.
 pub struct Reading {
     /// Unix time of the read (the middle of the walk).
     pub at: f64,
-    /// The device restarted since the last poll: no rates.
-    pub reset: bool,
     /// Samples further apart give no rate (see `rates`).
     pub max_gap: f64,
 }
@@ -265,6 +263,7 @@ pub struct Reading {
 /// Rates span at most this many poll intervals (a missed poll or two still gives a rate).
 const MAX_GAP_INTERVALS: f64 = 3.5;
 
+/// Turns a family's rows into records, updating each item's counters.
 fn build(
     plan: &Plan,
     device: &str,
@@ -383,7 +382,7 @@ fn interface_values(row: &[Option<SnmpValue>], reading: &Reading, state: &mut It
         Some(SnmpValue::TimeTicks(t)) => Some(t),
         _ => None,
     };
-    let reset = reading.reset || (state.discontinuity.is_some() && discontinuity != state.discontinuity);
+    let reset = state.discontinuity.is_some() && discontinuity != state.discontinuity;
     state.discontinuity = discontinuity;
     let speed_bps = row[10].as_ref().and_then(SnmpValue::as_f64).filter(|s| *s > 0.0).map(|mbps| mbps * 1e6);
     let mut rates = [None; 8];
@@ -431,8 +430,8 @@ fn custom_values(
             column += 1;
             let raw = match metric.kind {
                 MetricKind::Gauge => value.and_then(SnmpValue::as_f64),
-                MetricKind::Counter32 => advance(state, i, value, Width::Bits32, reading, reading.reset),
-                MetricKind::Counter64 => advance(state, i, value, Width::Bits64, reading, reading.reset),
+                MetricKind::Counter32 => advance(state, i, value, Width::Bits32, reading, false),
+                MetricKind::Counter64 => advance(state, i, value, Width::Bits64, reading, false),
             }?;
             match &exprs[i] {
                 Some(expr) => expr.eval(raw),
@@ -445,6 +444,7 @@ fn custom_values(
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::snmp::Binding;
     use pollux_model::Catalog;
 
     fn interface_row(octets: u64, errors: u32, discontinuity: u32) -> Vec<Option<SnmpValue>> {
@@ -458,33 +458,31 @@ mod tests {
         row
     }
 
-    fn at(at: f64, reset: bool) -> Reading {
-        Reading { at, reset, max_gap: 35.0 }
+    fn at(at: f64) -> Reading {
+        Reading { at, max_gap: 35.0 }
     }
 
     #[test]
     fn interface_rates_wraps_and_discontinuities() {
         let mut state = ItemState::default();
         // First poll: no rate.
-        let first = interface_values(&interface_row(1_000_000, u32::MAX - 4, 0), &at(100.0, false), &mut state);
+        let first = interface_values(&interface_row(1_000_000, u32::MAX - 4, 0), &at(100.0), &mut state);
         assert_eq!(first[0], None);
         // 10 s later: 1.25 MB more in, so 1 Mb/s, 0.1 % of 1 Gb/s; errors wrapped by 10.
-        let second = interface_values(&interface_row(2_250_000, 5, 0), &at(110.0, false), &mut state);
+        let second = interface_values(&interface_row(2_250_000, 5, 0), &at(110.0), &mut state);
         assert_eq!(second[0], Some(1_000_000.0));
         assert_eq!(second[8], Some(0.1));
         assert_eq!(second[4], Some(1.0));
         // The interface's counters were reset: no rate, not a spike.
-        let third = interface_values(&interface_row(10, 0, 777), &at(120.0, false), &mut state);
+        let third = interface_values(&interface_row(10, 0, 777), &at(120.0), &mut state);
         assert_eq!((third[0], third[4]), (None, None));
-        let fourth = interface_values(&interface_row(1_250_010, 1, 777), &at(130.0, false), &mut state);
+        let fourth = interface_values(&interface_row(1_250_010, 1, 777), &at(130.0), &mut state);
         assert_eq!(fourth[0], Some(1_000_000.0));
-        // A device restart (sysUpTime back) gives no rates either.
-        let fifth = interface_values(&interface_row(5_000_000, 2, 777), &at(140.0, true), &mut state);
-        assert_eq!(fifth[0], None);
+        // (A device restart is `poll_device`'s business: see the test below.)
         // A poll long after the last one (the collector was down) gives no rate either.
-        let sixth = interface_values(&interface_row(6_000_000, 3, 777), &at(141.0, false), &mut state);
+        let sixth = interface_values(&interface_row(6_000_000, 3, 777), &at(141.0), &mut state);
         assert!(sixth[0].is_some());
-        let late = interface_values(&interface_row(7_000_000, 4, 777), &at(241.0, false), &mut state);
+        let late = interface_values(&interface_row(7_000_000, 4, 777), &at(241.0), &mut state);
         assert_eq!(late[0], None);
     }
 
@@ -541,11 +539,82 @@ mod tests {
         let plan = Plan::new(Arc::new(family)).unwrap();
         let row = |rps: i64, spins: u32| vec![Some(SnmpValue::Integer(rps)), Some(SnmpValue::Counter32(spins))];
         let rows = Rows::from([(vec![7], row(50, 100))]);
-        let (records, items) = build(&plan, "d", &rows, &at(10.0, false), HashMap::new());
+        let (records, items) = build(&plan, "d", &rows, &at(10.0), HashMap::new());
         assert_eq!(records, vec![("7".to_owned(), 10.0, vec![Some(3000.0), None])]);
         let rows = Rows::from([(vec![7], row(51, 300))]);
-        let (records, _) = build(&plan, "d", &rows, &at(20.0, false), items);
+        let (records, _) = build(&plan, "d", &rows, &at(20.0), items);
         assert_eq!(records[0].2, vec![Some(3060.0), Some(20.0)]);
         assert!(Plan::new(Catalog::builtin().get("Availability").unwrap().clone()).is_none());
+    }
+
+    /// An agent with one interface whose octet counter and sysUpTime the test sets.
+    #[derive(Default)]
+    struct FakeAgent {
+        uptime: std::sync::Mutex<u32>,
+        octets: std::sync::Mutex<u64>,
+        refuse_walks: std::sync::atomic::AtomicBool,
+    }
+
+    impl SnmpSession for FakeAgent {
+        fn get<'a>(&'a self, _oids: &'a [Vec<u32>]) -> crate::snmp::SnmpFuture<'a> {
+            let ticks = *self.uptime.lock().unwrap();
+            Box::pin(async move { Ok(vec![Binding { oid: SYS_UPTIME.to_vec(), value: SnmpValue::TimeTicks(ticks) }]) })
+        }
+
+        fn get_bulk<'a>(&'a self, asked: &'a [Vec<u32>], _: u32, _: u32) -> crate::snmp::SnmpFuture<'a> {
+            let refuse = self.refuse_walks.load(std::sync::atomic::Ordering::Relaxed);
+            let octets = *self.octets.lock().unwrap();
+            Box::pin(async move {
+                if refuse {
+                    return Err(SnmpError::Timeout);
+                }
+                let columns = oids(&INTERFACE_COLUMNS);
+                // One repetition: row 1 for a column asked from its start, the end after it.
+                Ok(asked
+                    .iter()
+                    .map(|asked| match columns.iter().position(|c| c == asked) {
+                        Some(c) => Binding {
+                            oid: [asked.as_slice(), &[1]].concat(),
+                            value: match c {
+                                5 => SnmpValue::Text(b"eth0".to_vec()),
+                                6 | 8 => SnmpValue::Counter64(octets),
+                                10 => SnmpValue::Gauge32(1000),
+                                11 => SnmpValue::TimeTicks(0),
+                                _ => SnmpValue::Counter32(0),
+                            },
+                        },
+                        None => Binding { oid: asked.clone(), value: SnmpValue::Missing },
+                    })
+                    .collect())
+            })
+        }
+    }
+
+    #[test]
+    fn a_device_restart_forgets_every_counter_even_of_a_family_that_failed() {
+        let agent = FakeAgent::default();
+        let plans: Plans =
+            Catalog::builtin().iter().filter_map(|f| Some((f.name.clone(), Arc::new(Plan::new(f.clone())?)))).collect();
+        let families = vec!["Interface".to_owned()];
+        let mut state = DeviceState::default();
+        let mut poll = |uptime: u32, octets: u64, refuse: bool| {
+            *agent.uptime.lock().unwrap() = uptime;
+            *agent.octets.lock().unwrap() = octets;
+            agent.refuse_walks.store(refuse, std::sync::atomic::Ordering::Relaxed);
+            let polled = block_on(poll_device(&agent, 300.0, "d", &families, &plans, &mut state));
+            polled.families.iter().find(|(f, _)| f == "Interface").map(|(_, r)| r.first().and_then(|r| r.2[0]))
+        };
+        assert_eq!(poll(1_000, 1_000, false), Some(None), "first poll: no rate");
+        assert!(matches!(poll(1_100, 2_000, false), Some(Some(bps)) if bps > 0.0));
+        // sysUpTime went back, and the Interface walk failed in that same poll.
+        assert_eq!(poll(50, 5, true), None);
+        // The counter is above the one from before the restart, but that one is forgotten.
+        assert_eq!(poll(150, 3_000, false), Some(None), "first poll after the restart: no rate");
+        assert!(matches!(poll(250, 4_000, false), Some(Some(bps)) if bps > 0.0));
+    }
+
+    /// Runs a future on a fresh current-thread runtime (the test polls in a closure).
+    fn block_on<F: std::future::Future>(future: F) -> F::Output {
+        tokio::runtime::Builder::new_current_thread().enable_all().build().unwrap().block_on(future)
     }
 }

@@ -100,6 +100,23 @@ fn catalog_from(body: &[u8]) -> Result<Catalog, String> {
 mod tests {
     use super::*;
 
+    const LISTING: &[u8] = br#"{"families": [
+            {"name": "Fan", "builtin": false, "table": "1.3.6.1.4.1.99.1",
+             "metrics": [{"name": "rpm", "type": "gauge", "oid": "1.3.6.1.4.1.99.1.1.2", "expr": null}]}
+        ]}"#;
+
+    #[test]
+    fn the_last_listing_survives_a_restart_and_a_damaged_cache_falls_back_to_the_built_ins() {
+        let dir = tempfile::tempdir().unwrap();
+        let file = dir.path().join("families.json");
+        assert!(FamilyCache::open(file.clone()).catalog().get("Fan").is_none());
+        std::fs::write(&file, LISTING).unwrap();
+        assert!(FamilyCache::open(file.clone()).catalog().get("Fan").is_some());
+        std::fs::write(&file, b"{not json").unwrap();
+        let catalog = FamilyCache::open(file).catalog();
+        assert!(catalog.get("Fan").is_none() && catalog.get("Interface").is_some());
+    }
+
     #[test]
     fn listing_adds_custom_families_and_skips_bad_ones() {
         let body = br#"{"families": [

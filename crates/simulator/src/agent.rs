@@ -304,4 +304,55 @@ mod tests {
         assert!(response.len() <= MAX_RESPONSE_BYTES, "{}", response.len());
         assert!(response.len() > MAX_RESPONSE_BYTES / 2);
     }
+
+    /// Starts one v2c device with `impairments` on a loopback port; returns its address.
+    async fn device(impairments: Impairments, shutdown: &CancellationToken) -> SocketAddr {
+        let socket = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let stats = Arc::new(AgentStats::default());
+        let device = Device::new(1, "d".into(), now() - 100.0, now());
+        let community = Arc::new(b"public".to_vec());
+        tokio::spawn(serve_v2c(
+            socket,
+            Arc::new(Shape::new(2)),
+            device,
+            community,
+            Arc::new(impairments),
+            stats,
+            shutdown.clone(),
+        ));
+        addr
+    }
+
+    /// Asks for sysUpTime.0; returns the answer and how long it took, or `None` after 1 s.
+    async fn ask(addr: SocketAddr) -> Option<(Vec<u8>, Duration)> {
+        let client = UdpSocket::bind("127.0.0.1:0").await.unwrap();
+        let request = ber::encode_request(b"public", ber::TAG_GET, 5, 0, 0, &[vec![1, 3, 6, 1, 2, 1, 1, 3, 0]]);
+        let started = std::time::Instant::now();
+        client.send_to(&request, addr).await.unwrap();
+        let mut buf = vec![0u8; 2048];
+        let len = tokio::time::timeout(Duration::from_secs(1), client.recv(&mut buf)).await.ok()?.unwrap();
+        Some((buf[..len].to_vec(), started.elapsed()))
+    }
+
+    #[tokio::test]
+    async fn loss_latency_and_damage_are_what_was_asked_for() {
+        let shutdown = CancellationToken::new();
+        let healthy = device(Impairments::default(), &shutdown).await;
+        let (answer, _) = ask(healthy).await.expect("a healthy device answers");
+        assert_eq!(&answer[..2], &[0x30, answer.len() as u8 - 2], "a whole message");
+        let lossy = device(Impairments { loss: 1.0, ..Default::default() }, &shutdown).await;
+        assert!(ask(lossy).await.is_none(), "100 % loss: no answer");
+        let slow = device(Impairments { latency: Duration::from_millis(200), ..Default::default() }, &shutdown).await;
+        let (_, took) = ask(slow).await.expect("a slow device answers");
+        assert!(took >= Duration::from_millis(200), "{took:?}");
+        let broken = device(Impairments { malformed: 1.0, ..Default::default() }, &shutdown).await;
+        for _ in 0..5 {
+            let (damaged, _) = ask(broken).await.expect("a damaged answer still comes");
+            // Cut short, a length past the end, or flipped bytes in the fixed header.
+            let whole = damaged.len() >= 2 && usize::from(damaged[1]) == damaged.len() - 2;
+            assert!(!whole || damaged[..13] != answer[..13], "undamaged: {damaged:?}");
+        }
+        shutdown.cancel();
+    }
 }

@@ -9,6 +9,7 @@
 //!    the collector spends per cycle (from /proc; cores = CPU seconds / 60), and its resident
 //!    memory per polled item. The cycle is shortened to 30 s to keep the benchmark short; the
 //!    work per cycle is the same.
+//! 3. **Memory of the sessions alone**: the same devices polled for Availability only.
 
 use crate::util::{agent, get_text, median, metric, spawn, start_aggregator, wait_for, Proc};
 use anyhow::{bail, Context};
@@ -230,6 +231,23 @@ pub fn run(rate_devices: usize, big_devices: usize) -> anyhow::Result<()> {
         cpu_per_cycle / 60.0,
         rss / 1e6,
         rss / polled_items
+    );
+    drop(collector);
+
+    // 3. What the sessions alone cost: the same devices, Availability only (one GET each).
+    let sessions_inventory = dir.path().join("sessions.toml");
+    std::fs::write(&sessions_inventory, inventory(&full, big_devices, Some("[\"Availability\"]")))?;
+    let sessions_dir = dir.path().join("sessions");
+    std::fs::create_dir_all(&sessions_dir)?;
+    let (collector, metrics_url) = start_collector(&sessions_dir, &aggregator_url, &sessions_inventory, "5s")?;
+    cycle_times(&format!("{metrics_url}/metrics"), 2, Duration::from_secs(120))?;
+    let sessions_rss = rss_bytes(collector.child.id())?;
+    println!(
+        "collector: the same {big_devices} devices, Availability only: RSS {:.0} MB = {:.1} KB per device \
+         (SNMP sessions and the process itself); the rest of the full run's RSS is {:.0} bytes per other item",
+        sessions_rss / 1e6,
+        sessions_rss / big_devices as f64 / 1e3,
+        (rss - sessions_rss) / (polled_items - big_devices as f64)
     );
     drop(collector);
     drop(sim);

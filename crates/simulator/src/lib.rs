@@ -171,10 +171,6 @@ impl Simulator {
         out
     }
 
-    pub fn devices(&self) -> &[Device] {
-        &self.devices
-    }
-
     /// Serves until `shutdown`, logging request counts once a minute.
     pub async fn run(mut self, shutdown: CancellationToken) {
         let mut report = tokio::time::interval(Duration::from_secs(60));

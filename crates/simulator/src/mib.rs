@@ -96,14 +96,6 @@ impl Shape {
         let i = self.objects.partition_point(|(o, _)| o.as_slice() <= oid);
         self.objects.get(i).map(|(o, object)| (o.as_slice(), device.value(*object, now)))
     }
-
-    pub fn len(&self) -> usize {
-        self.objects.len()
-    }
-
-    pub fn is_empty(&self) -> bool {
-        self.objects.is_empty()
-    }
 }
 
 fn oid(prefix: &[u32], suffix: &[u32]) -> Vec<u32> {
@@ -273,7 +265,7 @@ mod tests {
             at = next.to_vec();
             seen += 1;
         }
-        assert_eq!(seen, shape.len());
+        assert_eq!(seen, shape.objects.len());
         assert_eq!(shape.get(&device, &[1, 3, 6, 1, 2, 1, 1, 3, 0], 2_000.0), Some(Value::TimeTicks(100_000)));
         assert_eq!(shape.get(&device, &[1, 3, 6, 1, 2, 1, 1, 3], 2_000.0), None);
     }

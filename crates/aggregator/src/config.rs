@@ -38,6 +38,9 @@ pub const DEFAULT_LOAD_BATCH_VALUES: usize = 400_000;
 pub const DEFAULT_POLL_INTERVAL: Duration = Duration::from_millis(250);
 /// Refuse to start with less free space than this in the shared directory.
 pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
+/// Request bodies held in memory at once, over every connection: a thousand slow uploads of
+/// 64 MiB must not exhaust memory. Past it a PUT is answered 503 with Retry-After.
+pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 256 << 20;
 
 /// Where SQLite's journal goes (see the README: WAL does not work across hosts on NFS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
@@ -96,6 +99,12 @@ pub struct AggregatorConfig {
     /// When set, PUT /api/v1/dto needs `Authorization: Bearer <token>`.
     pub ingest_token: Option<String>,
     pub max_body_bytes: usize,
+    pub max_body_bytes_in_flight: usize,
+    pub max_connections: usize,
+    #[serde(with = "duration::serde_str")]
+    pub idle_timeout: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub body_timeout: Duration,
     pub max_records: usize,
     /// How far ahead of this node's clock a DTO's cycle may start.
     #[serde(with = "duration::serde_str")]
@@ -122,6 +131,10 @@ impl Default for AggregatorConfig {
             poll_interval: None,
             ingest_token: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
+            max_connections: pollux_transport::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: pollux_transport::DEFAULT_IDLE_TIMEOUT,
+            body_timeout: pollux_transport::DEFAULT_BODY_TIMEOUT,
             max_records: DEFAULT_MAX_RECORDS,
             max_clock_skew: Duration::from_secs(3600),
             journal_mode: JournalChoice::Auto,
@@ -180,8 +193,25 @@ impl AggregatorConfig {
     /// Cross-field rules, checked before anything starts.
     pub fn validate(&self) -> Result<(), (String, String)> {
         let err = |key: &str, problem: String| Err((key.to_owned(), problem));
-        if self.node_id.is_empty() || self.node_id.len() > 64 || self.node_id.chars().any(char::is_whitespace) {
-            return err("node_id", format!("{:?} must be 1 to 64 characters without spaces", self.node_id));
+        // The node id names files in the shared directory (election/nodes/<id>.json): only a
+        // plain file name will do, never a path.
+        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+        if self.node_id.is_empty()
+            || self.node_id.len() > 64
+            || !self.node_id.chars().all(id_ok)
+            || self.node_id.starts_with('.')
+        {
+            return err(
+                "node_id",
+                format!("{:?} must be 1 to 64 of A-Z a-z 0-9 . _ - and not start with '.'", self.node_id),
+            );
+        }
+        if self.ingest_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
+            return err("ingest_token", "is empty: remove the key for no token, or set one".into());
+        }
+        self.server_limits().validate()?;
+        if self.max_body_bytes_in_flight < self.max_body_bytes {
+            return err("max_body_bytes_in_flight", "must be at least max_body_bytes".into());
         }
         if self.failwait < Duration::from_secs(1) {
             return err("failwait", "must be at least 1s: heartbeats and I/O need time to succeed".into());
@@ -229,6 +259,15 @@ impl AggregatorConfig {
     }
 
     /// How often the lease is read.
+    /// What the HTTP listener allows its clients.
+    pub fn server_limits(&self) -> pollux_transport::ServerLimits {
+        pollux_transport::ServerLimits {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+        }
+    }
+
     pub fn poll_interval(&self) -> Duration {
         let heartbeat = pollux_election::Timing::new(self.failwait, self.startwait).heartbeat;
         self.poll_interval.unwrap_or(DEFAULT_POLL_INTERVAL.min(heartbeat))
@@ -278,5 +317,13 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().0, "startwait");
         let c = AggregatorConfig::from_toml("[retention]\nraw = \"500d\"").unwrap();
         assert_eq!(c.validate().unwrap_err().0, "retention");
+        for id in ["../x", "a/b", ".hidden", "", "a b"] {
+            let c = AggregatorConfig { node_id: id.into(), ..AggregatorConfig::default() };
+            assert_eq!(c.validate().unwrap_err().0, "node_id", "{id:?}");
+        }
+        let c = AggregatorConfig::from_toml("ingest_token = \"\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "ingest_token");
+        let c = AggregatorConfig::from_toml("max_connections = 0").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "max_connections");
     }
 }

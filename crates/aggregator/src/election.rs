@@ -178,6 +178,7 @@ impl Runtime {
             "failwait": pollux_model::duration::format(self.app.config.failwait),
             "startwait": pollux_model::duration::format(self.app.config.startwait),
             "reason": s.reason, "updated_at_ms": crate::unix_now_ms(),
+            "loader": self.app.load_health.state(),
         });
         if let Err(e) = self.app.shared.write_node_status(&self.app.node.id, body.to_string().as_bytes()) {
             tracing::debug!(error = %e, "node status file not written");

@@ -35,7 +35,7 @@ use node::{Node, Wake};
 use pollux_election::{FileLeaseStore, Timing};
 use pollux_model::{Catalog, Limits};
 use pollux_repository::{JournalMode, RepoError, Repository, SqliteOptions, SqliteRepository};
-use shared::{SharedDir, SharedDirError, SharedDirReport};
+use shared::{FamilyFiles, SharedDir, SharedDirError, SharedDirReport};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
 use store::DtoStore;
@@ -66,11 +66,18 @@ pub struct App {
     pub limits: Limits,
     pub metrics: Metrics,
     pub loader_wake: Wake,
+    /// The loader's last success and failure, for the System Status.
+    pub load_health: loader::LoadHealth,
+    /// Bytes of request bodies held in memory, over all connections (`max_body_bytes_in_flight`).
+    pub body_budget: Arc<tokio::sync::Semaphore>,
+    /// DTO bodies decoded at once: decoding is CPU work, and each decode holds a body and its
+    /// DTO in memory, so more at once than cores only costs memory.
+    pub decoders: Arc<tokio::sync::Semaphore>,
     pub handoff: loader::Handoff,
     pub maintenance_wake: Wake,
     /// The election runtime's inbox (planned switchover requests).
     pub commands: Mutex<Sender<Command>>,
-    catalog: RwLock<Arc<Catalog>>,
+    families: RwLock<Arc<FamilyFiles>>,
 }
 
 impl App {
@@ -80,35 +87,42 @@ impl App {
     }
 
     pub fn catalog(&self) -> Arc<Catalog> {
-        self.catalog.read().expect("catalog").clone()
+        self.families.read().expect("families").catalog.clone()
     }
 
-    /// Rereads `metric-families/` into memory; a bad file is logged and the families in use
-    /// are kept. Returns the families that are new or changed.
+    /// The family files skipped at the last reading, and why.
+    pub fn family_problems(&self) -> Vec<shared::FamilyProblem> {
+        self.families.read().expect("families").problems.clone()
+    }
+
+    /// Rereads `metric-families/` into memory (never blocking: see
+    /// [`SharedDir::load_families`]). Returns the families that are new or changed.
     pub fn reload_catalog_in_memory(&self) -> Vec<Arc<pollux_model::MetricFamily>> {
-        match self.shared.load_catalog() {
-            Ok(catalog) => {
-                let before = self.catalog();
-                let changed = catalog
-                    .iter()
-                    .filter(|f| before.get(&f.name).map(|b| b.as_ref()) != Some(f.as_ref()))
-                    .cloned()
-                    .collect();
-                *self.catalog.write().expect("catalog") = Arc::new(catalog);
-                changed
-            }
-            Err(e) => {
-                tracing::error!(error = %e, "metric families not reloaded; keeping the ones in use");
-                Vec::new()
-            }
+        let before = self.families.read().expect("families").clone();
+        let files = self.shared.load_families(Some(&before));
+        for problem in files.problems.iter().filter(|p| !before.problems.contains(p)) {
+            tracing::error!(path = %problem.path.display(), problem = %problem.problem, "metric family file skipped");
         }
+        let changed = files
+            .catalog
+            .iter()
+            .filter(|f| before.catalog.get(&f.name).map(|b| b.as_ref()) != Some(f.as_ref()))
+            .cloned()
+            .collect();
+        *self.families.write().expect("families") = Arc::new(files);
+        changed
     }
 
-    /// Rereads `metric-families/` and widens the repository for new or changed families.
+    /// Rereads `metric-families/` and widens the repository for new or changed families. A
+    /// family the repository refuses (its name collides with one it holds) is logged; its DTOs
+    /// wait in the store.
     pub fn reload_catalog(&self, epoch: pollux_repository::Epoch) -> Result<(), RepoError> {
         for family in self.reload_catalog_in_memory() {
-            self.repo.ensure_family(epoch, &family)?;
-            tracing::info!(family = %family.name, "metric family defined");
+            match self.repo.ensure_family(epoch, &family) {
+                Ok(()) => tracing::info!(family = %family.name, "metric family defined"),
+                Err(RepoError::Rejected(why)) => tracing::error!(family = %family.name, %why, "metric family refused"),
+                Err(e) => return Err(e),
+            }
         }
         Ok(())
     }
@@ -126,7 +140,10 @@ impl Aggregator {
     pub fn build(config: AggregatorConfig, listener: std::net::TcpListener) -> Result<Aggregator, StartError> {
         let shared = SharedDir::new(&config.shared_dir);
         let shared_report = shared.check(config.min_free_bytes)?;
-        let catalog = shared.load_catalog()?;
+        let families = shared.load_families(None);
+        for problem in &families.problems {
+            tracing::error!(path = %problem.path.display(), problem = %problem.problem, "metric family file skipped");
+        }
         let journal = match config.journal_mode {
             JournalChoice::Wal => JournalMode::Wal,
             JournalChoice::Truncate => JournalMode::Truncate,
@@ -138,7 +155,7 @@ impl Aggregator {
             .map_err(|source| StartError::Repository { path: repo_path.display().to_string(), source })?;
         tracing::info!(
             shared = %shared.root().display(), nfs = shared_report.nfs, ?journal,
-            free_mib = shared_report.free_bytes >> 20, families = catalog.len(), "shared dir checked"
+            free_mib = shared_report.free_bytes >> 20, families = families.catalog.len(), "shared dir checked"
         );
         let limits = Limits {
             max_records: config.max_records,
@@ -162,9 +179,12 @@ impl Aggregator {
             limits,
             metrics: Metrics::default(),
             loader_wake: Wake::default(),
+            load_health: loader::LoadHealth::default(),
+            body_budget: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
+            decoders: Arc::new(tokio::sync::Semaphore::new(decoders())),
             handoff: loader::Handoff::new(HANDOFF_CAPACITY),
             maintenance_wake: Wake::default(),
-            catalog: RwLock::new(Arc::new(catalog)),
+            families: RwLock::new(Arc::new(families)),
             config,
         };
         Ok(Aggregator { app: Arc::new(app), listener, inbox })
@@ -184,12 +204,16 @@ impl Aggregator {
         }
         let router = api::router(app.clone());
         let server_stop = CancellationToken::new();
-        let server = {
-            let stop = server_stop.clone();
-            tokio::spawn(
-                async move { axum::serve(listener, router).with_graceful_shutdown(stop.cancelled_owned()).await },
-            )
-        };
+        let open_files = pollux_transport::raise_open_file_limit();
+        let limits = app.config.server_limits().fitted(open_files);
+        tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
+        let server = tokio::spawn(pollux_transport::serve_router(
+            listener,
+            router,
+            limits,
+            app.metrics.http.clone(),
+            server_stop.clone(),
+        ));
 
         let election_stop = CancellationToken::new();
         let election = {
@@ -210,8 +234,13 @@ impl Aggregator {
         app.maintenance_wake.notify();
         tokio::task::spawn_blocking(move || election.join()).await.expect("join").expect("election thread");
         server_stop.cancel();
-        server.await.expect("server task").map_err(StartError::Http)
+        server.await.expect("server task");
+        Ok(())
     }
+}
+
+fn decoders() -> usize {
+    std::thread::available_parallelism().map_or(2, |n| n.get()) * 2
 }
 
 pub(crate) fn unix_now() -> i64 {

@@ -82,6 +82,45 @@ impl Handoff {
     }
 }
 
+/// What the System Status says of the loader: its last success and its last failure, so that
+/// loads failing (a repository on a broken disk) show, and `pollux status` exits 1.
+#[derive(Debug, Default)]
+pub struct LoadHealth {
+    inner: Mutex<LoadHealthState>,
+}
+
+#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+pub struct LoadHealthState {
+    /// Unix milliseconds of the last load that committed (or found nothing to do).
+    pub last_ok_ms: Option<i64>,
+    /// Unix milliseconds and text of the last failed load.
+    pub last_error_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+impl LoadHealth {
+    fn ok(&self) {
+        self.inner.lock().expect("load health").last_ok_ms = Some(crate::unix_now_ms());
+    }
+
+    fn failed(&self, e: &RepoError) {
+        let mut state = self.inner.lock().expect("load health");
+        state.last_error_ms = Some(crate::unix_now_ms());
+        state.last_error = Some(e.to_string());
+    }
+
+    pub fn state(&self) -> LoadHealthState {
+        self.inner.lock().expect("load health").clone()
+    }
+}
+
+impl LoadHealthState {
+    /// True when the last attempt failed: no load has succeeded since the last error.
+    pub fn failing(&self) -> bool {
+        self.last_error_ms.is_some_and(|e| self.last_ok_ms.is_none_or(|ok| ok < e))
+    }
+}
+
 /// Loads until the term is stopped or fenced. The repository is already claimed for its epoch.
 pub fn run(app: &Arc<App>, term: &Term) {
     let mut ensured: HashSet<String> = HashSet::new();
@@ -94,6 +133,7 @@ pub fn run(app: &Arc<App>, term: &Term) {
                 return;
             }
             Err(e) => {
+                app.load_health.failed(&e);
                 Metrics::add(&app.metrics.load_errors, 1);
                 tracing::warn!(error = %e, "load failed; the DTO files stay and are retried");
                 app.loader_wake.wait(RETRY_DELAY);
@@ -117,6 +157,7 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
         }
     }
     if ready.is_empty() {
+        app.load_health.ok();
         return Ok(0);
     }
     let report = match app.repo.load(epoch, &ready) {
@@ -144,6 +185,7 @@ fn load_one_by_one(app: &App, epoch: Epoch, dtos: Vec<Dto>) -> Result<usize, Rep
             }
             Err(e @ RepoError::Fenced { .. }) => return Err(e),
             Err(e) => {
+                app.load_health.failed(&e);
                 Metrics::add(&app.metrics.load_errors, 1);
                 tracing::error!(id = %dto.id, error = %e, "DTO not loaded; it stays in the store and is retried");
             }
@@ -162,6 +204,7 @@ fn finish(app: &App, loaded: &[Dto], report: &pollux_repository::LoadReport) -> 
             tracing::warn!(id = %dto.id, error = %e, "loaded DTO file not removed; the next pass will");
         }
     }
+    app.load_health.ok();
     Metrics::add(&app.metrics.dtos_loaded, report.loaded as u64);
     Metrics::add(&app.metrics.dtos_already_loaded, report.already_loaded as u64);
     Metrics::add(&app.metrics.values_loaded, report.values as u64);
@@ -179,7 +222,14 @@ fn ensure_family(app: &App, epoch: Epoch, dto: &Dto, ensured: &mut HashSet<Strin
         tracing::error!(id = %dto.id, family = %dto.family, "stored DTO of a family no longer defined; kept until it is");
         return Ok(false);
     };
-    app.repo.ensure_family(epoch, &family)?;
+    match app.repo.ensure_family(epoch, &family) {
+        Ok(()) => {}
+        Err(RepoError::Rejected(why)) => {
+            tracing::error!(id = %dto.id, family = %dto.family, %why, "stored DTO of a refused family; kept until it is fixed");
+            return Ok(false);
+        }
+        Err(e) => return Err(e),
+    }
     ensured.insert(dto.family.clone());
     Ok(true)
 }

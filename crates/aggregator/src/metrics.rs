@@ -9,6 +9,8 @@ pub struct Metrics {
     pub dtos_received: AtomicU64,
     pub dtos_stored: AtomicU64,
     pub dtos_duplicate: AtomicU64,
+    /// An id sent again with other content (409).
+    pub dtos_conflict: AtomicU64,
     pub dtos_rejected: AtomicU64,
     pub dtos_loaded: AtomicU64,
     pub dtos_already_loaded: AtomicU64,
@@ -19,6 +21,8 @@ pub struct Metrics {
     pub cycles_compacted: AtomicU64,
     /// Sum of ingest answer times in microseconds, with `dtos_received` as the count.
     pub ingest_micros: AtomicU64,
+    /// The HTTP listener's connections.
+    pub http: std::sync::Arc<pollux_transport::ServerStats>,
 }
 
 /// Values sampled at scrape time.
@@ -51,6 +55,16 @@ impl Metrics {
             &self.dtos_duplicate,
         );
         counter("pollux_dtos_rejected_total", "DTOs refused with a 4xx", &self.dtos_rejected);
+        counter(
+            "pollux_dtos_conflict_total",
+            "DTO ids sent again with other content (409; included in rejected)",
+            &self.dtos_conflict,
+        );
+        let http = &self.http;
+        counter("pollux_http_connections_accepted_total", "connections accepted", &http.accepted);
+        counter("pollux_http_connections_refused_total", "connections closed at max_connections", &http.refused);
+        counter("pollux_http_accept_errors_total", "failed accepts (file handles, mostly)", &http.accept_errors);
+        counter("pollux_http_timeouts_total", "connections closed for a stalled head, body or reader", &http.timed_out);
         counter("pollux_dtos_loaded_total", "DTOs loaded into the repository", &self.dtos_loaded);
         counter("pollux_dtos_already_loaded_total", "stored DTOs found already loaded", &self.dtos_already_loaded);
         counter("pollux_dtos_quarantined_total", "damaged DTO files moved to dto/quarantine", &self.dtos_quarantined);
@@ -62,6 +76,11 @@ impl Metrics {
         let mut gauge = |name: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
         };
+        gauge(
+            "pollux_http_connections_open",
+            "connections open now",
+            self.http.open.load(Ordering::Relaxed).to_string(),
+        );
         gauge("pollux_epoch", "this node's epoch", g.epoch.to_string());
         gauge("pollux_ready", "1 on the ready active", u8::from(g.ready).to_string());
         gauge("pollux_dto_backlog", "DTOs stored but not yet loaded", g.dto_backlog.to_string());

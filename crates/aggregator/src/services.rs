@@ -91,7 +91,14 @@ fn startup(app: Arc<App>, term: Arc<Term>) {
         return;
     }
     app.reload_catalog_in_memory();
-    let discarded = match app.store.discard_temp() {
+    // A start that lost its epoch meanwhile (stopped, or a newer leader's fence) touches
+    // nothing more: the shared directory is the newer leader's now.
+    let current = app.shared.read_fence();
+    if term.stop.is_cancelled() || current.as_ref().is_ok_and(|f| *f != epoch) {
+        tracing::warn!(epoch, fence = ?current.ok(), "start abandoned: no longer the current epoch");
+        return;
+    }
+    let discarded = match app.store.discard_temp(epoch) {
         Ok(n) => n,
         Err(e) => {
             tracing::error!(epoch, error = %e, "cannot clean the DTO store; not starting");

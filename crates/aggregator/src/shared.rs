@@ -16,9 +16,11 @@
 use nix::fcntl::{Flock, FlockArg};
 use pollux_model::{Catalog, MetricFamily};
 use pollux_repository::Epoch;
+use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 /// What the start-up check found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -32,8 +34,6 @@ pub struct SharedDirReport {
 pub enum SharedDirError {
     #[error("shared dir {path}: {problem}")]
     Unusable { path: PathBuf, problem: String },
-    #[error("metric family {path}: {problem}")]
-    BadFamily { path: PathBuf, problem: String },
 }
 
 #[derive(Debug, Clone)]
@@ -165,27 +165,122 @@ impl SharedDir {
     }
 
     /// The built-in families and every `*.toml` in `metric-families/`.
-    pub fn load_catalog(&self) -> Result<Catalog, SharedDirError> {
-        let mut catalog = Catalog::builtin();
+    ///
+    /// Never fails and never blocks: a file that cannot be used (not a regular file, a link out
+    /// of the directory, too large, unreadable, invalid, or a name another family has) is
+    /// skipped and reported in [`FamilyFiles::problems`], so one bad file can neither stop a
+    /// node from starting nor from taking over. A file that was good in `previous` and is bad
+    /// now keeps its previous definition: an operator's typo must not undefine a family whose
+    /// DTOs are arriving.
+    pub fn load_families(&self, previous: Option<&FamilyFiles>) -> FamilyFiles {
         let dir = self.families_dir();
+        let mut files = FamilyFiles::default();
+        let mut catalog = Catalog::builtin();
         let entries = match fs::read_dir(&dir) {
             Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Ok(catalog),
-            Err(e) => return Err(SharedDirError::BadFamily { path: dir, problem: e.to_string() }),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return files,
+            Err(e) => {
+                files.problems.push(FamilyProblem { path: dir, problem: format!("cannot be listed: {e}") });
+                // Nothing can be read: keep what was defined.
+                if let Some(previous) = previous {
+                    files.catalog = previous.catalog.clone();
+                    files.by_path = previous.by_path.clone();
+                }
+                return files;
+            }
         };
         let mut paths: Vec<PathBuf> = entries
             .filter_map(|e| e.ok().map(|e| e.path()))
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
+            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
             .collect();
         paths.sort();
         for path in paths {
-            let bad = |problem: String| SharedDirError::BadFamily { path: path.clone(), problem };
-            let text = fs::read_to_string(&path).map_err(|e| bad(e.to_string()))?;
-            let family = MetricFamily::from_toml(&text).map_err(|e| bad(e.to_string()))?;
-            catalog.add_custom(family).map_err(|e| bad(e.to_string()))?;
+            let read = read_family_file(&dir, &path);
+            let family = match (read, previous.and_then(|p| p.by_path.get(&path))) {
+                (Ok(family), _) => family,
+                (Err(problem), Some(kept)) => {
+                    let problem = format!("{problem}; keeping the definition of {} read before", kept.name);
+                    files.problems.push(FamilyProblem { path: path.clone(), problem });
+                    kept.as_ref().clone()
+                }
+                (Err(problem), None) => {
+                    files.problems.push(FamilyProblem { path, problem });
+                    continue;
+                }
+            };
+            let name = family.name.clone();
+            match catalog.add_custom(family) {
+                Ok(()) => {
+                    let family = catalog.get(&name).expect("just added").clone();
+                    files.by_path.insert(path, family);
+                }
+                Err(e) => files.problems.push(FamilyProblem { path, problem: e.to_string() }),
+            }
         }
-        Ok(catalog)
+        files.catalog = Arc::new(catalog);
+        files
     }
+}
+
+/// Largest metric family file read: a family of 64 metrics with long descriptions is a few KiB.
+pub const MAX_FAMILY_FILE_BYTES: u64 = 64 * 1024;
+
+/// The customized families read from `metric-families/`, and what was wrong with the rest.
+#[derive(Debug, Clone, Default)]
+pub struct FamilyFiles {
+    pub catalog: Arc<Catalog>,
+    pub problems: Vec<FamilyProblem>,
+    /// The family each good file defined, for keeping it when the file goes bad.
+    by_path: BTreeMap<PathBuf, Arc<MetricFamily>>,
+}
+
+/// A family file that was skipped, and why (shown in the System Status).
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct FamilyProblem {
+    pub path: PathBuf,
+    pub problem: String,
+}
+
+/// Reads one family file without ever blocking or leaving the directory: a symbolic link is
+/// followed only to a file inside `dir`, the file is opened non-blocking and without following
+/// a link (a FIFO opens at once and is refused as not regular), and at most
+/// [`MAX_FAMILY_FILE_BYTES`] are read. Problems never quote the file's content beyond what the
+/// TOML parser says of a line of the family file itself.
+fn read_family_file(dir: &Path, path: &Path) -> Result<MetricFamily, String> {
+    use std::io::Read;
+    use std::os::unix::fs::OpenOptionsExt;
+    let link = fs::symlink_metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
+    let target = if link.file_type().is_symlink() {
+        let inside = fs::canonicalize(dir).map_err(|e| format!("cannot resolve the directory: {e}"))?;
+        let target = fs::canonicalize(path).map_err(|e| format!("a symbolic link that cannot be resolved: {e}"))?;
+        if target.parent() != Some(inside.as_path()) {
+            return Err("a symbolic link out of metric-families/ is not followed".into());
+        }
+        target
+    } else {
+        path.to_owned()
+    };
+    let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
+    let file = OpenOptions::new()
+        .read(true)
+        .custom_flags(flags.bits())
+        .open(&target)
+        .map_err(|e| format!("cannot be opened: {e}"))?;
+    let meta = file.metadata().map_err(|e| format!("cannot be read: {e}"))?;
+    if !meta.is_file() {
+        return Err("is not a regular file".into());
+    }
+    if meta.len() > MAX_FAMILY_FILE_BYTES {
+        return Err(format!("{} bytes, over the limit of {MAX_FAMILY_FILE_BYTES}", meta.len()));
+    }
+    let mut bytes = Vec::with_capacity(meta.len() as usize);
+    file.take(MAX_FAMILY_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot be read: {e}"))?;
+    if bytes.len() as u64 > MAX_FAMILY_FILE_BYTES {
+        return Err(format!("over the limit of {MAX_FAMILY_FILE_BYTES} bytes"));
+    }
+    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
+    MetricFamily::from_toml(&text).map_err(|e| e.to_string())
 }
 
 fn free_bytes(path: &Path) -> nix::Result<u64> {
@@ -221,14 +316,43 @@ mod tests {
     }
 
     #[test]
-    fn a_bad_family_file_is_named() {
+    fn bad_family_files_are_skipped_and_named() {
         let dir = tempfile::tempdir().unwrap();
         let shared = SharedDir::new(dir.path());
         shared.check(0).unwrap();
-        fs::write(shared.families_dir().join("temp.toml"), "name = \"Temp\"\n[[metric]]\nname = \"c\"").unwrap();
-        assert!(shared.load_catalog().unwrap().get("Temp").is_some());
-        fs::write(shared.families_dir().join("bad.toml"), "name = \"Bad\"\n[[metric]]\nname = \"X\"").unwrap();
-        let err = shared.load_catalog().unwrap_err().to_string();
-        assert!(err.contains("bad.toml") && err.contains("metric[0].name"), "{err}");
+        let families = shared.families_dir();
+        let family = |name: &str| format!("name = \"{name}\"\n[[metric]]\nname = \"c\"");
+        fs::write(families.join("temp.toml"), family("Temp")).unwrap();
+        fs::write(families.join("bad.toml"), "name = \"Bad\"\n[[metric]]\nname = \"X\"").unwrap();
+        fs::write(families.join("big.toml"), " ".repeat(MAX_FAMILY_FILE_BYTES as usize + 1)).unwrap();
+        fs::write(families.join("twin.toml"), family("TEMP")).unwrap();
+        fs::write(families.join("zcpu.toml"), family("cpu")).unwrap();
+        nix::unistd::mkfifo(&families.join("fifo.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+        std::os::unix::fs::symlink("/etc/passwd", families.join("passwd.toml")).unwrap();
+        std::os::unix::fs::symlink("temp.toml", families.join("zalias.toml")).unwrap();
+
+        let files = shared.load_families(None);
+        assert!(files.catalog.get("Temp").is_some() && files.catalog.get("CPU").unwrap().builtin);
+        let problem = |file: &str| {
+            files.problems.iter().find(|p| p.path.ends_with(file)).map(|p| p.problem.clone()).unwrap_or_default()
+        };
+        assert!(problem("bad.toml").contains("metric[0].name"), "{:?}", files.problems);
+        assert!(problem("big.toml").contains("over the limit"));
+        assert!(problem("twin.toml").contains("letter case"));
+        assert!(problem("zcpu.toml").contains("built-in"));
+        assert!(problem("fifo.toml").contains("not a regular file"));
+        assert!(problem("passwd.toml").contains("symbolic link"));
+        assert!(!files.problems.iter().any(|p| p.problem.contains("root:")), "no content of a linked file");
+        // A link inside the directory is the same family again: refused as a duplicate name.
+        assert!(problem("zalias.toml").contains("already"));
+        assert_eq!(files.problems.len(), 7);
+
+        // The good file goes bad: its family stays defined, and the problem says so.
+        fs::write(families.join("temp.toml"), "name = \"Temp\"\n[[metric]]\nname = ").unwrap();
+        let again = shared.load_families(Some(&files));
+        assert!(again.catalog.get("Temp").is_some());
+        assert!(again.problems.iter().any(|p| p.path.ends_with("temp.toml") && p.problem.contains("keeping")));
+        // Without a previous reading (a restart) it is skipped.
+        assert!(shared.load_families(None).catalog.get("Temp").is_none());
     }
 }

@@ -91,7 +91,7 @@ impl DtoStore {
         bytes.extend_from_slice(&binary::encode(dto));
 
         let n = self.temp_counter.fetch_add(1, Ordering::Relaxed);
-        let temp = self.dir.join(TEMP_DIR).join(format!("{}.{}.{n}", dto.id, std::process::id()));
+        let temp = self.dir.join(TEMP_DIR).join(format!("{epoch}.{}.{}.{n}", dto.id, std::process::id()));
         let result = self.publish(&temp, &final_path, &bytes);
         let _ = fs::remove_file(&temp);
         result
@@ -195,12 +195,22 @@ impl DtoStore {
         Ok(target)
     }
 
-    /// Deletes temp files left by a crash inside a write. Their senders got no 201 for them.
-    pub fn discard_temp(&self) -> io::Result<usize> {
+    /// Deletes the temp files of epochs up to `epoch`, left by a crash inside a write (their
+    /// senders got no 201 for them) or being written by a deposed active (whose link then
+    /// fails, so it answers no 201 either). A newer epoch's files are never touched, so a start
+    /// that lost its epoch while it ran cannot break the new active's writes. Temp names start
+    /// with the writer's epoch; a name without one is a leftover of an older release.
+    pub fn discard_temp(&self, epoch: Epoch) -> io::Result<usize> {
         let temp_dir = self.dir.join(TEMP_DIR);
         let mut discarded = 0;
         for entry in fs::read_dir(&temp_dir)? {
-            fs::remove_file(entry?.path())?;
+            let entry = entry?;
+            let name = entry.file_name();
+            let writer: Option<Epoch> = name.to_str().and_then(|n| n.split('.').next()).and_then(|e| e.parse().ok());
+            if writer.is_some_and(|w| w > epoch) {
+                continue;
+            }
+            fs::remove_file(entry.path())?;
             discarded += 1;
         }
         if discarded > 0 {
@@ -219,7 +229,8 @@ fn decode_file(bytes: &[u8]) -> Result<StoredDto, ReadError> {
         return Err(ReadError::Damaged("header checksum mismatch".into()));
     }
     let epoch = u64::from_le_bytes(bytes[4..12].try_into().expect("8 bytes"));
-    let dto = binary::decode(&bytes[HEADER_LEN..]).map_err(|e: DtoError| ReadError::Damaged(e.to_string()))?;
+    let dto =
+        binary::decode(&bytes[HEADER_LEN..], usize::MAX).map_err(|e: DtoError| ReadError::Damaged(e.to_string()))?;
     Ok(StoredDto { dto, epoch })
 }
 
@@ -283,10 +294,13 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         let store = DtoStore::open(dir.path()).unwrap();
         fs::write(dir.path().join("tmp/x.99.0"), b"half a DTO").unwrap();
+        fs::write(dir.path().join("tmp/2.y.99.0"), b"half a DTO of epoch 2").unwrap();
+        fs::write(dir.path().join("tmp/4.y.99.0"), b"a newer epoch's write in progress").unwrap();
         fs::write(dir.path().join("bad.dto"), b"PXF1 not really").unwrap();
         // An id that looks like a temp name is a DTO like any other.
         store.store(&dto("a.dto.tmp.1.0"), 1).unwrap();
-        assert_eq!(store.discard_temp().unwrap(), 1);
+        assert_eq!(store.discard_temp(3).unwrap(), 2);
+        assert!(dir.path().join("tmp/4.y.99.0").exists(), "a newer epoch's temp file is left alone");
         assert_eq!(store.list(10).unwrap().len(), 2);
         store.remove("a.dto.tmp.1.0").unwrap();
         assert_eq!(store.list(10).unwrap(), ["bad"]);

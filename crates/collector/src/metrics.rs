@@ -22,6 +22,8 @@ pub struct Metrics {
     pub dtos_spooled: AtomicU64,
     pub dtos_sent: AtomicU64,
     pub dtos_rejected: AtomicU64,
+    /// Refused with 409: the aggregator holds the id with other content.
+    pub dtos_conflict: AtomicU64,
     pub dropped: AtomicU64,
     pub send_failures: AtomicU64,
     pub last_cycle_seconds_millis: AtomicU64,
@@ -78,6 +80,12 @@ impl Metrics {
             get(&self.dtos_rejected),
         );
         line(
+            "pollux_collector_dtos_conflict_total",
+            "counter",
+            "DTOs refused with 409: the aggregator holds their id with other content (included in rejected).",
+            get(&self.dtos_conflict),
+        );
+        line(
             "pollux_collector_dropped_total",
             "counter",
             "DTOs deleted unsent because the spool reached spool_max_bytes.",
@@ -116,5 +124,6 @@ pub async fn serve(
         .route("/metrics", get(metrics))
         .route("/health", get(|| async { "ok\n" }))
         .with_state((metrics_, spool));
-    let _ = axum::serve(listener, app).with_graceful_shutdown(shutdown.cancelled_owned()).await;
+    let limits = pollux_transport::ServerLimits { max_connections: 64, ..Default::default() };
+    pollux_transport::serve_router(listener, app, limits, Default::default(), shutdown).await;
 }

@@ -4,6 +4,8 @@
 //!  spool.oldest() ──PUT /api/v1/dto/{id}──> aggregators[current]
 //!     201 / 200            -> remove from the spool; next
 //!     400/413/415/422      -> refused for good: move to rejected/, log, count; next
+//!     409                  -> the id was acknowledged before with other content (another
+//!                             collector with this id?): move to rejected/, log, count; next
 //!     404                  -> a wrong URL, not a bad DTO: treated like 503
 //!     503, 5xx, no answer  -> next URL in the list; after a whole round without success,
 //!                             wait (backoff doubling from 250 ms to 30 s, with jitter)
@@ -44,6 +46,8 @@ pub struct Sender {
 enum Outcome {
     Acknowledged,
     Refused(String),
+    /// The aggregator holds this id with other content.
+    Conflict(String),
     Unauthorized,
     TryElsewhere(String),
 }
@@ -54,6 +58,7 @@ fn classify(status: u16, body: &str) -> Outcome {
         401 | 403 => Outcome::Unauthorized,
         // 404 is not the DTO's fault: a wrong URL or something else on the port. Try elsewhere.
         400 | 413 | 415 | 422 => Outcome::Refused(format!("{status} {}", body.trim())),
+        409 => Outcome::Conflict(format!("{status} {}", body.trim())),
         _ => Outcome::TryElsewhere(format!("{status} {}", body.trim())),
     }
 }
@@ -104,6 +109,14 @@ impl Sender {
                     }
                     failed_in_round = 0;
                     rounds_failed = 0;
+                }
+                Outcome::Conflict(why) => {
+                    Metrics::add(&self.metrics.dtos_conflict, 1);
+                    Metrics::add(&self.metrics.dtos_rejected, 1);
+                    tracing::error!("{url} refused DTO {}: {why}; kept in the spool's rejected/ directory", entry.id);
+                    if let Err(e) = self.spool.reject(&entry) {
+                        tracing::error!("spool: cannot move refused {}: {e}", entry.id);
+                    }
                 }
                 Outcome::Refused(why) => {
                     Metrics::add(&self.metrics.dtos_rejected, 1);
@@ -196,6 +209,7 @@ mod tests {
         assert_eq!(classify(201, ""), Outcome::Acknowledged);
         assert_eq!(classify(200, ""), Outcome::Acknowledged);
         assert!(matches!(classify(400, "{\"error\":\"x\"}"), Outcome::Refused(_)));
+        assert!(matches!(classify(409, "{\"error\":\"x\"}"), Outcome::Conflict(_)));
         assert!(matches!(classify(503, ""), Outcome::TryElsewhere(_)));
         assert!(matches!(classify(502, ""), Outcome::TryElsewhere(_)));
         assert!(matches!(classify(404, ""), Outcome::TryElsewhere(_)));

@@ -45,6 +45,10 @@ impl std::fmt::Display for DtoId {
     }
 }
 
+/// The fingerprint of a DTO's content (see [`Dto::digest`]).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub struct Digest(pub [u8; 16]);
+
 /// One item's values at one moment.
 #[derive(Clone, Debug, PartialEq)]
 pub struct Record {
@@ -110,6 +114,44 @@ impl Dto {
         (cycle, cycle + 2 * i64::from(interval))
     }
 
+    /// A fingerprint of the DTO's content, the same whichever codec carried it and in whatever
+    /// order its metrics were written: an id sent again with other content is refused (409),
+    /// not silently dropped. SHA-256 of a canonical form, cut to 128 bits.
+    pub fn digest(&self) -> Digest {
+        use sha2::{Digest as _, Sha256};
+        let mut h = Sha256::new();
+        let mut text = |s: &str| {
+            h.update((s.len() as u64).to_le_bytes());
+            h.update(s.as_bytes());
+        };
+        text(&self.id);
+        text(&self.collector);
+        text(&self.family);
+        let mut order: Vec<usize> = (0..self.metrics.len()).collect();
+        order.sort_by(|&a, &b| self.metrics[a].cmp(&self.metrics[b]));
+        h.update(self.cycle.to_le_bytes());
+        h.update(self.interval.to_le_bytes());
+        h.update((self.records.len() as u64).to_le_bytes());
+        for record in &self.records {
+            for s in [&record.device, &record.item] {
+                h.update((s.len() as u64).to_le_bytes());
+                h.update(s.as_bytes());
+            }
+            h.update(record.ts.to_le_bytes());
+            for &c in &order {
+                if let Some(v) = record.values[c] {
+                    let name = &self.metrics[c];
+                    h.update((name.len() as u64).to_le_bytes());
+                    h.update(name.as_bytes());
+                    h.update(v.to_bits().to_le_bytes());
+                }
+            }
+            h.update([0xff]);
+        }
+        let full = h.finalize();
+        Digest(full[..16].try_into().expect("16 of 32 bytes"))
+    }
+
     /// Total number of values (non-empty cells) in the DTO.
     pub fn value_count(&self) -> usize {
         self.records.iter().map(|r| r.values.iter().flatten().count()).sum()
@@ -120,10 +162,7 @@ impl Dto {
     pub fn validate(&self, catalog: &Catalog, limits: &Limits, now: UnixSeconds) -> Result<(), DtoError> {
         DtoId::parse(&self.id)?;
         check_name("collector", &self.collector)?;
-        let family = catalog.get(&self.family).ok_or_else(|| {
-            let known: Vec<&str> = catalog.iter().map(|f| f.name.as_str()).collect();
-            DtoError::new("family", format!("unknown family {:?} (known: {})", self.family, known.join(", ")))
-        })?;
+        let family = catalog.get(&self.family).ok_or_else(|| unknown_family(catalog, &self.family))?;
         for (i, name) in self.metrics.iter().enumerate() {
             if family.metric(name).is_none() {
                 return Err(DtoError::new(
@@ -202,6 +241,11 @@ impl Dto {
     }
 }
 
+pub(crate) fn unknown_family(catalog: &Catalog, name: &str) -> DtoError {
+    let known: Vec<&str> = catalog.iter().map(|f| f.name.as_str()).collect();
+    DtoError::new("family", format!("unknown family {name:?} (known: {})", known.join(", ")))
+}
+
 fn check_name(field: &str, name: &str) -> Result<(), DtoError> {
     if name.is_empty() || name.len() > MAX_NAME_LEN {
         return Err(DtoError::new(field, format!("must be 1 to {MAX_NAME_LEN} bytes long")));
@@ -267,6 +311,25 @@ mod tests {
             mutate(&mut dto);
             assert_eq!(check(&dto).unwrap_err().field, field);
         }
+    }
+
+    #[test]
+    fn the_digest_is_the_content_whatever_the_column_order() {
+        let dto = sample();
+        let mut reordered = dto.clone();
+        reordered.metrics.swap(0, 2);
+        reordered.records[0].values.swap(0, 2);
+        assert_eq!(dto.digest(), reordered.digest());
+        let mut widened = dto.clone();
+        widened.metrics.push("out_util".into());
+        widened.records[0].values.push(None);
+        assert_eq!(dto.digest(), widened.digest(), "an empty column is no content");
+        let mut other = dto.clone();
+        other.records[0].values[1] = Some(340_000.000_000_1);
+        assert_ne!(dto.digest(), other.digest());
+        let mut moved = dto.clone();
+        moved.records[0].item = "ge-0/0/2".into();
+        assert_ne!(dto.digest(), moved.digest());
     }
 
     #[test]

@@ -290,11 +290,19 @@ impl Catalog {
         Catalog { families }
     }
 
-    /// Adds a customized family. A customized family may not take a built-in family's name.
+    /// Adds a customized family. It may not take a name the catalog already has, nor one that
+    /// differs from another family's only by letter case (`interface` beside `Interface`): two
+    /// such names would read as one family to every operator.
     pub fn add_custom(&mut self, family: MetricFamily) -> Result<(), FamilyError> {
         family.validate()?;
-        if self.families.get(&family.name).is_some_and(|f| f.builtin) {
-            return Err(invalid("name", format!("{:?} is a built-in family", family.name)));
+        if let Some(other) = self.families.values().find(|f| f.name.eq_ignore_ascii_case(&family.name)) {
+            let what = if other.builtin { "the built-in family" } else { "the customized family" };
+            let problem = if other.name == family.name {
+                format!("{:?} is already {what} of that name", family.name)
+            } else {
+                format!("{:?} differs from {what} {:?} only by letter case", family.name, other.name)
+            };
+            return Err(invalid("name", problem));
         }
         self.families.insert(family.name.clone(), Arc::new(family));
         Ok(())
@@ -389,7 +397,15 @@ mod tests {
             Err(FamilyError::Syntax(_))
         ));
         let mut catalog = Catalog::builtin();
-        let shadow = MetricFamily::from_toml("name = \"CPU\"\n[[metric]]\nname = \"a\"").unwrap();
-        assert!(catalog.add_custom(shadow).is_err());
+        for name in ["CPU", "cpu", "INTERFACE", "availability"] {
+            let shadow = MetricFamily::from_toml(&format!("name = \"{name}\"\n[[metric]]\nname = \"a\"")).unwrap();
+            let err = catalog.add_custom(shadow).unwrap_err().to_string();
+            assert!(err.starts_with("name: ") && err.contains("built-in"), "{err}");
+        }
+        let temp =
+            |name: &str| MetricFamily::from_toml(&format!("name = \"{name}\"\n[[metric]]\nname = \"a\"")).unwrap();
+        catalog.add_custom(temp("Temp")).unwrap();
+        assert!(catalog.add_custom(temp("Temp")).unwrap_err().to_string().contains("already"));
+        assert!(catalog.add_custom(temp("TEMP")).unwrap_err().to_string().contains("letter case"));
     }
 }

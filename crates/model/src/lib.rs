@@ -20,7 +20,7 @@ pub mod expr;
 pub mod family;
 pub mod period;
 
-pub use dto::{Dto, DtoError, DtoId, Limits, Record};
+pub use dto::{Digest, Dto, DtoError, DtoId, Limits, Record};
 pub use family::{Catalog, FamilyError, Metric, MetricFamily, MetricKind};
 pub use period::Resolution;
 

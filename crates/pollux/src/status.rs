@@ -29,15 +29,25 @@ pub fn run(args: StatusArgs) -> ExitCode {
     };
     if args.json {
         println!("{}", serde_json::to_string_pretty(&body).expect("JSON"));
-        return ExitCode::SUCCESS;
+        return exit_code(&body);
     }
     print!("{}", render(&body));
-    let healthy =
-        body["shared_dir"]["ok"].as_bool().unwrap_or(false) && body["repository"]["ok"].as_bool().unwrap_or(false);
-    if healthy {
+    exit_code(&body)
+}
+
+/// 0 only while data flows: a ready active, a healthy shared directory and repository, loads
+/// succeeding and nothing stuck in the store. An answer without the verdict (an older
+/// aggregator) is judged by the shared directory and repository alone.
+fn exit_code(body: &serde_json::Value) -> ExitCode {
+    let flowing = match body["flowing"].as_bool() {
+        Some(flowing) => flowing,
+        None => {
+            body["shared_dir"]["ok"].as_bool().unwrap_or(false) && body["repository"]["ok"].as_bool().unwrap_or(false)
+        }
+    };
+    if flowing {
         ExitCode::SUCCESS
     } else {
-        println!("shared dir or repository unhealthy: see --json");
         ExitCode::FAILURE
     }
 }
@@ -100,5 +110,17 @@ fn render(body: &serde_json::Value) -> String {
         repo["loaded_dtos"],
         repo["pending_rollups"],
     );
+    match body["problems"].as_array() {
+        Some(problems) if !problems.is_empty() => {
+            let _ = writeln!(out, "DATA IS NOT FLOWING:");
+            for p in problems {
+                let _ = writeln!(out, "  - {}", p.as_str().unwrap_or("?"));
+            }
+        }
+        Some(_) => {
+            let _ = writeln!(out, "data is flowing");
+        }
+        None => {}
+    }
     out
 }

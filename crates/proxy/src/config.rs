@@ -24,6 +24,11 @@ pub struct ProxyConfig {
     pub check_interval: Duration,
     #[serde(with = "duration::serde_str")]
     pub check_timeout: Duration,
+    pub max_connections: usize,
+    #[serde(with = "duration::serde_str")]
+    pub idle_timeout: Duration,
+    #[serde(with = "duration::serde_str")]
+    pub body_timeout: Duration,
 }
 
 impl Default for ProxyConfig {
@@ -33,6 +38,9 @@ impl Default for ProxyConfig {
             aggregators: Vec::new(),
             check_interval: DEFAULT_CHECK_INTERVAL,
             check_timeout: DEFAULT_CHECK_TIMEOUT,
+            max_connections: pollux_transport::DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: pollux_transport::DEFAULT_IDLE_TIMEOUT,
+            body_timeout: pollux_transport::DEFAULT_BODY_TIMEOUT,
         }
     }
 }
@@ -67,6 +75,16 @@ impl ProxyConfig {
         if config.check_interval.is_zero() || config.check_timeout.is_zero() {
             return Err(err("check_interval", "check_interval and check_timeout must be more than 0".into()));
         }
+        config.server_limits().validate().map_err(|(key, problem)| err(&key, problem))?;
         Ok(config)
+    }
+
+    /// What the listener allows its clients.
+    pub fn server_limits(&self) -> pollux_transport::ServerLimits {
+        pollux_transport::ServerLimits {
+            max_connections: self.max_connections,
+            idle_timeout: self.idle_timeout,
+            body_timeout: self.body_timeout,
+        }
     }
 }

@@ -3,16 +3,16 @@
 use crate::health::Backends;
 use bytes::Bytes;
 use http_body_util::{combinators::BoxBody, BodyExt, Full};
-use hyper::body::Incoming;
 use hyper::header::{HeaderName, HeaderValue};
-use hyper::server::conn::http1;
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
 use hyper_util::client::legacy::{connect::HttpConnector, Client};
-use hyper_util::rt::{TokioExecutor, TokioIo};
+use hyper_util::rt::TokioExecutor;
+use pollux_transport::{ServerLimits, TimedBody};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
 
 type Body = BoxBody<Bytes, hyper::Error>;
@@ -29,44 +29,31 @@ const HOP_BY_HOP: [&str; 8] = [
     "upgrade",
 ];
 
-pub async fn serve(listener: tokio::net::TcpListener, backends: Arc<Backends>, stop: CancellationToken) {
+/// How long the proxy keeps an idle connection to an aggregator: well below the aggregators'
+/// own idle timeout, so a pooled connection is never reused just as the aggregator closes it.
+const POOL_IDLE: Duration = Duration::from_secs(5);
+
+pub async fn serve(
+    listener: tokio::net::TcpListener,
+    backends: Arc<Backends>,
+    limits: ServerLimits,
+    stop: CancellationToken,
+) {
     let mut connector = HttpConnector::new();
     connector.set_nodelay(true);
-    let client: Client<HttpConnector, Incoming> = Client::builder(TokioExecutor::new()).build(connector);
-    let mut connections = tokio::task::JoinSet::new();
-    loop {
-        let (stream, _) = tokio::select! {
-            _ = stop.cancelled() => break,
-            accepted = listener.accept() => match accepted {
-                Ok(a) => a,
-                Err(e) => { tracing::warn!(error = %e, "accept failed"); continue; }
-            },
-        };
-        let _ = stream.set_nodelay(true);
-        let (backends, client, stop) = (backends.clone(), client.clone(), stop.clone());
-        connections.spawn(async move {
-            let service = service_fn(move |req| {
-                let (backends, client) = (backends.clone(), client.clone());
-                async move { Ok::<_, Infallible>(handle(req, &backends, &client).await) }
-            });
-            let conn = http1::Builder::new().serve_connection(TokioIo::new(stream), service);
-            let mut conn = std::pin::pin!(conn);
-            tokio::select! {
-                _ = conn.as_mut() => {}
-                _ = stop.cancelled() => {
-                    conn.as_mut().graceful_shutdown();
-                    let _ = conn.await;
-                }
-            }
-        });
-    }
-    while connections.join_next().await.is_some() {}
+    let client: Client<HttpConnector, TimedBody> =
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
+    let service = service_fn(move |req| {
+        let (backends, client) = (backends.clone(), client.clone());
+        async move { Ok::<_, Infallible>(handle(req, &backends, &client).await) }
+    });
+    pollux_transport::serve(listener, service, limits, Arc::default(), stop).await;
 }
 
 async fn handle(
-    req: Request<Incoming>,
+    req: Request<TimedBody>,
     backends: &Backends,
-    client: &Client<HttpConnector, Incoming>,
+    client: &Client<HttpConnector, TimedBody>,
 ) -> Response<Body> {
     if req.uri().path() == "/proxy/status" {
         return proxy_status(backends);

@@ -39,7 +39,10 @@ impl Proxy {
         tracing::info!("listening on {}", listener.local_addr()?);
         let backends = Arc::new(Backends::new(&self.config));
         let checker = tokio::spawn(health::run(backends.clone(), self.config.clone(), shutdown.clone()));
-        forward::serve(listener, backends, shutdown).await;
+        let open_files = pollux_transport::raise_open_file_limit();
+        let limits = self.config.server_limits().fitted(open_files);
+        tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
+        forward::serve(listener, backends, limits, shutdown).await;
         let _ = checker.await;
         Ok(())
     }

@@ -29,7 +29,8 @@ macro_rules! conformance_tests {
             epoch_fences_older_writers, dto_loads_exactly_once, failed_batch_writes_nothing,
             series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
             top_ranks_by_average, items_and_devices, family_widening, retention_expires,
-            late_data_settles_before_it_is_rolled);
+            late_data_settles_before_it_is_rolled, family_names_never_share_tables,
+            digests_are_kept);
     };
     (@each $make:expr; $($check:ident),*) => {
         $(
@@ -322,6 +323,88 @@ pub fn family_widening(repo: &dyn Repository) {
     assert_eq!(repo.series(&q).unwrap(), Series::Raw(vec![(T0 + 1, 1200.0)]));
     let unknown = SeriesQuery { metric: "volts".into(), ..q };
     assert!(matches!(repo.series(&unknown), Err(RepoError::UnknownMetric { .. })));
+}
+
+/// No family name, however it is spelt or cased, lands on another family's tables or on the
+/// repository's own: a family named like an internal table loads and reads like any other, and
+/// one that differs from an existing family only by letter case is refused (finding 1 of the
+/// hardening issue: such families shared the built-ins' tables and lost acknowledged data).
+pub fn family_names_never_share_tables(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.load(1, &[dto("base", T0, &[("r1", "ge-0", 5.0)])]).unwrap();
+    let family = |name: &str| MetricFamily {
+        name: name.to_owned(),
+        description: String::new(),
+        item_key: String::new(),
+        table: None,
+        builtin: false,
+        metrics: MetricFamily::from_toml("name = \"X\"\n[[metric]]\nname = \"v\"").unwrap().metrics,
+    };
+    let internal = [
+        "cycles",
+        "dtos",
+        "meta",
+        "epochs",
+        "items",
+        "family_state",
+        "recent_cycles",
+        "loaded_dtos",
+        "rollup_pending",
+        "pending",
+        "state",
+        "f1",
+        "f1_recent",
+        "recent_Interface",
+        "Interface_raw",
+        "sqlite_master",
+    ];
+    for (i, name) in internal.iter().enumerate() {
+        repo.ensure_family(1, &family(name)).unwrap_or_else(|e| panic!("{name}: {e}"));
+        let d = Dto {
+            id: format!("internal-{i}"),
+            collector: "dc1".into(),
+            family: (*name).into(),
+            cycle: T0,
+            interval: INTERVAL as u32,
+            metrics: vec!["v".into()],
+            records: vec![Record {
+                device: "r1".into(),
+                item: "ge-0".into(),
+                ts: T0 + 1,
+                values: vec![Some(i as f64)],
+            }],
+        };
+        repo.load(1, &[d]).unwrap_or_else(|e| panic!("{name}: {e}"));
+    }
+    for (i, name) in internal.iter().enumerate() {
+        let q = SeriesQuery {
+            family: (*name).into(),
+            device: "r1".into(),
+            item: "ge-0".into(),
+            metric: "v".into(),
+            from: T0,
+            to: NOW,
+            resolution: Resolution::Raw,
+        };
+        assert_eq!(repo.series(&q).unwrap(), Series::Raw(vec![(T0 + 1, i as f64)]), "{name}");
+    }
+    for variant in ["interface", "INTERFACE", "cpu", "Cpu", "aVAILABILITY", "memory", "CYCLES", "Items"] {
+        let refused = repo.ensure_family(1, &family(variant));
+        assert!(matches!(refused, Err(RepoError::Rejected(_))), "{variant}: {refused:?}");
+    }
+    // The built-in's data went through all of it untouched, and maintenance still works.
+    repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 1000).unwrap();
+    repo.compact(1, NOW, 1000).unwrap();
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), [(T0 + 10, 5.0)]);
+    assert_eq!(repo.stats().unwrap().loaded_dtos, 1 + internal.len() as u64);
+}
+
+/// The registry keeps each loaded DTO's digest, so a repeat with other content can be told.
+pub fn digests_are_kept(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let d = dto("d", T0, &[("r1", "ge-0", 5.0)]);
+    repo.load(1, std::slice::from_ref(&d)).unwrap();
+    assert_eq!(repo.loaded_dto("d").unwrap().unwrap().digest, Some(d.digest()));
 }
 
 pub fn retention_expires(repo: &dyn Repository) {

@@ -42,6 +42,10 @@ pub enum RepoError {
     UnknownMetric { family: String, metric: String },
     #[error("bad query: {0}")]
     BadQuery(String),
+    /// The repository refuses this request as it stands (a family whose name collides with
+    /// another's): retrying will not help until the definition changes.
+    #[error("rejected: {0}")]
+    Rejected(String),
     #[error("injected fault at {0}")]
     Injected(&'static str),
     #[error("repository: {0}")]
@@ -75,6 +79,8 @@ pub struct LoadedDto {
     pub cycle: UnixSeconds,
     pub records: u64,
     pub loaded_at: UnixSeconds,
+    /// The content's fingerprint; `None` for DTOs loaded by a release that kept none.
+    pub digest: Option<pollux_model::Digest>,
 }
 
 /// What the roller, compactor or retention pass did.

@@ -5,6 +5,7 @@
 
 use super::{blocking, ApiError};
 use crate::election::Command;
+use crate::loader::LoadHealthState;
 use crate::metrics::Gauges;
 use crate::App;
 use axum::extract::State;
@@ -17,6 +18,10 @@ use std::sync::Arc;
 use std::time::Duration;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// A stored DTO still not loaded after this long means loading is stuck (a family that is not
+/// defined, a DTO the repository refuses): catching up after an outage loads far faster.
+pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 fn health_body(app: &App) -> Value {
     let s = app.node.state();
@@ -65,6 +70,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         "advertise": app.node.advertise, "version": VERSION, "pid": std::process::id(),
         "failwait": duration::format(app.config.failwait), "startwait": duration::format(app.config.startwait),
         "reason": state.reason, "heartbeat_age_seconds": 0.0, "reachable": true, "this_node": true,
+        "loader": app.load_health.state(),
     });
     match nodes.iter_mut().find(|n| n["node"] == app.node.id.as_str()) {
         Some(n) => *n = mine,
@@ -74,17 +80,54 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         json!({"holder": l.holder, "advertise": l.advertise, "epoch": l.epoch, "counter": l.counter,
                "state": l.state, "unchanged_seconds": state.lease_age.as_secs_f64()})
     });
+    let active = nodes.iter().find(|n| n["role"] == "active" && n["reachable"] == true);
+    let family_problems = app.family_problems();
+    let free_bytes = app.shared.free_bytes();
+    // Why data is not flowing, in words an operator can act on; empty when it flows.
+    let mut problems: Vec<String> = Vec::new();
+    if active.is_none() {
+        problems.push("no aggregator is the ready active: nothing is acknowledged or loaded".into());
+    }
+    if let Err(e) = &backlog {
+        problems.push(format!("shared dir: {e}"));
+    }
+    if free_bytes.is_some_and(|f| f < app.config.min_free_bytes) {
+        problems.push(format!(
+            "shared dir: {} MiB free, below min_free_bytes ({} MiB)",
+            free_bytes.unwrap_or(0) >> 20,
+            app.config.min_free_bytes >> 20
+        ));
+    }
+    if let Err(e) = &repo {
+        problems.push(format!("repository: {e}"));
+    }
+    let loader = active.and_then(|n| serde_json::from_value::<LoadHealthState>(n["loader"].clone()).ok());
+    if let Some(loader) = loader.filter(LoadHealthState::failing) {
+        problems.push(format!("loads are failing: {}", loader.last_error.unwrap_or_default()));
+    }
+    if dto_backlog > 0 && load_lag > STUCK_AFTER.as_secs_f64() {
+        problems.push(format!(
+            "the oldest of {dto_backlog} stored DTOs has waited {load_lag:.0}s to be loaded (over {}s)",
+            STUCK_AFTER.as_secs()
+        ));
+    }
+    for p in &family_problems {
+        problems.push(format!("metric family file {}: {}", p.path.display(), p.problem));
+    }
     Ok(Json(json!({
+        "flowing": problems.is_empty(),
+        "problems": problems,
+        "family_files": family_problems,
         "nodes": nodes,
         "lease": lease,
-        "active": nodes.iter().find(|n| n["role"] == "active" && n["reachable"] == true).map(|n| n["node"].clone()),
+        "active": active.map(|n| n["node"].clone()),
         "failwait": duration::format(app.config.failwait),
         "startwait": duration::format(app.config.startwait),
         "dto_backlog": dto_backlog,
         "loader_lag_seconds": load_lag,
         "shared_dir": {
             "path": app.shared.root(), "ok": backlog.is_ok(), "nfs": app.shared_report.nfs,
-            "free_bytes": app.shared.free_bytes(), "error": backlog.as_ref().err().map(|e| e.to_string()),
+            "free_bytes": free_bytes, "error": backlog.as_ref().err().map(|e| e.to_string()),
         },
         "repository": match &repo {
             Ok(s) => json!({"ok": true, "epoch": s.epoch, "bytes": s.bytes, "loaded_dtos": s.loaded_dtos,

@@ -13,8 +13,8 @@ use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE};
-use pollux_model::{Dto, DtoId};
+use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE};
+use pollux_model::{Digest, Dto, DtoId};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -38,29 +38,33 @@ pub async fn put_dto(State(app): State<Arc<App>>, Path(id): Path<String>, header
 async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> Result<(StatusCode, String), ApiError> {
     require_active(app)?;
     if let Some(token) = &app.config.ingest_token {
-        let given = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok());
-        if given != Some(format!("Bearer {token}").as_str()) {
+        if !bearer_matches(headers, token) {
             return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
         }
     }
-    let bytes = read_body(body, app.config.max_body_bytes).await?;
     let path_id = DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
+    // Media types are case-insensitive (RFC 9110 section 8.3.1).
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
-    let media = content_type.split(';').next().unwrap_or("").trim().to_owned();
+    let media = content_type.split(';').next().unwrap_or("").trim().to_ascii_lowercase();
+    if !matches!(media.as_str(), JSON_CONTENT_TYPE | BINARY_CONTENT_TYPE | "") {
+        return Err(ApiError::new(
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            format!("content type {media:?}: send {JSON_CONTENT_TYPE} or {BINARY_CONTENT_TYPE}"),
+        ));
+    }
+    let (bytes, held) = read_body(body, app.config.max_body_bytes, &app.body_budget).await?;
+    // Decoding is CPU work that holds the body and the DTO in memory: a few at a time.
+    let decoding = app.decoders.clone().acquire_owned().await.map_err(|e| ApiError::internal("decoders", e))?;
     let app2 = app.clone();
     // Decoding and validating a large DTO takes milliseconds: keep it off the async workers.
     let (status, outcome) = blocking(move || -> Result<(StatusCode, String), ApiError> {
+        let catalog = app2.catalog();
         let dto: Dto = match media.as_str() {
-            "application/json" | "" => json::decode(&bytes),
-            BINARY_CONTENT_TYPE => binary::decode(&bytes),
-            other => {
-                return Err(ApiError::new(
-                    StatusCode::UNSUPPORTED_MEDIA_TYPE,
-                    format!("content type {other:?}: send application/json or {BINARY_CONTENT_TYPE}"),
-                ))
-            }
+            BINARY_CONTENT_TYPE => binary::decode(&bytes, app2.limits.max_records),
+            _ => json::decode(&bytes, &catalog, &app2.limits),
         }
         .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        drop((bytes, held));
         if dto.id != path_id.as_str() {
             return Err(ApiError::bad_request(format!(
                 "id: {:?} in the body differs from {:?} in the path",
@@ -68,10 +72,10 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
                 path_id.as_str()
             )));
         }
-        dto.validate(&app2.catalog(), &app2.limits, crate::unix_now())
-            .map_err(|e| ApiError::bad_request(e.to_string()))?;
-        if app2.repo.loaded_dto(&dto.id)?.is_some() {
-            return Ok((StatusCode::OK, dto.id));
+        dto.validate(&catalog, &app2.limits, crate::unix_now()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        drop(decoding);
+        if let Some(loaded) = app2.repo.loaded_dto(&dto.id)? {
+            return repeat(loaded.digest, &dto);
         }
         // The epoch may have changed while we decoded: store under the one we hold now.
         let epoch = require_active(&app2)?;
@@ -81,7 +85,7 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
                 app2.handoff.offer(dto);
                 Ok((StatusCode::CREATED, id))
             }
-            Ok(StoreOutcome::AlreadyStored) => Ok((StatusCode::OK, dto.id)),
+            Ok(StoreOutcome::AlreadyStored) => repeat(existing_digest(&app2, &dto.id)?, &dto),
             Err(e) => Err(ApiError::internal("storing the DTO in the shared dir", e)),
         }
     })
@@ -99,22 +103,79 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
     Ok((status, outcome))
 }
 
+/// `Authorization: Bearer <token>`, the scheme in any case (RFC 9110 section 11.1), the token
+/// compared in constant time.
+fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {
+    let Some(given) = headers.get(header::AUTHORIZATION).and_then(|v| v.to_str().ok()) else { return false };
+    let Some((scheme, credentials)) = given.trim().split_once(' ') else { return false };
+    let credentials = credentials.trim().as_bytes();
+    scheme.eq_ignore_ascii_case("bearer")
+        && credentials.len() == token.len()
+        && credentials.iter().zip(token.as_bytes()).fold(0u8, |acc, (a, b)| acc | (a ^ b)) == 0
+}
+
+/// The answer to an id that is already stored or loaded: 200 for the same content, 409 for
+/// other content (two collectors sharing an id, or a bug): its data would otherwise be dropped
+/// unseen. A DTO loaded before digests were kept (`None`) is taken as the same.
+fn repeat(existing: Option<Digest>, dto: &Dto) -> Result<(StatusCode, String), ApiError> {
+    match existing {
+        Some(digest) if digest != dto.digest() => Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "id: {:?} was already acknowledged with other content; a DTO id names one content \
+                 (do two collectors share an id?): this one is not stored",
+                dto.id
+            ),
+        )),
+        _ => Ok((StatusCode::OK, dto.id.clone())),
+    }
+}
+
+/// The digest of the DTO already held under `id`: in the store, or (loaded meanwhile) in the
+/// repository.
+fn existing_digest(app: &App, id: &str) -> Result<Option<Digest>, ApiError> {
+    match app.store.read(id) {
+        Ok(Some(stored)) => Ok(Some(stored.dto.digest())),
+        Ok(None) => Ok(app.repo.loaded_dto(id)?.and_then(|loaded| loaded.digest)),
+        Err(e) => Err(ApiError::internal("reading the stored DTO", e)),
+    }
+}
+
 /// Past the limit the rest of the body is still read (and dropped) up to this many bytes, so
 /// that a client which sends its whole body before reading the answer sees the 413 rather than
 /// a connection reset.
 const DRAIN_LIMIT: usize = 256 << 20;
 
-/// Reads the body up to `limit` bytes; a larger one is a 413.
-async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
+/// Reads the body up to `limit` bytes; a larger one is a 413. The bytes held count against
+/// `budget` (shared by every request) until the returned permit drops; when it is spent the
+/// answer is 503 with Retry-After, before the body is read on.
+async fn read_body(
+    body: Body,
+    limit: usize,
+    budget: &Arc<tokio::sync::Semaphore>,
+) -> Result<(bytes::Bytes, Option<tokio::sync::OwnedSemaphorePermit>), ApiError> {
     use http_body_util::BodyExt;
     let mut body = body;
     let mut buf = bytes::BytesMut::new();
+    let mut held: Option<tokio::sync::OwnedSemaphorePermit> = None;
     let mut seen = 0usize;
     while let Some(frame) = body.frame().await {
-        let frame = frame.map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+        let frame = frame.map_err(|e| body_error(&e))?;
         let Ok(chunk) = frame.into_data() else { continue };
         seen += chunk.len();
         if seen <= limit {
+            let permit = u32::try_from(chunk.len())
+                .ok()
+                .and_then(|n| budget.clone().try_acquire_many_owned(n).ok())
+                .ok_or_else(|| {
+                    ApiError::unavailable_for(
+                        "too many request bodies in memory (max_body_bytes_in_flight); retry shortly",
+                    )
+                })?;
+            match &mut held {
+                Some(h) => h.merge(permit),
+                None => held = Some(permit),
+            }
             buf.extend_from_slice(&chunk);
         } else if seen > DRAIN_LIMIT {
             break;
@@ -123,7 +184,18 @@ async fn read_body(body: Body, limit: usize) -> Result<bytes::Bytes, ApiError> {
     if seen > limit {
         return Err(too_large(limit));
     }
-    Ok(buf.freeze())
+    Ok((buf.freeze(), held))
+}
+
+/// A body that failed to arrive: timed out (408) or cut off.
+fn body_error(e: &axum::Error) -> ApiError {
+    let text = e.to_string();
+    let inner = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
+    if text.contains("body_timeout") || inner.contains("body_timeout") {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("body: {text}"))
+    } else {
+        ApiError::bad_request(format!("body: {text}"))
+    }
 }
 
 fn too_large(limit: usize) -> ApiError {

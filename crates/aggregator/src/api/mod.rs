@@ -64,6 +64,13 @@ impl ApiError {
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, body, retry_after: true }
     }
 
+    /// 503 with Retry-After for a passing shortage (memory for bodies).
+    pub fn unavailable_for(message: &str) -> ApiError {
+        let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, message);
+        err.retry_after = true;
+        err
+    }
+
     fn internal(what: &str, e: impl std::fmt::Display) -> ApiError {
         tracing::error!(error = %e, "{what}");
         let mut err = ApiError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{what}: {e}"));
@@ -75,9 +82,10 @@ impl ApiError {
 impl From<RepoError> for ApiError {
     fn from(e: RepoError) -> ApiError {
         match e {
-            RepoError::UnknownFamily(_) | RepoError::UnknownMetric { .. } | RepoError::BadQuery(_) => {
-                ApiError::bad_request(e.to_string())
-            }
+            RepoError::UnknownFamily(_)
+            | RepoError::UnknownMetric { .. }
+            | RepoError::BadQuery(_)
+            | RepoError::Rejected(_) => ApiError::bad_request(e.to_string()),
             other => ApiError::internal("repository", other),
         }
     }

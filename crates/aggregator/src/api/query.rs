@@ -88,6 +88,10 @@ pub async fn items(State(app): State<Arc<App>>, Query(params): Params) -> Result
         return Err(ApiError::bad_request(format!("limit: must be 1 to {MAX_ITEMS_PAGE}")));
     }
     let offset = number(&params, "offset", 0usize)?;
+    // SQL takes a signed 64-bit offset: a larger one would wrap around to a negative.
+    if offset > i64::MAX as usize - limit {
+        return Err(ApiError::bad_request(format!("offset: must be at most {}", i64::MAX as usize - limit)));
+    }
     let filter =
         ItemFilter { device: params.get("device").cloned(), family: params.get("family").cloned(), limit, offset };
     let repo = app.repo.clone();

@@ -62,8 +62,10 @@ fn put_str(out: &mut Vec<u8>, s: &str) {
     out.extend_from_slice(s.as_bytes());
 }
 
-/// Decodes a DTO, verifying the checksum first.
-pub fn decode(bytes: &[u8]) -> Result<Dto, DtoError> {
+/// Decodes a DTO, verifying the checksum first. More than `max_records` records is an error
+/// before anything is allocated for them (the DTO files of the store pass `usize::MAX`: they
+/// were checked when they were acknowledged).
+pub fn decode(bytes: &[u8], max_records: usize) -> Result<Dto, DtoError> {
     let body_len = bytes
         .len()
         .checked_sub(4)
@@ -89,6 +91,12 @@ pub fn decode(bytes: &[u8]) -> Result<Dto, DtoError> {
     // Every record takes at least 20 bytes, so a count beyond that is a lie; don't allocate it.
     if count > r.remaining() / 20 {
         return Err(DtoError::new("records", format!("count {count} exceeds the data present")));
+    }
+    if count > max_records {
+        return Err(DtoError::new(
+            "records",
+            format!("{count} records, more than the limit of {max_records}: split the cycle into parts"),
+        ));
     }
     let mut records = Vec::with_capacity(count);
     for i in 0..count {
@@ -182,19 +190,20 @@ mod tests {
     #[test]
     fn round_trips() {
         let dto = sample();
-        assert_eq!(decode(&encode(&dto)).unwrap(), dto);
+        assert_eq!(decode(&encode(&dto), usize::MAX).unwrap(), dto);
+        assert_eq!(decode(&encode(&dto), 49).unwrap_err().field, "records");
     }
 
     #[test]
     fn every_truncation_and_every_bit_flip_is_an_error() {
         let bytes = encode(&sample());
         for len in 0..bytes.len() {
-            assert!(decode(&bytes[..len]).is_err(), "truncated to {len}");
+            assert!(decode(&bytes[..len], usize::MAX).is_err(), "truncated to {len}");
         }
         for pos in 0..bytes.len() {
             let mut damaged = bytes.clone();
             damaged[pos] ^= 0x10;
-            assert!(decode(&damaged).is_err(), "flip at {pos}");
+            assert!(decode(&damaged, usize::MAX).is_err(), "flip at {pos}");
         }
     }
 

@@ -27,8 +27,8 @@ impl SqliteRepository {
             }
             report.values += insert_dto(&tx, family, dto, &writer.items, &mut new_items, now)?;
             tx.execute(
-                "INSERT INTO loaded_dtos (id, epoch, family, collector, cycle, records, loaded_at)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO loaded_dtos (id, epoch, family, collector, cycle, records, loaded_at, digest)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
                 rusqlite::params![
                     dto.id,
                     epoch as i64,
@@ -36,7 +36,8 @@ impl SqliteRepository {
                     dto.collector,
                     dto.cycle,
                     dto.records.len() as i64,
-                    now
+                    now,
+                    &dto.digest().0[..]
                 ],
             )?;
             report.loaded += 1;

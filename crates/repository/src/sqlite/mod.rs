@@ -71,22 +71,36 @@ impl Default for SqliteOptions {
 }
 
 /// The tables of one family, as the repository knows them.
+///
+/// Table names never contain the family's name: a family gets a number when its tables are
+/// created (`f7_recent`, `f7_raw`, `f7_hour`, ...), so no family name, however it is spelt or
+/// cased, can land on another family's tables or on the repository's own (`recent_cycles`,
+/// `items`, ...). SQL identifiers ignore case; family names do not.
 #[derive(Debug)]
 pub(crate) struct FamilyTables {
     pub name: String,
+    /// The family's number in table names; `None` for a family created before numbering, whose
+    /// tables keep their old names (`recent_<Family>`).
+    pub number: Option<i64>,
     /// Metric columns, in table order. Only ever grows.
     pub columns: Vec<String>,
 }
 
 impl FamilyTables {
+    fn table(&self, kind: &str) -> String {
+        match self.number {
+            Some(n) => format!("\"f{n}_{kind}\""),
+            None => format!("\"{kind}_{}\"", self.name),
+        }
+    }
     pub fn recent(&self) -> String {
-        format!("\"recent_{}\"", self.name)
+        self.table("recent")
     }
     pub fn raw(&self) -> String {
-        format!("\"raw_{}\"", self.name)
+        self.table("raw")
     }
     pub fn rollup(&self, resolution: Resolution) -> String {
-        format!("\"{}_{}\"", resolution.name(), self.name)
+        self.table(resolution.name())
     }
     pub fn column(&self, metric: &str) -> Result<&str> {
         self.columns
@@ -123,7 +137,8 @@ CREATE TABLE IF NOT EXISTS epochs (
     epoch INTEGER PRIMARY KEY, node TEXT NOT NULL, claimed_at INTEGER NOT NULL);
 CREATE TABLE IF NOT EXISTS family_state (
     family TEXT PRIMARY KEY, columns TEXT NOT NULL,
-    watermark INTEGER NOT NULL DEFAULT 0, max_interval INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID;
+    watermark INTEGER NOT NULL DEFAULT 0, max_interval INTEGER NOT NULL DEFAULT 0,
+    number INTEGER UNIQUE) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS items (
     id INTEGER PRIMARY KEY, family TEXT NOT NULL, device TEXT NOT NULL, item TEXT NOT NULL,
     first_seen INTEGER NOT NULL, UNIQUE (family, device, item));
@@ -131,7 +146,7 @@ CREATE INDEX IF NOT EXISTS items_by_device ON items (device);
 CREATE TABLE IF NOT EXISTS loaded_dtos (
     seq INTEGER PRIMARY KEY, id TEXT NOT NULL UNIQUE, epoch INTEGER NOT NULL,
     family TEXT NOT NULL, collector TEXT NOT NULL, cycle INTEGER NOT NULL,
-    records INTEGER NOT NULL, loaded_at INTEGER NOT NULL);
+    records INTEGER NOT NULL, loaded_at INTEGER NOT NULL, digest BLOB);
 CREATE TABLE IF NOT EXISTS recent_cycles (
     family TEXT NOT NULL, cycle INTEGER NOT NULL, PRIMARY KEY (family, cycle)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rollup_pending (
@@ -146,6 +161,7 @@ impl SqliteRepository {
         let conn = Connection::open(path)?;
         configure(&conn, &options, false)?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         let repo = SqliteRepository {
             path: path.to_owned(),
             options,
@@ -160,13 +176,12 @@ impl SqliteRepository {
     /// Rereads the family tables another process may have created or widened.
     fn reload_families(&self) -> Result<()> {
         let writer = self.writer();
-        let mut stmt = writer.conn.prepare("SELECT family, columns FROM family_state")?;
-        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
+        let mut stmt = writer.conn.prepare("SELECT family, number, columns FROM family_state")?;
+        let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get(1)?, r.get::<_, String>(2)?)))?;
         let mut families = self.families.write().expect("families lock");
         for row in rows {
-            let (name, columns) = row?;
-            let columns = columns.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
-            families.insert(name.clone(), Arc::new(FamilyTables { name, columns }));
+            let (name, number, columns) = row?;
+            families.insert(name.clone(), Arc::new(FamilyTables { name, number, columns: split_columns(&columns) }));
         }
         Ok(())
     }
@@ -233,20 +248,40 @@ impl SqliteRepository {
         let mut writer = self.writer();
         let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         check_epoch(&tx, epoch)?;
-        let known: Option<String> = tx
-            .query_row("SELECT columns FROM family_state WHERE family = ?1", [&family.name], |r| r.get(0))
+        // Family names are case-sensitive, but an operator who defines "interface" next to
+        // "Interface" has made a mistake, and one that no query could tell apart by eye.
+        let twin: Option<String> = tx
+            .query_row(
+                "SELECT family FROM family_state WHERE family = ?1 COLLATE NOCASE AND family <> ?1",
+                [&family.name],
+                |r| r.get(0),
+            )
             .optional()?;
-        let mut columns: Vec<String> =
-            known.as_deref().unwrap_or("").split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect();
+        if let Some(twin) = twin {
+            return Err(RepoError::Rejected(format!(
+                "family {:?} differs from the existing family {twin:?} only by letter case",
+                family.name
+            )));
+        }
+        let known: Option<(Option<i64>, String)> = tx
+            .query_row("SELECT number, columns FROM family_state WHERE family = ?1", [&family.name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
+        let mut columns = known.as_ref().map(|k| split_columns(&k.1)).unwrap_or_default();
         let added: Vec<String> =
             family.metrics.iter().map(|m| m.name.clone()).filter(|m| !columns.contains(m)).collect();
+        let number = match &known {
+            Some((number, _)) => *number,
+            None => Some(next_family_number(&tx)?),
+        };
         if known.is_some() && added.is_empty() {
             // Another node may have widened the tables: take its column list as ours.
-            let tables = FamilyTables { name: family.name.clone(), columns };
+            let tables = FamilyTables { name: family.name.clone(), number, columns };
             self.families.write().expect("families lock").insert(family.name.clone(), Arc::new(tables));
             return Ok(());
         }
-        let mut tables = FamilyTables { name: family.name.clone(), columns: columns.clone() };
+        let mut tables = FamilyTables { name: family.name.clone(), number, columns: columns.clone() };
         if known.is_none() {
             let cols: String = family.metrics.iter().map(|m| format!(", \"{}\" REAL", m.name)).collect();
             let stats: String = family
@@ -290,9 +325,9 @@ impl SqliteRepository {
         }
         columns.extend(added);
         tx.execute(
-            "INSERT INTO family_state (family, columns) VALUES (?1, ?2)
+            "INSERT INTO family_state (family, columns, number) VALUES (?1, ?2, ?3)
              ON CONFLICT (family) DO UPDATE SET columns = excluded.columns",
-            [&family.name, &columns.join(",")],
+            rusqlite::params![&family.name, &columns.join(","), number],
         )?;
         tx.commit()?;
         tables.columns = columns;
@@ -315,6 +350,35 @@ impl SqliteRepository {
             })
         })
     }
+}
+
+fn split_columns(columns: &str) -> Vec<String> {
+    columns.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect()
+}
+
+/// The number of a new family's tables: never reused, so a family's tables are its own.
+fn next_family_number(tx: &Transaction<'_>) -> Result<i64> {
+    tx.execute("INSERT OR IGNORE INTO meta (key, value) VALUES ('families', 0)", [])?;
+    Ok(tx.query_row("UPDATE meta SET value = value + 1 WHERE key = 'families' RETURNING value", [], |r| r.get(0))?)
+}
+
+/// Brings a repository written by an older release up to this one's schema. Idempotent; safe
+/// when both aggregators open the file at once (the loser finds the column there).
+fn migrate(conn: &Connection) -> Result<()> {
+    // Families created before table numbering keep their tables (number NULL); DTOs loaded
+    // before digests were kept have none (a repeat of one is answered 200 whatever it holds).
+    for (table, column) in [("family_state", "number INTEGER"), ("loaded_dtos", "digest BLOB")] {
+        let name = column.split(' ').next().expect("a column name");
+        let missing = || conn.prepare(&format!("SELECT {name} FROM {table} LIMIT 0")).is_err();
+        if missing() {
+            if let Err(e) = conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}")) {
+                if missing() {
+                    return Err(e.into());
+                }
+            }
+        }
+    }
+    Ok(())
 }
 
 fn configure(conn: &Connection, options: &SqliteOptions, reader: bool) -> Result<()> {

@@ -5,12 +5,13 @@ use crate::{
     DeviceInfo, Epoch, ItemFilter, ItemInfo, LoadedDto, RepoError, Result, RollupPoint, Series, SeriesQuery, TopEntry,
     TopQuery,
 };
+use pollux_model::Digest;
 use pollux_model::Resolution;
 use rusqlite::{params, Connection, OptionalExtension};
 
 pub(crate) fn loaded_dto(c: &Connection, id: &str) -> Result<Option<LoadedDto>> {
     Ok(c.prepare_cached(
-        "SELECT id, epoch, family, collector, cycle, records, loaded_at FROM loaded_dtos WHERE id = ?1",
+        "SELECT id, epoch, family, collector, cycle, records, loaded_at, digest FROM loaded_dtos WHERE id = ?1",
     )?
     .query_row([id], |r| {
         Ok(LoadedDto {
@@ -21,6 +22,7 @@ pub(crate) fn loaded_dto(c: &Connection, id: &str) -> Result<Option<LoadedDto>> 
             cycle: r.get(4)?,
             records: r.get::<_, i64>(5)? as u64,
             loaded_at: r.get(6)?,
+            digest: r.get::<_, Option<Vec<u8>>>(7)?.and_then(|d| Some(Digest(d.try_into().ok()?))),
         })
     })
     .optional()?)

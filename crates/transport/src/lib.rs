@@ -1,0 +1,338 @@
+//! One HTTP/1 server for every Pollux listener (aggregator, proxy, collector metrics), so that
+//! each of them resists the same careless or hostile clients the same way.
+//!
+//! ```text
+//!   accept ──▶ over max_connections? ──yes──▶ closed at once (counted, logged once a second)
+//!     │ EMFILE/ENFILE: back off 10 ms .. 1 s, log once a second (never a busy loop)
+//!     ▼
+//!   connection task (tracked; freed when it ends)
+//!     ├─ request head must arrive within idle_timeout (after connecting or the last answer)
+//!     ├─ request body must arrive whole within body_timeout          ([`TimedBody`])
+//!     ├─ no byte moved for idle_timeout while no handler runs: closed (a client that never
+//!     │  reads its answer)
+//!     └─ shutdown: graceful, then dropped after [`SHUTDOWN_GRACE`]
+//! ```
+//!
+//! The connection cap stays below the process's open-file limit (raised to the hard limit at
+//! start by [`raise_open_file_limit`]) with [`RESERVED_FILES`] kept for the lease, fence, DTO
+//! and repository files: clients can never starve the election of file handles.
+//!
+//! This crate knows HTTP and sockets, nothing of DTOs or roles.
+#![forbid(unsafe_code)]
+
+mod body;
+mod watch;
+
+pub use body::{BoxError, TimedBody};
+
+use hyper::body::Incoming;
+use hyper::server::conn::http1;
+use hyper::service::Service;
+use hyper::{Request, Response};
+use hyper_util::rt::{TokioIo, TokioTimer};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tokio_util::sync::CancellationToken;
+use tokio_util::task::TaskTracker;
+use watch::{Activity, Watched};
+
+/// File handles kept out of the connection cap for the process's own files.
+pub const RESERVED_FILES: u64 = 256;
+/// How long open connections may finish their requests after shutdown begins.
+pub const SHUTDOWN_GRACE: Duration = Duration::from_secs(5);
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1024;
+pub const DEFAULT_IDLE_TIMEOUT: Duration = Duration::from_secs(30);
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// What one listener allows its clients.
+#[derive(Debug, Clone, PartialEq)]
+pub struct ServerLimits {
+    /// Connections open at once; more are closed as soon as they are accepted.
+    pub max_connections: usize,
+    /// A request head must arrive within this, counted from the connection's start or its last
+    /// answer; a connection that moves no byte for this long while no handler runs is closed.
+    pub idle_timeout: Duration,
+    /// A request body must arrive whole within this from the request's start.
+    pub body_timeout: Duration,
+}
+
+impl Default for ServerLimits {
+    fn default() -> Self {
+        ServerLimits {
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            idle_timeout: DEFAULT_IDLE_TIMEOUT,
+            body_timeout: DEFAULT_BODY_TIMEOUT,
+        }
+    }
+}
+
+impl ServerLimits {
+    /// These limits with the connection cap lowered, if need be, to fit `open_files` (the soft
+    /// open-file limit) less [`RESERVED_FILES`].
+    pub fn fitted(mut self, open_files: u64) -> ServerLimits {
+        let room = open_files.saturating_sub(RESERVED_FILES).max(16);
+        if self.max_connections as u64 > room {
+            tracing::warn!(
+                configured = self.max_connections,
+                open_files,
+                using = room,
+                "max_connections lowered to fit the open-file limit"
+            );
+            self.max_connections = room as usize;
+        }
+        self
+    }
+
+    /// Checks the values a configuration file gave; the key names are the configuration's.
+    pub fn validate(&self) -> Result<(), (String, String)> {
+        let err = |key: &str, problem: &str| Err((key.to_owned(), problem.to_owned()));
+        if self.max_connections == 0 {
+            return err("max_connections", "must be at least 1");
+        }
+        if self.idle_timeout < Duration::from_millis(100) {
+            return err("idle_timeout", "must be at least 100ms");
+        }
+        if self.body_timeout < Duration::from_millis(100) {
+            return err("body_timeout", "must be at least 100ms");
+        }
+        Ok(())
+    }
+}
+
+/// Raises this process's soft open-file limit to its hard limit and returns the soft limit now
+/// in force (what the connection cap must fit). On failure the current limit is returned.
+pub fn raise_open_file_limit() -> u64 {
+    use nix::sys::resource::{getrlimit, setrlimit, Resource};
+    let Ok((soft, hard)) = getrlimit(Resource::RLIMIT_NOFILE) else { return 1024 };
+    if soft < hard && setrlimit(Resource::RLIMIT_NOFILE, hard, hard).is_ok() {
+        tracing::info!(from = soft, to = hard, "open-file limit raised");
+        return hard;
+    }
+    soft
+}
+
+/// What a listener has seen, for `/metrics`.
+#[derive(Debug, Default)]
+pub struct ServerStats {
+    pub open: AtomicU64,
+    pub accepted: AtomicU64,
+    /// Closed at once because `max_connections` were open.
+    pub refused: AtomicU64,
+    /// Accept failures (out of file handles, mostly).
+    pub accept_errors: AtomicU64,
+    /// Closed for a stalled head, body or reader.
+    pub timed_out: AtomicU64,
+}
+
+/// Serves `service` on `listener` until `shutdown` fires, then lets open connections finish
+/// for up to [`SHUTDOWN_GRACE`]. Returns when every connection task has ended.
+pub async fn serve<S, B>(
+    listener: TcpListener,
+    service: S,
+    limits: ServerLimits,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<TimedBody>, Response = Response<B>> + Clone + Send + Sync + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let connections = TaskTracker::new();
+    let slots = Arc::new(Semaphore::new(limits.max_connections));
+    let mut backoff = AcceptBackoff::default();
+    let mut refusals = RateLimitedLog::new("connection refused: max_connections are open");
+    loop {
+        let accepted = tokio::select! {
+            _ = shutdown.cancelled() => break,
+            accepted = listener.accept() => accepted,
+        };
+        let stream = match accepted {
+            Ok((stream, _)) => {
+                backoff.reset();
+                stream
+            }
+            Err(e) => {
+                stats.accept_errors.fetch_add(1, Ordering::Relaxed);
+                tokio::select! {
+                    _ = shutdown.cancelled() => break,
+                    _ = backoff.wait(&e) => continue,
+                }
+            }
+        };
+        let Ok(slot) = slots.clone().try_acquire_owned() else {
+            stats.refused.fetch_add(1, Ordering::Relaxed);
+            refusals.note(limits.max_connections);
+            drop(stream);
+            continue;
+        };
+        stats.accepted.fetch_add(1, Ordering::Relaxed);
+        let _ = stream.set_nodelay(true);
+        let (service, limits, stats, shutdown) = (service.clone(), limits.clone(), stats.clone(), shutdown.clone());
+        connections.spawn(async move {
+            stats.open.fetch_add(1, Ordering::Relaxed);
+            serve_connection(stream, service, &limits, &stats, shutdown).await;
+            stats.open.fetch_sub(1, Ordering::Relaxed);
+            drop(slot);
+        });
+    }
+    drop(listener);
+    connections.close();
+    if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
+        tracing::warn!(open = connections.len(), "connections still open after the shutdown grace; dropped");
+    }
+}
+
+/// [`serve`] for an axum router (the aggregator's API, the collector's metrics).
+pub async fn serve_router(
+    listener: TcpListener,
+    router: axum::Router,
+    limits: ServerLimits,
+    stats: Arc<ServerStats>,
+    shutdown: CancellationToken,
+) {
+    use tower_service::Service as _;
+    let service = hyper::service::service_fn(move |req: Request<TimedBody>| {
+        // A router is always ready; each request gets its own clone, as axum::serve does.
+        router.clone().call(req.map(axum::body::Body::new))
+    });
+    serve(listener, service, limits, stats, shutdown).await
+}
+
+async fn serve_connection<S, B>(
+    stream: tokio::net::TcpStream,
+    service: S,
+    limits: &ServerLimits,
+    stats: &ServerStats,
+    shutdown: CancellationToken,
+) where
+    S: Service<Request<TimedBody>, Response = Response<B>> + Clone + Send + 'static,
+    S::Future: Send + 'static,
+    S::Error: Into<BoxError>,
+    B: hyper::body::Body + Send + 'static,
+    B::Data: Send,
+    B::Error: Into<BoxError>,
+{
+    let activity = Arc::new(Activity::new());
+    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let body_timeout = limits.body_timeout;
+    let handler = {
+        let activity = activity.clone();
+        hyper::service::service_fn(move |req: Request<Incoming>| {
+            let running = activity.handler_started();
+            let call = service.call(req.map(|body| TimedBody::new(body, body_timeout)));
+            async move {
+                let response = call.await;
+                drop(running);
+                response
+            }
+        })
+    };
+    let conn = http1::Builder::new()
+        .timer(TokioTimer::new())
+        .header_read_timeout(limits.idle_timeout)
+        .serve_connection(io, handler);
+    let mut conn = std::pin::pin!(conn);
+    let check = (limits.idle_timeout / 4).max(Duration::from_millis(25));
+    let mut stopping = false;
+    loop {
+        tokio::select! {
+            result = conn.as_mut() => {
+                if let Err(e) = result {
+                    if e.is_timeout() {
+                        stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    }
+                    tracing::debug!(error = %e, "connection ended");
+                }
+                return;
+            }
+            _ = tokio::time::sleep(check) => {
+                if activity.stalled(limits.idle_timeout) {
+                    stats.timed_out.fetch_add(1, Ordering::Relaxed);
+                    tracing::debug!("connection closed: nothing moved for idle_timeout");
+                    return;
+                }
+            }
+            _ = shutdown.cancelled(), if !stopping => {
+                stopping = true;
+                conn.as_mut().graceful_shutdown();
+            }
+        }
+    }
+}
+
+/// Waits between failed accepts: 10 ms doubling to 1 s while they keep failing for want of
+/// resources, so a process out of file handles neither spins nor floods its log.
+struct AcceptBackoff {
+    delay: Duration,
+    log: RateLimitedLog,
+}
+
+impl Default for AcceptBackoff {
+    fn default() -> Self {
+        AcceptBackoff { delay: Duration::ZERO, log: RateLimitedLog::new("accept failed") }
+    }
+}
+
+impl AcceptBackoff {
+    const FIRST: Duration = Duration::from_millis(10);
+    const MAX: Duration = Duration::from_secs(1);
+
+    fn reset(&mut self) {
+        self.delay = Duration::ZERO;
+    }
+
+    async fn wait(&mut self, error: &std::io::Error) {
+        self.log.note_error(error);
+        // A connection reset before it was accepted says nothing about this process.
+        if matches!(error.kind(), std::io::ErrorKind::ConnectionAborted | std::io::ErrorKind::ConnectionReset) {
+            return;
+        }
+        self.delay = (self.delay * 2).clamp(Self::FIRST, Self::MAX);
+        tokio::time::sleep(self.delay).await;
+    }
+}
+
+/// A warning logged at most once a second, with the count of the ones it stood for.
+struct RateLimitedLog {
+    what: &'static str,
+    last: Option<Instant>,
+    suppressed: u64,
+}
+
+impl RateLimitedLog {
+    const EVERY: Duration = Duration::from_secs(1);
+
+    fn new(what: &'static str) -> RateLimitedLog {
+        RateLimitedLog { what, last: None, suppressed: 0 }
+    }
+
+    fn due(&mut self) -> Option<u64> {
+        if self.last.is_some_and(|t| t.elapsed() < Self::EVERY) {
+            self.suppressed += 1;
+            return None;
+        }
+        self.last = Some(Instant::now());
+        Some(std::mem::take(&mut self.suppressed))
+    }
+
+    fn note(&mut self, max_connections: usize) {
+        if let Some(also) = self.due() {
+            tracing::warn!(max_connections, same_since_last = also, "{}", self.what);
+        }
+    }
+
+    fn note_error(&mut self, error: &std::io::Error) {
+        if let Some(also) = self.due() {
+            tracing::warn!(error = %error, same_since_last = also, "{}", self.what);
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests;

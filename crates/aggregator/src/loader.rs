@@ -96,6 +96,10 @@ pub struct LoadHealthState {
     /// Unix milliseconds and text of the last failed load.
     pub last_error_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// Families whose stored DTOs the last pass over the store had to leave there (not
+    /// defined, or refused by the repository), with how many DTOs each.
+    #[serde(default)]
+    pub waiting: std::collections::BTreeMap<String, usize>,
 }
 
 impl LoadHealth {
@@ -107,6 +111,10 @@ impl LoadHealth {
         let mut state = self.inner.lock().expect("load health");
         state.last_error_ms = Some(crate::unix_now_ms());
         state.last_error = Some(e.to_string());
+    }
+
+    fn waiting(&self, waiting: std::collections::BTreeMap<String, usize>) {
+        self.inner.lock().expect("load health").waiting = waiting;
     }
 
     pub fn state(&self) -> LoadHealthState {
@@ -240,6 +248,7 @@ fn read_from_store(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Re
     let ids = app.store.list(LIST_LIMIT).map_err(|e| RepoError::Db(format!("listing the DTO store: {e}")))?;
     let mut batch = Vec::new();
     let mut values = 0;
+    let mut waiting = std::collections::BTreeMap::new();
     for id in ids {
         if values >= app.config.load_batch_values {
             break;
@@ -249,6 +258,8 @@ fn read_from_store(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Re
                 if ensure_family(app, epoch, &stored.dto, ensured)? {
                     values += stored.dto.value_count();
                     batch.push(stored.dto);
+                } else {
+                    *waiting.entry(stored.dto.family).or_insert(0) += 1;
                 }
             }
             Ok(None) => {}
@@ -261,6 +272,10 @@ fn read_from_store(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Re
             }
             Err(e) => return Err(RepoError::Db(format!("reading DTO {id}: {e}"))),
         }
+    }
+    if values < app.config.load_batch_values {
+        // The whole store was seen: this is every family that holds DTOs back.
+        app.load_health.waiting(waiting);
     }
     Ok(batch)
 }

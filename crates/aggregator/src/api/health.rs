@@ -102,8 +102,15 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         problems.push(format!("repository: {e}"));
     }
     let loader = active.and_then(|n| serde_json::from_value::<LoadHealthState>(n["loader"].clone()).ok());
-    if let Some(loader) = loader.filter(LoadHealthState::failing) {
-        problems.push(format!("loads are failing: {}", loader.last_error.unwrap_or_default()));
+    if let Some(loader) = loader {
+        if loader.failing() {
+            problems.push(format!("loads are failing: {}", loader.last_error.clone().unwrap_or_default()));
+        }
+        for (family, dtos) in &loader.waiting {
+            problems.push(format!(
+                "{dtos} stored DTOs of family {family:?} wait: it is not defined (or its name is refused)"
+            ));
+        }
     }
     if dto_backlog > 0 && load_lag > STUCK_AFTER.as_secs_f64() {
         problems.push(format!(

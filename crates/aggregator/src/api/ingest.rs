@@ -30,6 +30,9 @@ pub async fn put_dto(State(app): State<Arc<App>>, Path(id): Path<String>, header
             if e.status.is_client_error() {
                 Metrics::add(&app.metrics.dtos_rejected, 1);
             }
+            if e.status == StatusCode::CONFLICT {
+                Metrics::add(&app.metrics.dtos_conflict, 1);
+            }
             e.into_response()
         }
     }

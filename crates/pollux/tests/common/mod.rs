@@ -54,7 +54,13 @@ impl Aggregator {
 
     /// Starts `pollux <args>` and waits until it says where it listens.
     pub fn spawn(args: &[String], env: &[(&str, &str)]) -> Aggregator {
-        let mut cmd = Command::new(BIN);
+        Aggregator::spawn_program(BIN, args, env)
+    }
+
+    /// Starts `program <args>` (a wrapper such as `prlimit` that runs pollux) and waits until
+    /// pollux says where it listens.
+    pub fn spawn_program(program: &str, args: &[String], env: &[(&str, &str)]) -> Aggregator {
+        let mut cmd = Command::new(program);
         cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);
@@ -96,9 +102,11 @@ impl Aggregator {
 
     /// Waits until `/health/active` answers 200.
     pub fn wait_active(&self) {
-        wait_until(Duration::from_secs(30), "the aggregator to become the ready active", || {
-            (get(&format!("{}/health/active", self.url)).0 == 200).then_some(())
-        });
+        let deadline = Instant::now() + Duration::from_secs(30);
+        while get(&format!("{}/health/active", self.url)).0 != 200 {
+            assert!(Instant::now() < deadline, "not the ready active after 30 s:\n{}", self.log());
+            std::thread::sleep(Duration::from_millis(20));
+        }
     }
 
     /// kill -9, and reap it.
@@ -250,15 +258,24 @@ impl RepoCheck {
         stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
+    /// The tables of a family: `f<number>`, as the repository numbers them.
+    pub fn family_tables(&self, family: &str) -> Option<String> {
+        self.conn
+            .query_row("SELECT number FROM family_state WHERE family = ?1", [family], |r| r.get::<_, i64>(0))
+            .ok()
+            .map(|n| format!("f{n}"))
+    }
+
     /// Raw Interface rows, recent and compacted, as `(device, item, ts)` with their count.
     pub fn interface_rows(&self) -> Vec<(String, String, i64, i64)> {
+        let t = self.family_tables("Interface").expect("Interface tables");
         let mut stmt = self
             .conn
-            .prepare(
+            .prepare(&format!(
                 "SELECT i.device, i.item, r.ts, count(*) FROM (
-                    SELECT item_id, ts FROM recent_Interface UNION ALL SELECT item_id, ts FROM raw_Interface) r
-                 JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.ts ORDER BY 1, 2, 3",
-            )
+                    SELECT item_id, ts FROM {t}_recent UNION ALL SELECT item_id, ts FROM {t}_raw) r
+                 JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.ts ORDER BY 1, 2, 3"
+            ))
             .unwrap();
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .unwrap()
@@ -268,12 +285,13 @@ impl RepoCheck {
 
     /// Raw rows of a family, recent and compacted, as `(device, item, cycle)` with their count.
     pub fn family_cycles(&self, family: &str) -> Vec<(String, String, i64, i64)> {
+        // The family's tables appear with its first load.
+        let Some(t) = self.family_tables(family) else { return Vec::new() };
         let sql = format!(
             "SELECT i.device, i.item, r.cycle, count(*) FROM (
-                SELECT item_id, cycle FROM recent_{family} UNION ALL SELECT item_id, cycle FROM raw_{family}) r
+                SELECT item_id, cycle FROM {t}_recent UNION ALL SELECT item_id, cycle FROM {t}_raw) r
              JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.cycle ORDER BY 1, 2, 3"
         );
-        // The family's tables appear with its first load.
         let Ok(mut stmt) = self.conn.prepare(&sql) else { return Vec::new() };
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
             .unwrap()

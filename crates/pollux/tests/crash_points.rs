@@ -87,7 +87,7 @@ fn temp_leftovers_are_discarded_at_start() {
     assert_eq!(put_json(&da.url, &interface_dto("half", cycle, 2, 50)).0, 0);
     da.wait_exit(Duration::from_secs(20));
     let leftovers = dto_files(shared.path());
-    assert!(leftovers.len() == 1 && leftovers[0].starts_with("tmp/half."), "{leftovers:?}");
+    assert!(leftovers.len() == 1 && leftovers[0].starts_with("tmp/1.half."), "{leftovers:?}");
     drop(da);
     let da = Aggregator::start(shared.path(), &[], &[]);
     da.wait_active();

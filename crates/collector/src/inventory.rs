@@ -46,6 +46,17 @@ pub enum Credentials {
     },
 }
 
+impl Credentials {
+    /// The community the refusal probe carries: the device's own for v2c, none for v3 (whose
+    /// agents ignore it; the probe only needs a refusal or any answer).
+    pub fn probe_community(&self) -> &str {
+        match self {
+            Credentials::V2c { community } => community,
+            Credentials::V3 { .. } => "",
+        }
+    }
+}
+
 /// One device to poll.
 #[derive(Clone, Debug, PartialEq)]
 pub struct DeviceSpec {

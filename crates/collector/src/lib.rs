@@ -24,6 +24,7 @@ pub mod families;
 pub mod inventory;
 pub mod metrics;
 pub mod poll;
+pub mod probe;
 pub mod rates;
 pub mod sender;
 pub mod snmp;
@@ -286,7 +287,12 @@ impl Group {
         plans: &Arc<Plans>,
     ) -> Vec<(Arc<DeviceSpec>, DevicePoll)> {
         let mut tasks = tokio::task::JoinSet::new();
-        for (k, device) in self.devices.iter().enumerate() {
+        // Devices that answered last time first: the others may cost a timeout each, and must
+        // not hold the poll slots while the live ones wait (see `probe`).
+        let mut order: Vec<usize> = (0..self.devices.len()).collect();
+        order.sort_by_key(|&k| !state.devices.get(&self.devices[k].name).is_some_and(|d| d.answering));
+        for k in order {
+            let device = &self.devices[k];
             let policy = RequestPolicy {
                 timeout: device.timeout.unwrap_or(self.config.timeout),
                 retries: device.retries.unwrap_or(self.config.retries),
@@ -302,16 +308,24 @@ impl Group {
             let (device, plans, interval) = (device.clone(), plans.clone(), f64::from(self.interval));
             // The permit is taken before the task exists, so only polls in flight hold memory.
             let permit = self.polls.clone().acquire_owned().await.expect("semaphore");
+            let wait = probe::PROBE_WAIT.min(policy.timeout);
             tasks.spawn(async move {
                 let _permit = permit;
                 let mut device_state: DeviceState = device_state;
+                let refused = !device_state.answering
+                    && probe::probe(&device.address, device.port, device.credentials.probe_community(), wait).await
+                        == probe::Probe::Refused;
                 let poll = match session {
+                    _ if refused => {
+                        DevicePoll { polled_at: Some(poll::unix_now()), refused: true, ..DevicePoll::default() }
+                    }
                     Some(s) => {
                         poll::poll_device(&*s, interval, &device.name, &device.families, &plans, &mut device_state)
                             .await
                     }
                     None => DevicePoll::default(),
                 };
+                device_state.answering = poll.reachable;
                 (k, device, poll, device_state)
             });
         }
@@ -331,6 +345,9 @@ impl Group {
             Metrics::add(&self.metrics.family_failures, poll.failures.len() as u64);
             if !poll.reachable {
                 Metrics::add(&self.metrics.polls_unreachable, 1);
+            }
+            if poll.refused {
+                Metrics::add(&self.metrics.polls_refused, 1);
             }
             for (family, why) in &poll.failures {
                 tracing::debug!(device = device.name, family, "not polled: {why}");

@@ -16,6 +16,8 @@ pub struct Metrics {
     pub cycles_skipped: AtomicU64,
     pub polls: AtomicU64,
     pub polls_unreachable: AtomicU64,
+    /// Devices whose host refused the probe (nothing on the SNMP port), not asked at all.
+    pub polls_refused: AtomicU64,
     pub timeouts: AtomicU64,
     pub family_failures: AtomicU64,
     pub records: AtomicU64,
@@ -62,6 +64,12 @@ impl Metrics {
             "counter",
             "Device polls without an answer (recorded as reachable=0).",
             get(&self.polls_unreachable),
+        );
+        line(
+            "pollux_collector_polls_refused_total",
+            "counter",
+            "Device polls skipped because the host refused the probe: nothing listens on its SNMP port.",
+            get(&self.polls_refused),
         );
         line("pollux_collector_timeouts_total", "counter", "SNMP requests that timed out.", get(&self.timeouts));
         line(

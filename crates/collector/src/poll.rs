@@ -126,6 +126,8 @@ pub struct DevicePoll {
     /// Per family name, its records.
     pub families: Vec<(String, Records)>,
     pub timeouts: u32,
+    /// The device's host refused the probe (nothing listens on its SNMP port): not asked.
+    pub refused: bool,
     /// Families that could not be polled, with why.
     pub failures: Vec<(String, String)>,
 }

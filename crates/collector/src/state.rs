@@ -40,6 +40,10 @@ pub struct DeviceState {
     /// restarts, so a device that refused once during a bad moment gets full walks again.
     #[serde(skip)]
     pub repetitions: Option<u32>,
+    /// The device answered its last poll, so it is neither probed nor polled after the others
+    /// (see `probe`). Not kept across restarts: after one, every device is probed once.
+    #[serde(skip)]
+    pub answering: bool,
     /// Per family, per item.
     #[serde(default)]
     pub items: HashMap<String, HashMap<String, ItemState>>,

@@ -34,6 +34,14 @@ const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Longest sleep with nothing to do: new files normally wake the loader at once.
 const IDLE_WAIT: Duration = Duration::from_millis(500);
 
+/// Value cells (records x metric columns, 16 bytes each) the handoff holds at most: about
+/// 128 MiB of decoded values whatever the DTOs look like. Past it the loader reads the store.
+const HANDOFF_CELLS: usize = 8 << 20;
+
+fn cells(dto: &Dto) -> usize {
+    dto.records.len() * dto.metrics.len()
+}
+
 /// Decoded DTOs handed from ingest to the loader. Bounded: past `capacity` the loader finds the
 /// overflow in the store instead.
 #[derive(Debug)]
@@ -52,7 +60,8 @@ impl Handoff {
     /// Offers a DTO that is already durable in the store.
     pub fn offer(&self, dto: Dto) {
         let mut queue = self.queue.lock().expect("handoff");
-        if queue.len() < self.capacity {
+        let cells: usize = queue.iter().map(cells).sum();
+        if queue.len() < self.capacity && cells + self::cells(&dto) <= HANDOFF_CELLS {
             queue.push_back(dto);
         } else {
             self.overflowed.store(true, std::sync::atomic::Ordering::Release);

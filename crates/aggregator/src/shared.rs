@@ -194,7 +194,9 @@ impl SharedDir {
             .filter(|p| p.extension().is_some_and(|x| x == "toml"))
             .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
             .collect();
-        paths.sort();
+        // Files that defined a family at the last reading go first, so a new file that names
+        // a family already in use is the one refused, never the file in use.
+        paths.sort_by_key(|p| (!previous.is_some_and(|prev| prev.by_path.contains_key(p)), p.clone()));
         for path in paths {
             let read = read_family_file(&dir, &path);
             let family = match (read, previous.and_then(|p| p.by_path.get(&path))) {
@@ -354,5 +356,13 @@ mod tests {
         assert!(again.problems.iter().any(|p| p.path.ends_with("temp.toml") && p.problem.contains("keeping")));
         // Without a previous reading (a restart) it is skipped.
         assert!(shared.load_families(None).catalog.get("Temp").is_none());
+
+        // A new file naming a family in use is the one refused, whatever its name sorts as.
+        fs::write(families.join("temp.toml"), family("Temp")).unwrap();
+        let before = shared.load_families(None);
+        fs::write(families.join("a-copy.toml"), "name = \"Temp\"\n[[metric]]\nname = \"other\"").unwrap();
+        let after = shared.load_families(Some(&before));
+        assert!(after.catalog.get("Temp").unwrap().metric("c").is_some());
+        assert!(after.problems.iter().any(|p| p.path.ends_with("a-copy.toml") && p.problem.contains("already")));
     }
 }

@@ -312,7 +312,8 @@ impl Group {
             tasks.spawn(async move {
                 let _permit = permit;
                 let mut device_state: DeviceState = device_state;
-                let refused = !device_state.answering
+                let refused = session.is_some()
+                    && !device_state.answering
                     && probe::probe(&device.address, device.port, device.credentials.probe_community(), wait).await
                         == probe::Probe::Refused;
                 let poll = match session {

@@ -87,13 +87,27 @@ async fn handle(
             // The active died between two checks: take it out now. Other failures (a client
             // that aborted its upload, a pooled connection closed under us) say nothing about
             // the active, and the next health check decides.
-            if e.is_connect() {
+            if e.is_connect() && !out_of_handles(&e) {
                 backends.mark_down(&target, e.to_string());
             }
             tracing::warn!(%target, error = %e, "forwarding failed");
             unavailable(&format!("the active aggregator at {target} did not answer; retry shortly"))
         }
     }
+}
+
+/// A connect that failed for want of file handles here says nothing about the active.
+fn out_of_handles(e: &(dyn std::error::Error + 'static)) -> bool {
+    let mut source = Some(e);
+    while let Some(err) = source {
+        if let Some(io) = err.downcast_ref::<std::io::Error>() {
+            if matches!(io.raw_os_error(), Some(code) if code == nix::libc::EMFILE || code == nix::libc::ENFILE) {
+                return true;
+            }
+        }
+        source = err.source();
+    }
+    false
 }
 
 fn strip_hop_by_hop(headers: &mut hyper::HeaderMap) {

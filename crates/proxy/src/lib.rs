@@ -40,7 +40,8 @@ impl Proxy {
         let backends = Arc::new(Backends::new(&self.config));
         let checker = tokio::spawn(health::run(backends.clone(), self.config.clone(), shutdown.clone()));
         let open_files = pollux_transport::raise_open_file_limit();
-        let limits = self.config.server_limits().fitted(open_files);
+        // Each client connection may hold a connection to the active as well: two handles.
+        let limits = self.config.server_limits().fitted(open_files / 2);
         tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
         forward::serve(listener, backends, limits, shutdown).await;
         let _ = checker.await;

@@ -144,6 +144,8 @@ pub async fn serve<S, B>(
     B::Error: Into<BoxError>,
 {
     let connections = TaskTracker::new();
+    // Fired after the shutdown grace: every connection still open is dropped.
+    let force = CancellationToken::new();
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = AcceptBackoff::default();
     let mut refusals = RateLimitedLog::new("connection refused: max_connections are open");
@@ -174,9 +176,13 @@ pub async fn serve<S, B>(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let (service, limits, stats, shutdown) = (service.clone(), limits.clone(), stats.clone(), shutdown.clone());
+        let force = force.clone();
         connections.spawn(async move {
             stats.open.fetch_add(1, Ordering::Relaxed);
-            serve_connection(stream, service, &limits, &stats, shutdown).await;
+            tokio::select! {
+                _ = serve_connection(stream, service, &limits, &stats, shutdown) => {}
+                _ = force.cancelled() => {}
+            }
             stats.open.fetch_sub(1, Ordering::Relaxed);
             drop(slot);
         });
@@ -185,6 +191,8 @@ pub async fn serve<S, B>(
     connections.close();
     if tokio::time::timeout(SHUTDOWN_GRACE, connections.wait()).await.is_err() {
         tracing::warn!(open = connections.len(), "connections still open after the shutdown grace; dropped");
+        force.cancel();
+        connections.wait().await;
     }
 }
 

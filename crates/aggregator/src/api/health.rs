@@ -80,7 +80,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         json!({"holder": l.holder, "advertise": l.advertise, "epoch": l.epoch, "counter": l.counter,
                "state": l.state, "unchanged_seconds": state.lease_age.as_secs_f64()})
     });
-    let active = nodes.iter().find(|n| n["role"] == "active" && n["reachable"] == true);
+    let active = nodes.iter().find(|n| n["role"] == "active" && n["ready"] == true && n["reachable"] == true);
     let family_problems = app.family_problems();
     let free_bytes = app.shared.free_bytes();
     // Why data is not flowing, in words an operator can act on; empty when it flows.

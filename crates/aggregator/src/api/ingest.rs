@@ -14,7 +14,7 @@ use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE};
-use pollux_model::{Digest, Dto, DtoId};
+use pollux_model::{Digest, Dto, DtoError, DtoId};
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -62,11 +62,12 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
     // Decoding and validating a large DTO takes milliseconds: keep it off the async workers.
     let (status, outcome) = blocking(move || -> Result<(StatusCode, String), ApiError> {
         let catalog = app2.catalog();
+        let refused = |e: DtoError| refusal(&app2, e);
         let dto: Dto = match media.as_str() {
             BINARY_CONTENT_TYPE => binary::decode(&bytes, app2.limits.max_records),
             _ => json::decode(&bytes, &catalog, &app2.limits),
         }
-        .map_err(|e| ApiError::bad_request(e.to_string()))?;
+        .map_err(refused)?;
         drop((bytes, held));
         if dto.id != path_id.as_str() {
             return Err(ApiError::bad_request(format!(
@@ -75,7 +76,7 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
                 path_id.as_str()
             )));
         }
-        dto.validate(&catalog, &app2.limits, crate::unix_now()).map_err(|e| ApiError::bad_request(e.to_string()))?;
+        dto.validate(&catalog, &app2.limits, crate::unix_now()).map_err(refused)?;
         drop(decoding);
         if let Some(loaded) = app2.repo.loaded_dto(&dto.id)? {
             return repeat(loaded.digest, &dto);
@@ -104,6 +105,19 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
     // active acknowledges. The sender resends and gets 200.
     require_active(app)?;
     Ok((status, outcome))
+}
+
+/// A DTO refused: 400, except for an unknown family while some family file is skipped for a
+/// problem. That file may be the family's, half-written by an editor or broken by a typo:
+/// answer 503 so that the collector keeps the DTO and sends it again once the file is fixed,
+/// rather than move it to `rejected/` for good.
+fn refusal(app: &App, e: DtoError) -> ApiError {
+    if e.field == "family" && !app.family_problems().is_empty() {
+        return ApiError::unavailable_for(&format!(
+            "{e}; some metric family files are skipped for problems (see /api/v1/status): retry once they are fixed"
+        ));
+    }
+    ApiError::bad_request(e.to_string())
 }
 
 /// `Authorization: Bearer <token>`, the scheme in any case (RFC 9110 section 11.1), the token

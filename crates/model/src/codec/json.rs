@@ -107,6 +107,7 @@ fn used_columns(family: &MetricFamily, mut records: Vec<Record>) -> (Vec<String>
                 column += 1;
                 used[column - 1]
             });
+            record.values.shrink_to_fit();
         }
     }
     (metrics, records)

@@ -248,26 +248,31 @@ impl SqliteRepository {
         let mut writer = self.writer();
         let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         check_epoch(&tx, epoch)?;
+        let known: Option<(Option<i64>, String)> = tx
+            .query_row("SELECT number, columns FROM family_state WHERE family = ?1", [&family.name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })
+            .optional()?;
         // Family names are case-sensitive, but an operator who defines "interface" next to
         // "Interface" has made a mistake, and one that no query could tell apart by eye.
-        let twin: Option<String> = tx
-            .query_row(
+        let twin: Option<String> = if known.is_some() {
+            // A family the repository already holds keeps its tables, even beside a twin that
+            // an older release let in.
+            None
+        } else {
+            tx.query_row(
                 "SELECT family FROM family_state WHERE family = ?1 COLLATE NOCASE AND family <> ?1",
                 [&family.name],
                 |r| r.get(0),
             )
-            .optional()?;
+            .optional()?
+        };
         if let Some(twin) = twin {
             return Err(RepoError::Rejected(format!(
                 "family {:?} differs from the existing family {twin:?} only by letter case",
                 family.name
             )));
         }
-        let known: Option<(Option<i64>, String)> = tx
-            .query_row("SELECT number, columns FROM family_state WHERE family = ?1", [&family.name], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })
-            .optional()?;
         let mut columns = known.as_ref().map(|k| split_columns(&k.1)).unwrap_or_default();
         let added: Vec<String> =
             family.metrics.iter().map(|m| m.name.clone()).filter(|m| !columns.contains(m)).collect();

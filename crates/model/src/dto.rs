@@ -119,34 +119,47 @@ impl Dto {
     /// not silently dropped. SHA-256 of a canonical form, cut to 128 bits.
     pub fn digest(&self) -> Digest {
         use sha2::{Digest as _, Sha256};
+        // The canonical form: the header, the names of the columns that hold a value (sorted),
+        // then per record its names, time, a presence mask over those columns and the values'
+        // bits. About 8 bytes hashed per value, so the loader can afford it for every DTO.
+        let mut used: Vec<usize> =
+            (0..self.metrics.len()).filter(|&c| self.records.iter().any(|r| r.values[c].is_some())).collect();
+        used.sort_by(|&a, &b| self.metrics[a].cmp(&self.metrics[b]));
         let mut h = Sha256::new();
-        let mut text = |s: &str| {
-            h.update((s.len() as u64).to_le_bytes());
-            h.update(s.as_bytes());
+        let mut buf: Vec<u8> = Vec::with_capacity(256);
+        let text = |buf: &mut Vec<u8>, s: &str| {
+            buf.extend_from_slice(&(s.len() as u64).to_le_bytes());
+            buf.extend_from_slice(s.as_bytes());
         };
-        text(&self.id);
-        text(&self.collector);
-        text(&self.family);
-        let mut order: Vec<usize> = (0..self.metrics.len()).collect();
-        order.sort_by(|&a, &b| self.metrics[a].cmp(&self.metrics[b]));
-        h.update(self.cycle.to_le_bytes());
-        h.update(self.interval.to_le_bytes());
-        h.update((self.records.len() as u64).to_le_bytes());
+        text(&mut buf, &self.id);
+        text(&mut buf, &self.collector);
+        text(&mut buf, &self.family);
+        buf.extend_from_slice(&self.cycle.to_le_bytes());
+        buf.extend_from_slice(&self.interval.to_le_bytes());
+        buf.extend_from_slice(&(used.len() as u64).to_le_bytes());
+        for &c in &used {
+            text(&mut buf, &self.metrics[c]);
+        }
+        buf.extend_from_slice(&(self.records.len() as u64).to_le_bytes());
+        h.update(&buf);
         for record in &self.records {
-            for s in [&record.device, &record.item] {
-                h.update((s.len() as u64).to_le_bytes());
-                h.update(s.as_bytes());
-            }
-            h.update(record.ts.to_le_bytes());
-            for &c in &order {
-                if let Some(v) = record.values[c] {
-                    let name = &self.metrics[c];
-                    h.update((name.len() as u64).to_le_bytes());
-                    h.update(name.as_bytes());
-                    h.update(v.to_bits().to_le_bytes());
+            buf.clear();
+            text(&mut buf, &record.device);
+            text(&mut buf, &record.item);
+            buf.extend_from_slice(&record.ts.to_le_bytes());
+            let mut present = 0u64;
+            for (bit, &c) in used.iter().enumerate() {
+                if record.values[c].is_some() {
+                    present |= 1 << bit;
                 }
             }
-            h.update([0xff]);
+            buf.extend_from_slice(&present.to_le_bytes());
+            for &c in &used {
+                if let Some(v) = record.values[c] {
+                    buf.extend_from_slice(&v.to_bits().to_le_bytes());
+                }
+            }
+            h.update(&buf);
         }
         let full = h.finalize();
         Digest(full[..16].try_into().expect("16 of 32 bytes"))

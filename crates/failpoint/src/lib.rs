@@ -33,6 +33,48 @@ pub fn hit(name: &str) -> bool {
     }
 }
 
+/// Every crash point the code has. A test that names another (a typo, a point that was
+/// renamed) would test nothing: [`check_configuration`] refuses it.
+pub const NAMES: &[&str] = &[
+    "loader.after_commit",
+    "repository.load.before_commit",
+    "shared.write",
+    "startup.hang",
+    "store.after_link",
+    "store.before_link",
+    "store.mid_write",
+];
+
+/// Checks `POLLUX_FAILPOINTS` (when set): every name must be one of [`NAMES`] and every action
+/// known. The binary exits 64 with the message otherwise. Without the `failpoints` feature a
+/// configuration is an error too: the test expected faults this build cannot inject.
+pub fn check_configuration() -> Result<(), String> {
+    let Ok(text) = std::env::var("POLLUX_FAILPOINTS") else { return Ok(()) };
+    if text.trim().is_empty() {
+        return Ok(());
+    }
+    if !ENABLED {
+        return Err(
+            "POLLUX_FAILPOINTS is set, but this build has no crash points (build with --features failpoints)".into()
+        );
+    }
+    for entry in text.split(',') {
+        let Some((name, action)) = entry.split_once('=') else {
+            return Err(format!("POLLUX_FAILPOINTS: {entry:?} is not name=action"));
+        };
+        let (name, action) = (name.trim(), action.trim());
+        if !NAMES.contains(&name) {
+            return Err(format!("POLLUX_FAILPOINTS: no crash point {name:?} (known: {})", NAMES.join(", ")));
+        }
+        if !matches!(action, "abort" | "hang" | "error") && !action.starts_with("error-while:") {
+            return Err(format!(
+                "POLLUX_FAILPOINTS: {name}: unknown action {action:?} (abort, hang, error, error-while:<path>)"
+            ));
+        }
+    }
+    Ok(())
+}
+
 /// True when this build carries crash points (the `failpoints` feature).
 pub const ENABLED: bool = cfg!(feature = "failpoints");
 
@@ -79,5 +121,32 @@ mod imp {
                 false
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    /// Every `hit("...")` in the workspace names a point of [`super::NAMES`], and every name is
+    /// used somewhere: the list cannot drift from the code.
+    #[test]
+    fn names_match_the_code() {
+        let crates = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).parent().unwrap().to_owned();
+        let mut used = std::collections::BTreeSet::new();
+        let mut dirs = vec![crates];
+        while let Some(dir) = dirs.pop() {
+            for entry in std::fs::read_dir(&dir).unwrap() {
+                let path = entry.unwrap().path();
+                if path.is_dir() {
+                    dirs.push(path);
+                } else if path.extension().is_some_and(|e| e == "rs") && !path.ends_with("failpoint/src/lib.rs") {
+                    let text = std::fs::read_to_string(&path).unwrap();
+                    for piece in text.split("failpoint::hit(\"").skip(1) {
+                        used.insert(piece.split('"').next().unwrap().to_owned());
+                    }
+                }
+            }
+        }
+        let known: std::collections::BTreeSet<String> = super::NAMES.iter().map(|s| s.to_string()).collect();
+        assert_eq!(used, known);
     }
 }

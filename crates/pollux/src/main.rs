@@ -152,6 +152,10 @@ fn main() -> ExitCode {
             tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_snmp=off".into()),
         )
         .init();
+    if let Err(e) = pollux_failpoint::check_configuration() {
+        eprintln!("pollux: {e}");
+        return ExitCode::from(EXIT_USAGE);
+    }
     match cli.command {
         Command::Aggregator(args) => run_aggregator(args),
         Command::Proxy(args) => run_proxy(args),

@@ -242,7 +242,8 @@ fn the_proxy_does_not_grow_per_connection() {
     assert!(grown < 4 * 1024, "the proxy grew by {grown} KiB over 20,000 connections");
 }
 
-/// Finding 7: loads failing, a DTO stuck for want of its family, and no active each make
+#[cfg(feature = "failpoints")]
+/// Finding 7 (needs the crash points: `--features failpoints`): loads failing, a DTO stuck for want of its family, and no active each make
 /// `pollux status` say so and exit 1.
 #[test]
 fn status_exits_1_whenever_data_is_not_flowing() {
@@ -338,4 +339,17 @@ fn small_ones() {
     let (code, err) = run(&["aggregator", "--config", config.to_str().unwrap(), "--shared-dir", dir]);
     assert_eq!(code, Some(64), "{err}");
     assert!(err.contains("ingest_token"), "{err}");
+}
+
+/// A crash point that does not exist would make a fault test test nothing: refused at start.
+#[test]
+fn an_unknown_crash_point_is_refused() {
+    let out = Command::new(BIN)
+        .args(["status", "--url", "http://127.0.0.1:9"])
+        .env("POLLUX_FAILPOINTS", "store.mid_wirte=abort")
+        .output()
+        .unwrap();
+    assert_eq!(out.status.code(), Some(64));
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(err.contains("store.mid_wirte") || err.contains("no crash points"), "{err}");
 }

@@ -299,12 +299,31 @@ impl RepoCheck {
             .unwrap()
     }
 
-    /// Epochs of the loaded DTOs in load order never go down: no stale writer loaded after a
-    /// newer epoch began.
+    /// Epochs of the loaded DTOs in load order never go down, and no load of an epoch was
+    /// registered after a newer epoch claimed the repository (each claim records the last
+    /// registry entry before it): a stale writer that committed between a newer epoch's claim
+    /// and that epoch's first load is caught too.
     pub fn epochs_never_go_back(&self) -> bool {
         let mut stmt = self.conn.prepare("SELECT epoch FROM loaded_dtos ORDER BY seq").unwrap();
         let epochs: Vec<i64> = stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
-        epochs.windows(2).all(|w| w[0] <= w[1])
+        epochs.windows(2).all(|w| w[0] <= w[1]) && self.stale_loads_after_a_claim() == 0
+    }
+
+    /// Loads registered after a newer epoch's claim (must be 0).
+    pub fn stale_loads_after_a_claim(&self) -> i64 {
+        self.conn
+            .query_row(
+                "SELECT count(*) FROM loaded_dtos l JOIN epochs e
+                   ON l.epoch < e.epoch AND e.after_seq IS NOT NULL AND l.seq > e.after_seq",
+                [],
+                |r| r.get(0),
+            )
+            .unwrap()
+    }
+
+    /// How many epochs claimed the repository.
+    pub fn claims(&self) -> i64 {
+        self.conn.query_row("SELECT count(*) FROM epochs", [], |r| r.get(0)).unwrap()
     }
 }
 

@@ -134,7 +134,7 @@ const SCHEMA: &str = "
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value INTEGER NOT NULL) WITHOUT ROWID;
 INSERT OR IGNORE INTO meta (key, value) VALUES ('epoch', 0), ('schema', 1);
 CREATE TABLE IF NOT EXISTS epochs (
-    epoch INTEGER PRIMARY KEY, node TEXT NOT NULL, claimed_at INTEGER NOT NULL);
+    epoch INTEGER PRIMARY KEY, node TEXT NOT NULL, claimed_at INTEGER NOT NULL, after_seq INTEGER);
 CREATE TABLE IF NOT EXISTS family_state (
     family TEXT PRIMARY KEY, columns TEXT NOT NULL,
     watermark INTEGER NOT NULL DEFAULT 0, max_interval INTEGER NOT NULL DEFAULT 0,
@@ -233,8 +233,12 @@ impl SqliteRepository {
             return Err(RepoError::Fenced { ours: epoch, current });
         }
         tx.execute("UPDATE meta SET value = ?1 WHERE key = 'epoch'", [epoch as i64])?;
+        // after_seq: the last registry entry when this epoch took over. A load of an older
+        // epoch registered after it would be a stale writer that got through (the checkers
+        // look for exactly that).
         tx.execute(
-            "INSERT OR REPLACE INTO epochs (epoch, node, claimed_at) VALUES (?1, ?2, ?3)",
+            "INSERT OR REPLACE INTO epochs (epoch, node, claimed_at, after_seq)
+             VALUES (?1, ?2, ?3, (SELECT coalesce(max(seq), 0) FROM loaded_dtos))",
             rusqlite::params![epoch as i64, node, now],
         )?;
         tx.commit()?;
@@ -372,7 +376,9 @@ fn next_family_number(tx: &Transaction<'_>) -> Result<i64> {
 fn migrate(conn: &Connection) -> Result<()> {
     // Families created before table numbering keep their tables (number NULL); DTOs loaded
     // before digests were kept have none (a repeat of one is answered 200 whatever it holds).
-    for (table, column) in [("family_state", "number INTEGER"), ("loaded_dtos", "digest BLOB")] {
+    for (table, column) in
+        [("family_state", "number INTEGER"), ("loaded_dtos", "digest BLOB"), ("epochs", "after_seq INTEGER")]
+    {
         let name = column.split(' ').next().expect("a column name");
         let missing = || conn.prepare(&format!("SELECT {name} FROM {table} LIMIT 0")).is_err();
         if missing() {

@@ -35,3 +35,47 @@ fn a_stale_load_between_a_claim_and_the_first_load_is_caught() {
         "the checker sees the stale load although epochs never go down in load order"
     );
 }
+
+/// The value and rollup checkers of the chaos tests see a value one unit in the last place
+/// off, and a rollup that no longer matches its raw data.
+#[test]
+fn a_value_one_ulp_off_and_a_wrong_rollup_are_caught() {
+    use pollux_model::{codec::json, Catalog, Limits};
+    let shared = tempdir();
+    let repo = SqliteRepository::open(&shared.path().join("repository.sqlite"), SqliteOptions::default()).unwrap();
+    repo.claim_epoch(1, "suite").unwrap();
+    for family in Catalog::builtin().iter() {
+        repo.ensure_family(1, family).unwrap();
+    }
+    let base = week_base();
+    for c in 0..24 {
+        let sent = interface_dto(&format!("v{c}"), base + c * 8 * 3600, 2, 3);
+        let dto = json::decode(sent.to_string().as_bytes(), &Catalog::builtin(), &Limits::default()).unwrap();
+        repo.load(1, &[dto]).unwrap();
+    }
+    let policy = pollux_repository::RollupPolicy::immediate(std::time::Duration::ZERO);
+    while repo.roll_up(1, unix_now(), &policy, 10_000).unwrap().more {}
+    let check = RepoCheck::open(shared.path());
+    assert_eq!(check.values_as_sent(3).unwrap(), 24 * 6 * 3);
+    let (from, to) = (base, week_range_end(base));
+    let compared = rollups_of_every_item(shared.path(), from, to).expect("rollups match before the fault");
+    assert!(compared.iter().all(|&n| n >= 6 * 3), "{compared:?}");
+
+    let conn = rusqlite::Connection::open(shared.path().join("repository.sqlite")).unwrap();
+    let t = check.family_tables("Interface").unwrap();
+    let changed = conn
+        .execute(
+            &format!(
+                "UPDATE {t}_recent SET in_util = in_util + in_util * 2.3e-16
+                 WHERE in_util > 1 AND cycle = (SELECT max(cycle) FROM {t}_recent)"
+            ),
+            [],
+        )
+        .unwrap();
+    assert!(changed > 0);
+    let err = check.values_as_sent(3).unwrap_err();
+    assert!(err.contains("in_util"), "{err}");
+
+    conn.execute(&format!("UPDATE {t}_week SET in_bps_sum = in_bps_sum + 1"), []).unwrap();
+    assert!(rollups_of_every_item(shared.path(), from, to).is_none(), "a weekly sum one off is caught");
+}

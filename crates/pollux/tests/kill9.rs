@@ -1,11 +1,11 @@
 //! kill -9 of the aggregator while senders keep PUTting DTOs: after restarts, every DTO that was
-//! ever acknowledged is loaded exactly once, no record appears twice, and the rollups equal a
-//! recomputation from the raw data.
+//! ever acknowledged is loaded exactly once, every stored value is the one sent (bit for bit),
+//! and the hourly, daily and weekly rollups of every metric of every item equal a recomputation
+//! from the raw data.
 
 mod common;
 
 use common::*;
-use pollux_repository::{conformance::rollups_match_raw, SqliteOptions, SqliteRepository};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, RwLock};
@@ -17,11 +17,11 @@ const KILLS: usize = 3;
 
 /// A sender as a collector behaves: each DTO is retried until it is answered 201 or 200.
 fn sender(n: usize, url: Arc<RwLock<String>>, acked: Arc<Mutex<BTreeSet<String>>>, stop: Arc<AtomicBool>) {
-    // Hours long closed by now, so their rollups are due at once.
-    let first = (unix_now() / 3600 - 6) * 3600;
+    // Eight days long closed, spread so that every hour, day and the week have data to roll up.
+    let first = week_base();
     for c in 0..CYCLES_PER_SENDER {
         let id = format!("dc{n}.Interface.{c}");
-        let mut dto = interface_dto(&id, first + c * 300, 2, 5);
+        let mut dto = interface_dto(&id, first + c * (8 * 86_400 / CYCLES_PER_SENDER), 2, 5);
         for r in dto["records"].as_array_mut().unwrap() {
             r["device"] = format!("dc{n}-{}", r["device"].as_str().unwrap()).into();
         }
@@ -75,23 +75,17 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
         let (_, status) = get(&format!("{}/api/v1/status", da.url));
         (status["dto_backlog"] == 0 && status["repository"]["loaded_dtos"] == total as u64).then_some(())
     });
-    // The closed hours, days and weeks are rolled up by the running aggregator.
-    let repo = SqliteRepository::open(&shared.path().join("repository.sqlite"), SqliteOptions::default()).unwrap();
-    let (from, to) = ((unix_now() / 3600 - 6) * 3600, unix_now() / 3600 * 3600);
-    let compared = wait_until(Duration::from_secs(60), "rollups equal to a recomputation from raw data", || {
-        let mut compared = 0;
-        for n in 0..SENDERS {
-            for d in 0..2 {
-                for i in [0, 4] {
-                    let (device, item) = (format!("dc{n}-rtr-{d}"), format!("ge-0/0/{i}"));
-                    compared += rollups_match_raw(&repo, "Interface", "in_bps", &device, &item, from, to).ok()?;
-                }
-            }
-        }
-        Some(compared)
+    // The closed hours, days and the week are rolled up by the running aggregator: every metric
+    // of every item, each resolution compared.
+    let (from, to) = (week_base(), week_range_end(week_base()));
+    let compared = wait_until(Duration::from_secs(90), "rollups equal to a recomputation from raw data", || {
+        rollups_of_every_item(shared.path(), from, to)
     });
-    assert!(compared >= SENDERS * 4 * 3, "hourly rollups were compared ({compared})");
-    drop(repo);
+    let series = SENDERS * 2 * 5 * 3;
+    assert!(
+        compared[0] >= series * 2 && compared[1] >= series * 2 && compared[2] >= series,
+        "every item and metric at every resolution: {compared:?} for {series} series"
+    );
     assert_eq!(da.stop().code(), Some(0), "clean stop on SIGTERM");
 
     let repo = RepoCheck::open(shared.path());
@@ -103,5 +97,7 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
     assert_eq!(rows.len(), total * 10, "every record of every DTO");
     assert!(rows.iter().all(|r| r.3 == 1), "a record appears twice");
     assert!(repo.epochs_never_go_back(), "a stale epoch loaded after a newer one");
+    let values = repo.values_as_sent(5).unwrap_or_else(|e| panic!("a stored value differs: {e}"));
+    assert_eq!(values, total * 10 * 3, "every value compared, bit for bit");
     assert!(dto_files(shared.path()).is_empty());
 }

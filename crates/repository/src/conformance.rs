@@ -162,7 +162,7 @@ pub fn series_reads_recent_and_compacted_alike(repo: &dyn Repository) {
     assert_eq!(raw(repo, "r1", "ge-0", T0 + 10, T0 + INTERVAL + 10), [(T0 + 10, 7.5)]);
 }
 
-/// Checks every hourly, daily and weekly rollup of one item's `in_bps` against a recomputation
+/// Checks every hourly, daily and weekly rollup of one item's metric against a recomputation
 /// from its raw series over `[from, to)`. Returns the number of rollup points compared.
 pub fn rollups_match_raw(
     repo: &dyn Repository,
@@ -173,6 +173,20 @@ pub fn rollups_match_raw(
     from: i64,
     to: i64,
 ) -> Result<usize, String> {
+    rollups_match_raw_by_resolution(repo, family, metric, device, item, from, to).map(|c| c.iter().sum())
+}
+
+/// [`rollups_match_raw`], with the periods compared counted per resolution (hour, day, week),
+/// so a checker can insist that each resolution was compared at all.
+pub fn rollups_match_raw_by_resolution(
+    repo: &dyn Repository,
+    family: &str,
+    metric: &str,
+    device: &str,
+    item: &str,
+    from: i64,
+    to: i64,
+) -> Result<[usize; 3], String> {
     let query = |resolution| SeriesQuery {
         family: family.into(),
         device: device.into(),
@@ -185,8 +199,8 @@ pub fn rollups_match_raw(
     let Series::Raw(points) = repo.series(&query(Resolution::Raw)).map_err(|e| e.to_string())? else {
         return Err("raw series is not raw".into());
     };
-    let mut compared = 0;
-    for resolution in Resolution::ROLLUPS {
+    let mut compared = [0; 3];
+    for (r, resolution) in Resolution::ROLLUPS.into_iter().enumerate() {
         let mut expected: BTreeMap<i64, (f64, f64, f64, u64)> = BTreeMap::new();
         for &(ts, v) in &points {
             let e = expected.entry(resolution.period_start(ts)).or_insert((f64::MAX, f64::MIN, 0.0, 0));
@@ -217,7 +231,7 @@ pub fn rollups_match_raw(
                     resolution.name()
                 ));
             }
-            compared += 1;
+            compared[r] += 1;
         }
     }
     Ok(compared)

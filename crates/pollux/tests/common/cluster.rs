@@ -3,7 +3,6 @@
 //! the checker that says, from the repository, whether anything was lost or duplicated.
 
 use super::*;
-use pollux_repository::{conformance::rollups_match_raw, SqliteOptions, SqliteRepository};
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
@@ -141,18 +140,17 @@ pub struct Load {
 
 /// Records per DTO the load sends.
 pub const LOAD_RECORDS: usize = 6;
-/// Cycles a sender goes through before it starts over with new devices (8 h 20 min).
+/// Cycles a sender goes through before it starts over with new devices.
 const CYCLES_PER_ROUND: i64 = 100;
-/// Where the load's cycles start: hours long closed, so their rollups are due at once.
-pub fn load_base() -> i64 {
-    (unix_now() / 3600 - 10) * 3600
-}
+/// How far apart a round's cycles are: a round spreads over eight days (see [`week_base`]), so
+/// every hour, day and week it touches is long closed and its rollups are compared.
+const CYCLE_STEP: i64 = 8 * 86_400 / CYCLES_PER_ROUND;
 
 impl Load {
     pub fn start(proxy: &str, senders: usize) -> Load {
         let stop = Arc::new(AtomicBool::new(false));
         let sent = Arc::new(AtomicUsize::new(0));
-        let base = load_base();
+        let base = week_base();
         let threads = (0..senders)
             .map(|t| {
                 let (stop, sent, url) = (stop.clone(), sent.clone(), proxy.to_owned());
@@ -160,9 +158,9 @@ impl Load {
                     let mut acked = Vec::new();
                     let mut n: i64 = 0;
                     while !stop.load(Ordering::Relaxed) {
-                        // Cycles stay in the closed hours of the last ten: every hundred DTOs the
+                        // Cycles stay in eight closed days two weeks back: every hundred DTOs the
                         // sender starts over with new devices.
-                        let (wrap, cycle) = (n / CYCLES_PER_ROUND, base + (n % CYCLES_PER_ROUND) * 300);
+                        let (wrap, cycle) = (n / CYCLES_PER_ROUND, base + (n % CYCLES_PER_ROUND) * CYCLE_STEP);
                         let id = format!("c{t}.Interface.{n}");
                         let mut dto = interface_dto(&id, cycle, 2, LOAD_RECORDS / 2);
                         for r in dto["records"].as_array_mut().unwrap() {
@@ -240,12 +238,17 @@ pub fn check_nothing_lost(cluster: &Cluster, acked: &BTreeSet<String>) {
     assert!(rows.iter().all(|r| r.3 == 1), "a record appears twice");
     assert!(repo.epochs_never_go_back(), "a DTO was loaded by an epoch after a higher epoch had begun");
 
-    let sqlite =
-        SqliteRepository::open(&cluster.shared.path().join("repository.sqlite"), SqliteOptions::default()).unwrap();
-    let (from, to) = (load_base(), unix_now() / 3600 * 3600);
-    wait_until(Duration::from_secs(60), "rollups equal to a recomputation from raw data", || {
-        ["c0w0-rtr-0", "c0w0-rtr-1"].iter().try_for_each(|device| {
-            rollups_match_raw(&sqlite, "Interface", "in_bps", device, "ge-0/0/0", from, to).map(drop).ok()
-        })
+    let values = repo.values_as_sent(LOAD_RECORDS / 2).unwrap_or_else(|e| panic!("a stored value differs: {e}"));
+    assert_eq!(values, rows.len() * 3, "every value of every record compared");
+
+    // Every metric of every item, hours, days and the week, and each resolution compared.
+    let (from, to) = (week_base(), week_range_end(week_base()));
+    let compared = wait_until(Duration::from_secs(90), "rollups equal to a recomputation from raw data", || {
+        rollups_of_every_item(cluster.shared.path(), from, to)
     });
+    let series = repo.interface_items().len() * 3;
+    assert!(
+        compared[0] >= series && compared[1] >= series && compared[2] >= series,
+        "every item and metric compared at every resolution: {compared:?} for {series} series"
+    );
 }

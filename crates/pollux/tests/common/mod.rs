@@ -321,10 +321,94 @@ impl RepoCheck {
             .unwrap()
     }
 
+    /// Every stored Interface value against what [`interface_dto`] sent for its device, item
+    /// and cycle, bit for bit (devices renamed by a prefix keep their `rtr-<d>` suffix).
+    /// Returns the values compared, or the first that differs.
+    pub fn values_as_sent(&self, items_per_device: usize) -> Result<usize, String> {
+        let t = self.family_tables("Interface").expect("Interface tables");
+        let sql = format!(
+            "SELECT i.device, i.item, r.cycle, r.in_bps, r.out_bps, r.in_util FROM (
+                SELECT item_id, cycle, in_bps, out_bps, in_util FROM {t}_recent
+                UNION ALL SELECT item_id, cycle, in_bps, out_bps, in_util FROM {t}_raw) r
+             JOIN items i ON i.id = r.item_id"
+        );
+        let mut stmt = self.conn.prepare(&sql).unwrap();
+        let rows = stmt
+            .query_map([], |r| {
+                Ok((
+                    r.get::<_, String>(0)?,
+                    r.get::<_, String>(1)?,
+                    r.get::<_, i64>(2)?,
+                    [r.get::<_, Option<f64>>(3)?, r.get::<_, Option<f64>>(4)?, r.get::<_, Option<f64>>(5)?],
+                ))
+            })
+            .unwrap();
+        let mut compared = 0;
+        for row in rows {
+            let (device, item, cycle, got) = row.unwrap();
+            let d: usize =
+                device.rsplit("rtr-").next().and_then(|n| n.parse().ok()).ok_or(format!("device {device}"))?;
+            let i: usize = item.rsplit('/').next().and_then(|n| n.parse().ok()).ok_or(format!("item {item}"))?;
+            let base = ((cycle / 300) % 1000) as f64 + (d * items_per_device + i) as f64;
+            let sent = [base * 1000.0, base * 500.0, base % 100.0];
+            for (metric, (got, sent)) in ["in_bps", "out_bps", "in_util"].iter().zip(got.iter().zip(sent)) {
+                if got.map(f64::to_bits) != Some(sent.to_bits()) {
+                    return Err(format!("{device} {item} cycle {cycle} {metric}: stored {got:?}, sent {sent:?}"));
+                }
+                compared += 1;
+            }
+        }
+        Ok(compared)
+    }
+
+    /// Every (device, item) of the Interface family.
+    pub fn interface_items(&self) -> Vec<(String, String)> {
+        let mut stmt =
+            self.conn.prepare("SELECT device, item FROM items WHERE family = 'Interface' ORDER BY 1, 2").unwrap();
+        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+    }
+
     /// How many epochs claimed the repository.
     pub fn claims(&self) -> i64 {
         self.conn.query_row("SELECT count(*) FROM epochs", [], |r| r.get(0)).unwrap()
     }
+}
+
+/// Monday 00:00 UTC of a week that began at least two weeks ago: load placed in
+/// `[week_base(), week_base() + 8 days)` covers a whole week and eight whole days, long closed,
+/// so the checkers compare hourly, daily and weekly rollups alike.
+pub fn week_base() -> i64 {
+    const DAY: i64 = 86_400;
+    const MONDAY: i64 = 4 * DAY; // 1970-01-05 was a Monday
+    (unix_now() - 14 * DAY - MONDAY) / (7 * DAY) * (7 * DAY) + MONDAY
+}
+
+/// The end of the range [`week_base`] starts.
+pub fn week_range_end(base: i64) -> i64 {
+    base + 8 * 86_400
+}
+
+/// Every hourly, daily and weekly rollup of every Interface item and metric in `[from, to)`
+/// against a recomputation from raw data. Returns the periods compared per resolution (hour,
+/// day, week); `None` while some rollup is still off (the caller waits for pending rollups).
+pub fn rollups_of_every_item(shared: &Path, from: i64, to: i64) -> Option<[usize; 3]> {
+    use pollux_repository::conformance::rollups_match_raw_by_resolution;
+    let items = RepoCheck::open(shared).interface_items();
+    let repo = pollux_repository::SqliteRepository::open(
+        &shared.join("repository.sqlite"),
+        pollux_repository::SqliteOptions::default(),
+    )
+    .ok()?;
+    let mut compared = [0; 3];
+    for (device, item) in &items {
+        for metric in ["in_bps", "out_bps", "in_util"] {
+            let c = rollups_match_raw_by_resolution(&repo, "Interface", metric, device, item, from, to).ok()?;
+            for r in 0..3 {
+                compared[r] += c[r];
+            }
+        }
+    }
+    Some(compared)
 }
 
 /// A shared directory for one test, removed when it drops.

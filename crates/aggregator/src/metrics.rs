@@ -34,6 +34,8 @@ pub struct Gauges {
     pub load_lag_seconds: f64,
     pub repository_bytes: u64,
     pub pending_rollups: u64,
+    /// Records replaced by another DTO id's record for the same item and cycle, ever.
+    pub replaced_records: u64,
 }
 
 impl Metrics {
@@ -91,6 +93,12 @@ impl Metrics {
         );
         gauge("pollux_repository_bytes", "size of the repository files", g.repository_bytes.to_string());
         gauge("pollux_pending_rollups", "rollup periods waiting to be computed", g.pending_rollups.to_string());
+        let _ = writeln!(
+            out,
+            "# HELP pollux_records_replaced_total records that replaced one stored for the same item and cycle \
+             under another DTO id\n# TYPE pollux_records_replaced_total counter\npollux_records_replaced_total {}",
+            g.replaced_records
+        );
         let _ = writeln!(out, "# HELP pollux_role this node's role\n# TYPE pollux_role gauge");
         for role in ["standby", "starting", "active", "fenced"] {
             let _ = writeln!(out, "pollux_role{{role=\"{role}\"}} {}", u8::from(role == g.role));

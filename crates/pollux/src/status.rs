@@ -98,7 +98,7 @@ fn render(body: &serde_json::Value) -> String {
     let repo = &body["repository"];
     let _ = writeln!(
         out,
-        "DTO backlog {} (oldest {:.1}s); shared dir {} {} ({:.1} GiB free{}); repository {} ({:.1} MiB, {} DTOs loaded, {} rollups pending)",
+        "DTO backlog {} (oldest {:.1}s); shared dir {} {} ({:.1} GiB free{}); repository {} ({:.1} MiB, {} DTOs loaded, {} rollups pending{})",
         body["dto_backlog"],
         body["loader_lag_seconds"].as_f64().unwrap_or(0.0),
         shared["path"].as_str().unwrap_or("-"),
@@ -109,6 +109,10 @@ fn render(body: &serde_json::Value) -> String {
         repo["bytes"].as_f64().unwrap_or(0.0) / (1u64 << 20) as f64,
         repo["loaded_dtos"],
         repo["pending_rollups"],
+        match repo["replaced_records"].as_u64() {
+            Some(n) if n > 0 => format!(", {n} records replaced by another DTO id's"),
+            _ => String::new(),
+        },
     );
     match body["problems"].as_array() {
         Some(problems) if !problems.is_empty() => {

@@ -76,6 +76,15 @@ fn a_value_one_ulp_off_and_a_wrong_rollup_are_caught() {
     let err = check.values_as_sent(3).unwrap_err();
     assert!(err.contains("in_util"), "{err}");
 
+    // The same cycle resent under another id: the primary key would hide it; the count does not.
+    assert_eq!(check.replaced_records(), 0);
+    let again = interface_dto("v0-again", base, 2, 3);
+    let dto = json::decode(again.to_string().as_bytes(), &Catalog::builtin(), &Limits::default()).unwrap();
+    assert_eq!(repo.load(1, &[dto]).unwrap().replaced, 6);
+    assert_eq!(check.replaced_records(), 6);
+    let rows = check.interface_rows();
+    assert!(rows.iter().all(|r| r.3 == 1), "the rows alone show nothing: the key keeps one record");
+
     conn.execute(&format!("UPDATE {t}_week SET in_bps_sum = in_bps_sum + 1"), []).unwrap();
     assert!(rollups_of_every_item(shared.path(), from, to).is_none(), "a weekly sum one off is caught");
 }

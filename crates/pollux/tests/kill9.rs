@@ -96,6 +96,7 @@ fn kill_9_under_load_loses_and_duplicates_nothing() {
     let rows = repo.interface_rows();
     assert_eq!(rows.len(), total * 10, "every record of every DTO");
     assert!(rows.iter().all(|r| r.3 == 1), "a record appears twice");
+    assert_eq!(repo.replaced_records(), 0, "a record arrived under two DTO ids");
     assert!(repo.epochs_never_go_back(), "a stale epoch loaded after a newer one");
     let values = repo.values_as_sent(5).unwrap_or_else(|e| panic!("a stored value differs: {e}"));
     assert_eq!(values, total * 10 * 3, "every value compared, bit for bit");

@@ -30,7 +30,7 @@ macro_rules! conformance_tests {
             series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
             top_ranks_by_average, items_and_devices, family_widening, retention_expires,
             late_data_settles_before_it_is_rolled, family_names_never_share_tables,
-            digests_are_kept);
+            digests_are_kept, records_under_two_ids_are_counted);
     };
     (@each $make:expr; $($check:ident),*) => {
         $(
@@ -411,6 +411,17 @@ pub fn family_names_never_share_tables(repo: &dyn Repository) {
     repo.compact(1, NOW, 1000).unwrap();
     assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), [(T0 + 10, 5.0)]);
     assert_eq!(repo.stats().unwrap().loaded_dtos, 1 + internal.len() as u64);
+}
+
+/// The same item and cycle under two DTO ids is counted, never replaced unseen.
+pub fn records_under_two_ids_are_counted(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.load(1, &[dto("first", T0, &[("r1", "ge-0", 1.0), ("r1", "ge-1", 2.0)])]).unwrap();
+    assert_eq!(repo.stats().unwrap().replaced_records, 0);
+    let report = repo.load(1, &[dto("second", T0, &[("r1", "ge-0", 3.0), ("r1", "ge-2", 4.0)])]).unwrap();
+    assert_eq!((report.loaded, report.replaced), (1, 1));
+    assert_eq!(repo.stats().unwrap().replaced_records, 1);
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW), [(T0 + 10, 3.0)], "the later record is kept");
 }
 
 /// The registry keeps each loaded DTO's digest, so a repeat with other content can be told.

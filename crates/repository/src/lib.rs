@@ -67,6 +67,9 @@ pub struct LoadReport {
     pub already_loaded: usize,
     /// Values (non-empty cells) inserted.
     pub values: usize,
+    /// Records that replaced one already stored for the same item and cycle (sent under another
+    /// DTO id): the later one is kept, and the repository counts them.
+    pub replaced: usize,
 }
 
 /// The registry entry of a loaded DTO.
@@ -215,6 +218,9 @@ pub struct RepoStats {
     pub loaded_dtos: u64,
     pub pending_rollups: u64,
     pub items: u64,
+    /// Records ever replaced by another DTO's record for the same item and cycle (see
+    /// [`LoadReport::replaced`]); 0 unless two DTO ids carried the same data.
+    pub replaced_records: u64,
 }
 
 /// The Data Repository. Every write takes the writer's epoch and fails with

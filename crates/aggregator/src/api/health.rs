@@ -138,7 +138,8 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
         },
         "repository": match &repo {
             Ok(s) => json!({"ok": true, "epoch": s.epoch, "bytes": s.bytes, "loaded_dtos": s.loaded_dtos,
-                            "pending_rollups": s.pending_rollups, "items": s.items}),
+                            "pending_rollups": s.pending_rollups, "items": s.items,
+                            "replaced_records": s.replaced_records}),
             Err(e) => json!({"ok": false, "error": e.to_string()}),
         },
         "version": VERSION,
@@ -175,6 +176,7 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
         load_lag_seconds: backlog.1,
         repository_bytes: stats.bytes,
         pending_rollups: stats.pending_rollups,
+        replaced_records: stats.replaced_records,
     };
     let text = app.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

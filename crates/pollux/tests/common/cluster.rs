@@ -236,6 +236,7 @@ pub fn check_nothing_lost(cluster: &Cluster, acked: &BTreeSet<String>) {
     let rows = repo.interface_rows();
     assert_eq!(rows.len(), unique.len() * LOAD_RECORDS, "every record of every loaded DTO");
     assert!(rows.iter().all(|r| r.3 == 1), "a record appears twice");
+    assert_eq!(repo.replaced_records(), 0, "a record arrived under two DTO ids");
     assert!(repo.epochs_never_go_back(), "a DTO was loaded by an epoch after a higher epoch had begun");
 
     let values = repo.values_as_sent(LOAD_RECORDS / 2).unwrap_or_else(|e| panic!("a stored value differs: {e}"));

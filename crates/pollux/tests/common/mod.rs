@@ -368,6 +368,14 @@ impl RepoCheck {
         stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
     }
 
+    /// Records that replaced a stored one for the same item and cycle under another DTO id
+    /// (must be 0: the schema's key would otherwise overwrite such a duplicate unseen).
+    pub fn replaced_records(&self) -> i64 {
+        self.conn
+            .query_row("SELECT coalesce((SELECT value FROM meta WHERE key = 'replaced_records'), 0)", [], |r| r.get(0))
+            .unwrap()
+    }
+
     /// How many epochs claimed the repository.
     pub fn claims(&self) -> i64 {
         self.conn.query_row("SELECT count(*) FROM epochs", [], |r| r.get(0)).unwrap()

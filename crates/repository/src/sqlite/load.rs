@@ -25,7 +25,9 @@ impl SqliteRepository {
                 report.already_loaded += 1;
                 continue;
             }
-            report.values += insert_dto(&tx, family, dto, &writer.items, &mut new_items, now)?;
+            let (values, replaced) = insert_dto(&tx, family, dto, &writer.items, &mut new_items, now)?;
+            report.values += values;
+            report.replaced += replaced;
             tx.execute(
                 "INSERT INTO loaded_dtos (id, epoch, family, collector, cycle, records, loaded_at, digest)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -42,6 +44,13 @@ impl SqliteRepository {
             )?;
             report.loaded += 1;
         }
+        if report.replaced > 0 {
+            tx.execute(
+                "INSERT INTO meta (key, value) VALUES ('replaced_records', ?1)
+                 ON CONFLICT (key) DO UPDATE SET value = value + excluded.value",
+                [report.replaced as i64],
+            )?;
+        }
         if pollux_failpoint::hit("repository.load.before_commit") {
             return Err(RepoError::Injected("repository.load.before_commit"));
         }
@@ -57,7 +66,8 @@ fn cache_item(cache: &mut ItemCache, family: String, device: String, item: Strin
     cache.entry(family).or_default().entry(device).or_default().insert(item, id);
 }
 
-/// Inserts one DTO's records; returns the number of values written.
+/// Inserts one DTO's records; returns the number of values written and of records that
+/// replaced one already stored for the same item and cycle.
 fn insert_dto(
     tx: &Transaction<'_>,
     family: &FamilyTables,
@@ -65,7 +75,7 @@ fn insert_dto(
     cache: &ItemCache,
     new_items: &mut NewItems,
     now: i64,
-) -> Result<usize> {
+) -> Result<(usize, usize)> {
     let columns: Vec<&str> = dto.metrics.iter().map(|m| family.column(m)).collect::<Result<_>>()?;
     let (watermark, max_interval): (i64, i64) =
         tx.query_row("SELECT watermark, max_interval FROM family_state WHERE family = ?1", [&family.name], |r| {
@@ -102,9 +112,15 @@ fn insert_dto(
     let placeholders: String = ", ?".repeat(columns.len());
     // Both raw tables take (cycle, item_id, ts, metrics...): only the clustering differs.
     let table = if into_history { family.raw() } else { family.recent() };
-    let sql =
+    // A record for an item and cycle already stored came under another DTO id: the insert
+    // is ignored, counted, and the record then replaces the stored one (the later one wins, as
+    // a re-poll would), so a duplicate never passes unseen.
+    let insert =
+        format!("INSERT OR IGNORE INTO {table} (cycle, item_id, ts{column_list}) VALUES (?, ?, ?{placeholders})");
+    let replace =
         format!("INSERT OR REPLACE INTO {table} (cycle, item_id, ts{column_list}) VALUES (?, ?, ?{placeholders})");
-    let mut stmt = tx.prepare_cached(&sql)?;
+    let mut stmt = tx.prepare_cached(&insert)?;
+    let mut replaced = 0;
     let mut values = 0;
     let mut hours = BTreeSet::new();
     for (item_id, index) in rows {
@@ -119,7 +135,15 @@ fn insert_dto(
             stmt.raw_bind_parameter(4 + c, *value)?;
             values += usize::from(value.is_some());
         }
-        stmt.raw_execute()?;
+        if stmt.raw_execute()? == 0 {
+            let mut again = tx.prepare_cached(&replace)?;
+            let params: Vec<&dyn rusqlite::ToSql> = [&dto.cycle as &dyn rusqlite::ToSql, &item_id, &record.ts]
+                .into_iter()
+                .chain(record.values.iter().map(|v| v as &dyn rusqlite::ToSql))
+                .collect();
+            again.execute(params.as_slice())?;
+            replaced += 1;
+        }
         hours.insert(Resolution::Hour.period_start(record.ts));
     }
     drop(stmt);
@@ -141,7 +165,7 @@ fn insert_dto(
     for hour in hours {
         pending.execute(rusqlite::params![family.name, hour, now])?;
     }
-    Ok(values)
+    Ok((values, replaced))
 }
 
 fn item_id(tx: &Transaction<'_>, family: &str, device: &str, item: &str, now: i64) -> Result<i64> {

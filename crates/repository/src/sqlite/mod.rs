@@ -356,6 +356,7 @@ impl SqliteRepository {
                 loaded_dtos: count("SELECT count(*) FROM loaded_dtos")?,
                 pending_rollups: count("SELECT count(*) FROM rollup_pending")?,
                 items: count("SELECT count(*) FROM items")?,
+                replaced_records: count("SELECT coalesce((SELECT value FROM meta WHERE key = 'replaced_records'), 0)")?,
             })
         })
     }

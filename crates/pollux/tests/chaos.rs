@@ -108,7 +108,9 @@ fn planned_switchover_under_load_loses_nothing() {
     load.wait_progress(15, TAKEOVER);
     // A switchover asked of a standby is refused.
     let out = std::process::Command::new(BIN).args(["failover", "--url", &c.url(1)]).output().unwrap();
-    assert!(!out.status.success());
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("409"), "refused as not the active: {stderr}");
+    assert_eq!(c.active(), Some(0), "the refused switchover moved nothing");
     check_nothing_lost(&c, &load.stop());
 }
 

@@ -201,9 +201,11 @@ mod tests {
             assert!(decode(&bytes[..len], usize::MAX).is_err(), "truncated to {len}");
         }
         for pos in 0..bytes.len() {
-            let mut damaged = bytes.clone();
-            damaged[pos] ^= 0x10;
-            assert!(decode(&damaged, usize::MAX).is_err(), "flip at {pos}");
+            for bit in 0..8 {
+                let mut damaged = bytes.clone();
+                damaged[pos] ^= 1 << bit;
+                assert!(decode(&damaged, usize::MAX).is_err(), "flip of bit {bit} at {pos}");
+            }
         }
     }
 

@@ -18,6 +18,9 @@ use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
 const FIRST_PORT: u16 = 16100;
+/// The simulator's address: a loopback address of its own, so its 10,000 ports never collide
+/// with the collector tests' simulators and agents (127.0.0.1, ports 21000-22699).
+const SIM_HOST: &str = "127.0.0.9";
 const INTERFACES: u32 = 10;
 
 /// CPU seconds (user + system) a process has used, from /proc/<pid>/stat.
@@ -109,7 +112,7 @@ fn snmpbulkwalk_all(devices: usize, parallel: usize) -> anyhow::Result<f64> {
             let Some((device, table)) = jobs.next() else { break };
             let child = Command::new("snmpbulkwalk")
                 .args(["-v2c", "-c", "public", "-Cr25", "-On", "-t", "2", "-r", "1"])
-                .arg(format!("127.0.0.1:{}", FIRST_PORT as usize + device))
+                .arg(format!("{SIM_HOST}:{}", FIRST_PORT as usize + device))
                 .arg(table)
                 .env("MIBS", "")
                 .stdout(Stdio::null())
@@ -151,7 +154,7 @@ pub fn run(rate_devices: usize, big_devices: usize) -> anyhow::Result<()> {
         "--interfaces",
         &INTERFACES.to_string(),
         "--listen",
-        &format!("127.0.0.1:{FIRST_PORT}"),
+        &format!("{SIM_HOST}:{FIRST_PORT}"),
         "--inventory-out",
         &full_inventory.display().to_string(),
     ]

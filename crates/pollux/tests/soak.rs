@@ -21,8 +21,10 @@ fn soak_with_random_faults() {
     c.wait_active(0, Duration::from_secs(20));
     let load = Load::start(&c.proxy.url, 2);
     let end = Instant::now() + Duration::from_secs(seconds);
-    let mut seed = unix_now() as u64 | 1;
-    let mut faults: std::collections::BTreeMap<&str, usize> = Default::default();
+    let mut seed = std::env::var("POLLUX_SOAK_SEED").ok().and_then(|s| s.parse().ok()).unwrap_or(unix_now() as u64) | 1;
+    // The faults follow from the seed (their timing does not): print it, so a run can be repeated.
+    println!("soak: seed {seed} (POLLUX_SOAK_SEED={seed} repeats these faults)");
+    let mut faults: std::collections::BTreeMap<String, usize> = Default::default();
     while Instant::now() < end {
         seed ^= seed << 13;
         seed ^= seed >> 7;
@@ -42,41 +44,64 @@ fn soak_with_random_faults() {
         }
         let active = wait_until(Duration::from_secs(60), "an active", || c.active());
         let standby = 1 - active;
-        let fault = match seed % 5 {
+        let fault: String = match seed % 6 {
             0 => {
                 c.kill9(active);
                 c.wait_active(standby, Duration::from_secs(30));
                 c.start_node(active, &[]);
-                "kill -9 of the active"
+                "kill -9 of the active".into()
             }
             1 => {
                 c.node(active).signal("STOP");
                 c.wait_active(standby, Duration::from_secs(30));
                 c.node(active).signal("CONT");
-                "SIGSTOP past failwait of the active"
+                "SIGSTOP past failwait of the active".into()
             }
             2 => {
                 c.kill9(standby);
                 load.wait_progress(5, Duration::from_secs(30));
                 c.start_node(standby, &[]);
-                "kill -9 of the standby"
+                "kill -9 of the standby".into()
             }
             3 => {
                 let out = std::process::Command::new(BIN).args(["failover", "--url", &c.proxy.url]).output().unwrap();
                 assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
                 c.wait_active(standby, Duration::from_secs(30));
-                "planned switchover"
+                "planned switchover".into()
+            }
+            4 => {
+                // The standby comes back with a crash point armed, is handed the lease, and
+                // dies at that point of the durability path with the load running.
+                let points = [
+                    "store.mid_write",
+                    "store.before_link",
+                    "store.after_link",
+                    "repository.load.before_commit",
+                    "loader.after_commit",
+                ];
+                let point = points[(seed >> 8) as usize % points.len()];
+                c.kill9(standby);
+                c.start_node(standby, &[("POLLUX_FAILPOINTS", &format!("{point}=abort"))]);
+                wait_until(Duration::from_secs(30), "the armed node as standby", || {
+                    (c.role(standby).is_some_and(|r| r.0 == "standby")).then_some(())
+                });
+                // The switchover itself may report failure: the node it hands over to dies.
+                let _ = std::process::Command::new(BIN).args(["failover", "--url", &c.proxy.url]).output();
+                c.node_mut(standby).wait_exit(Duration::from_secs(60));
+                c.wait_active(active, Duration::from_secs(30));
+                c.start_node(standby, &[]);
+                format!("crash at {point}")
             }
             _ => {
                 c.node(active).signal("TERM");
                 c.wait_active(standby, Duration::from_secs(30));
                 c.kill9(active);
                 c.start_node(active, &[]);
-                "clean stop of the active"
+                "clean stop of the active".into()
             }
         };
-        *faults.entry(fault).or_default() += 1;
         eprintln!("soak: {fault}");
+        *faults.entry(fault).or_default() += 1;
         // Let the returning node settle as standby before the next fault.
         wait_until(Duration::from_secs(30), "both nodes up", || {
             (c.role(0).is_some() && c.role(1).is_some()).then_some(())

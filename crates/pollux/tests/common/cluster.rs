@@ -84,6 +84,10 @@ impl Cluster {
         self.nodes[i].as_ref().expect("node running")
     }
 
+    pub fn node_mut(&mut self, i: usize) -> &mut Aggregator {
+        self.nodes[i].as_mut().expect("node running")
+    }
+
     pub fn kill9(&mut self, i: usize) {
         if let Some(mut n) = self.nodes[i].take() {
             n.kill9();
@@ -209,9 +213,16 @@ impl Load {
     }
 
     /// Stops the senders (each finishes the DTO it holds) and returns every acknowledged id.
-    pub fn stop(self) -> BTreeSet<String> {
+    pub fn stop(mut self) -> BTreeSet<String> {
         self.stop.store(true, Ordering::Relaxed);
-        self.threads.into_iter().flat_map(|t| t.join().expect("a sender failed")).collect()
+        std::mem::take(&mut self.threads).into_iter().flat_map(|t| t.join().expect("a sender failed")).collect()
+    }
+}
+
+impl Drop for Load {
+    /// A test that panics stops its senders too (they would go on PUTting into a dead cluster).
+    fn drop(&mut self) {
+        self.stop.store(true, Ordering::Relaxed);
     }
 }
 

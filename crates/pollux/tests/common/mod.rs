@@ -17,6 +17,18 @@ use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pollux");
 
+/// A command for a child of the harness: in a process group of its own (a signal meant for the
+/// test runner's group never reaches it, and it can be told apart), and killed if the thread
+/// that started it dies (`setpriv --pdeathsig`, from util-linux), so a test that panics or a
+/// runner that is killed leaves no process behind.
+pub fn harnessed(program: &str) -> Command {
+    use std::os::unix::process::CommandExt;
+    let mut cmd = Command::new("setpriv");
+    cmd.args(["--pdeathsig", "KILL", "--", program]);
+    cmd.process_group(0);
+    cmd
+}
+
 /// Polls `check` every 20 ms until it returns `Some`, or panics naming `what` after `limit`.
 pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + limit;
@@ -60,7 +72,7 @@ impl Aggregator {
     /// Starts `program <args>` (a wrapper such as `prlimit` that runs pollux) and waits until
     /// pollux says where it listens.
     pub fn spawn_program(program: &str, args: &[String], env: &[(&str, &str)]) -> Aggregator {
-        let mut cmd = Command::new(program);
+        let mut cmd = harnessed(program);
         cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
         for (k, v) in env {
             cmd.env(k, v);

@@ -97,7 +97,7 @@ impl Snmpd {
             ),
         )
         .unwrap();
-        let child = Command::new("snmpd")
+        let child = super::harnessed("snmpd")
             .args(["-f", "-Lo", "-C", "-c"])
             .arg(&conf)
             .arg(if ipv6_loopback() {

@@ -6,8 +6,9 @@ fn main() {
     afl::fuzz!(|data: &[u8]| {
         if let Ok(dto) = pollux_model::codec::json::decode(data, &catalog, &limits) {
             if dto.validate(&catalog, &limits, 1_763_831_000).is_ok() {
-                let again = pollux_model::codec::json::decode(&pollux_model::codec::json::encode(&dto), &catalog, &limits)
-                    .expect("a valid DTO re-encodes to valid JSON");
+                let again =
+                    pollux_model::codec::json::decode(&pollux_model::codec::json::encode(&dto), &catalog, &limits)
+                        .expect("a valid DTO re-encodes to valid JSON");
                 assert_eq!(again.digest(), dto.digest(), "the content survives a round trip");
             }
         }

@@ -13,6 +13,8 @@
 //! - `error-while:<path>`: like `error`, but only while the file `<path>` exists, so a test can
 //!   switch a fault on and off in a running process (a shared directory that is unwritable for
 //!   a while).
+//! - `delay-while:<ms>:<path>`: the calling thread sleeps `<ms>` milliseconds there while the
+//!   file `<path>` exists (an answer that comes too late for a sender that dies meanwhile).
 //!
 //! Without the `failpoints` feature every point compiles to nothing and [`hit`] is `false`, so a
 //! production binary carries no trace of them.
@@ -66,9 +68,13 @@ pub fn check_configuration() -> Result<(), String> {
         if !NAMES.contains(&name) {
             return Err(format!("POLLUX_FAILPOINTS: no crash point {name:?} (known: {})", NAMES.join(", ")));
         }
-        if !matches!(action, "abort" | "hang" | "error") && !action.starts_with("error-while:") {
+        let delay_ok = action
+            .strip_prefix("delay-while:")
+            .and_then(|rest| rest.split_once(':'))
+            .is_some_and(|(ms, path)| ms.parse::<u64>().is_ok() && !path.is_empty());
+        if !matches!(action, "abort" | "hang" | "error") && !action.starts_with("error-while:") && !delay_ok {
             return Err(format!(
-                "POLLUX_FAILPOINTS: {name}: unknown action {action:?} (abort, hang, error, error-while:<path>)"
+                "POLLUX_FAILPOINTS: {name}: unknown action {action:?} (abort, hang, error, error-while:<path>, delay-while:<ms>:<path>)"
             ));
         }
     }
@@ -116,6 +122,14 @@ mod imp {
             }
             "error" => true,
             other if other.starts_with("error-while:") => std::path::Path::new(&other["error-while:".len()..]).exists(),
+            other if other.starts_with("delay-while:") => {
+                // delay-while:<ms>:<path>: the calling thread sleeps <ms> while the file exists.
+                let (ms, path) = other["delay-while:".len()..].split_once(':').unwrap_or(("0", ""));
+                if std::path::Path::new(path).exists() {
+                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                }
+                false
+            }
             other => {
                 eprintln!("failpoint {name}: unknown action {other:?}, ignored");
                 false

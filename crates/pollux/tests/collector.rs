@@ -19,6 +19,10 @@ use std::time::{Duration, Instant};
 const INTERVAL: i64 = 2;
 
 fn aggregator_at(shared: &Path, port: u16) -> Aggregator {
+    aggregator_at_with(shared, port, &[])
+}
+
+fn aggregator_at_with(shared: &Path, port: u16, env: &[(&str, &str)]) -> Aggregator {
     let args: Vec<String> = [
         "aggregator",
         "--listen",
@@ -33,7 +37,7 @@ fn aggregator_at(shared: &Path, port: u16) -> Aggregator {
     .iter()
     .map(|s| s.to_string())
     .collect();
-    let aggregator = Aggregator::spawn(&args, &[]);
+    let aggregator = Aggregator::spawn(&args, env);
     aggregator.wait_active();
     aggregator
 }
@@ -45,6 +49,16 @@ fn cycles_by_device(shared: &Path, family: &str) -> BTreeMap<String, BTreeMap<i6
         *by_device.entry(device).or_default().entry(cycle).or_default() += count;
     }
     by_device
+}
+
+/// The ids of the DTOs waiting in a collector's spool (`<dir>/spool/outbox/<batch>/<id>.pxd`).
+fn outbox_ids(dir: &Path) -> Vec<String> {
+    let Ok(batches) = std::fs::read_dir(dir.join("spool/outbox")) else { return Vec::new() };
+    batches
+        .filter_map(|b| std::fs::read_dir(b.ok()?.path()).ok())
+        .flatten()
+        .filter_map(|f| f.ok()?.file_name().to_str()?.strip_suffix(".pxd").map(str::to_owned))
+        .collect()
 }
 
 /// Waits until the clock is in the middle of a cycle, so that a kill and restart happen
@@ -82,7 +96,11 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
     wait_mid_cycle();
     collector_.kill9();
     collector_ = collector(dir.path(), &url, &inventory, "2s", config);
-    let aggregator = aggregator_at(&shared, port);
+    // Answers to stored DTOs can be held back 3 s on demand (a crash point, see below).
+    let slow = dir.path().join("slow-answers");
+    let fault = format!("store.after_link=delay-while:3000:{}", slow.display());
+    let env: &[(&str, &str)] = if cfg!(feature = "failpoints") { &[("POLLUX_FAILPOINTS", &fault)] } else { &[] };
+    let aggregator = aggregator_at_with(&shared, port, env);
     wait_until(Duration::from_secs(60), "the spool to drain", || {
         (metric(&collector_, "pollux_collector_spool_dtos") == 0.0).then_some(())
     });
@@ -103,7 +121,33 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
         (resumed.elapsed() > Duration::from_secs(5) && metric(&collector_, "pollux_collector_spool_dtos") == 0.0)
             .then_some(())
     });
+    // The answer is lost for certain: the aggregator stores a DTO and holds its answer back
+    // (crash point `store.after_link`, delayed 3 s); the collector dies while the DTO is
+    // stored but not yet acknowledged to it. Its restart resends it and must get 200.
+    if cfg!(feature = "failpoints") {
+        std::fs::write(&slow, b"").unwrap();
+        let caught = wait_until(Duration::from_secs(30), "a DTO stored and not yet acknowledged", || {
+            outbox_ids(dir.path()).into_iter().find(|id| get(&format!("{url}/api/v1/dto/{id}")).0 == 200)
+        });
+        collector_.kill9();
+        std::fs::remove_file(&slow).unwrap();
+        assert!(outbox_ids(dir.path()).contains(&caught), "{caught} is still waiting in the spool");
+        collector_ = collector(dir.path(), &url, &inventory, "2s", config);
+        wait_until(Duration::from_secs(30), "the resend acknowledged", || {
+            (!outbox_ids(dir.path()).contains(&caught)).then_some(())
+        });
+    }
     collector_.stop();
+    // The resends were answered 200: duplicates, not second copies (and not conflicts: the
+    // resent content is the same).
+    let aggregator_metrics = common::get_text(&format!("{url}/metrics"));
+    let figure = |name: &str| -> f64 {
+        aggregator_metrics.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap()
+    };
+    if cfg!(feature = "failpoints") {
+        assert!(figure("pollux_dtos_duplicate_total") >= 1.0, "the resend was a duplicate:\n{aggregator_metrics}");
+    }
+    assert_eq!(figure("pollux_dtos_conflict_total"), 0.0);
     wait_until(Duration::from_secs(30), "the aggregator to load everything", || {
         (get(&format!("{url}/api/v1/status")).1["dto_backlog"].as_u64() == Some(0)).then_some(())
     });
@@ -179,12 +223,13 @@ fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
     wait_until(Duration::from_secs(30), "three cycles of every device", || enough(3));
     // dc3's data is there, so it got past the standby's 503 (counted as a failed send) to da1.
     assert!(metric(&backwards, "pollux_collector_send_failures_total") >= 1.0);
+    let killed_at = unix_now();
     cluster.kill9(0);
     cluster.wait_active(1, Duration::from_secs(30));
+    // Cycles that began after the kill: only the new active can have loaded them.
     wait_until(Duration::from_secs(30), "three more cycles after the takeover", || {
         let loaded = cycles_by_device(&shared, "Availability");
-        let since = unix_now() - 1;
-        (loaded.values().all(|c| c.keys().filter(|&&k| k >= since - 6).count() >= 3)).then_some(())
+        (loaded.values().all(|c| c.keys().filter(|&&k| k > killed_at).count() >= 3)).then_some(())
     });
     for c in [&through_proxy, &direct, &backwards] {
         wait_until(Duration::from_secs(30), "the spools to drain", || {

@@ -146,6 +146,7 @@ pub fn run(app: &Arc<App>, term: &Term) {
             Ok(0) => app.loader_wake.wait(IDLE_WAIT),
             Ok(_) => {}
             Err(e @ RepoError::Fenced { .. }) => {
+                tracing::warn!(epoch = term.epoch, error = %e, "load refused by the repository; the DTOs stay for the new active");
                 term.fenced(&e);
                 return;
             }
@@ -177,6 +178,9 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
         app.load_health.ok();
         return Ok(0);
     }
+    // A test parks the loader here, batch in hand, and freezes the process (SIGSTOP), so that
+    // the load it then attempts belongs to a deposed epoch.
+    pollux_failpoint::hit("loader.before_load");
     let report = match app.repo.load(epoch, &ready) {
         Ok(report) => report,
         Err(e @ RepoError::Fenced { .. }) => return Err(e),

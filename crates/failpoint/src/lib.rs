@@ -39,6 +39,7 @@ pub fn hit(name: &str) -> bool {
 /// renamed) would test nothing: [`check_configuration`] refuses it.
 pub const NAMES: &[&str] = &[
     "loader.after_commit",
+    "loader.before_load",
     "repository.load.before_commit",
     "shared.write",
     "startup.hang",
@@ -126,6 +127,7 @@ mod imp {
                 // delay-while:<ms>:<path>: the calling thread sleeps <ms> while the file exists.
                 let (ms, path) = other["delay-while:".len()..].split_once(':').unwrap_or(("0", ""));
                 if std::path::Path::new(path).exists() {
+                    eprintln!("failpoint {name}: delay {ms} ms");
                     std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
                 }
                 false

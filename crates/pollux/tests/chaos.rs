@@ -137,6 +137,42 @@ mod with_failpoints {
         check_nothing_lost(&c, &load.stop());
     }
 
+    /// The deposed active's write is refused, not merely absent: its loader is parked with a
+    /// batch in hand (crash point `loader.before_load`), the process is frozen past failwait,
+    /// the standby takes over and claims the repository, and the resumed loader's load is
+    /// rejected by the repository's epoch check.
+    #[test]
+    fn a_resumed_stale_active_has_its_load_rejected() {
+        let dir = tempdir();
+        let park = dir.path().join("park");
+        let env = format!("loader.before_load=delay-while:8000:{}", park.display());
+        let c = Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", &env)], &[]]);
+        let first = c.wait_active(0, TAKEOVER);
+        let load = Load::start(&c.proxy.url, 2);
+        load.wait_progress(10, TAKEOVER);
+        std::fs::write(&park, b"").unwrap();
+        wait_until(Duration::from_secs(20), "the loader parked with a batch", || {
+            c.node(0).log().contains("failpoint loader.before_load: delay").then_some(())
+        });
+        c.node(0).signal("STOP");
+        let second = c.wait_active(1, TAKEOVER);
+        assert!(second > first);
+        load.wait_progress(10, TAKEOVER);
+        std::fs::remove_file(&park).unwrap();
+        c.node(0).signal("CONT");
+        let log = wait_until(Duration::from_secs(30), "the stale load refused", || {
+            let log = c.node(0).log();
+            log.contains("load refused by the repository").then_some(log)
+        });
+        assert!(
+            log.contains(&format!("the repository is at epoch {second}, this writer holds epoch {first}")),
+            "{log}"
+        );
+        wait_role(&c, 0, &["fenced", "standby"]);
+        load.wait_progress(10, TAKEOVER);
+        check_nothing_lost(&c, &load.stop());
+    }
+
     #[test]
     fn crash_of_the_active_inside_a_dto_write() {
         crash_of_the_active_at("store.mid_write");

@@ -298,7 +298,7 @@ fn status_exits_1_whenever_data_is_not_flowing() {
 fn small_ones() {
     let shared = tempdir();
     let config = shared.path().join("agg.toml");
-    std::fs::write(&config, "ingest_token = \"s3cret\"\n").unwrap();
+    std::fs::write(&config, "ingest_token = \"s3cret\"\nbody_timeout = \"1s\"\n").unwrap();
     let da = Aggregator::start(shared.path(), &["--config", config.to_str().unwrap()], &[]);
     da.wait_active();
     // An offset past i64 is refused, not wrapped.
@@ -322,6 +322,19 @@ fn small_ones() {
     assert_eq!(send("APPLICATION/JSON", "BEARER s3cret"), 200);
     assert_eq!(send("application/json", "Bearer wrong"), 401);
     assert_eq!(send("application/json", "Basic s3cret"), 401);
+
+    // A body that stops arriving is a 408 after body_timeout, naming it.
+    let addr = da.url.trim_start_matches("http://").to_owned();
+    let mut s = TcpStream::connect(&addr).unwrap();
+    s.write_all(
+        b"PUT /api/v1/dto/slow HTTP/1.1\r\nHost: a\r\nAuthorization: Bearer s3cret\r\n\
+          Content-Type: application/json\r\nContent-Length: 1000\r\n\r\n{\"id\":",
+    )
+    .unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let mut answer = String::new();
+    let _ = std::io::Read::read_to_string(&mut s, &mut answer);
+    assert!(answer.starts_with("HTTP/1.1 408") && answer.contains("body_timeout"), "{answer}");
 
     // --node-id with a path, and an empty token, exit 64 naming the key.
     let run = |args: &[&str]| {

@@ -90,6 +90,10 @@ async fn handle(
             if e.is_connect() && !out_of_handles(&e) {
                 backends.mark_down(&target, e.to_string());
             }
+            if pollux_transport::is_body_timeout(&e) {
+                // The client was too slow sending its body; the active is fine.
+                return json_response(StatusCode::REQUEST_TIMEOUT, json!({"error": format!("body: {e}")}));
+            }
             tracing::warn!(%target, error = %e, "forwarding failed");
             unavailable(&format!("the active aggregator at {target} did not answer; retry shortly"))
         }
@@ -151,4 +155,33 @@ fn json_response(status: StatusCode, body: serde_json::Value) -> Response<Body> 
     *response.status_mut() = status;
     response.headers_mut().insert(hyper::header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
     response
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[derive(Debug)]
+    struct Wrapped(std::io::Error);
+    impl std::fmt::Display for Wrapped {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            write!(f, "connect failed")
+        }
+    }
+    impl std::error::Error for Wrapped {
+        fn source(&self) -> Option<&(dyn std::error::Error + 'static)> {
+            Some(&self.0)
+        }
+    }
+
+    /// Only this process running out of file handles spares the active; any other connect
+    /// failure takes it out.
+    #[test]
+    fn only_our_own_handle_shortage_spares_the_active() {
+        let emfile = Wrapped(std::io::Error::from_raw_os_error(nix::libc::EMFILE));
+        let refused = Wrapped(std::io::Error::from(std::io::ErrorKind::ConnectionRefused));
+        assert!(out_of_handles(&emfile));
+        assert!(out_of_handles(&Wrapped(std::io::Error::from_raw_os_error(nix::libc::ENFILE))));
+        assert!(!out_of_handles(&refused));
+    }
 }

@@ -37,6 +37,19 @@ impl std::fmt::Display for BodyTimeout {
 
 impl std::error::Error for BodyTimeout {}
 
+/// True when `error`, or any error it was caused by, is a [`TimedBody`] that ran out of time:
+/// the client was too slow (408), not the server nor the network.
+pub fn is_body_timeout(error: &(dyn std::error::Error + 'static)) -> bool {
+    let mut cause = Some(error);
+    while let Some(e) = cause {
+        if e.is::<BodyTimeout>() {
+            return true;
+        }
+        cause = e.source();
+    }
+    false
+}
+
 impl Body for TimedBody {
     type Data = Bytes;
     type Error = BoxError;

@@ -23,7 +23,7 @@
 mod body;
 mod watch;
 
-pub use body::{BoxError, TimedBody};
+pub use body::{is_body_timeout, BodyTimeout, BoxError, TimedBody};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;

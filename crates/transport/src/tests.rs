@@ -15,6 +15,11 @@ async fn start(limits: ServerLimits) -> (std::net::SocketAddr, Arc<ServerStats>,
     let stats = Arc::new(ServerStats::default());
     let stop = CancellationToken::new();
     let service = hyper::service::service_fn(|req: Request<TimedBody>| async move {
+        if req.uri().path() == "/big" {
+            // More than the socket buffers of both ends hold: a client that does not read
+            // leaves the server's writes stuck.
+            return Ok::<_, std::convert::Infallible>(Response::new(Full::from(vec![b'x'; 64 << 20])));
+        }
         let reply: Reply = match req.into_body().collect().await {
             Ok(body) => Response::new(Full::from(body.to_bytes().len().to_string())),
             Err(e) => {
@@ -70,7 +75,30 @@ async fn idle_connections_and_half_sent_heads_are_closed() {
     })
     .await;
     assert!(said.starts_with("HTTP/1.1 200") && took < Duration::from_secs(2), "{said:?} {took:?}");
-    assert!(stats.open.load(Ordering::Relaxed) == 0);
+    // The client sees the close a moment before the server's task has counted it.
+    let deadline = Instant::now() + Duration::from_secs(2);
+    while stats.open.load(Ordering::Relaxed) != 0 {
+        assert!(Instant::now() < deadline, "connections still counted open");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_client_that_never_reads_its_answer_is_closed() {
+    let (addr, stats, _stop) = start(short()).await;
+    let client = blocking(move || {
+        let mut s = TcpStream::connect(addr).unwrap();
+        s.write_all(b"GET /big HTTP/1.1\r\nHost: a\r\n\r\n").unwrap();
+        s // held open, never read
+    })
+    .await;
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while stats.open.load(Ordering::Relaxed) > 0 || stats.accepted.load(Ordering::Relaxed) == 0 {
+        assert!(Instant::now() < deadline, "the connection of a client that never reads stayed open");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert!(stats.timed_out.load(Ordering::Relaxed) >= 1);
+    drop(client);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

@@ -42,7 +42,8 @@ impl Activity {
 
     /// True when no handler runs and no byte has moved for `limit`.
     pub(crate) fn stalled(&self, limit: Duration) -> bool {
-        let idle = self.start.elapsed().as_millis() as u64 - self.last_ms.load(Ordering::Relaxed);
+        // A socket may record progress between the two reads: never count that as negative.
+        let idle = (self.start.elapsed().as_millis() as u64).saturating_sub(self.last_ms.load(Ordering::Relaxed));
         self.handlers.load(Ordering::Acquire) == 0 && idle >= limit.as_millis() as u64
     }
 }

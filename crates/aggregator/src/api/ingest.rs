@@ -206,12 +206,10 @@ async fn read_body(
 
 /// A body that failed to arrive: timed out (408) or cut off.
 fn body_error(e: &axum::Error) -> ApiError {
-    let text = e.to_string();
-    let inner = std::error::Error::source(e).map(|s| s.to_string()).unwrap_or_default();
-    if text.contains("body_timeout") || inner.contains("body_timeout") {
-        ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("body: {text}"))
+    if pollux_transport::is_body_timeout(e) {
+        ApiError::new(StatusCode::REQUEST_TIMEOUT, format!("body: {e}"))
     } else {
-        ApiError::bad_request(format!("body: {text}"))
+        ApiError::bad_request(format!("body: {e}"))
     }
 }
 

@@ -122,8 +122,19 @@ impl LoadHealth {
         state.last_error = Some(e.to_string());
     }
 
+    /// Records the families holding DTOs back, logging only what changed (the store is read
+    /// twice a second while idle: a line per DTO per pass would flood the log).
     fn waiting(&self, waiting: std::collections::BTreeMap<String, usize>) {
-        self.inner.lock().expect("load health").waiting = waiting;
+        let mut state = self.inner.lock().expect("load health");
+        for (family, dtos) in &waiting {
+            if !state.waiting.contains_key(family) {
+                tracing::error!(%family, dtos, "stored DTOs wait: their family is not defined or is refused (see the status)");
+            }
+        }
+        for family in state.waiting.keys().filter(|f| !waiting.contains_key(*f)) {
+            tracing::info!(%family, "stored DTOs of the family no longer wait");
+        }
+        state.waiting = waiting;
     }
 
     pub fn state(&self) -> LoadHealthState {
@@ -240,13 +251,13 @@ fn ensure_family(app: &App, epoch: Epoch, dto: &Dto, ensured: &mut HashSet<Strin
         return Ok(true);
     }
     let Some(family) = app.catalog().get(&dto.family).cloned() else {
-        tracing::error!(id = %dto.id, family = %dto.family, "stored DTO of a family no longer defined; kept until it is");
+        tracing::debug!(id = %dto.id, family = %dto.family, "stored DTO of a family not defined; kept until it is");
         return Ok(false);
     };
     match app.repo.ensure_family(epoch, &family) {
         Ok(()) => {}
         Err(RepoError::Rejected(why)) => {
-            tracing::error!(id = %dto.id, family = %dto.family, %why, "stored DTO of a refused family; kept until it is fixed");
+            tracing::debug!(id = %dto.id, family = %dto.family, %why, "stored DTO of a refused family; kept until it is fixed");
             return Ok(false);
         }
         Err(e) => return Err(e),

@@ -48,8 +48,11 @@ pub async fn health_active(State(app): State<Arc<App>>) -> Response {
 /// directory and repository as this node sees them.
 pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
     let app2 = app.clone();
-    let (backlog, repo, reports) =
-        blocking(move || (app2.store.backlog(), app2.repo.stats(), app2.shared.read_node_statuses())).await?;
+    // statvfs and directory listings of the shared directory can stall on NFS: off the workers.
+    let (backlog, repo, reports, free_bytes) = blocking(move || {
+        (app2.store.backlog(), app2.repo.stats(), app2.shared.read_node_statuses(), app2.shared.free_bytes())
+    })
+    .await?;
     let (dto_backlog, load_lag) = backlog.as_ref().map(|b| (b.0, b.1)).unwrap_or((0, 0.0));
     let state = app.node.state();
     let now_ms = crate::unix_now_ms();
@@ -82,7 +85,6 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
     });
     let active = nodes.iter().find(|n| n["role"] == "active" && n["ready"] == true && n["reachable"] == true);
     let family_problems = app.family_problems();
-    let free_bytes = app.shared.free_bytes();
     // Why data is not flowing, in words an operator can act on; empty when it flows.
     let mut problems: Vec<String> = Vec::new();
     if active.is_none() {

@@ -349,6 +349,16 @@ mod tests {
       ]
     }"#;
 
+    /// A small deterministic generator of random-looking numbers for the tests.
+    fn xorshift(mut seed: u64) -> impl FnMut() -> u64 {
+        move || {
+            seed ^= seed << 13;
+            seed ^= seed >> 7;
+            seed ^= seed << 17;
+            seed
+        }
+    }
+
     fn decode(bytes: &[u8]) -> Result<Dto, DtoError> {
         super::decode(bytes, &Catalog::builtin(), &Limits::default())
     }
@@ -371,13 +381,7 @@ mod tests {
     /// unit in the last place off).
     #[test]
     fn numbers_are_decoded_exactly() {
-        let mut seed: u64 = 0x2545_f491_4f6c_dd1d;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x2545_f491_4f6c_dd1d);
         let mut checked = 0;
         while checked < 20_000 {
             let v = f64::from_bits(next());
@@ -461,13 +465,7 @@ mod tests {
     fn random_mutations_never_panic() {
         let catalog = crate::Catalog::builtin();
         let limits = crate::Limits::default();
-        let mut seed: u64 = 0x9e37_79b9_7f4a_7c15;
-        let mut next = move || {
-            seed ^= seed << 13;
-            seed ^= seed >> 7;
-            seed ^= seed << 17;
-            seed
-        };
+        let mut next = xorshift(0x9e37_79b9_7f4a_7c15);
         let alphabet = b"{}[]\":,.-+eE0123456789 nulltruefalse\\u\xff\x00";
         for _ in 0..20_000 {
             let mut bytes = EXAMPLE.as_bytes().to_vec();

@@ -33,6 +33,11 @@ const HOP_BY_HOP: [&str; 8] = [
 /// own idle timeout, so a pooled connection is never reused just as the aggregator closes it.
 const POOL_IDLE: Duration = Duration::from_secs(5);
 
+/// How long a request in flight to an active that has just been deposed may still take to be
+/// answered before the proxy gives up on it with a 503. A frozen active never answers; one that
+/// stepped down answers at once.
+const DEPOSED_GRACE: Duration = Duration::from_secs(1);
+
 pub async fn serve(
     listener: tokio::net::TcpListener,
     backends: Arc<Backends>,
@@ -70,12 +75,19 @@ async fn handle(
     parts.uri = uri;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(hyper::header::HOST);
+    let request = client.request(Request::from_parts(parts, body));
+    tokio::pin!(request);
     let forwarded = tokio::select! {
-        result = client.request(Request::from_parts(parts, body)) => result,
-        _ = backends.deposed(&target) => {
-            tracing::warn!(%target, "the active changed while a request was in flight; answered 503");
-            return unavailable("the active aggregator changed while this request was in flight; retry");
-        }
+        result = &mut request => result,
+        _ = backends.deposed(&target) => match tokio::time::timeout(DEPOSED_GRACE, &mut request).await {
+            // An answer already on its way (the planned switchover's own reply, a write the old
+            // active finished as it stepped down) is still delivered.
+            Ok(result) => result,
+            Err(_) => {
+                tracing::warn!(%target, "the active changed while a request was in flight; answered 503");
+                return unavailable("the active aggregator changed while this request was in flight; retry");
+            }
+        },
     };
     match forwarded {
         Ok(response) => {

@@ -10,7 +10,10 @@
 //! [`rollups_match_raw`] is also what the black-box tests use to check a repository that real
 //! aggregators wrote while being killed.
 
-use crate::{ItemFilter, RepoError, Repository, Retention, RollupPolicy, Series, SeriesQuery, TopQuery};
+use crate::{
+    EventFilter, EventState, ItemFilter, RepoError, Repository, Retention, RollupPolicy, RuleSpec, Series, SeriesQuery,
+    TopQuery,
+};
 use pollux_model::Resolution;
 use pollux_model::{Catalog, Dto, MetricFamily, Record};
 use std::collections::BTreeMap;
@@ -30,7 +33,9 @@ macro_rules! conformance_tests {
             series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
             top_ranks_by_average, items_and_devices, family_widening, retention_expires,
             late_data_settles_before_it_is_rolled, family_names_never_share_tables,
-            digests_are_kept, records_under_two_ids_are_counted);
+            digests_are_kept, records_under_two_ids_are_counted, an_event_commits_with_its_data,
+            a_fenced_load_writes_no_event, rule_changes_clear_open_events, late_polls_are_not_evaluated,
+            baselines_come_from_past_weeks, the_outbox_delivers_in_order_and_is_bounded);
     };
     (@each $make:expr; $($check:ident),*) => {
         $(
@@ -465,4 +470,170 @@ pub fn late_data_settles_before_it_is_rolled(repo: &dyn Repository) {
     assert_eq!(repo.roll_up(1, now + 10, &policy, 100).unwrap().done, 1);
     while repo.roll_up(1, now + 100, &policy, 100).unwrap().more {}
     assert_eq!(rollups_match_raw(repo, "Interface", "in_bps", "r1", "ge-0", T0, T0 + 3600).unwrap(), 1);
+}
+
+/// A rule on Interface `in_bps` of every item, `op value`, opening after `for_polls`.
+pub fn rule(op: &str, value: f64, for_polls: u32) -> RuleSpec {
+    serde_json::from_value(serde_json::json!({
+        "family": "Interface", "metric": "in_bps", "op": op, "value": value, "for_polls": for_polls,
+        "severity": "major"
+    }))
+    .expect("a valid rule")
+}
+
+fn all_events(repo: &dyn Repository) -> Vec<crate::Event> {
+    repo.events(&EventFilter { limit: 1000, ..Default::default() }).unwrap()
+}
+
+/// Loads one DTO per value, for item r1/ge-0, cycles from `first`.
+fn polls(repo: &dyn Repository, epoch: u64, tag: &str, first: i64, values: &[f64]) {
+    for (i, v) in values.iter().enumerate() {
+        let cycle = first + i as i64 * INTERVAL;
+        repo.load(epoch, &[dto(&format!("{tag}{i}"), cycle, &[("r1", "ge-0", *v)])]).unwrap();
+    }
+}
+
+pub fn an_event_commits_with_its_data(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let id = repo.create_rule(1, &rule(">", 100.0, 2)).unwrap().id;
+    polls(repo, 1, "a", T0, &[150.0]);
+    // The second violating poll fails with its batch: no event, no outbox entry, no state.
+    let violating = dto("b", T0 + INTERVAL, &[("r1", "ge-0", 170.0)]);
+    let mut bad = dto("bad", T0 + INTERVAL, &[("r2", "ge-0", 1.0)]);
+    bad.metrics[1] = "no_such_metric".into();
+    assert!(repo.load(1, &[violating.clone(), bad]).is_err());
+    assert!(all_events(repo).is_empty());
+    assert!(repo.outbox("r", 10).unwrap().is_empty());
+    // The same poll loaded alone opens the event, at that poll, once.
+    let report = repo.load(1, std::slice::from_ref(&violating)).unwrap();
+    assert_eq!(report.transitions, 1);
+    let events = all_events(repo);
+    assert_eq!(events.len(), 1, "{events:?}");
+    let e = &events[0];
+    assert_eq!((e.rule, e.state, e.opened_cycle, e.value, e.peak), (id, EventState::Open, T0 + INTERVAL, 170.0, 170.0));
+    assert_eq!((e.device.as_str(), e.item.as_str(), e.threshold, e.op.as_str()), ("r1", "ge-0", 100.0, ">"));
+    // Reloading the DTO (a resend) evaluates nothing twice.
+    assert_eq!(repo.load(1, &[violating]).unwrap().transitions, 0);
+    polls(repo, 1, "c", T0 + 2 * INTERVAL, &[200.0, 50.0, 50.0]);
+    let events = all_events(repo);
+    assert_eq!(events.len(), 1);
+    let e = &events[0];
+    assert_eq!(
+        (e.state, e.peak, e.cleared_at, e.clear_value),
+        (EventState::Cleared, 200.0, Some(T0 + 3 * INTERVAL + 10), Some(50.0))
+    );
+    assert_eq!(e.cleared_by.as_deref(), Some("value"));
+    let outbox: Vec<_> = repo.outbox("r", 10).unwrap().iter().map(|o| (o.event.id, o.transition)).collect();
+    assert_eq!(outbox, [(e.id, EventState::Open), (e.id, EventState::Cleared)]);
+    let stats = repo.stats().unwrap();
+    assert_eq!((stats.outbox_depth, stats.open_events.len()), (2, 0));
+}
+
+pub fn a_fenced_load_writes_no_event(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.create_rule(1, &rule(">", 100.0, 1)).unwrap();
+    repo.claim_epoch(2, "newer").unwrap();
+    let stale = repo.load(1, &[dto("a", T0, &[("r1", "ge-0", 500.0)])]);
+    assert!(matches!(stale, Err(RepoError::Fenced { .. })), "{stale:?}");
+    assert!(all_events(repo).is_empty());
+    assert!(repo.outbox("r", 10).unwrap().is_empty());
+    assert!(matches!(repo.create_rule(1, &rule(">", 1.0, 1)), Err(RepoError::Fenced { .. })));
+    // The newer epoch evaluates the same poll from scratch.
+    assert_eq!(repo.load(2, &[dto("a", T0, &[("r1", "ge-0", 500.0)])]).unwrap().transitions, 1);
+    assert_eq!(all_events(repo).len(), 1);
+}
+
+pub fn rule_changes_clear_open_events(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let id = repo.create_rule(1, &rule(">", 100.0, 1)).unwrap().id;
+    polls(repo, 1, "a", T0, &[150.0]);
+    assert_eq!(
+        repo.events(&EventFilter { state: Some(EventState::Open), limit: 10, ..Default::default() }).unwrap().len(),
+        1
+    );
+    let mut changed = rule(">", 120.0, 1);
+    changed.name = Some("in_bps high".into());
+    assert_eq!(repo.update_rule(1, id, &changed).unwrap().unwrap().spec, changed);
+    let events = all_events(repo);
+    assert_eq!((events[0].state, events[0].cleared_by.as_deref()), (EventState::Cleared, Some("rule changed")));
+    // The pair starts afresh under the changed rule: the next violation opens a new event.
+    polls(repo, 1, "b", T0 + INTERVAL, &[150.0]);
+    let events = all_events(repo);
+    assert_eq!((events.len(), events[0].rule_name.as_str(), events[0].threshold), (2, "in_bps high", 120.0));
+    assert!(repo.delete_rule(1, id).unwrap());
+    assert!(!repo.delete_rule(1, id).unwrap());
+    assert!(repo.update_rule(1, id, &changed).unwrap().is_none());
+    assert!(repo.rule(id).unwrap().is_none());
+    let events = all_events(repo);
+    assert_eq!(events[0].cleared_by.as_deref(), Some("rule deleted"));
+    assert_eq!(repo.stats().unwrap().open_events.values().sum::<u64>(), 0);
+    // An acknowledgement is kept, and the first one stands.
+    let acked = repo.ack_event(1, events[0].id, "noc-alice").unwrap().unwrap();
+    assert_eq!(acked.acked_by.as_deref(), Some("noc-alice"));
+    assert_eq!(repo.ack_event(1, events[0].id, "noc-bob").unwrap().unwrap().acked_by.as_deref(), Some("noc-alice"));
+    assert!(repo.ack_event(1, 999_999, "x").unwrap().is_none());
+}
+
+pub fn late_polls_are_not_evaluated(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.create_rule(1, &rule(">", 100.0, 2)).unwrap();
+    polls(repo, 1, "a", T0 + 10 * INTERVAL, &[150.0]);
+    // A spooled poll of an older cycle arrives: stored, not evaluated.
+    let report = repo.load(1, &[dto("late", T0 + 5 * INTERVAL, &[("r1", "ge-0", 999.0)])]).unwrap();
+    assert_eq!((report.loaded, report.late, report.transitions), (1, 1, 0));
+    assert_eq!(raw(repo, "r1", "ge-0", T0, NOW).len(), 2, "the late poll is stored");
+    assert!(all_events(repo).is_empty());
+    // The next poll in order completes the run of two.
+    polls(repo, 1, "b", T0 + 11 * INTERVAL, &[150.0]);
+    assert_eq!(all_events(repo)[0].opened_cycle, T0 + 11 * INTERVAL);
+}
+
+pub fn baselines_come_from_past_weeks(repo: &dyn Repository) {
+    prepare(repo, 1);
+    const WEEK: i64 = 7 * 86_400;
+    let hour = T0 + 3 * WEEK + 9 * 3600;
+    let mut spec = rule("above_baseline", 3.0, 1);
+    spec.device = Some("r*".into());
+    repo.create_rule(1, &spec).unwrap();
+    let week_of = |weeks_back: i64, values: &[f64]| {
+        for (i, v) in values.iter().enumerate() {
+            let cycle = hour - weeks_back * WEEK + i as i64 * INTERVAL;
+            repo.load(1, &[dto(&format!("w{weeks_back}-{i}"), cycle, &[("r1", "ge-0", *v)])]).unwrap();
+        }
+    };
+    week_of(3, &[90.0, 110.0, 100.0]);
+    repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 1000).unwrap();
+    // One week is no baseline: nothing violates, however far off.
+    repo.load(1, &[dto("x1", hour, &[("r1", "ge-0", 1e6)])]).unwrap();
+    assert!(all_events(repo).is_empty());
+    week_of(2, &[95.0, 105.0, 100.0]);
+    repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 1000).unwrap();
+    // Two weeks: mean 100, population deviation sqrt(250/6) ≈ 6.45; 3 deviations ≈ 119.4.
+    let next = hour + WEEK;
+    repo.load(1, &[dto("y1", next - WEEK + INTERVAL, &[("r1", "ge-0", 119.0)])]).unwrap();
+    assert!(all_events(repo).is_empty(), "119 is within 3 deviations");
+    repo.load(1, &[dto("y2", next - WEEK + 2 * INTERVAL, &[("r1", "ge-0", 120.0)])]).unwrap();
+    let events = all_events(repo);
+    assert_eq!((events.len(), events[0].value, events[0].op.as_str()), (1, 120.0, "above_baseline"));
+}
+
+pub fn the_outbox_delivers_in_order_and_is_bounded(repo: &dyn Repository) {
+    prepare(repo, 1);
+    repo.create_rule(1, &rule(">", 100.0, 1)).unwrap();
+    // Six events opened and cleared: twelve notifications.
+    polls(repo, 1, "a", T0, &[200.0, 0.0, 200.0, 0.0, 200.0, 0.0, 200.0, 0.0, 200.0, 0.0, 200.0, 0.0]);
+    let receivers = ["am".to_owned(), "hook".to_owned()];
+    let first = repo.outbox("am", 5).unwrap();
+    assert_eq!(first.len(), 5);
+    assert!(first.windows(2).all(|w| w[0].seq < w[1].seq));
+    repo.delivered(1, Some(("am", first[4].seq)), &receivers).unwrap();
+    assert_eq!(repo.outbox("am", 100).unwrap().len(), 7);
+    assert_eq!(repo.outbox("hook", 100).unwrap().len(), 12, "each receiver has its own place");
+    assert_eq!(repo.stats().unwrap().outbox_depth, 12, "kept until every receiver has had it");
+    let all = repo.outbox("hook", 100).unwrap();
+    repo.delivered(1, Some(("hook", all[11].seq)), &receivers).unwrap();
+    assert_eq!(repo.stats().unwrap().outbox_depth, 7);
+    assert!(matches!(repo.delivered(9, Some(("am", 1)), &receivers), Err(RepoError::Fenced { .. })));
+    repo.delivered(1, None, &[]).unwrap();
+    assert_eq!(repo.stats().unwrap().outbox_depth, 0, "with no receivers nothing is kept");
 }

@@ -22,6 +22,7 @@ pub mod conformance;
 pub mod sqlite;
 
 use pollux_model::{Dto, MetricFamily, Resolution, UnixSeconds};
+pub use pollux_thresholds::{Rule, RuleSpec, Severity};
 use std::time::Duration;
 
 pub use sqlite::{JournalMode, SqliteOptions, SqliteRepository};
@@ -63,6 +64,11 @@ impl From<rusqlite::Error> for RepoError {
 pub struct LoadReport {
     /// DTOs whose data was inserted by this call.
     pub loaded: usize,
+    /// Events opened or cleared by the polls loaded (each with an outbox entry).
+    pub transitions: usize,
+    /// DTOs not evaluated against the rules: older than one their collector already had
+    /// evaluated for the family (see [`Repository::load`]).
+    pub late: usize,
     /// DTOs whose id was already in the registry: nothing inserted.
     pub already_loaded: usize,
     /// Values (non-empty cells) inserted.
@@ -221,6 +227,73 @@ pub struct RepoStats {
     /// Records ever replaced by another DTO's record for the same item and cycle (see
     /// [`LoadReport::replaced`]); 0 unless two DTO ids carried the same data.
     pub replaced_records: u64,
+    /// Open events by severity name.
+    pub open_events: std::collections::BTreeMap<String, u64>,
+    /// Notifications not yet delivered to every receiver, and the age of the oldest.
+    pub outbox_depth: u64,
+    pub outbox_oldest: Option<UnixSeconds>,
+    /// Notifications dropped because the outbox was full (see [`SqliteOptions::outbox_max`]).
+    pub outbox_dropped: u64,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum EventState {
+    Open,
+    Cleared,
+}
+
+/// A threshold event: opened by a rule on an item, cleared by the value, or by a change to
+/// the rule.
+#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+pub struct Event {
+    pub id: i64,
+    pub rule: i64,
+    pub rule_name: String,
+    pub severity: Severity,
+    pub family: String,
+    pub metric: String,
+    pub device: String,
+    pub item: String,
+    pub state: EventState,
+    /// The timestamp and cycle of the poll that opened it, and its value.
+    pub opened_at: UnixSeconds,
+    pub opened_cycle: UnixSeconds,
+    pub value: f64,
+    /// The rule's condition when it opened: operator and value (standard deviations for a
+    /// baseline rule).
+    pub op: String,
+    pub threshold: f64,
+    pub peak: f64,
+    pub cleared_at: Option<UnixSeconds>,
+    pub clear_value: Option<f64>,
+    /// `value` (the data cleared it), `rule changed` or `rule deleted`.
+    pub cleared_by: Option<String>,
+    pub acked_by: Option<String>,
+    pub acked_at: Option<UnixSeconds>,
+}
+
+#[derive(Debug, Clone, Default)]
+pub struct EventFilter {
+    /// Events open at some time in `[from, to)`.
+    pub from: Option<UnixSeconds>,
+    pub to: Option<UnixSeconds>,
+    pub state: Option<EventState>,
+    pub device: Option<String>,
+    pub severity: Option<Severity>,
+    pub rule: Option<i64>,
+    pub limit: usize,
+    pub offset: usize,
+}
+
+/// One notification waiting in the outbox: an event's opening or clearing.
+#[derive(Debug, Clone, PartialEq)]
+pub struct OutboxEntry {
+    pub seq: i64,
+    pub transition: EventState,
+    pub created_at: UnixSeconds,
+    /// The event as it is now.
+    pub event: Event,
 }
 
 /// The Data Repository. Every write takes the writer's epoch and fails with
@@ -236,7 +309,13 @@ pub trait Repository: Send + Sync {
     fn ensure_family(&self, epoch: Epoch, family: &MetricFamily) -> Result<()>;
 
     /// Loads a batch of DTOs in one transaction: the epoch check, each DTO's data unless its id
-    /// is already registered, its registry entry and its pending rollups.
+    /// is already registered, its registry entry, its pending rollups, and its evaluation
+    /// against the threshold rules (rule state, events and outbox entries).
+    ///
+    /// Late data: a DTO older than the newest cycle its collector has had evaluated for the
+    /// family is stored and rolled up but not evaluated (counted in [`LoadReport::late`]), and
+    /// a (rule, item) pair never evaluates a poll older than its last one. Thresholds follow
+    /// the polls as they happened, never as a spool replays them.
     fn load(&self, epoch: Epoch, dtos: &[Dto]) -> Result<LoadReport>;
     /// The registry entry of a loaded DTO.
     fn loaded_dto(&self, id: &str) -> Result<Option<LoadedDto>>;
@@ -255,4 +334,25 @@ pub trait Repository: Send + Sync {
     fn series(&self, query: &SeriesQuery) -> Result<Series>;
     fn top(&self, query: &TopQuery) -> Result<Vec<TopEntry>>;
     fn stats(&self) -> Result<RepoStats>;
+
+    // Threshold rules, events and notifications. Writes take the epoch like every other.
+
+    fn rules(&self) -> Result<Vec<Rule>>;
+    fn rule(&self, id: i64) -> Result<Option<Rule>>;
+    fn create_rule(&self, epoch: Epoch, spec: &RuleSpec) -> Result<Rule>;
+    /// Replaces a rule; its open events clear (`rule changed`) and its pairs start afresh.
+    /// `None` when there is no such rule.
+    fn update_rule(&self, epoch: Epoch, id: i64, spec: &RuleSpec) -> Result<Option<Rule>>;
+    /// Deletes a rule; its open events clear (`rule deleted`). False when there was none.
+    fn delete_rule(&self, epoch: Epoch, id: i64) -> Result<bool>;
+    /// Newest first.
+    fn events(&self, filter: &EventFilter) -> Result<Vec<Event>>;
+    fn event(&self, id: i64) -> Result<Option<Event>>;
+    /// Records who acknowledged an event and when (the first acknowledgement stands).
+    fn ack_event(&self, epoch: Epoch, id: i64, by: &str) -> Result<Option<Event>>;
+    /// Up to `limit` outbox entries `receiver` has not had yet, oldest first.
+    fn outbox(&self, receiver: &str, limit: usize) -> Result<Vec<OutboxEntry>>;
+    /// Records that `receiver` has had every entry up to `seq`, and drops the entries every
+    /// one of `receivers` has had (all of them when `receivers` is empty).
+    fn delivered(&self, epoch: Epoch, receiver: Option<(&str, i64)>, receivers: &[String]) -> Result<()>;
 }

@@ -1,5 +1,6 @@
 //! Loading DTOs: the data, the registry entry and the pending rollups in one transaction.
 
+use super::alerts::{self, Overlay};
 use super::{check_epoch, FamilyTables, ItemCache, SqliteRepository};
 use crate::{Epoch, LoadReport, RepoError, Result};
 use pollux_model::{Dto, Resolution};
@@ -18,6 +19,8 @@ impl SqliteRepository {
         check_epoch(&tx, epoch)?;
         let mut report = LoadReport::default();
         let mut new_items = NewItems::new();
+        writer.alerting.refresh(&tx)?;
+        let mut overlay = Overlay::new();
         for (dto, family) in dtos.iter().zip(&families) {
             let known: Option<i64> =
                 tx.query_row("SELECT seq FROM loaded_dtos WHERE id = ?1", [&dto.id], |r| r.get(0)).optional()?;
@@ -25,9 +28,19 @@ impl SqliteRepository {
                 report.already_loaded += 1;
                 continue;
             }
-            let (values, replaced) = insert_dto(&tx, family, dto, &writer.items, &mut new_items, now)?;
-            report.values += values;
-            report.replaced += replaced;
+            let inserted = insert_dto(&tx, family, dto, &writer.items, &mut new_items, now)?;
+            report.values += inserted.values;
+            report.replaced += inserted.replaced;
+            alerts::evaluate_dto(
+                &tx,
+                &mut writer.alerting,
+                &mut overlay,
+                family,
+                dto,
+                &inserted.rows,
+                epoch,
+                &mut report,
+            )?;
             tx.execute(
                 "INSERT INTO loaded_dtos (id, epoch, family, collector, cycle, records, loaded_at, digest)
                  VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8)",
@@ -51,10 +64,14 @@ impl SqliteRepository {
                 [report.replaced as i64],
             )?;
         }
+        if report.transitions > 0 {
+            alerts::bound_outbox(&tx, self.options.outbox_max)?;
+        }
         if pollux_failpoint::hit("repository.load.before_commit") {
             return Err(RepoError::Injected("repository.load.before_commit"));
         }
         tx.commit()?;
+        writer.alerting.commit(overlay);
         for (family, device, item, id) in new_items {
             cache_item(&mut writer.items, family, device, item, id);
         }
@@ -66,8 +83,16 @@ fn cache_item(cache: &mut ItemCache, family: String, device: String, item: Strin
     cache.entry(family).or_default().entry(device).or_default().insert(item, id);
 }
 
-/// Inserts one DTO's records; returns the number of values written and of records that
-/// replaced one already stored for the same item and cycle.
+/// What [`insert_dto`] wrote.
+struct Inserted {
+    values: usize,
+    /// Records that replaced one already stored for the same item and cycle.
+    replaced: usize,
+    /// Each record's `(item_id, index)`, in item order.
+    rows: Vec<(i64, usize)>,
+}
+
+/// Inserts one DTO's records.
 fn insert_dto(
     tx: &Transaction<'_>,
     family: &FamilyTables,
@@ -75,7 +100,7 @@ fn insert_dto(
     cache: &ItemCache,
     new_items: &mut NewItems,
     now: i64,
-) -> Result<(usize, usize)> {
+) -> Result<Inserted> {
     let columns: Vec<&str> = dto.metrics.iter().map(|m| family.column(m)).collect::<Result<_>>()?;
     let (watermark, max_interval): (i64, i64) =
         tx.query_row("SELECT watermark, max_interval FROM family_state WHERE family = ?1", [&family.name], |r| {
@@ -123,7 +148,7 @@ fn insert_dto(
     let mut replaced = 0;
     let mut values = 0;
     let mut hours = BTreeSet::new();
-    for (item_id, index) in rows {
+    for &(item_id, index) in &rows {
         let record = &dto.records[index];
         if record.values.len() != columns.len() {
             return Err(RepoError::Db(format!("DTO {}: a record's values do not match its columns", dto.id)));
@@ -165,7 +190,7 @@ fn insert_dto(
     for hour in hours {
         pending.execute(rusqlite::params![family.name, hour, now])?;
     }
-    Ok((values, replaced))
+    Ok(Inserted { values, replaced, rows })
 }
 
 fn item_id(tx: &Transaction<'_>, family: &str, device: &str, item: &str, now: i64) -> Result<i64> {

@@ -32,6 +32,7 @@
 //! of read connections. In WAL mode readers never block the writer; on NFS, where WAL's shared
 //! memory does not work across hosts, the rollback journal (`TRUNCATE`) is used instead.
 
+mod alerts;
 mod load;
 mod query;
 mod rollup;
@@ -43,6 +44,9 @@ use std::collections::HashMap;
 use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
+
+/// Notifications kept for receivers that are down: at one alert a second, more than a day.
+pub const DEFAULT_OUTBOX_MAX: u64 = 100_000;
 
 /// SQLite's journal, chosen by where the repository file lives.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -62,11 +66,19 @@ pub struct SqliteOptions {
     pub busy_timeout: Duration,
     /// Page cache of the writer connection.
     pub cache_mib: u32,
+    /// Most notifications the outbox keeps for receivers that are down; past it the oldest
+    /// are dropped and counted.
+    pub outbox_max: u64,
 }
 
 impl Default for SqliteOptions {
     fn default() -> Self {
-        SqliteOptions { journal: JournalMode::Wal, busy_timeout: Duration::from_secs(5), cache_mib: 256 }
+        SqliteOptions {
+            journal: JournalMode::Wal,
+            busy_timeout: Duration::from_secs(5),
+            cache_mib: 256,
+            outbox_max: DEFAULT_OUTBOX_MAX,
+        }
     }
 }
 
@@ -120,6 +132,7 @@ type ItemCache = HashMap<String, HashMap<String, HashMap<String, i64>>>;
 pub(crate) struct Writer {
     pub conn: Connection,
     pub items: ItemCache,
+    pub alerting: alerts::Alerting,
 }
 
 pub struct SqliteRepository {
@@ -153,6 +166,29 @@ CREATE TABLE IF NOT EXISTS rollup_pending (
     resolution TEXT NOT NULL, family TEXT NOT NULL, period INTEGER NOT NULL,
     marked_at INTEGER NOT NULL, touched_at INTEGER NOT NULL,
     PRIMARY KEY (resolution, period, family)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS rules (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, family TEXT NOT NULL, spec TEXT NOT NULL,
+    created_at INTEGER NOT NULL, updated_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule_id INTEGER NOT NULL, item_id INTEGER NOT NULL, last_cycle INTEGER NOT NULL,
+    history INTEGER NOT NULL, event_id INTEGER, peak REAL, clear_run INTEGER NOT NULL,
+    PRIMARY KEY (rule_id, item_id)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS eval_watermark (
+    family TEXT NOT NULL, collector TEXT NOT NULL, cycle INTEGER NOT NULL,
+    PRIMARY KEY (family, collector)) WITHOUT ROWID;
+CREATE TABLE IF NOT EXISTS events (
+    id INTEGER PRIMARY KEY AUTOINCREMENT, rule_id INTEGER NOT NULL, rule_name TEXT NOT NULL,
+    severity TEXT NOT NULL, family TEXT NOT NULL, metric TEXT NOT NULL, device TEXT NOT NULL,
+    item TEXT NOT NULL, state TEXT NOT NULL, opened_at INTEGER NOT NULL,
+    opened_cycle INTEGER NOT NULL, value REAL NOT NULL, op TEXT NOT NULL, threshold REAL NOT NULL,
+    peak REAL NOT NULL, cleared_at INTEGER, clear_value REAL, cleared_by TEXT, acked_by TEXT,
+    acked_at INTEGER, epoch INTEGER NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, severity);
+CREATE INDEX IF NOT EXISTS events_by_rule ON events (rule_id, state);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT, event_id INTEGER NOT NULL, transition TEXT NOT NULL,
+    created_at INTEGER NOT NULL);
+CREATE TABLE IF NOT EXISTS notify_cursors (receiver TEXT PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID;
 ";
 
 impl SqliteRepository {
@@ -165,7 +201,7 @@ impl SqliteRepository {
         let repo = SqliteRepository {
             path: path.to_owned(),
             options,
-            writer: Mutex::new(Writer { conn, items: HashMap::new() }),
+            writer: Mutex::new(Writer { conn, items: HashMap::new(), alerting: Default::default() }),
             readers: Mutex::new(Vec::new()),
             families: RwLock::new(HashMap::new()),
         };
@@ -244,6 +280,7 @@ impl SqliteRepository {
         tx.commit()?;
         // Another node may have written while we were not the leader: forget what we cached.
         writer.items.clear();
+        writer.alerting = Default::default();
         drop(writer);
         self.reload_families()
     }
@@ -298,7 +335,9 @@ impl SqliteRepository {
                 .iter()
                 .map(|m| {
                     let n = &m.name;
-                    format!(", \"{n}_min\" REAL, \"{n}_max\" REAL, \"{n}_sum\" REAL, \"{n}_count\" INTEGER")
+                    format!(
+                        ", \"{n}_min\" REAL, \"{n}_max\" REAL, \"{n}_sum\" REAL, \"{n}_count\" INTEGER, \"{n}_sq\" REAL"
+                    )
                 })
                 .collect();
             tx.execute_batch(&format!(
@@ -326,7 +365,8 @@ impl SqliteRepository {
                 for r in Resolution::ROLLUPS {
                     tx.execute_batch(&format!(
                         "ALTER TABLE {t} ADD COLUMN \"{m}_min\" REAL; ALTER TABLE {t} ADD COLUMN \"{m}_max\" REAL;
-                         ALTER TABLE {t} ADD COLUMN \"{m}_sum\" REAL; ALTER TABLE {t} ADD COLUMN \"{m}_count\" INTEGER;",
+                         ALTER TABLE {t} ADD COLUMN \"{m}_sum\" REAL; ALTER TABLE {t} ADD COLUMN \"{m}_count\" INTEGER;
+                         ALTER TABLE {t} ADD COLUMN \"{m}_sq\" REAL;",
                         t = tables.rollup(r)
                     ))?;
                 }
@@ -357,6 +397,10 @@ impl SqliteRepository {
                 pending_rollups: count("SELECT count(*) FROM rollup_pending")?,
                 items: count("SELECT count(*) FROM items")?,
                 replaced_records: count("SELECT coalesce((SELECT value FROM meta WHERE key = 'replaced_records'), 0)")?,
+                open_events: alerts::open_by_severity(c)?,
+                outbox_depth: count("SELECT count(*) FROM outbox")?,
+                outbox_oldest: c.query_row("SELECT min(created_at) FROM outbox", [], |r| r.get(0))?,
+                outbox_dropped: count("SELECT coalesce((SELECT value FROM meta WHERE key = 'outbox_dropped'), 0)")?,
             })
         })
     }
@@ -377,16 +421,41 @@ fn next_family_number(tx: &Transaction<'_>) -> Result<i64> {
 fn migrate(conn: &Connection) -> Result<()> {
     // Families created before table numbering keep their tables (number NULL); DTOs loaded
     // before digests were kept have none (a repeat of one is answered 200 whatever it holds).
-    for (table, column) in
-        [("family_state", "number INTEGER"), ("loaded_dtos", "digest BLOB"), ("epochs", "after_seq INTEGER")]
+    for (table, column, kind) in
+        [("family_state", "number", "INTEGER"), ("loaded_dtos", "digest", "BLOB"), ("epochs", "after_seq", "INTEGER")]
     {
-        let name = column.split(' ').next().expect("a column name");
-        let missing = || conn.prepare(&format!("SELECT {name} FROM {table} LIMIT 0")).is_err();
-        if missing() {
-            if let Err(e) = conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {column}")) {
-                if missing() {
-                    return Err(e.into());
-                }
+        add_column(conn, table, column, kind)?;
+    }
+    // Baselines need each hour's sum of squares: rollups written before have none (NULL),
+    // and those periods simply do not count towards a baseline.
+    let mut stmt = conn.prepare("SELECT family, number, columns FROM family_state")?;
+    let families: Vec<FamilyTables> = stmt
+        .query_map([], |r| {
+            Ok(FamilyTables { name: r.get(0)?, number: r.get(1)?, columns: split_columns(&r.get::<_, String>(2)?) })
+        })?
+        .collect::<Result<_, _>>()?;
+    for family in families {
+        for r in Resolution::ROLLUPS {
+            for m in &family.columns {
+                add_column(conn, family.rollup(r).trim_matches('"'), &format!("{m}_sq"), "REAL")?;
+            }
+        }
+    }
+    Ok(())
+}
+
+/// Adds the column `name` of `kind` to `table` (unquoted names) unless it is there; the other
+/// aggregator may add it at the same moment.
+fn add_column(conn: &Connection, table: &str, name: &str, kind: &str) -> Result<()> {
+    // Not `SELECT "name" FROM table`: SQLite reads an unknown double-quoted name as a string.
+    let missing = || -> Result<bool> {
+        Ok(conn
+            .query_row("SELECT count(*) = 0 FROM pragma_table_info(?1) WHERE name = ?2", [table, name], |r| r.get(0))?)
+    };
+    if missing()? {
+        if let Err(e) = conn.execute_batch(&format!("ALTER TABLE \"{table}\" ADD COLUMN \"{name}\" {kind}")) {
+            if missing()? {
+                return Err(e.into());
             }
         }
     }
@@ -471,6 +540,36 @@ impl crate::Repository for SqliteRepository {
     fn stats(&self) -> Result<RepoStats> {
         self.stats_now()
     }
+    fn rules(&self) -> Result<Vec<crate::Rule>> {
+        self.list_rules()
+    }
+    fn rule(&self, id: i64) -> Result<Option<crate::Rule>> {
+        self.get_rule(id)
+    }
+    fn create_rule(&self, epoch: Epoch, spec: &crate::RuleSpec) -> Result<crate::Rule> {
+        self.insert_rule(epoch, spec)
+    }
+    fn update_rule(&self, epoch: Epoch, id: i64, spec: &crate::RuleSpec) -> Result<Option<crate::Rule>> {
+        Ok(self.change_rule(epoch, id, Some(spec))?.then(|| crate::Rule { id, spec: spec.clone() }))
+    }
+    fn delete_rule(&self, epoch: Epoch, id: i64) -> Result<bool> {
+        self.change_rule(epoch, id, None)
+    }
+    fn events(&self, filter: &crate::EventFilter) -> Result<Vec<crate::Event>> {
+        self.list_events(filter)
+    }
+    fn event(&self, id: i64) -> Result<Option<crate::Event>> {
+        self.get_event(id)
+    }
+    fn ack_event(&self, epoch: Epoch, id: i64, by: &str) -> Result<Option<crate::Event>> {
+        self.acknowledge(epoch, id, by)
+    }
+    fn outbox(&self, receiver: &str, limit: usize) -> Result<Vec<crate::OutboxEntry>> {
+        self.pending_for(receiver, limit)
+    }
+    fn delivered(&self, epoch: Epoch, receiver: Option<(&str, i64)>, receivers: &[String]) -> Result<()> {
+        self.mark_delivered(epoch, receiver, receivers)
+    }
 }
 
 #[cfg(test)]
@@ -483,4 +582,69 @@ mod tests {
     }
 
     crate::conformance_tests!(fresh);
+
+    /// A repository written by the release before thresholds (no sums of squares, no rule
+    /// tables) opens, keeps its data, and its new rollups feed baselines.
+    #[test]
+    fn a_repository_of_the_previous_release_is_migrated_in_place() {
+        use crate::conformance::{dto, T0};
+        use crate::Repository;
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repository.sqlite");
+        {
+            let repo = SqliteRepository::open(&path, SqliteOptions::default()).unwrap();
+            repo.claim_epoch(1, "old").unwrap();
+            for family in pollux_model::Catalog::builtin().iter() {
+                repo.ensure_family(1, family).unwrap();
+            }
+            repo.load(1, &[dto("a", T0, &[("r1", "ge-0", 5.0)])]).unwrap();
+            repo.roll_up(1, T0 + 86_400 * 30, &crate::RollupPolicy::immediate(Duration::ZERO), 100).unwrap();
+            let conn = repo.writer();
+            let tables: Vec<String> = conn
+                .conn
+                .prepare("SELECT name FROM sqlite_master WHERE type = 'table' AND name GLOB 'f*_[hdw]*'")
+                .unwrap()
+                .query_map([], |r| r.get(0))
+                .unwrap()
+                .collect::<Result<_, _>>()
+                .unwrap();
+            assert_eq!(tables.len(), 12, "{tables:?}");
+            for table in tables {
+                let columns: Vec<String> = conn
+                    .conn
+                    .prepare(&format!(
+                        "SELECT name FROM pragma_table_info('{table}') WHERE name LIKE '%\\_sq' ESCAPE '\\'"
+                    ))
+                    .unwrap()
+                    .query_map([], |r| r.get(0))
+                    .unwrap()
+                    .collect::<Result<_, _>>()
+                    .unwrap();
+                for column in columns {
+                    conn.conn.execute_batch(&format!("ALTER TABLE \"{table}\" DROP COLUMN \"{column}\"")).unwrap();
+                }
+            }
+            conn.conn
+                .execute_batch("DROP TABLE rules; DROP TABLE rule_state; DROP TABLE events; DROP TABLE outbox;")
+                .unwrap();
+        }
+        let repo = SqliteRepository::open(&path, SqliteOptions::default()).unwrap();
+        assert_eq!(repo.stats().unwrap().loaded_dtos, 1);
+        let hour = repo
+            .series(&crate::SeriesQuery {
+                family: "Interface".into(),
+                device: "r1".into(),
+                item: "ge-0".into(),
+                metric: "in_bps".into(),
+                from: T0,
+                to: T0 + 3600,
+                resolution: pollux_model::Resolution::Hour,
+            })
+            .unwrap();
+        assert!(matches!(hour, crate::Series::Rollup(p) if p.len() == 1 && p[0].avg == 5.0));
+        repo.claim_epoch(2, "new").unwrap();
+        repo.create_rule(2, &crate::conformance::rule(">", 1.0, 1)).unwrap();
+        assert_eq!(repo.load(2, &[dto("b", T0 + 300, &[("r1", "ge-0", 5.0)])]).unwrap().transitions, 1);
+        repo.roll_up(2, T0 + 86_400 * 30, &crate::RollupPolicy::immediate(Duration::ZERO), 100).unwrap();
+    }
 }

@@ -90,15 +90,20 @@ impl SqliteRepository {
         let end = period + resolution.length().expect("rollups have periods");
         let table = family.rollup(resolution);
         tx.execute(&format!("DELETE FROM {table} WHERE period = ?1"), [period])?;
-        let targets: String =
-            family.columns.iter().map(|c| format!(", \"{c}_min\", \"{c}_max\", \"{c}_sum\", \"{c}_count\"")).collect();
+        let targets: String = family
+            .columns
+            .iter()
+            .map(|c| format!(", \"{c}_min\", \"{c}_max\", \"{c}_sum\", \"{c}_count\", \"{c}_sq\""))
+            .collect();
         let (sql, by_family) = match resolution.child().expect("rollups have a finer resolution") {
             Resolution::Raw => raw_rollup_sql(&tx, &family, &table, &targets, period)?,
             finer => {
                 let stats: String = family
                     .columns
                     .iter()
-                    .map(|c| format!(", min(\"{c}_min\"), max(\"{c}_max\"), sum(\"{c}_sum\"), sum(\"{c}_count\")"))
+                    .map(|c| {
+                        format!(", min(\"{c}_min\"), max(\"{c}_max\"), sum(\"{c}_sum\"), sum(\"{c}_count\"), sum(\"{c}_sq\")")
+                    })
                     .collect();
                 let sql = format!(
                     "INSERT INTO {table} (period, item_id{targets})
@@ -126,6 +131,10 @@ impl SqliteRepository {
             )?;
         }
         tx.commit()?;
+        if resolution == Resolution::Hour {
+            // Baselines are read from hourly rollups: one was just recomputed.
+            writer.alerting.forget_baselines();
+        }
         Ok(())
     }
 
@@ -225,8 +234,11 @@ fn raw_rollup_sql(
     // A record with ts in [period, end) belongs to a cycle in (period - 2 * interval, end).
     let first_cycle = period - 2 * max_interval;
     let cols: String = family.columns.iter().map(|c| format!(", \"{c}\"")).collect();
-    let stats: String =
-        family.columns.iter().map(|c| format!(", min(\"{c}\"), max(\"{c}\"), sum(\"{c}\"), count(\"{c}\")")).collect();
+    let stats: String = family
+        .columns
+        .iter()
+        .map(|c| format!(", min(\"{c}\"), max(\"{c}\"), sum(\"{c}\"), count(\"{c}\"), sum(\"{c}\" * \"{c}\")"))
+        .collect();
     let mut source = format!(
         "SELECT item_id{cols} FROM {recent} WHERE cycle > {first_cycle} AND cycle < ?2 AND ts >= ?1 AND ts < ?2",
         recent = family.recent()

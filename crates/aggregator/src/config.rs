@@ -78,6 +78,40 @@ impl From<&RetentionConfig> for Retention {
     }
 }
 
+/// Where events are sent (`[[notify.alertmanager]]`, `[[notify.webhook]]`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct NotifyConfig {
+    pub alertmanager: Vec<ReceiverConfig>,
+    pub webhook: Vec<ReceiverConfig>,
+    /// How often open events are sent to Alertmanager again, so it never resolves them itself.
+    #[serde(with = "duration::serde_str")]
+    pub resend_interval: Duration,
+    /// How long one delivery may take before it counts as failed and is retried.
+    #[serde(with = "duration::serde_str")]
+    pub timeout: Duration,
+    /// Notifications kept for receivers that are down; past it the oldest are dropped, counted.
+    pub outbox_max: u64,
+}
+
+impl Default for NotifyConfig {
+    fn default() -> Self {
+        NotifyConfig {
+            alertmanager: Vec::new(),
+            webhook: Vec::new(),
+            resend_interval: Duration::from_secs(60),
+            timeout: Duration::from_secs(10),
+            outbox_max: pollux_repository::sqlite::DEFAULT_OUTBOX_MAX,
+        }
+    }
+}
+
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ReceiverConfig {
+    pub url: String,
+}
+
 /// The aggregator's settings after file and flags.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -117,6 +151,7 @@ pub struct AggregatorConfig {
     pub load_batch_values: usize,
     pub min_free_bytes: u64,
     pub retention: RetentionConfig,
+    pub notify: NotifyConfig,
 }
 
 impl Default for AggregatorConfig {
@@ -143,6 +178,7 @@ impl Default for AggregatorConfig {
             load_batch_values: DEFAULT_LOAD_BATCH_VALUES,
             min_free_bytes: DEFAULT_MIN_FREE_BYTES,
             retention: RetentionConfig::default(),
+            notify: NotifyConfig::default(),
         }
     }
 }
@@ -255,6 +291,31 @@ impl AggregatorConfig {
         if r.raw < Duration::from_secs(86_400) {
             return err("retention.raw", "must be at least 1d".into());
         }
+        let n = &self.notify;
+        for (kind, receivers) in [("alertmanager", &n.alertmanager), ("webhook", &n.webhook)] {
+            for (i, r) in receivers.iter().enumerate() {
+                let key = format!("notify.{kind}[{i}].url");
+                if r.url.starts_with("https://") {
+                    return err(&key, format!("{:?}: https receivers are not supported yet; use http://", r.url));
+                }
+                let rest = r.url.strip_prefix("http://").unwrap_or_default();
+                if rest.is_empty()
+                    || rest.starts_with('/')
+                    || r.url.chars().any(|c| c.is_whitespace() || c.is_control())
+                {
+                    return err(&key, format!("{:?} must be an http:// URL with a host", r.url));
+                }
+            }
+        }
+        if n.resend_interval < Duration::from_secs(1) {
+            return err("notify.resend_interval", "must be at least 1s".into());
+        }
+        if n.timeout.is_zero() {
+            return err("notify.timeout", "must be more than 0".into());
+        }
+        if n.outbox_max == 0 {
+            return err("notify.outbox_max", "must be at least 1".into());
+        }
         Ok(())
     }
 
@@ -325,5 +386,12 @@ mod tests {
         assert_eq!(c.validate().unwrap_err().0, "ingest_token");
         let c = AggregatorConfig::from_toml("max_connections = 0").unwrap();
         assert_eq!(c.validate().unwrap_err().0, "max_connections");
+        let c = AggregatorConfig::from_toml("[[notify.webhook]]\nurl = \"http://\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "notify.webhook[0].url");
+        let (key, _) =
+            AggregatorConfig::from_toml("[[notify.alertmanager]]\nurl = \"http://a\"\nsecret = 1").unwrap_err();
+        assert!(key.contains("line 3"), "{key}");
+        let c = AggregatorConfig::from_toml("[notify]\nresend_interval = \"0s\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "notify.resend_interval");
     }
 }

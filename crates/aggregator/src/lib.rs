@@ -24,6 +24,7 @@ pub mod loader;
 pub mod maintenance;
 pub mod metrics;
 pub mod node;
+pub mod notify;
 pub mod services;
 pub mod shared;
 pub mod store;
@@ -75,6 +76,9 @@ pub struct App {
     pub decoders: Arc<tokio::sync::Semaphore>,
     pub handoff: loader::Handoff,
     pub maintenance_wake: Wake,
+    /// Woken by a load that opened or cleared an event.
+    pub notify_wake: Wake,
+    pub notify_health: notify::NotifyHealth,
     /// The election runtime's inbox (planned switchover requests).
     pub commands: Mutex<Sender<Command>>,
     families: RwLock<Arc<FamilyFiles>>,
@@ -151,8 +155,11 @@ impl Aggregator {
             JournalChoice::Auto => JournalMode::Wal,
         };
         let repo_path = shared.repository_path();
-        let repo = SqliteRepository::open(&repo_path, SqliteOptions { journal, ..SqliteOptions::default() })
-            .map_err(|source| StartError::Repository { path: repo_path.display().to_string(), source })?;
+        let repo = SqliteRepository::open(
+            &repo_path,
+            SqliteOptions { journal, outbox_max: config.notify.outbox_max, ..SqliteOptions::default() },
+        )
+        .map_err(|source| StartError::Repository { path: repo_path.display().to_string(), source })?;
         tracing::info!(
             shared = %shared.root().display(), nfs = shared_report.nfs, ?journal,
             free_mib = shared_report.free_bytes >> 20, families = families.catalog.len(), "shared dir checked"
@@ -184,6 +191,8 @@ impl Aggregator {
             decoders: Arc::new(tokio::sync::Semaphore::new(decoders())),
             handoff: loader::Handoff::new(HANDOFF_CAPACITY),
             maintenance_wake: Wake::default(),
+            notify_wake: Wake::default(),
+            notify_health: notify::NotifyHealth::new(&config.notify),
             families: RwLock::new(Arc::new(families)),
             config,
         };
@@ -232,6 +241,7 @@ impl Aggregator {
         election_stop.cancel();
         app.loader_wake.notify();
         app.maintenance_wake.notify();
+        app.notify_wake.notify();
         tokio::task::spawn_blocking(move || election.join()).await.expect("join").expect("election thread");
         server_stop.cancel();
         server.await.expect("server task");

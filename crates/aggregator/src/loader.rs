@@ -240,6 +240,16 @@ fn finish(app: &App, loaded: &[Dto], report: &pollux_repository::LoadReport) -> 
     Metrics::add(&app.metrics.dtos_loaded, report.loaded as u64);
     Metrics::add(&app.metrics.dtos_already_loaded, report.already_loaded as u64);
     Metrics::add(&app.metrics.values_loaded, report.values as u64);
+    if report.transitions > 0 {
+        Metrics::add(&app.metrics.events_opened, report.transitions as u64);
+        app.notify_wake.notify();
+    }
+    if report.late > 0 {
+        tracing::info!(
+            dtos = report.late,
+            "late DTOs loaded without threshold evaluation (their collector had sent newer cycles)"
+        );
+    }
     app.maintenance_wake.notify();
     Ok(())
 }

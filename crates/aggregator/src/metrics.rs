@@ -19,6 +19,9 @@ pub struct Metrics {
     pub load_errors: AtomicU64,
     pub rollups_computed: AtomicU64,
     pub cycles_compacted: AtomicU64,
+    pub events_opened: AtomicU64,
+    pub notifications_sent: AtomicU64,
+    pub notification_failures: AtomicU64,
     /// Sum of ingest answer times in microseconds, with `dtos_received` as the count.
     pub ingest_micros: AtomicU64,
     /// The HTTP listener's connections.
@@ -36,6 +39,10 @@ pub struct Gauges {
     pub pending_rollups: u64,
     /// Records replaced by another DTO id's record for the same item and cycle, ever.
     pub replaced_records: u64,
+    pub open_events: std::collections::BTreeMap<String, u64>,
+    pub outbox_depth: u64,
+    pub outbox_oldest_age_seconds: i64,
+    pub outbox_dropped: u64,
 }
 
 impl Metrics {
@@ -74,6 +81,17 @@ impl Metrics {
         counter("pollux_load_errors_total", "failed load transactions (retried)", &self.load_errors);
         counter("pollux_rollups_computed_total", "rollup periods computed", &self.rollups_computed);
         counter("pollux_cycles_compacted_total", "cycles moved to item-ordered history", &self.cycles_compacted);
+        counter(
+            "pollux_event_transitions_total",
+            "events opened or cleared by loads on this node",
+            &self.events_opened,
+        );
+        counter("pollux_notifications_sent_total", "notifications delivered (2xx)", &self.notifications_sent);
+        counter(
+            "pollux_notification_failures_total",
+            "failed deliveries (retried with backoff)",
+            &self.notification_failures,
+        );
         counter("pollux_ingest_micros_total", "time spent answering PUTs, microseconds", &self.ingest_micros);
         let mut gauge = |name: &str, help: &str, value: String| {
             let _ = writeln!(out, "# HELP {name} {help}\n# TYPE {name} gauge\n{name} {value}");
@@ -93,12 +111,29 @@ impl Metrics {
         );
         gauge("pollux_repository_bytes", "size of the repository files", g.repository_bytes.to_string());
         gauge("pollux_pending_rollups", "rollup periods waiting to be computed", g.pending_rollups.to_string());
+        gauge("pollux_outbox_depth", "notifications not yet delivered to every receiver", g.outbox_depth.to_string());
+        gauge(
+            "pollux_outbox_oldest_age_seconds",
+            "age of the oldest undelivered notification",
+            g.outbox_oldest_age_seconds.to_string(),
+        );
         let _ = writeln!(
             out,
             "# HELP pollux_records_replaced_total records that replaced one stored for the same item and cycle \
              under another DTO id\n# TYPE pollux_records_replaced_total counter\npollux_records_replaced_total {}",
             g.replaced_records
         );
+        let _ = writeln!(
+            out,
+            "# HELP pollux_outbox_dropped_total notifications dropped because the outbox was full\n\
+             # TYPE pollux_outbox_dropped_total counter\npollux_outbox_dropped_total {}",
+            g.outbox_dropped
+        );
+        let _ = writeln!(out, "# HELP pollux_events_open open threshold events\n# TYPE pollux_events_open gauge");
+        for severity in pollux_repository::Severity::ALL {
+            let n = g.open_events.get(severity.name()).copied().unwrap_or(0);
+            let _ = writeln!(out, "pollux_events_open{{severity=\"{}\"}} {n}", severity.name());
+        }
         let _ = writeln!(out, "# HELP pollux_role this node's role\n# TYPE pollux_role gauge");
         for role in ["standby", "starting", "active", "fenced"] {
             let _ = writeln!(out, "pollux_role{{role=\"{role}\"}} {}", u8::from(role == g.role));

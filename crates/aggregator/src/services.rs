@@ -15,7 +15,7 @@
 //! queries meanwhile, and its loader claims the repository as soon as the lock is free.
 
 use crate::election::Command;
-use crate::{loader, maintenance, App};
+use crate::{loader, maintenance, notify, App};
 use pollux_repository::{Epoch, RepoError};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::mpsc::Sender;
@@ -116,9 +116,11 @@ fn startup(app: Arc<App>, term: Arc<Term>) {
     };
     let loader = spawn("loader", run_loader);
     let maintenance = spawn("maintenance", maintenance::run);
+    let notifier = spawn("notifier", notify::run);
     let _ = term.commands.send(Command::Ready { epoch });
     let _ = loader.join();
     let _ = maintenance.join();
+    let _ = notifier.join();
 }
 
 /// Claims the repository for the term's epoch, then loads until stopped.

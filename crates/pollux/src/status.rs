@@ -114,6 +114,38 @@ fn render(body: &serde_json::Value) -> String {
             _ => String::new(),
         },
     );
+    let alerting = &body["alerting"];
+    if alerting.is_object() {
+        let open: Vec<String> = alerting["open_events"]
+            .as_object()
+            .into_iter()
+            .flatten()
+            .map(|(severity, n)| format!("{n} {severity}"))
+            .collect();
+        let outbox = &alerting["outbox"];
+        let _ = write!(
+            out,
+            "events open: {}; outbox {} waiting (oldest {}s){}",
+            if open.is_empty() { "none".to_owned() } else { open.join(", ") },
+            outbox["depth"],
+            outbox["oldest_age_seconds"].as_i64().unwrap_or(0),
+            match outbox["dropped"].as_u64() {
+                Some(n) if n > 0 => format!(", {n} DROPPED (outbox full)"),
+                _ => String::new(),
+            }
+        );
+        for r in alerting["receivers"].as_array().into_iter().flatten() {
+            let failing = r["last_error_ms"].as_i64() > r["last_ok_ms"].as_i64();
+            let _ = write!(
+                out,
+                "; {} {} {}",
+                r["kind"].as_str().unwrap_or("-"),
+                r["url"].as_str().unwrap_or("-"),
+                if failing { format!("FAILING: {}", r["last_error"].as_str().unwrap_or("-")) } else { "ok".into() }
+            );
+        }
+        let _ = writeln!(out);
+    }
     match body["problems"].as_array() {
         Some(problems) if !problems.is_empty() => {
             let _ = writeln!(out, "DATA IS NOT FLOWING:");

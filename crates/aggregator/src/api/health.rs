@@ -123,8 +123,21 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
     for p in &family_problems {
         problems.push(format!("metric family file {}: {}", p.path.display(), p.problem));
     }
+    let alerting = match &repo {
+        Ok(s) => json!({
+            "open_events": s.open_events,
+            "outbox": {
+                "depth": s.outbox_depth,
+                "oldest_age_seconds": s.outbox_oldest.map(|t| (crate::unix_now() - t).max(0)),
+                "dropped": s.outbox_dropped,
+            },
+            "receivers": app.notify_health.receivers(),
+        }),
+        Err(_) => Value::Null,
+    };
     Ok(Json(json!({
         "flowing": problems.is_empty(),
+        "alerting": alerting,
         "problems": problems,
         "family_files": family_problems,
         "nodes": nodes,
@@ -179,6 +192,10 @@ pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> 
         repository_bytes: stats.bytes,
         pending_rollups: stats.pending_rollups,
         replaced_records: stats.replaced_records,
+        outbox_oldest_age_seconds: stats.outbox_oldest.map_or(0, |t| (crate::unix_now() - t).max(0)),
+        open_events: stats.open_events,
+        outbox_depth: stats.outbox_depth,
+        outbox_dropped: stats.outbox_dropped,
     };
     let text = app.metrics.render(&gauges);
     Ok(([(header::CONTENT_TYPE, "text/plain; version=0.0.4")], text).into_response())

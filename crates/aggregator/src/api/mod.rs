@@ -4,6 +4,7 @@
 //! refusal is JSON `{"error": "..."}` with the contract's status code; on a node that is not the
 //! ready active, ingest and queries answer 503 with `Retry-After` and the node's role.
 
+mod alerts;
 mod health;
 mod ingest;
 mod query;
@@ -27,6 +28,10 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/items", get(query::items))
         .route("/api/v1/series", get(query::series))
         .route("/api/v1/top", get(query::top))
+        .route("/api/v1/thresholds", get(alerts::list_rules).post(alerts::create_rule))
+        .route("/api/v1/thresholds/{id}", get(alerts::get_rule).put(alerts::put_rule).delete(alerts::delete_rule))
+        .route("/api/v1/events", get(alerts::events))
+        .route("/api/v1/events/{id}/ack", post(alerts::ack))
         .route("/api/v1/status", get(health::status))
         .route("/api/v1/failover", post(health::failover))
         .route("/health", get(health::health))

@@ -26,7 +26,11 @@ fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a s
     }
 }
 
-fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, default: T) -> Result<T, ApiError> {
+pub(super) fn number<T: std::str::FromStr>(
+    params: &HashMap<String, String>,
+    name: &str,
+    default: T,
+) -> Result<T, ApiError> {
     match params.get(name) {
         None => Ok(default),
         Some(v) => v.parse().map_err(|_| ApiError::bad_request(format!("{name}: {v:?} is not a whole number"))),
@@ -34,7 +38,7 @@ fn number<T: std::str::FromStr>(params: &HashMap<String, String>, name: &str, de
 }
 
 /// The latest timestamp a query may name: 9999-12-31T23:59:59Z.
-const MAX_TS: i64 = 253_402_300_799;
+pub(super) const MAX_TS: i64 = 253_402_300_799;
 
 fn range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     let to = number(params, "to", crate::unix_now())?;

@@ -16,6 +16,8 @@ pub struct Cluster {
     ports: [u16; 2],
     failwait: String,
     startwait: String,
+    /// A configuration file both aggregators read, when the test gave one.
+    config: Option<std::path::PathBuf>,
 }
 
 fn free_port(host: &str) -> u16 {
@@ -25,7 +27,17 @@ fn free_port(host: &str) -> u16 {
 impl Cluster {
     /// Starts da1 first (it becomes the active), then da2 and the proxy.
     pub fn start(failwait: &str, startwait: &str, env: [&[(&str, &str)]; 2]) -> Cluster {
+        Cluster::start_configured(failwait, startwait, env, "")
+    }
+
+    /// As [`Cluster::start`], with `config` (TOML) as both aggregators' configuration file.
+    pub fn start_configured(failwait: &str, startwait: &str, env: [&[(&str, &str)]; 2], config: &str) -> Cluster {
         let shared = tempdir();
+        let config = (!config.is_empty()).then(|| {
+            let path = shared.path().join("aggregator.toml");
+            std::fs::write(&path, config).unwrap();
+            path
+        });
         let ports = [free_port(HOSTS[0]), free_port(HOSTS[1])];
         let urls: Vec<String> = (0..2).map(|i| format!("http://{}:{}", HOSTS[i], ports[i])).collect();
         let proxy = Aggregator::spawn(
@@ -47,6 +59,7 @@ impl Cluster {
             ports,
             failwait: failwait.into(),
             startwait: startwait.into(),
+            config,
         };
         cluster.start_node(0, env[0]);
         wait_until(Duration::from_secs(30), "da1 to hold the lease", || {
@@ -76,6 +89,7 @@ impl Cluster {
         ]
         .iter()
         .map(|s| s.to_string())
+        .chain(self.config.iter().flat_map(|c| ["--config".to_owned(), c.display().to_string()]))
         .collect();
         self.nodes[i] = Some(Aggregator::spawn(&args, env));
     }

@@ -5,6 +5,7 @@
 #![allow(dead_code)]
 
 pub mod cluster;
+pub mod receiver;
 pub mod snmp;
 
 use serde_json::{json, Value};

@@ -1,0 +1,318 @@
+//! The notifier: delivers the outbox to Alertmanager and webhooks, on the active only.
+//!
+//! ```text
+//!   load transaction ──▶ outbox (events opened / cleared) ──▶ notifier thread
+//!                                                              │ per receiver, in order:
+//!                                                              │ POST a batch, then record
+//!                                                              ▼ delivered(receiver, seq)
+//! ```
+//!
+//! At least once: a batch is recorded delivered only after the receiver answered 2xx, so a crash
+//! or a takeover in between sends it again, with the same event ids, from the new active. The
+//! record is a repository write with the epoch: a deposed active is fenced at its next one, and
+//! sends nothing after its successor claimed the repository. Each receiver keeps its own place,
+//! so one that is down holds back only itself; it is retried with backoff (1 s doubling to
+//! 1 min). Open events are sent to Alertmanager again every `resend_interval`, so it never
+//! resolves them on its own while they are open.
+
+use crate::config::NotifyConfig;
+use crate::services::Term;
+use crate::App;
+use pollux_repository::{Event, EventFilter, EventState, OutboxEntry, RepoError};
+use serde_json::{json, Value};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+/// Notifications sent in one POST.
+const BATCH: usize = 200;
+const FIRST_RETRY: Duration = Duration::from_secs(1);
+const MAX_RETRY: Duration = Duration::from_secs(60);
+/// Longest sleep with nothing to do; a load that opens or clears an event wakes the notifier.
+const IDLE_WAIT: Duration = Duration::from_secs(1);
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[serde(rename_all = "lowercase")]
+pub enum Kind {
+    Alertmanager,
+    Webhook,
+}
+
+/// One receiver's delivery figures, for the status view and `/metrics`.
+#[derive(Debug, Clone, serde::Serialize)]
+pub struct ReceiverStatus {
+    pub kind: Kind,
+    pub url: String,
+    pub delivered: u64,
+    pub failures: u64,
+    pub last_ok_ms: Option<i64>,
+    pub last_error_ms: Option<i64>,
+    pub last_error: Option<String>,
+}
+
+/// The receivers' figures, shared with the HTTP handlers.
+#[derive(Debug, Default)]
+pub struct NotifyHealth {
+    receivers: Mutex<Vec<ReceiverStatus>>,
+}
+
+impl NotifyHealth {
+    pub fn new(config: &NotifyConfig) -> NotifyHealth {
+        let receivers = receivers(config)
+            .into_iter()
+            .map(|(kind, url)| ReceiverStatus {
+                kind,
+                url,
+                delivered: 0,
+                failures: 0,
+                last_ok_ms: None,
+                last_error_ms: None,
+                last_error: None,
+            })
+            .collect();
+        NotifyHealth { receivers: Mutex::new(receivers) }
+    }
+
+    pub fn receivers(&self) -> Vec<ReceiverStatus> {
+        self.receivers.lock().expect("notify health").clone()
+    }
+
+    fn update(&self, index: usize, f: impl FnOnce(&mut ReceiverStatus)) {
+        if let Some(r) = self.receivers.lock().expect("notify health").get_mut(index) {
+            f(r);
+        }
+    }
+}
+
+fn receivers(config: &NotifyConfig) -> Vec<(Kind, String)> {
+    let am = config.alertmanager.iter().map(|r| (Kind::Alertmanager, r.url.trim_end_matches('/').to_owned()));
+    let hooks = config.webhook.iter().map(|r| (Kind::Webhook, r.url.clone()));
+    am.chain(hooks).collect()
+}
+
+/// A receiver's name in the repository's cursor table.
+fn cursor_name(kind: Kind, url: &str) -> String {
+    match kind {
+        Kind::Alertmanager => format!("alertmanager {url}"),
+        Kind::Webhook => format!("webhook {url}"),
+    }
+}
+
+struct Receiver {
+    index: usize,
+    kind: Kind,
+    url: String,
+    cursor: String,
+    next_try: Instant,
+    backoff: Duration,
+}
+
+/// Delivers until the term stops or is fenced. Waits for the repository claim first.
+pub fn run(app: Arc<App>, term: Arc<Term>) {
+    let config = &app.config.notify;
+    let mut receivers: Vec<Receiver> = receivers(config)
+        .into_iter()
+        .enumerate()
+        .map(|(index, (kind, url))| Receiver {
+            index,
+            kind,
+            cursor: cursor_name(kind, &url),
+            url,
+            next_try: Instant::now(),
+            backoff: FIRST_RETRY,
+        })
+        .collect();
+    let cursors: Vec<String> = receivers.iter().map(|r| r.cursor.clone()).collect();
+    let agent: ureq::Agent = ureq::Agent::config_builder()
+        .timeout_global(Some(config.timeout))
+        .http_status_as_error(false)
+        .user_agent(concat!("pollux/", env!("CARGO_PKG_VERSION")))
+        .build()
+        .into();
+    // A new active sends the open events at once: its predecessor's last resend may be old.
+    let mut last_resend: Option<Instant> = None;
+    while !term.stop.is_cancelled() {
+        if !term.claimed.load(std::sync::atomic::Ordering::Acquire) {
+            app.notify_wake.wait(Duration::from_millis(100));
+            continue;
+        }
+        let outcome = (|| -> Result<(), RepoError> {
+            if receivers.is_empty() {
+                // Nobody to tell: keep the outbox empty.
+                return app.repo.delivered(term.epoch, None, &[]);
+            }
+            for r in receivers.iter_mut().filter(|r| r.next_try <= Instant::now()) {
+                deliver(&app, &agent, term.epoch, r, &cursors)?;
+            }
+            if last_resend.is_none_or(|t| t.elapsed() >= config.resend_interval) {
+                resend_open(&app, &agent, &mut receivers)?;
+                last_resend = Some(Instant::now());
+            }
+            Ok(())
+        })();
+        match outcome {
+            Ok(()) => {}
+            Err(e @ RepoError::Fenced { .. }) => {
+                tracing::warn!(epoch = term.epoch, error = %e, "notifier fenced: the new active sends from here");
+                term.fenced(&e);
+                return;
+            }
+            Err(e) => tracing::warn!(error = %e, "notifier cannot read the outbox; retrying"),
+        }
+        let next = receivers.iter().map(|r| r.next_try).min();
+        let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
+        app.notify_wake.wait(wait.max(Duration::from_millis(10)));
+    }
+}
+
+/// Sends what `r` has not had yet, batch by batch, until it is up to date or fails.
+fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors: &[String]) -> Result<(), RepoError> {
+    loop {
+        let entries = app.repo.outbox(&r.cursor, BATCH)?;
+        let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
+        let body = match r.kind {
+            Kind::Alertmanager => Value::Array(entries.iter().map(|e| alert(app, &e.event, e.transition)).collect()),
+            Kind::Webhook => webhook_body(app, &entries),
+        };
+        match post(agent, r, &body) {
+            Ok(()) => {
+                app.repo.delivered(epoch, Some((&r.cursor, last)), cursors)?;
+                crate::metrics::Metrics::add(&app.metrics.notifications_sent, entries.len() as u64);
+                r.backoff = FIRST_RETRY;
+                app.notify_health.update(r.index, |s| {
+                    s.delivered += entries.len() as u64;
+                    s.last_ok_ms = Some(crate::unix_now_ms());
+                });
+            }
+            Err(problem) => {
+                failed(app, r, problem);
+                return Ok(());
+            }
+        }
+    }
+}
+
+/// Sends every open event to each Alertmanager again.
+fn resend_open(app: &App, agent: &ureq::Agent, receivers: &mut [Receiver]) -> Result<(), RepoError> {
+    if !receivers.iter().any(|r| r.kind == Kind::Alertmanager) {
+        return Ok(());
+    }
+    let mut open = Vec::new();
+    loop {
+        let filter =
+            EventFilter { state: Some(EventState::Open), limit: 10_000, offset: open.len(), ..EventFilter::default() };
+        let page = app.repo.events(&filter)?;
+        let done = page.len() < filter.limit;
+        open.extend(page);
+        if done {
+            break;
+        }
+    }
+    if open.is_empty() {
+        return Ok(());
+    }
+    for r in receivers.iter_mut().filter(|r| r.kind == Kind::Alertmanager && r.next_try <= Instant::now()) {
+        for chunk in open.chunks(BATCH) {
+            let body = Value::Array(chunk.iter().map(|e| alert(app, e, EventState::Open)).collect());
+            if let Err(problem) = post(agent, r, &body) {
+                failed(app, r, problem);
+                break;
+            }
+        }
+    }
+    Ok(())
+}
+
+fn failed(app: &App, r: &mut Receiver, problem: String) {
+    tracing::warn!(receiver = %r.url, retry_in = ?r.backoff, %problem, "notification not delivered; kept in the outbox");
+    crate::metrics::Metrics::add(&app.metrics.notification_failures, 1);
+    r.next_try = Instant::now() + r.backoff;
+    r.backoff = (r.backoff * 2).min(MAX_RETRY);
+    app.notify_health.update(r.index, |s| {
+        s.failures += 1;
+        s.last_error_ms = Some(crate::unix_now_ms());
+        s.last_error = Some(problem);
+    });
+}
+
+fn post(agent: &ureq::Agent, r: &Receiver, body: &Value) -> Result<(), String> {
+    let url = match r.kind {
+        Kind::Alertmanager => format!("{}/api/v2/alerts", r.url),
+        Kind::Webhook => r.url.clone(),
+    };
+    match agent.post(&url).send_json(body) {
+        Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) => Err(format!("{url} answered {}", response.status())),
+        Err(e) => Err(format!("{url}: {e}")),
+    }
+}
+
+/// An Alertmanager alert (API v2 `postableAlert`). The event id is a label, so each event is
+/// its own alert and a resend is recognised as the same one.
+fn alert(app: &App, e: &Event, transition: EventState) -> Value {
+    let ends_at = match (transition, e.cleared_at) {
+        (EventState::Cleared, Some(at)) => at,
+        // Open: valid a while beyond the next resend, so Alertmanager keeps it active.
+        _ => crate::unix_now() + 4 * app.config.notify.resend_interval.as_secs() as i64,
+    };
+    json!({
+        "labels": {
+            "alertname": e.rule_name,
+            "device": e.device,
+            "item": e.item,
+            "family": e.family,
+            "metric": e.metric,
+            "severity": e.severity.name(),
+            "event_id": e.id.to_string(),
+        },
+        "annotations": {
+            "summary": format!("{} {} {} on {} {}", e.metric, e.op, e.threshold, e.device, e.item),
+            "value": e.value.to_string(),
+            "peak": e.peak.to_string(),
+            "threshold": format!("{} {}", e.op, e.threshold),
+        },
+        "startsAt": rfc3339(e.opened_at),
+        "endsAt": rfc3339(ends_at),
+        "generatorURL": format!("{}/api/v1/events?rule={}", app.node.advertise, e.rule),
+    })
+}
+
+fn webhook_body(app: &App, entries: &[OutboxEntry]) -> Value {
+    let notifications: Vec<Value> = entries
+        .iter()
+        .map(|e| {
+            json!({
+                "event_id": e.event.id,
+                "transition": match e.transition { EventState::Open => "open", EventState::Cleared => "clear" },
+                "event": e.event,
+            })
+        })
+        .collect();
+    json!({ "source": app.node.advertise, "notifications": notifications })
+}
+
+/// Unix seconds as RFC 3339 UTC (`2026-12-02T01:30:00Z`).
+pub fn rfc3339(ts: i64) -> String {
+    let (days, secs) = (ts.div_euclid(86_400), ts.rem_euclid(86_400));
+    // Civil date from days since 1970-01-01 (H. Hinnant's algorithm).
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z.rem_euclid(146_097);
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    let year = yoe + era * 400 + i64::from(month <= 2);
+    format!("{year:04}-{month:02}-{day:02}T{:02}:{:02}:{:02}Z", secs / 3600, secs % 3600 / 60, secs % 60)
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn rfc3339_dates() {
+        assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");
+        assert_eq!(super::rfc3339(951_782_400), "2000-02-29T00:00:00Z");
+        assert_eq!(super::rfc3339(1_796_175_045), "2026-12-02T01:30:45Z");
+        assert_eq!(super::rfc3339(-1), "1969-12-31T23:59:59Z");
+    }
+}

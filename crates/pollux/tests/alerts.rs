@@ -1,0 +1,241 @@
+//! Thresholds, events and notifications, black-box: real aggregators behind the proxy, a real
+//! Alertmanager (Debian's `prometheus-alertmanager`) and a webhook receiver, and a kill -9 of
+//! the active between two violating polls.
+
+mod common;
+
+use common::cluster::Cluster;
+use common::receiver::Receiver;
+use common::*;
+use serde_json::{json, Value};
+use std::collections::BTreeSet;
+use std::process::{Child, Stdio};
+use std::time::Duration;
+
+const FAILWAIT: &str = "2s";
+const STARTWAIT: &str = "6s";
+const TAKEOVER: Duration = Duration::from_secs(20);
+const ALERTMANAGER: &str = "/usr/bin/prometheus-alertmanager";
+
+fn send(method: &str, url: &str, body: Option<&Value>) -> (u16, Value) {
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(10))).http_status_as_error(false).build(),
+    );
+    let result = match (method, body) {
+        ("POST", Some(b)) => agent.post(url).header("content-type", "application/json").send(b.to_string()),
+        ("PUT", Some(b)) => agent.put(url).header("content-type", "application/json").send(b.to_string()),
+        ("DELETE", _) => agent.delete(url).call(),
+        _ => agent.get(url).call(),
+    };
+    match result {
+        Ok(mut r) => {
+            let status = r.status().as_u16();
+            let text = r.body_mut().read_to_string().unwrap_or_default();
+            (status, serde_json::from_str(&text).unwrap_or(Value::Null))
+        }
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// A real Alertmanager on loopback, killed (by pid) when dropped.
+struct Alertmanager {
+    child: Child,
+    url: String,
+    _dir: tempfile::TempDir,
+}
+
+impl Alertmanager {
+    fn start() -> Alertmanager {
+        assert!(
+            std::path::Path::new(ALERTMANAGER).exists(),
+            "{ALERTMANAGER} is missing: apt-get install prometheus-alertmanager (.ci/run does)"
+        );
+        let dir = tempdir();
+        let config = dir.path().join("alertmanager.yml");
+        std::fs::write(&config, "route:\n  receiver: none\nreceivers:\n  - name: none\n").unwrap();
+        let port = std::net::TcpListener::bind("127.0.0.1:0").unwrap().local_addr().unwrap().port();
+        let url = format!("http://127.0.0.1:{port}");
+        let child = harnessed(ALERTMANAGER)
+            .arg(format!("--config.file={}", config.display()))
+            .arg(format!("--storage.path={}", dir.path().join("data").display()))
+            .arg(format!("--web.listen-address=127.0.0.1:{port}"))
+            .arg("--cluster.listen-address=")
+            .stdin(Stdio::null())
+            .stdout(Stdio::null())
+            .stderr(Stdio::null())
+            .spawn()
+            .expect("start alertmanager");
+        let am = Alertmanager { child, url, _dir: dir };
+        wait_until(Duration::from_secs(30), "alertmanager to be ready", || {
+            (send("GET", &format!("{}/-/ready", am.url), None).0 == 200).then_some(())
+        });
+        am
+    }
+
+    /// The alert for `event_id`, as Alertmanager lists it.
+    fn alert(&self, event_id: i64) -> Option<Value> {
+        let (status, alerts) = send("GET", &format!("{}/api/v2/alerts", self.url), None);
+        assert_eq!(status, 200);
+        alerts
+            .as_array()?
+            .iter()
+            .find(|a| a["labels"]["event_id"].as_str() == Some(event_id.to_string().as_str()))
+            .cloned()
+    }
+}
+
+impl Drop for Alertmanager {
+    fn drop(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// One Interface DTO with two items of rtr-0: ge-0/0/0 at `hot` in_util, ge-0/0/1 calm.
+fn poll(id: &str, cycle: i64, hot: f64) -> Value {
+    let record = |item: &str, util: f64| json!({"device": "rtr-0", "item": item, "ts": cycle + 3, "values": {"in_util": util, "in_bps": util * 1e7}});
+    json!({"id": id, "collector": "dc1", "family": "Interface", "cycle": cycle, "interval": 300,
+           "records": [record("ge-0/0/0", hot), record("ge-0/0/1", 5.0)]})
+}
+
+fn put_acked(base: &str, dto: &Value) {
+    wait_until(TAKEOVER, "the DTO to be acknowledged", || matches!(put_json(base, dto).0, 200 | 201).then_some(()));
+}
+
+fn events(base: &str) -> Vec<Value> {
+    let (status, body) = send("GET", &format!("{base}/api/v1/events"), None);
+    if status != 200 {
+        return Vec::new();
+    }
+    body["events"].as_array().cloned().unwrap_or_default()
+}
+
+/// The promise of the thresholds issue: a metric crosses its threshold while the active is
+/// killed -9 between violating polls; the event opens once, at the right poll, clears once, and
+/// both receivers hear of it (the webhook after being down through the takeover).
+#[test]
+fn an_event_opens_and_clears_exactly_once_across_a_kill_9() {
+    let am = Alertmanager::start();
+    let hook = Receiver::start();
+    hook.refusing.store(true, std::sync::atomic::Ordering::SeqCst);
+    let config = format!(
+        "[notify]\nresend_interval = \"2s\"\n[[notify.alertmanager]]\nurl = \"{}\"\n[[notify.webhook]]\nurl = \"{}\"\n",
+        am.url, hook.url
+    );
+    let mut c = Cluster::start_configured(FAILWAIT, STARTWAIT, [&[], &[]], &config);
+    c.wait_active(0, TAKEOVER);
+    let base = c.proxy.url.clone();
+    let rule = json!({"name": "ge0 hot", "family": "Interface", "metric": "in_util", "op": ">", "value": 90,
+                      "for_polls": 3, "clear_value": 60, "clear_polls": 2, "severity": "critical",
+                      "device": "rtr-*", "item": "ge-0/0/0"});
+    let (status, created) = send("POST", &format!("{base}/api/v1/thresholds"), Some(&rule));
+    assert_eq!(status, 201, "{created}");
+    let rule_id = created["id"].as_i64().unwrap();
+
+    let first = (unix_now() / 300 - 40) * 300;
+    let cycle = |k: i64| first + k * 300;
+    // Poll 0 is calm; 1 and 2 violate. Once both are loaded, the state (two violations) is in
+    // the repository, and the active dies.
+    for (k, util) in [(0, 10.0), (1, 95.0), (2, 96.0)] {
+        put_acked(&base, &poll(&format!("p{k}"), cycle(k), util));
+    }
+    wait_until(TAKEOVER, "poll 2 to be loaded", || {
+        (get(&format!("{base}/api/v1/dto/p2")).1["state"] == "loaded").then_some(())
+    });
+    assert!(events(&base).is_empty(), "two violating polls of three open nothing");
+    c.kill9(0);
+    c.wait_active(1, TAKEOVER);
+    // Poll 3 is the third violation in a row: da2 opens the event from da1's state.
+    put_acked(&base, &poll("p3", cycle(3), 97.0));
+    let event = wait_until(TAKEOVER, "the event to open", || events(&base).into_iter().next());
+    let id = event["id"].as_i64().unwrap();
+    assert_eq!(event["rule"], rule_id);
+    assert_eq!(event["state"], "open");
+    assert_eq!(event["opened_cycle"], cycle(3), "opened at the third violating poll: {event}");
+    assert_eq!((event["value"].as_f64(), event["severity"].as_str()), (Some(97.0), Some("critical")));
+    assert_eq!((event["device"].as_str(), event["item"].as_str()), (Some("rtr-0"), Some("ge-0/0/0")));
+    let alert = wait_until(TAKEOVER, "Alertmanager to show the alert", || am.alert(id));
+    assert_eq!(alert["status"]["state"], "active", "{alert}");
+    assert_eq!(alert["labels"]["alertname"], "ge0 hot");
+    assert_eq!(alert["labels"]["severity"], "critical");
+    // The webhook comes back: the outbox still holds the opening for it.
+    hook.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
+    wait_until(TAKEOVER, "the webhook to receive the opening", || {
+        hook.notifications().contains(&(id, "open".into())).then_some(())
+    });
+
+    // 98 raises the peak; 70 is below 90 but above the clear value 60; 50 and 40 clear.
+    for (k, util) in [(4, 98.0), (5, 70.0), (6, 50.0), (7, 40.0), (8, 10.0)] {
+        put_acked(&base, &poll(&format!("p{k}"), cycle(k), util));
+    }
+    let cleared =
+        wait_until(TAKEOVER, "the event to clear", || events(&base).into_iter().find(|e| e["state"] == "cleared"));
+    assert_eq!(cleared["id"], id);
+    assert_eq!(cleared["cleared_at"], cycle(7) + 3, "cleared by the second calm poll: {cleared}");
+    assert_eq!((cleared["peak"].as_f64(), cleared["cleared_by"].as_str()), (Some(98.0), Some("value")));
+    assert_eq!(events(&base).len(), 1, "exactly one event");
+    wait_until(TAKEOVER, "the webhook to receive the clearing", || {
+        hook.notifications().contains(&(id, "clear".into())).then_some(())
+    });
+    wait_until(TAKEOVER, "Alertmanager to resolve the alert", || {
+        am.alert(id).is_none_or(|a| a["status"]["state"] != "active").then_some(())
+    });
+    let heard: BTreeSet<(i64, String)> = hook.notifications().into_iter().collect();
+    assert_eq!(heard, BTreeSet::from([(id, "open".into()), (id, "clear".into())]), "duplicates only by event id");
+
+    let (_, status) = get(&format!("{base}/api/v1/status"));
+    let receivers = status["alerting"]["receivers"].as_array().unwrap().clone();
+    assert_eq!(receivers.len(), 2, "{status}");
+    assert!(receivers.iter().all(|r| r["delivered"].as_u64() > Some(0)), "{receivers:?}");
+    let metrics = get_text(&format!("{base}/metrics"));
+    assert!(metrics.contains("pollux_events_open{severity=\"critical\"} 0"), "{metrics}");
+}
+
+/// Rules are validated whole, name the field at fault, and follow the active.
+#[test]
+fn rules_are_validated_and_kept_by_the_repository() {
+    let dir = tempdir();
+    let da = Aggregator::start(dir.path(), &["--failwait", "2s", "--startwait", "6s"], &[]);
+    da.wait_active();
+    let url = format!("{}/api/v1/thresholds", da.url);
+    let good = json!({"family": "Interface", "metric": "in_util", "op": ">=", "value": 80});
+    for (change, field) in [
+        (json!({"family": "Nope"}), "family"),
+        (json!({"metric": "in_utl"}), "metric"),
+        (json!({"op": "=>"}), "op"),
+        (json!({"for_polls": -1}), "for_polls"),
+        (json!({"for_polls": 0}), "for_polls"),
+        (json!({"for_polls": 3, "window_polls": 2}), "window_polls"),
+        (json!({"clear_value": 95}), "clear_value"),
+        (json!({"severity": "urgent"}), "severity"),
+        (json!({"device": ""}), "device"),
+        (json!({"colour": "red"}), "colour"),
+    ] {
+        let mut rule = good.clone();
+        rule.as_object_mut().unwrap().extend(change.as_object().unwrap().clone());
+        let (status, body) = send("POST", &url, Some(&rule));
+        assert_eq!(status, 400, "{rule}: {body}");
+        assert!(body["error"].as_str().unwrap().contains(field), "{rule}: {body}");
+    }
+    let (status, created) = send("POST", &url, Some(&good));
+    assert_eq!((status, created["for_polls"].as_u64(), created["severity"].as_str()), (201, Some(1), Some("warning")));
+    let id = created["id"].as_i64().unwrap();
+    let (status, _) =
+        send("PUT", &format!("{url}/{id}"), Some(&json!({"family": "CPU", "metric": "x", "op": "<", "value": 1})));
+    assert_eq!(status, 400);
+    let (status, _) = send("PUT", &format!("{url}/999"), Some(&good));
+    assert_eq!(status, 404);
+    assert_eq!(send("DELETE", &format!("{url}/999"), None).0, 404);
+    assert_eq!(send("GET", &format!("{url}/abc"), None).0, 400);
+    assert_eq!(send("POST", &format!("{}/api/v1/events/5/ack", da.url), Some(&json!({"by": "me"}))).0, 404);
+    assert_eq!(send("GET", &format!("{}/api/v1/events?state=closed", da.url), None).0, 400);
+    let mut da = da;
+    da.stop();
+    // A new aggregator on the same shared directory has the rule.
+    let again = Aggregator::start(dir.path(), &["--failwait", "2s", "--startwait", "6s"], &[]);
+    again.wait_active();
+    let (status, list) = send("GET", &url.replace(&url[..url.find("/api").unwrap()], &again.url), None);
+    assert_eq!(status, 200);
+    assert_eq!(list["thresholds"][0]["id"], id, "{list}");
+    assert_eq!(send("DELETE", &format!("{}/api/v1/thresholds/{id}", again.url), None).0, 204);
+}

@@ -11,7 +11,7 @@ use std::time::{Duration, Instant};
 
 const DEVICES: usize = 500;
 const INTERFACES: usize = 20;
-const METRICS: [&str; 8] =
+pub const METRICS: [&str; 8] =
     ["in_bps", "out_bps", "in_pps", "out_pps", "in_errors", "out_errors", "in_discards", "out_discards"];
 const CLIENTS: usize = 4;
 

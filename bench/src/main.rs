@@ -8,12 +8,14 @@
 //! target/release/pollux-bench query       # series and top-N latency on a day of 100,000 items
 //! target/release/pollux-bench failover    # kill -9 -> first 201, planned switchover, proxy overhead
 //! target/release/pollux-bench collector   # items polled/s vs snmpbulkwalk; 100,000 interfaces per cycle
+//! target/release/pollux-bench alerts      # loader with 1,000 rules vs none; 201 -> webhook POST p50
 //! target/release/pollux-bench all
 //! ```
 //!
 //! `BENCH_PROBE_RECENT=1 pollux-bench query` also times the series before compaction, i.e. the
 //! layout with the time-ordered table alone (the measurement behind the two-table design).
 
+mod alerts;
 mod collector;
 mod failover;
 mod ingest;
@@ -36,13 +38,17 @@ fn main() -> anyhow::Result<()> {
         "query" => query::run(flag("--items", 100_000), flag("--hours", 24)),
         "failover" => failover::run(flag("--rounds", 5)),
         "collector" => collector::run(flag("--rate-devices", 1_000), flag("--devices", 10_000)),
+        "alerts" => alerts::run(flag("--cycles", 6), flag("--runs", 5), flag("--events", 30)),
         "all" => {
             ingest::throughput(60, 3)?;
             ingest::latency(40)?;
             failover::run(5)?;
             collector::run(1_000, 10_000)?;
+            alerts::run(6, 5, 30)?;
             query::run(100_000, 24)
         }
-        other => anyhow::bail!("unknown benchmark {other:?}: ingest, latency, failover, collector, query or all"),
+        other => {
+            anyhow::bail!("unknown benchmark {other:?}: ingest, latency, failover, collector, alerts, query or all")
+        }
     }
 }

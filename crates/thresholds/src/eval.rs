@@ -102,7 +102,11 @@ pub fn evaluate(rule: &RuleSpec, state: Option<&State>, sample: &Sample) -> Step
     match &mut next.open {
         None => {
             let violating = violates(rule.op, rule.value, sample.value, sample.baseline);
-            next.history = (next.history << 1) | u64::from(violating);
+            next.history = match (violating, rule.window_polls) {
+                // A calm poll ends a run of consecutive violations: nothing older counts again.
+                (false, None) => 0,
+                _ => (next.history << 1) | u64::from(violating),
+            };
             let window = rule.window_polls.unwrap_or(rule.for_polls);
             let recent = next.history & window_mask(window);
             let count = match rule.window_polls {

@@ -22,8 +22,35 @@ use std::sync::Arc;
 
 /// Baselines remembered before the cache is emptied (they change once an hour per item).
 const MAX_CACHED_BASELINES: usize = 1 << 20;
+/// Item ids up to this have their matching rules remembered (ids are dense from 1).
+const MAX_CACHED_ITEM_ID: i64 = 1 << 27;
 
 type PairKey = (i64, i64);
+
+/// A hasher for integer keys: the evaluation looks a pair up for every record and rule, and
+/// SipHash's protection against chosen keys buys nothing for ids the repository hands out.
+#[derive(Default, Clone, Copy)]
+pub(crate) struct IdHasher(u64);
+
+impl std::hash::Hasher for IdHasher {
+    fn finish(&self) -> u64 {
+        self.0
+    }
+    fn write(&mut self, bytes: &[u8]) {
+        for b in bytes {
+            self.write_u64(u64::from(*b));
+        }
+    }
+    fn write_i64(&mut self, n: i64) {
+        self.write_u64(n as u64);
+    }
+    fn write_u64(&mut self, n: u64) {
+        // Fibonacci hashing over the running value (the multiply-rotate of rustc's FxHasher).
+        self.0 = (self.0.rotate_left(5) ^ n).wrapping_mul(0x9e37_79b9_7f4a_7c15);
+    }
+}
+
+type IdMap<K, V> = HashMap<K, V, std::hash::BuildHasherDefault<IdHasher>>;
 
 /// The writer's view of the rules and pair states, rebuilt after a claim (another node may have
 /// written) and when the rules change.
@@ -31,15 +58,47 @@ type PairKey = (i64, i64);
 pub(crate) struct Alerting {
     /// The `rules_version` the rules were read at.
     version: Option<i64>,
-    rules: HashMap<String, Arc<Vec<Rule>>>,
-    /// The rules (indexes into the family's list) that apply to an item.
-    matches: HashMap<i64, Arc<[u32]>>,
-    states: Option<HashMap<PairKey, State>>,
+    rules: HashMap<String, Arc<FamilyRules>>,
+    /// The rules (indexes into the family's list) that apply to an item, by item id: records
+    /// come in item order, so this is read almost sequentially.
+    matches: Vec<Option<Box<[u32]>>>,
+    states: Option<IdMap<PairKey, State>>,
     baselines: HashMap<(i64, u32, i64), Option<Baseline>>,
 }
 
+/// The rules of one family, indexed by the literal start of their device pattern (what comes
+/// before its first `*`; empty for no device): the rules that may apply to a device are those
+/// filed under one of its prefixes, a few lookups instead of a glob match per rule.
+pub(crate) struct FamilyRules {
+    list: Vec<Rule>,
+    by_prefix: HashMap<String, Vec<u32>>,
+}
+
+impl FamilyRules {
+    fn new(list: Vec<Rule>) -> FamilyRules {
+        let mut by_prefix: HashMap<String, Vec<u32>> = HashMap::new();
+        for (i, rule) in list.iter().enumerate() {
+            let pattern = rule.spec.device.as_deref().unwrap_or("");
+            let prefix = pattern.split('*').next().unwrap_or("");
+            by_prefix.entry(prefix.to_owned()).or_default().push(i as u32);
+        }
+        FamilyRules { list, by_prefix }
+    }
+
+    /// The indexes, in rule order, of the rules that apply to an item.
+    fn applying(&self, device: &str, item: &str, out: &mut Vec<u32>) {
+        let prefixes = device.char_indices().map(|(i, _)| i).chain([device.len()]);
+        for end in prefixes {
+            if let Some(candidates) = self.by_prefix.get(&device[..end]) {
+                out.extend(candidates.iter().filter(|&&r| self.list[r as usize].spec.applies_to(device, item)));
+            }
+        }
+        out.sort_unstable();
+    }
+}
+
 /// Pair states written by the transaction in progress: they join the cache if it commits.
-pub(crate) type Overlay = HashMap<PairKey, Option<State>>;
+pub(crate) type Overlay = IdMap<PairKey, Option<State>>;
 
 impl Alerting {
     /// Brings the rules and states up to date within the load transaction.
@@ -50,7 +109,7 @@ impl Alerting {
             for rule in read_rules(tx)? {
                 rules.entry(rule.spec.family.clone()).or_default().push(rule);
             }
-            self.rules = rules.into_iter().map(|(family, list)| (family, Arc::new(list))).collect();
+            self.rules = rules.into_iter().map(|(family, list)| (family, Arc::new(FamilyRules::new(list)))).collect();
             self.matches.clear();
             self.version = Some(version);
         }
@@ -91,13 +150,24 @@ impl Alerting {
         }
     }
 
-    fn matching(&mut self, item_id: i64, rules: &[Rule], device: &str, item: &str) -> Arc<[u32]> {
-        self.matches
-            .entry(item_id)
-            .or_insert_with(|| {
-                (0..rules.len() as u32).filter(|&i| rules[i as usize].spec.applies_to(device, item)).collect()
-            })
-            .clone()
+    /// Puts the indexes of the rules that apply to an item in `out`.
+    fn matching(&mut self, item_id: i64, rules: &FamilyRules, device: &str, item: &str, out: &mut Vec<u32>) {
+        out.clear();
+        let compute = |out: &mut Vec<u32>| rules.applying(device, item, out);
+        if !(0..MAX_CACHED_ITEM_ID).contains(&item_id) {
+            return compute(out);
+        }
+        let slot = item_id as usize;
+        if self.matches.len() <= slot {
+            self.matches.resize(slot + 1, None);
+        }
+        match &self.matches[slot] {
+            Some(known) => out.extend_from_slice(known),
+            None => {
+                compute(out);
+                self.matches[slot] = Some(out.clone().into_boxed_slice());
+            }
+        }
     }
 
     fn baseline(
@@ -154,7 +224,7 @@ pub(crate) fn evaluate_dto(
 ) -> Result<()> {
     let Some(rules) = alerting.rules.get(&family.name).cloned() else { return Ok(()) };
     let positions: Vec<Option<usize>> =
-        rules.iter().map(|r| dto.metrics.iter().position(|m| *m == r.spec.metric)).collect();
+        rules.list.iter().map(|r| dto.metrics.iter().position(|m| *m == r.spec.metric)).collect();
     if positions.iter().all(Option::is_none) {
         return Ok(());
     }
@@ -174,11 +244,12 @@ pub(crate) fn evaluate_dto(
         )?
         .execute(params![family.name, dto.collector, dto.cycle])?;
     }
+    let mut matched = Vec::new();
     for &(item_id, index) in rows {
         let record = &dto.records[index];
-        let matched = alerting.matching(item_id, &rules, &record.device, &record.item);
-        for &r in matched.iter() {
-            let rule = &rules[r as usize];
+        alerting.matching(item_id, &rules, &record.device, &record.item, &mut matched);
+        for &r in &matched {
+            let rule = &rules.list[r as usize];
             let Some(value) = positions[r as usize].and_then(|p| record.values[p]) else { continue };
             let key = (rule.id, item_id);
             let old = match overlay.get(&key) {
@@ -277,8 +348,10 @@ fn write_state(tx: &Transaction<'_>, (rule, item): PairKey, state: Option<&State
     match state {
         Some(s) => {
             tx.prepare_cached(
-                "INSERT OR REPLACE INTO rule_state (rule_id, item_id, last_cycle, history, event_id, peak, clear_run)
-                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)",
+                "INSERT INTO rule_state (rule_id, item_id, last_cycle, history, event_id, peak, clear_run)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7)
+                 ON CONFLICT DO UPDATE SET last_cycle = excluded.last_cycle, history = excluded.history,
+                    event_id = excluded.event_id, peak = excluded.peak, clear_run = excluded.clear_run",
             )?
             .execute(params![
                 rule,
@@ -552,5 +625,38 @@ impl SqliteRepository {
         tx.execute("DELETE FROM outbox WHERE seq <= ?1", [all_had])?;
         tx.commit()?;
         Ok(())
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The prefix index finds exactly the rules a glob match of every rule finds.
+    #[test]
+    fn the_prefix_index_finds_what_matching_every_rule_finds() {
+        let patterns = [None, Some("*"), Some("core-*"), Some("core-rtr1"), Some("*-rtr*"), Some("c*1"), Some("edge*")];
+        let items = [None, Some("ge-0/0/*"), Some("xe-1")];
+        let mut list = Vec::new();
+        for device in patterns {
+            for item in items {
+                let spec = serde_json::json!({"family": "Interface", "metric": "in_util", "op": ">", "value": 1,
+                                              "device": device, "item": item});
+                let mut spec: RuleSpec = serde_json::from_value(spec).unwrap();
+                spec.device = device.map(str::to_owned);
+                spec.item = item.map(str::to_owned);
+                list.push(Rule { id: list.len() as i64 + 1, spec });
+            }
+        }
+        let rules = FamilyRules::new(list.clone());
+        for device in ["core-rtr1", "core-rtr12", "edge-rtr1", "c1", "", "żółw-rtr1"] {
+            for item in ["ge-0/0/1", "xe-1", "lo0"] {
+                let mut found = Vec::new();
+                rules.applying(device, item, &mut found);
+                let expected: Vec<u32> =
+                    (0..list.len() as u32).filter(|&i| list[i as usize].spec.applies_to(device, item)).collect();
+                assert_eq!(found, expected, "{device} {item}");
+            }
+        }
     }
 }

@@ -20,7 +20,7 @@ impl SqliteRepository {
         let mut report = LoadReport::default();
         let mut new_items = NewItems::new();
         writer.alerting.refresh(&tx)?;
-        let mut overlay = Overlay::new();
+        let mut overlay = Overlay::default();
         for (dto, family) in dtos.iter().zip(&families) {
             let known: Option<i64> =
                 tx.query_row("SELECT seq FROM loaded_dtos WHERE id = ?1", [&dto.id], |r| r.get(0)).optional()?;

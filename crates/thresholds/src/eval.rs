@@ -145,23 +145,9 @@ pub fn evaluate(rule: &RuleSpec, state: Option<&State>, sample: &Sample) -> Step
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::rule::Severity;
 
     fn rule(op: Op, value: f64) -> RuleSpec {
-        RuleSpec {
-            name: None,
-            family: "Interface".into(),
-            metric: "in_util".into(),
-            op,
-            value,
-            for_polls: 1,
-            window_polls: None,
-            clear_value: None,
-            clear_polls: 1,
-            severity: Severity::Major,
-            device: None,
-            item: None,
-        }
+        crate::rule::example(op, value)
     }
 
     /// Feeds values polled every 300 s from cycle 0 and returns the transitions with the index

@@ -246,25 +246,31 @@ pub fn glob_match(pattern: &str, text: &str) -> bool {
     p[pi..].iter().all(|&c| c == b'*')
 }
 
+/// A rule on Interface `in_util` of every item, for the tests.
+#[cfg(test)]
+pub(crate) fn example(op: Op, value: f64) -> RuleSpec {
+    RuleSpec {
+        name: None,
+        family: "Interface".into(),
+        metric: "in_util".into(),
+        op,
+        value,
+        for_polls: 1,
+        window_polls: None,
+        clear_value: None,
+        clear_polls: 1,
+        severity: Severity::Warning,
+        device: None,
+        item: None,
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
 
     fn spec(op: Op, value: f64) -> RuleSpec {
-        RuleSpec {
-            name: None,
-            family: "Interface".into(),
-            metric: "in_util".into(),
-            op,
-            value,
-            for_polls: 1,
-            window_polls: None,
-            clear_value: None,
-            clear_polls: 1,
-            severity: Severity::Warning,
-            device: None,
-            item: None,
-        }
+        example(op, value)
     }
 
     #[test]

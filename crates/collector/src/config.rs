@@ -52,6 +52,9 @@ pub struct CollectorConfig {
     pub send_timeout: Duration,
     #[serde(with = "duration::serde_str")]
     pub families_refresh: Duration,
+    /// When set, the id of every acknowledged DTO is appended to this file (an audit trail; what
+    /// `pollux demo --chaos` checks against the repository).
+    pub ack_log: Option<PathBuf>,
 }
 
 impl Default for CollectorConfig {
@@ -71,6 +74,7 @@ impl Default for CollectorConfig {
             ingest_token: None,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             families_refresh: DEFAULT_FAMILIES_REFRESH,
+            ack_log: None,
         }
     }
 }

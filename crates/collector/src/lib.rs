@@ -56,6 +56,8 @@ pub enum CollectorError {
     Snmp(String),
     #[error("metrics listener: {0}")]
     Listener(std::io::Error),
+    #[error("ack_log {path}: {source}")]
+    AckLog { path: String, source: std::io::Error },
 }
 
 /// A collector ready to run: configuration and inventory checked, metrics port bound.
@@ -141,6 +143,16 @@ impl Collector {
             families: families.clone(),
             families_refresh: config.families_refresh,
             stop: stop_sender.clone(),
+            ack_log: match &config.ack_log {
+                Some(path) => Some(
+                    std::fs::OpenOptions::new()
+                        .create(true)
+                        .append(true)
+                        .open(path)
+                        .map_err(|source| CollectorError::AckLog { path: path.display().to_string(), source })?,
+                ),
+                None => None,
+            },
         };
         let sender_thread =
             std::thread::Builder::new().name("sender".into()).spawn(move || sender.run()).expect("thread");

@@ -39,6 +39,8 @@ pub struct Sender {
     pub families: Arc<FamilyCache>,
     pub families_refresh: Duration,
     pub stop: Arc<AtomicBool>,
+    /// Where acknowledged ids are appended, if anywhere.
+    pub ack_log: Option<std::fs::File>,
 }
 
 /// What an answer means for the DTO.
@@ -104,6 +106,13 @@ impl Sender {
             match self.send(&agent, url, &entry) {
                 Outcome::Acknowledged => {
                     Metrics::add(&self.metrics.dtos_sent, 1);
+                    if let Some(log) = &self.ack_log {
+                        use std::io::Write;
+                        // One write per line, in append mode: lines never interleave.
+                        if let Err(e) = (&*log).write_all(format!("{}\n", entry.id).as_bytes()) {
+                            tracing::warn!("ack_log: {e}");
+                        }
+                    }
                     if let Err(e) = self.spool.remove(&entry) {
                         tracing::error!("spool: cannot remove acknowledged {}: {e}", entry.id);
                     }

@@ -2,6 +2,7 @@
 //! configuration and runs the role; everything else lives in the role crates.
 #![forbid(unsafe_code)]
 
+mod demo;
 mod failover;
 mod status;
 
@@ -39,6 +40,9 @@ enum Command {
     Status(status::StatusArgs),
     /// Planned switchover: the active hands over to the standby without waiting for failwait.
     Failover(failover::FailoverArgs),
+    /// The whole fault-tolerant environment on this machine: simulated devices, a collector,
+    /// two aggregators and the proxy; with --chaos, failures at random and a running account.
+    Demo(demo::DemoArgs),
 }
 
 #[derive(clap::Args)]
@@ -137,6 +141,7 @@ fn parse_duration(text: &str) -> Result<Duration, String> {
 }
 
 fn main() -> ExitCode {
+    demo::die_with_parent();
     let cli = match Cli::try_parse() {
         Ok(cli) => cli,
         Err(e) => {
@@ -163,6 +168,7 @@ fn main() -> ExitCode {
         Command::Simulate(args) => run_simulate(args),
         Command::Status(args) => status::run(args),
         Command::Failover(args) => failover::run(args),
+        Command::Demo(args) => demo::run(args),
     }
 }
 

@@ -183,6 +183,13 @@ impl Default for AggregatorConfig {
     }
 }
 
+/// A node id names files in the shared directory (`election/nodes/<id>.json`): only a plain
+/// file name will do, never a path.
+pub fn valid_node_id(id: &str) -> bool {
+    let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
+    !id.is_empty() && id.len() <= 64 && id.chars().all(id_ok) && !id.starts_with('.')
+}
+
 fn default_node_id() -> String {
     nix::unistd::gethostname()
         .ok()
@@ -231,12 +238,7 @@ impl AggregatorConfig {
         let err = |key: &str, problem: String| Err((key.to_owned(), problem));
         // The node id names files in the shared directory (election/nodes/<id>.json): only a
         // plain file name will do, never a path.
-        let id_ok = |c: char| c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '-');
-        if self.node_id.is_empty()
-            || self.node_id.len() > 64
-            || !self.node_id.chars().all(id_ok)
-            || self.node_id.starts_with('.')
-        {
+        if !valid_node_id(&self.node_id) {
             return err(
                 "node_id",
                 format!("{:?} must be 1 to 64 of A-Z a-z 0-9 . _ - and not start with '.'", self.node_id),

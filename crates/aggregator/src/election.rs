@@ -53,6 +53,17 @@ pub fn run(
         if let Err(e) = &read {
             tracing::warn!(error = %e, "lease not readable");
         }
+        // An operator (or the other node's API) puts this node into maintenance with a file.
+        let maintenance = runtime.app.shared.in_maintenance(&runtime.app.node.id);
+        if maintenance != runtime.elector.in_maintenance() {
+            tracing::warn!(
+                maintenance,
+                "maintenance {}",
+                if maintenance { "on: this node never takes the lease" } else { "off" }
+            );
+            let actions = runtime.elector.set_maintenance(maintenance, Instant::now());
+            runtime.perform(actions);
+        }
         // Taken after the read: a standby's silence is measured from no earlier than what it saw.
         let now = Instant::now();
         let actions = runtime.elector.on_lease(now, read, floor);

@@ -148,6 +148,28 @@ impl SharedDir {
         fs::rename(temp, dir.join(format!("{node}.json")))
     }
 
+    /// Whether `node` is in maintenance: a file `election/maintenance/<node>` says so, so the
+    /// state survives restarts and either node can set it for the other.
+    pub fn in_maintenance(&self, node: &str) -> bool {
+        self.election_dir().join("maintenance").join(node).exists()
+    }
+
+    /// Puts `node` into maintenance or takes it out (durably: the directory is synced).
+    pub fn set_maintenance(&self, node: &str, on: bool) -> std::io::Result<()> {
+        let dir = self.election_dir().join("maintenance");
+        fs::create_dir_all(&dir)?;
+        let path = dir.join(node);
+        if on {
+            let file = fs::File::create(&path)?;
+            file.sync_all()?;
+        } else if let Err(e) = fs::remove_file(&path) {
+            if e.kind() != std::io::ErrorKind::NotFound {
+                return Err(e);
+            }
+        }
+        fs::File::open(&dir)?.sync_all()
+    }
+
     /// Every node's last status report, by node id.
     pub fn read_node_statuses(&self) -> Vec<(String, serde_json::Value)> {
         let Ok(entries) = fs::read_dir(self.nodes_dir()) else { return Vec::new() };

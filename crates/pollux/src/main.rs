@@ -4,6 +4,7 @@
 
 mod demo;
 mod failover;
+mod maintenance;
 mod status;
 
 use anyhow::Context;
@@ -43,6 +44,9 @@ enum Command {
     /// The whole fault-tolerant environment on this machine: simulated devices, a collector,
     /// two aggregators and the proxy; with --chaos, failures at random and a running account.
     Demo(demo::DemoArgs),
+    /// Put an aggregator into maintenance (it never takes the lease; an active hands over
+    /// first) or take it out.
+    Maintenance(maintenance::MaintenanceArgs),
 }
 
 #[derive(clap::Args)]
@@ -169,6 +173,7 @@ fn main() -> ExitCode {
         Command::Status(args) => status::run(args),
         Command::Failover(args) => failover::run(args),
         Command::Demo(args) => demo::run(args),
+        Command::Maintenance(args) => maintenance::run(args),
     }
 }
 

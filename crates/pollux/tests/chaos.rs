@@ -222,3 +222,56 @@ mod with_failpoints {
         check_nothing_lost(&c, &load.stop());
     }
 }
+
+fn pollux(args: &[&str]) -> (bool, String) {
+    let out = std::process::Command::new(BIN).args(args).output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.success(), text)
+}
+
+#[test]
+fn maintenance_hands_over_and_keeps_the_node_off_the_lease() {
+    let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
+    c.wait_active(0, TAKEOVER);
+    wait_role(&c, 1, &["standby"]);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(10, TAKEOVER);
+    // The active hands over first.
+    let (ok, text) = pollux(&["maintenance", "on", "--url", &c.proxy.url]);
+    assert!(ok && text.contains("da1 handed over"), "{text}");
+    c.wait_active(1, TAKEOVER);
+    wait_role(&c, 0, &["maintenance"]);
+    load.wait_progress(10, TAKEOVER);
+    // da2 is the active now, and da1 would not take over: refused without --force.
+    let (ok, text) = pollux(&["maintenance", "on", "--url", &c.proxy.url]);
+    assert!(!ok && text.contains("409") && text.contains("no healthy standby"), "{text}");
+    let acked = load.stop();
+    // With da2 gone, da1 stays off the lease: no active, and the status says why.
+    c.kill9(1);
+    let (ok, text) = wait_until(TAKEOVER, "the status to say there is no active", || {
+        let (ok, text) = pollux(&["status", "--url", &c.url(0)]);
+        text.contains("no aggregator is the ready active").then_some((ok, text))
+    });
+    assert!(!ok, "status exits 1 with no active:\n{text}");
+    assert!(text.contains("maintenance"), "da1's role is shown:\n{text}");
+    // Twice failwait of silence, which any standby would have taken the lease after.
+    wait_until(TAKEOVER, "the lease to be silent for twice failwait", || {
+        let (_, status) = get(&format!("{}/api/v1/status", c.url(0)));
+        (status["lease"]["unchanged_seconds"].as_f64()? > 4.0).then_some(())
+    });
+    assert_eq!(c.role(0).map(|r| r.0), Some("maintenance".to_owned()), "still off the lease");
+    // Out of maintenance, it is a standby again and takes the lease da2 left.
+    let (ok, text) = pollux(&["maintenance", "off", "--url", &c.url(0)]);
+    assert!(ok, "{text}");
+    c.wait_active(0, TAKEOVER);
+    // Maintenance survives a restart: da2 put into maintenance, restarted, stays there.
+    c.start_node(1, &[]);
+    wait_role(&c, 1, &["standby"]);
+    let (ok, text) = pollux(&["maintenance", "on", "--url", &c.proxy.url, "--node", "da2"]);
+    assert!(ok, "{text}");
+    wait_role(&c, 1, &["maintenance"]);
+    c.kill9(1);
+    c.start_node(1, &[]);
+    wait_role(&c, 1, &["maintenance"]);
+    check_nothing_lost(&c, &acked);
+}

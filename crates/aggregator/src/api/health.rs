@@ -178,6 +178,72 @@ pub async fn failover(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErr
     }
 }
 
+#[derive(serde::Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct MaintenanceRequest {
+    /// The node to change; this one when absent.
+    node: Option<String>,
+    on: bool,
+    /// Put the active into maintenance even with no healthy standby to hand over to.
+    #[serde(default)]
+    force: bool,
+}
+
+/// How long a request waits for an active put into maintenance to hand over.
+const HANDOVER_WAIT: Duration = Duration::from_secs(15);
+
+/// `POST /api/v1/maintenance`: puts a node into maintenance (it never takes the lease; an
+/// active hands over first) or takes it out. Answers on every node. Refused (409) for the
+/// active when no healthy standby would take over, unless `force`.
+pub async fn maintenance(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+    let request: MaintenanceRequest =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let node = request.node.unwrap_or_else(|| app.node.id.clone());
+    if !crate::config::valid_node_id(&node) {
+        return Err(ApiError::bad_request(format!("node: {node:?} is not a node id")));
+    }
+    let failwait_ms = app.config.failwait.as_millis() as i64;
+    let app2 = app.clone();
+    let answer = blocking(move || -> Result<Value, ApiError> {
+        let app = app2;
+        let statuses = app.shared.read_node_statuses();
+        let now_ms = crate::unix_now_ms();
+        let fresh = |s: &Value| s["updated_at_ms"].as_i64().is_some_and(|t| now_ms - t < failwait_ms);
+        if node != app.node.id && !statuses.iter().any(|(id, _)| *id == node) && request.on {
+            return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no aggregator named {node:?} has reported")));
+        }
+        let holds = |lease: &Option<pollux_election::Lease>| {
+            lease.as_ref().is_some_and(|l| l.holder == node && l.state != pollux_election::LeaseState::Released)
+        };
+        let was_active = holds(&app.node.state().lease);
+        if request.on && was_active && !request.force {
+            let standby =
+                statuses.iter().any(|(id, s)| *id != node && s["role"] == "standby" && fresh(s));
+            if !standby {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{node} is the active and no healthy standby would take over: nothing would be acknowledged; use --force to go ahead"),
+                ));
+            }
+        }
+        app.shared
+            .set_maintenance(&node, request.on)
+            .map_err(|e| ApiError::internal("maintenance flag", e))?;
+        tracing::warn!(%node, on = request.on, force = request.force, "maintenance set");
+        let mut handed_over = false;
+        if request.on && was_active {
+            let deadline = std::time::Instant::now() + HANDOVER_WAIT;
+            while holds(&app.node.state().lease) && std::time::Instant::now() < deadline {
+                std::thread::sleep(Duration::from_millis(20));
+            }
+            handed_over = !holds(&app.node.state().lease);
+        }
+        Ok(json!({"node": node, "maintenance": request.on, "was_active": was_active, "handed_over": handed_over}))
+    })
+    .await??;
+    Ok(Json(answer))
+}
+
 pub async fn metrics(State(app): State<Arc<App>>) -> Result<Response, ApiError> {
     let app2 = app.clone();
     let (backlog, stats) = blocking(move || (app2.store.backlog().unwrap_or((0, 0.0)), app2.repo.stats())).await?;

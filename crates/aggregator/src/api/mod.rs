@@ -34,6 +34,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/events/{id}/ack", post(alerts::ack))
         .route("/api/v1/status", get(health::status))
         .route("/api/v1/failover", post(health::failover))
+        .route("/api/v1/maintenance", post(health::maintenance))
         .route("/health", get(health::health))
         .route("/health/active", get(health::health_active))
         .route("/metrics", get(health::metrics))

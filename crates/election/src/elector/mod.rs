@@ -8,6 +8,9 @@
 //!      │  fenced: a newer epoch holds the lease, or no renewal    │ not ready        │ planned
 //!      └──────── for failwait - margin (self-fencing) ◀──────────┴─ within startwait ┘ switchover
 //!                                                                   (yield: released)
+//!
+//!   maintenance: a standby that never takes the lease; an active put into maintenance
+//!   releases it first (a planned switchover).
 //! ```
 //!
 //! Every input carries the moment it happened on the node's monotonic clock; the machine keeps
@@ -57,6 +60,8 @@ pub enum Role {
     Starting,
     Active,
     Fenced,
+    /// A standby that never takes the lease (the original's DA maintenance state).
+    Maintenance,
 }
 
 impl Role {
@@ -66,6 +71,7 @@ impl Role {
             Role::Starting => "starting",
             Role::Active => "active",
             Role::Fenced => "fenced",
+            Role::Maintenance => "maintenance",
         }
     }
 }
@@ -114,6 +120,7 @@ pub struct Elector {
     timing: Timing,
     state: State,
     pending: Option<(Purpose, Lease)>,
+    maintenance: bool,
 }
 
 impl Elector {
@@ -126,6 +133,7 @@ impl Elector {
             timing,
             state: State::Standby { watch, fenced: None },
             pending: None,
+            maintenance: false,
         }
     }
 
@@ -136,6 +144,7 @@ impl Elector {
     pub fn role(&self) -> Role {
         match &self.state {
             State::Standby { fenced: Some(_), .. } => Role::Fenced,
+            State::Standby { .. } if self.maintenance => Role::Maintenance,
             State::Standby { .. } => Role::Standby,
             State::Holding { lease, .. } if lease.state == LeaseState::Active => Role::Active,
             State::Holding { .. } => Role::Starting,
@@ -258,6 +267,9 @@ impl Elector {
     /// Whether a standby takes the lease it just read.
     fn should_take(&self, now: Instant, current: Option<&Lease>) -> bool {
         let State::Standby { watch, .. } = &self.state else { return false };
+        if self.maintenance {
+            return false;
+        }
         let Some(lease) = current else { return true };
         let unchanged = now.saturating_duration_since(watch.changed_at);
         match lease.state {
@@ -334,6 +346,31 @@ impl Elector {
         self.pending = Some((Purpose::Release, released.clone()));
         actions.push(Action::Write { expected, new: released });
         Ok(actions)
+    }
+
+    /// Puts the node into maintenance or takes it out. An active (or starting) node hands the
+    /// lease over first, as in a planned switchover.
+    pub fn set_maintenance(&mut self, on: bool, now: Instant) -> Vec<Action> {
+        if self.maintenance == on {
+            return Vec::new();
+        }
+        self.maintenance = on;
+        match (&self.state, on) {
+            (State::Holding { .. }, true) => {
+                let mut actions = self.on_release(now).unwrap_or_default();
+                for action in &mut actions {
+                    if let Action::Stop { reason } = action {
+                        *reason = "maintenance: handing over".to_owned();
+                    }
+                }
+                actions
+            }
+            _ => Vec::new(),
+        }
+    }
+
+    pub fn in_maintenance(&self) -> bool {
+        self.maintenance
     }
 
     /// The active services found a newer epoch in the repository.

@@ -277,3 +277,45 @@ fn an_unreadable_lease_changes_nothing_for_a_standby() {
     assert!(b.on_lease(t0 + 10 * FAILWAIT, Err("EIO".into()), 0).is_empty());
     assert_eq!(b.role(), Role::Standby);
 }
+
+#[test]
+fn a_node_in_maintenance_never_takes_the_lease() {
+    let t0 = Instant::now();
+    let mut store = None;
+    let mut m = Elector::new("da1", "u", timing(), t0);
+    assert!(m.set_maintenance(true, t0).is_empty());
+    assert_eq!(m.role(), Role::Maintenance);
+    // A free lease, a stale one, its own from before a restart: none is taken.
+    assert!(tick(&mut m, t0, &mut store).is_empty());
+    let mut store = Some(lease("dead", 3, 1, LeaseState::Active));
+    tick(&mut m, at(t0, 1), &mut store);
+    assert!(tick(&mut m, at(t0, 1) + 10 * FAILWAIT, &mut store).is_empty());
+    let mut own = Some(lease("da1", 4, 1, LeaseState::Active));
+    assert!(tick(&mut m, at(t0, 2) + 10 * FAILWAIT, &mut own).is_empty());
+    // Out of maintenance, it is a standby again and takes what is due.
+    assert!(m.set_maintenance(false, at(t0, 3) + 10 * FAILWAIT).is_empty());
+    assert_eq!(m.role(), Role::Standby);
+    assert_eq!(tick(&mut m, at(t0, 4) + 10 * FAILWAIT, &mut own), [Action::Start { epoch: 5 }]);
+}
+
+#[test]
+fn an_active_put_into_maintenance_hands_over_first() {
+    let t0 = Instant::now();
+    let mut store = None;
+    let mut a = active("da1", t0, &mut store);
+    let mut b = Elector::new("da2", "http://da2", timing(), t0);
+    tick(&mut b, at(t0, 100), &mut store);
+    let actions = a.set_maintenance(true, at(t0, 200));
+    let rest = perform(&mut a, at(t0, 200), &mut store, actions);
+    assert!(matches!(&rest[..], [Action::Stop { reason }] if reason.contains("maintenance")), "{rest:?}");
+    assert_eq!(a.role(), Role::Maintenance);
+    assert_eq!(store.as_ref().unwrap().state, LeaseState::Released);
+    assert_eq!(tick(&mut b, at(t0, 300), &mut store), [Action::Start { epoch: 2 }]);
+    // Its own release is never taken back, even after failwait with nobody taking it.
+    let mut alone = None;
+    let mut c = active("da3", t0, &mut alone);
+    let actions = c.set_maintenance(true, at(t0, 10));
+    perform(&mut c, at(t0, 10), &mut alone, actions);
+    assert!(tick(&mut c, at(t0, 20) + 2 * FAILWAIT, &mut alone).is_empty());
+    assert!(c.set_maintenance(true, at(t0, 30)).is_empty(), "already in maintenance: nothing to do");
+}

@@ -1,0 +1,66 @@
+//! `pollux maintenance on|off`: the original's DA maintenance state. A node in maintenance
+//! never takes the lease; an active put into maintenance hands over first.
+
+use serde_json::{json, Value};
+use std::process::ExitCode;
+use std::time::Duration;
+
+#[derive(Clone, Copy, clap::ValueEnum)]
+pub enum OnOff {
+    On,
+    Off,
+}
+
+#[derive(clap::Args)]
+pub struct MaintenanceArgs {
+    /// `on` or `off`.
+    state: OnOff,
+    /// The proxy, or any aggregator (in maintenance, a node is reached at its own URL).
+    #[arg(long, default_value = "http://127.0.0.1:8581")]
+    url: String,
+    /// The node to change (default: the one answering at --url).
+    #[arg(long)]
+    node: Option<String>,
+    /// Put the active into maintenance even when no healthy standby would take over.
+    #[arg(long)]
+    force: bool,
+}
+
+pub fn run(args: MaintenanceArgs) -> ExitCode {
+    let on = matches!(args.state, OnOff::On);
+    let url = format!("{}/api/v1/maintenance", args.url.trim_end_matches('/'));
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build(),
+    );
+    let mut body = json!({"on": on, "force": args.force});
+    if let Some(node) = &args.node {
+        body["node"] = json!(node);
+    }
+    if on && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
+        println!("asking {url} to put {} into maintenance...", args.node.as_deref().unwrap_or("the node"));
+    }
+    let (status, answer) = match agent.post(&url).send_json(&body) {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap_or(Value::Null)),
+        Err(e) => {
+            eprintln!("pollux maintenance: {url}: {e}");
+            return ExitCode::FAILURE;
+        }
+    };
+    if status != 200 {
+        eprintln!("pollux maintenance: {status}: {}", answer["error"].as_str().unwrap_or("refused"));
+        return ExitCode::FAILURE;
+    }
+    let node = answer["node"].as_str().unwrap_or("?");
+    match (on, answer["was_active"].as_bool(), answer["handed_over"].as_bool()) {
+        (true, Some(true), Some(true)) => {
+            println!("{node} handed over and is in maintenance: it never takes the lease")
+        }
+        (true, Some(true), _) => {
+            println!("{node} is in maintenance but still held the lease after 15 s; see pollux status");
+            return ExitCode::FAILURE;
+        }
+        (true, _, _) => println!("{node} is in maintenance: it never takes the lease"),
+        (false, _, _) => println!("{node} is out of maintenance: a standby again"),
+    }
+    ExitCode::SUCCESS
+}

@@ -4,6 +4,7 @@
 
 mod demo;
 mod failover;
+mod init;
 mod maintenance;
 mod status;
 
@@ -47,6 +48,9 @@ enum Command {
     /// Put an aggregator into maintenance (it never takes the lease; an active hands over
     /// first) or take it out.
     Maintenance(maintenance::MaintenanceArgs),
+    /// Configure this host for one role with the original installer's prompts: writes the
+    /// configuration file and a systemd unit, and saves the answers for upgrades.
+    Init(init::InitArgs),
 }
 
 #[derive(clap::Args)]
@@ -174,6 +178,7 @@ fn main() -> ExitCode {
         Command::Failover(args) => failover::run(args),
         Command::Demo(args) => demo::run(args),
         Command::Maintenance(args) => maintenance::run(args),
+        Command::Init(args) => init::run(args),
     }
 }
 

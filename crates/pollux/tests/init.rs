@@ -1,0 +1,227 @@
+//! `pollux init`, black-box: the installer's prompts driven through stdin with good and bad
+//! answers, flags only, `--upgrade`, and the second aggregator's answers checked against the
+//! first's. What it writes must start a working aggregator and proxy.
+
+mod common;
+
+use common::*;
+use std::io::Write;
+use std::path::Path;
+use std::process::{Command, Stdio};
+
+fn init(args: &[&str], stdin: &str) -> (i32, String) {
+    let mut child = Command::new(BIN)
+        .arg("init")
+        .args(args)
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .unwrap();
+    child.stdin.take().unwrap().write_all(stdin.as_bytes()).unwrap();
+    let out = child.wait_with_output().unwrap();
+    let text = format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr));
+    (out.status.code().unwrap_or(-1), text)
+}
+
+fn free_port(host: &str) -> u16 {
+    std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
+}
+
+fn path(p: &Path) -> String {
+    p.display().to_string()
+}
+
+#[test]
+fn prompts_retry_bad_answers_and_write_a_configuration_that_runs() {
+    let dir = tempdir();
+    let (etc, shared) = (dir.path().join("etc"), dir.path().join("shared"));
+    std::fs::create_dir(&shared).unwrap();
+    let port = free_port("127.0.0.5");
+    // Each bad answer is followed by a good one.
+    let answers = [
+        "3",
+        "2",
+        "../da1",
+        "da1",
+        "",
+        "127.0.0.1",
+        "70000",
+        &port.to_string(),
+        "10.255.255.1",
+        "127.0.0.5",
+        "relative/dir",
+        "/nonexistent/shared",
+        &path(&shared),
+        "1ms",
+        "2s",
+        "1s",
+        "6s",
+    ]
+    .join("\n")
+        + "\n";
+    let (code, out) = init(&["--role", "aggregator", "--config-dir", &path(&etc)], &answers);
+    assert_eq!(code, 0, "{out}");
+    for reason in [
+        "\"3\" is not 1 or 2",
+        "not starting with '.'",
+        "\"\" is not a host name",
+        "\"70000\" is not a port",
+        "10.255.255.1 is not an address of this host",
+        "is not an absolute path",
+        "cannot be read",
+        "below the safe minimum of 1s",
+        "shorter than failwait",
+    ] {
+        assert!(out.contains(reason), "the reason {reason:?} is shown:\n{out}");
+    }
+    assert!(out.contains(&format!("TCP {port} inbound")), "the ports to open:\n{out}");
+    let unit = std::fs::read_to_string(etc.join("pollux-aggregator.service")).unwrap();
+    assert!(unit.contains("aggregator --config") && unit.contains("[Install]"), "{unit}");
+    // The configuration starts a working aggregator with the answers given.
+    let da = Aggregator::spawn(&["aggregator".into(), "--config".into(), path(&etc.join("aggregator.toml"))], &[]);
+    assert_eq!(da.url, format!("http://127.0.0.5:{port}"));
+    da.wait_active();
+    let (_, health) = get(&format!("{}/health", da.url));
+    assert_eq!(health["node"], "da1");
+    let (_, status) = get(&format!("{}/api/v1/status", da.url));
+    assert_eq!((status["failwait"].as_str(), status["startwait"].as_str()), (Some("2s"), Some("6s")));
+}
+
+#[test]
+fn upgrade_asks_only_what_the_saved_answers_lack() {
+    let dir = tempdir();
+    let (etc, shared) = (dir.path().join("etc"), dir.path().join("shared"));
+    std::fs::create_dir(&shared).unwrap();
+    let flags = [
+        "--role",
+        "aggregator",
+        "--config-dir",
+        &path(&etc),
+        "--fault-tolerance",
+        "2",
+        "--node-id",
+        "da1",
+        "--proxy-host",
+        "127.0.0.1",
+        "--bind-address",
+        "127.0.0.1",
+        "--shared-dir",
+        &path(&shared),
+        "--yes",
+    ];
+    let (code, out) = init(&flags, "");
+    assert_eq!(code, 0, "{out}");
+    let config = std::fs::read_to_string(etc.join("aggregator.toml")).unwrap();
+    assert!(config.contains("failwait = \"5m\"") && config.contains("listen = \"127.0.0.1:8581\""), "{config}");
+    // Nothing on stdin and no flags: an upgrade asks nothing and writes the same configuration.
+    let upgrade = ["--role", "aggregator", "--config-dir", &path(&etc), "--upgrade"];
+    let (code, out) = init(&upgrade, "");
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("failwait:") && !out.contains("[8581]"), "no question asked:\n{out}");
+    assert_eq!(std::fs::read_to_string(etc.join("aggregator.toml")).unwrap(), config);
+    // A question the saved answers lack (one a newer release added) is the only one asked.
+    let saved = std::fs::read_to_string(etc.join("init-answers.toml")).unwrap();
+    let without: String = saved.lines().filter(|l| !l.starts_with("startwait")).map(|l| format!("{l}\n")).collect();
+    std::fs::write(etc.join("init-answers.toml"), without).unwrap();
+    let (code, out) = init(&upgrade, "50m\n");
+    assert_eq!(code, 0, "{out}");
+    assert_eq!(out.matches("]: ").count(), 1, "one question:\n{out}");
+    assert!(out.contains("startwait:"), "{out}");
+    assert!(std::fs::read_to_string(etc.join("aggregator.toml")).unwrap().contains("startwait = \"50m\""));
+    // An upgrade with no saved answers says what to do.
+    let (code, out) = init(&["--role", "proxy", "--config-dir", &path(&dir.path().join("none")), "--upgrade"], "");
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("run init without --upgrade first"), "{out}");
+}
+
+#[test]
+fn the_second_aggregator_must_match_the_first() {
+    let dir = tempdir();
+    let shared = dir.path().join("shared");
+    std::fs::create_dir(&shared).unwrap();
+    let (a, b, shared) = (path(&dir.path().join("a")), path(&dir.path().join("b")), path(&shared));
+    let node = |config_dir: &str, id: &str| -> Vec<String> {
+        [
+            "--role",
+            "aggregator",
+            "--fault-tolerance",
+            "2",
+            "--proxy-host",
+            "proxy.example.net",
+            "--yes",
+            "--config-dir",
+            config_dir,
+            "--node-id",
+            id,
+            "--shared-dir",
+            &shared,
+            "--bind-address",
+            "127.0.0.1",
+        ]
+        .iter()
+        .map(|s| s.to_string())
+        .collect()
+    };
+    let first = node(&a, "da1");
+    assert_eq!(init(&first.iter().map(String::as_str).collect::<Vec<_>>(), "").0, 0);
+    let second = node(&b, "da2");
+    let mut mismatched: Vec<&str> = second.iter().map(String::as_str).collect();
+    mismatched.extend(["--failwait", "2m", "--port", "9000"]);
+    let (code, out) = init(&mismatched, "");
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("failwait: 2m here, 5m on da1") && out.contains("port: 9000 here, 8581 on da1"), "{out}");
+    assert!(!dir.path().join("b/aggregator.toml").exists(), "nothing written on a refusal");
+    let (code, out) = init(&second.iter().map(String::as_str).collect::<Vec<_>>(), "");
+    assert_eq!(code, 0, "matching answers are accepted: {out}");
+}
+
+#[test]
+fn flags_alone_configure_a_collector_and_a_proxy() {
+    let dir = tempdir();
+    let etc = path(&dir.path().join("etc"));
+    let collector = [
+        "--role",
+        "collector",
+        "--config-dir",
+        &etc,
+        "--node-id",
+        "dc1",
+        "--fault-tolerance",
+        "2",
+        "--proxy-host",
+        "127.0.0.1",
+        "--failover-aggregator",
+        "http://127.0.0.3:8581",
+        "--yes",
+    ];
+    let (code, out) = init(&collector, "");
+    assert_eq!(code, 0, "{out}");
+    let text = std::fs::read_to_string(dir.path().join("etc/collector.toml")).unwrap();
+    assert!(text.contains(r#"aggregators = ["http://127.0.0.1:8581", "http://127.0.0.3:8581"]"#), "{text}");
+    let (code, out) = init(&["--role", "collector", "--config-dir", &etc, "--aggregator", "ftp://x", "--yes"], "");
+    assert_eq!(code, 64);
+    assert!(out.contains("--aggregator") && out.contains("not an http://"), "{out}");
+    let port = free_port("127.0.0.1");
+    let proxy = [
+        "--role",
+        "proxy",
+        "--config-dir",
+        &etc,
+        "--port",
+        &port.to_string(),
+        "--bind-address",
+        "127.0.0.1",
+        "--aggregator",
+        "http://127.0.0.2:8581",
+        "--failover-aggregator",
+        "http://127.0.0.3:8581",
+        "--yes",
+    ];
+    let (code, out) = init(&proxy, "");
+    assert_eq!(code, 0, "{out}");
+    let running = Aggregator::spawn(&["proxy".into(), "--config".into(), format!("{etc}/proxy.toml")], &[]);
+    assert_eq!(running.url, format!("http://127.0.0.1:{port}"));
+    let (_, status) = get(&format!("{}/proxy/status", running.url));
+    assert_eq!(status["aggregators"].as_array().map(Vec::len), Some(2), "{status}");
+}

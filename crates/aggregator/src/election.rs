@@ -127,6 +127,7 @@ impl Runtime {
                         services.stop();
                     }
                     self.app.handoff.clear();
+                    self.app.progress.clear();
                 }
             }
         }

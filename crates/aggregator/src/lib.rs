@@ -25,6 +25,7 @@ pub mod maintenance;
 pub mod metrics;
 pub mod node;
 pub mod notify;
+pub mod progress;
 pub mod services;
 pub mod shared;
 pub mod store;
@@ -79,6 +80,8 @@ pub struct App {
     /// Woken by a load that opened or cleared an event.
     pub notify_wake: Wake,
     pub notify_health: notify::NotifyHealth,
+    /// Long work in progress on this node (backlog recovery, rollups, compaction, retention).
+    pub progress: progress::Tracker,
     /// The election runtime's inbox (planned switchover requests).
     pub commands: Mutex<Sender<Command>>,
     families: RwLock<Arc<FamilyFiles>>,
@@ -193,6 +196,7 @@ impl Aggregator {
             maintenance_wake: Wake::default(),
             notify_wake: Wake::default(),
             notify_health: notify::NotifyHealth::new(&config.notify),
+            progress: progress::Tracker::default(),
             families: RwLock::new(Arc::new(families)),
             config,
         };

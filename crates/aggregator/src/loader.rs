@@ -29,6 +29,8 @@ use std::time::Duration;
 
 /// Most files one listing of the store looks at (oldest first).
 const LIST_LIMIT: usize = 100_000;
+/// The progress task of loading the backlog a takeover found.
+const RECOVERY: &str = "recovery";
 /// Wait after a failed load before trying again (the files stay; nothing is lost).
 const RETRY_DELAY: Duration = Duration::from_secs(1);
 /// Longest sleep with nothing to do: new files normally wake the loader at once.
@@ -152,10 +154,19 @@ impl LoadHealthState {
 /// Loads until the term is stopped or fenced. The repository is already claimed for its epoch.
 pub fn run(app: &Arc<App>, term: &Term) {
     let mut ensured: HashSet<String> = HashSet::new();
+    // What a predecessor left (or what piled up while no node was active) is the recovery.
+    if let Ok((backlog, _)) = app.store.backlog() {
+        if backlog > 0 {
+            app.progress.begin(RECOVERY, "DTOs", Some(backlog as u64));
+        }
+    }
     while !term.stop.is_cancelled() {
         match load_once(app, term.epoch, &mut ensured) {
-            Ok(0) => app.loader_wake.wait(IDLE_WAIT),
-            Ok(_) => {}
+            Ok(0) => {
+                app.progress.end(RECOVERY);
+                app.loader_wake.wait(IDLE_WAIT)
+            }
+            Ok(n) => app.progress.advance(RECOVERY, n as u64),
             Err(e @ RepoError::Fenced { .. }) => {
                 tracing::warn!(epoch = term.epoch, error = %e, "load refused by the repository; the DTOs stay for the new active");
                 term.fenced(&e);

@@ -8,7 +8,7 @@
 use crate::metrics::Metrics;
 use crate::services::Term;
 use crate::App;
-use pollux_repository::{Epoch, RepoError, Retention, RollupPolicy};
+use pollux_repository::{Epoch, Progress, RepoError, Retention, RollupPolicy};
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -48,6 +48,17 @@ pub fn run(app: Arc<App>, term: Arc<Term>) {
     }
 }
 
+/// Shows a burst of work (a step that left more due) as a task in progress until it is done.
+fn track(app: &App, name: &'static str, unit: &'static str, step: &Progress, total: impl Fn() -> Option<u64>) {
+    if step.more && !app.progress.running(name) {
+        app.progress.begin(name, unit, total().map(|t| t + step.done as u64));
+    }
+    app.progress.advance(name, step.done as u64);
+    if !step.more {
+        app.progress.end(name);
+    }
+}
+
 /// One round; returns true when more work is due right away.
 fn step(app: &App, epoch: Epoch, last_catalog: &mut Instant, last_expire: &mut Instant) -> Result<bool, RepoError> {
     if last_catalog.elapsed() >= CATALOG_EVERY {
@@ -64,15 +75,17 @@ fn step(app: &App, epoch: Epoch, last_catalog: &mut Instant, last_expire: &mut I
     };
     let rolled = app.repo.roll_up(epoch, now, &policy, ROLLUP_BUDGET)?;
     Metrics::add(&app.metrics.rollups_computed, rolled.done as u64);
+    track(app, "rollups", "periods", &rolled, || app.repo.stats().ok().map(|s| s.pending_rollups));
     let before = now - config.recent_window.as_secs() as i64;
     let compacted = app.repo.compact(epoch, before, COMPACT_BUDGET)?;
     Metrics::add(&app.metrics.cycles_compacted, compacted.done as u64);
+    track(app, "compaction", "cycles", &compacted, || None);
     if last_expire.elapsed() >= EXPIRE_EVERY {
         *last_expire = Instant::now();
+        app.progress.begin("retention", "rows", None);
         let expired = app.repo.expire(epoch, now, &Retention::from(&config.retention))?;
-        if expired.done > 0 {
-            tracing::info!(rows = expired.done, "expired data past its retention");
-        }
+        app.progress.advance("retention", expired.done as u64);
+        app.progress.end("retention");
     }
     Ok(rolled.more || compacted.more)
 }

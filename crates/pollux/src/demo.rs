@@ -308,7 +308,7 @@ impl Demo {
         ready: impl Fn(&Demo) -> bool,
     ) -> anyhow::Result<()> {
         let start = Instant::now();
-        let mut said = false;
+        let mut waiting = super::waiting::Waiting::new(what);
         while !ready(self) {
             if stop.is_cancelled() {
                 anyhow::bail!("stopped while waiting for {what}");
@@ -325,12 +325,12 @@ impl Demo {
             if start.elapsed() > limit {
                 anyhow::bail!("no {what} after {limit:?}; see the logs in {}", self.dir.join("logs").display());
             }
-            if !said && start.elapsed() > Duration::from_secs(2) {
-                println!("waiting for {what}...");
-                said = true;
+            if start.elapsed() > Duration::from_secs(1) {
+                waiting.tick();
             }
-            std::thread::sleep(Duration::from_millis(100));
+            std::thread::sleep(Duration::from_millis(50));
         }
+        waiting.finish();
         Ok(())
     }
 

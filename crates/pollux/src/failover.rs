@@ -57,10 +57,12 @@ fn switch_over(base: &str) -> Result<String, String> {
     }
     let released = Instant::now();
     let deadline = released + Duration::from_secs(30);
+    let mut waiting = crate::waiting::Waiting::new("the other aggregator to become active");
     while Instant::now() < deadline {
         for url in &others {
             if let Ok((200, health)) = get_json(&agent, &format!("{url}/health/active")) {
                 let gap = released.elapsed();
+                waiting.finish();
                 return Ok(format!(
                     "switched over from {} (epoch {}) to {} (epoch {}); no active for at most {:.0} ms (request to new active {:.0} ms)",
                     answer["node"].as_str().unwrap_or(&old),
@@ -72,7 +74,9 @@ fn switch_over(base: &str) -> Result<String, String> {
                 ));
             }
         }
+        waiting.tick();
         std::thread::sleep(Duration::from_millis(10));
     }
+    waiting.finish();
     Err("the lease was released but no other aggregator became active within 30 s".into())
 }

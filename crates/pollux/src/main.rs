@@ -7,6 +7,7 @@ mod failover;
 mod init;
 mod maintenance;
 mod status;
+mod waiting;
 
 use anyhow::Context;
 use clap::{Parser, Subcommand};

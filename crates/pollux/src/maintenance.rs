@@ -36,11 +36,24 @@ pub fn run(args: MaintenanceArgs) -> ExitCode {
     if let Some(node) = &args.node {
         body["node"] = json!(node);
     }
-    if on && std::io::IsTerminal::is_terminal(&std::io::stdout()) {
-        println!("asking {url} to put {} into maintenance...", args.node.as_deref().unwrap_or("the node"));
+    // An active put into maintenance answers once it has handed over: show the wait.
+    let request = {
+        let url = url.clone();
+        std::thread::spawn(move || match agent.post(&url).send_json(&body) {
+            Ok(mut r) => Ok((r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap_or(Value::Null))),
+            Err(e) => Err(e.to_string()),
+        })
+    };
+    let mut waiting = crate::waiting::Waiting::new(if on { "the node to go into maintenance" } else { "the node" });
+    while !request.is_finished() {
+        if on {
+            waiting.tick();
+        }
+        std::thread::sleep(Duration::from_millis(50));
     }
-    let (status, answer) = match agent.post(&url).send_json(&body) {
-        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap_or(Value::Null)),
+    waiting.finish();
+    let (status, answer) = match request.join().expect("the request thread") {
+        Ok(answer) => answer,
         Err(e) => {
             eprintln!("pollux maintenance: {url}: {e}");
             return ExitCode::FAILURE;

@@ -146,6 +146,17 @@ fn render(body: &serde_json::Value) -> String {
         }
         let _ = writeln!(out);
     }
+    for (task, p) in body["progress"].as_object().into_iter().flatten() {
+        let _ = writeln!(
+            out,
+            "{task} in progress: {}{} {}, {:.0}/s{}",
+            p["done"],
+            p["total"].as_u64().map_or(String::new(), |t| format!(" of {t}")),
+            p["unit"].as_str().unwrap_or(""),
+            p["rate_per_second"].as_f64().unwrap_or(0.0),
+            p["seconds_left"].as_f64().map_or(String::new(), |s| format!(", about {s:.0} s left")),
+        );
+    }
     match body["problems"].as_array() {
         Some(problems) if !problems.is_empty() => {
             let _ = writeln!(out, "DATA IS NOT FLOWING:");

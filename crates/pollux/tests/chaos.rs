@@ -183,6 +183,40 @@ mod with_failpoints {
         crash_of_the_active_at("repository.load.before_commit");
     }
 
+    /// A new active that finds a backlog says how far it has got, in the status and the log.
+    #[test]
+    fn a_new_active_reports_its_recovery_of_the_backlog() {
+        // da1 stores but never loads (its loader parks); da2 loads, each batch 2 s late.
+        let parked = [("POLLUX_FAILPOINTS", "loader.before_load=hang")];
+        let slow = [("POLLUX_FAILPOINTS", "loader.before_load=delay-while:2000:/")];
+        let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&parked, &slow]);
+        c.wait_active(0, TAKEOVER);
+        let first = (unix_now() / 300 - 40) * 300;
+        for i in 0..30 {
+            let dto = interface_dto(&format!("backlog.{i}"), first + i * 300, 2, 3);
+            assert_eq!(put_json(&c.proxy.url, &dto).0, 201);
+        }
+        c.kill9(0);
+        c.wait_active(1, TAKEOVER);
+        let recovery = wait_until(TAKEOVER, "the status to show the recovery", || {
+            let (_, status) = get(&format!("{}/api/v1/status", c.proxy.url));
+            status["progress"]["recovery"].is_object().then(|| status["progress"]["recovery"].clone())
+        });
+        assert_eq!((recovery["total"].as_u64(), recovery["unit"].as_str()), (Some(30), Some("DTOs")), "{recovery}");
+        let (_, text) = pollux(&["status", "--url", &c.proxy.url]);
+        assert!(text.contains("recovery in progress:"), "{text}");
+        wait_until(TAKEOVER, "the backlog to be loaded", || {
+            (0..30)
+                .all(|i| get(&format!("{}/api/v1/dto/backlog.{i}", c.proxy.url)).1["state"] == "loaded")
+                .then_some(())
+        });
+        wait_until(TAKEOVER, "the recovery's end in the log", || {
+            c.node(1).log().contains("recovery: done, 30 DTOs").then_some(())
+        });
+        let (_, status) = get(&format!("{}/api/v1/status", c.proxy.url));
+        assert!(status["progress"]["recovery"].is_null(), "{status}");
+    }
+
     #[test]
     fn a_start_that_hangs_hands_over_after_startwait() {
         let c = Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", "startup.hang=hang")], &[]]);

@@ -138,6 +138,7 @@ pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError
     Ok(Json(json!({
         "flowing": problems.is_empty(),
         "alerting": alerting,
+        "progress": app.progress.reports(),
         "problems": problems,
         "family_files": family_problems,
         "nodes": nodes,

@@ -11,7 +11,6 @@ use crate::services::ActiveServices;
 use crate::App;
 use pollux_election::{Action, Elector, LeaseStore, Role};
 use pollux_repository::Epoch;
-use serde_json::json;
 use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -183,16 +182,8 @@ impl Runtime {
     }
 
     fn write_status_file(&self) {
-        let s = self.app.node.state();
-        let body = json!({
-            "node": self.app.node.id, "role": s.role.name(), "epoch": s.epoch, "ready": s.ready,
-            "advertise": self.app.node.advertise, "version": crate::api::VERSION, "pid": std::process::id(),
-            "failwait": pollux_model::duration::format(self.app.config.failwait),
-            "startwait": pollux_model::duration::format(self.app.config.startwait),
-            "reason": s.reason, "updated_at_ms": crate::unix_now_ms(),
-            "loader": self.app.load_health.state(),
-        });
-        if let Err(e) = self.app.shared.write_node_status(&self.app.node.id, body.to_string().as_bytes()) {
+        let body = serde_json::to_vec(&self.app.node_status()).expect("a node status serializes");
+        if let Err(e) = self.app.shared.write_node_status(&self.app.node.id, &body) {
             tracing::debug!(error = %e, "node status file not written");
         }
     }

@@ -28,6 +28,7 @@ pub mod notify;
 pub mod progress;
 pub mod services;
 pub mod shared;
+pub mod status;
 pub mod store;
 
 use config::{AggregatorConfig, JournalChoice};
@@ -88,6 +89,28 @@ pub struct App {
 }
 
 impl App {
+    /// This node's line of the System Status, as its status file carries it.
+    pub fn node_status(&self) -> status::NodeStatus {
+        let s = self.node.state();
+        status::NodeStatus {
+            node: self.node.id.clone(),
+            role: s.role.name().to_owned(),
+            epoch: s.epoch,
+            ready: s.ready,
+            advertise: self.node.advertise.clone(),
+            version: api::VERSION.to_owned(),
+            pid: std::process::id(),
+            failwait: pollux_model::duration::format(self.config.failwait),
+            startwait: pollux_model::duration::format(self.config.startwait),
+            reason: s.reason,
+            updated_at_ms: Some(unix_now_ms()),
+            heartbeat_age_seconds: None,
+            reachable: true,
+            this_node: false,
+            loader: Some(self.load_health.state()),
+        }
+    }
+
     /// The failover timing derived from the configuration.
     pub fn timing(&self) -> Timing {
         Timing::new(self.config.failwait, self.config.startwait)

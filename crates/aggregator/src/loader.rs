@@ -100,7 +100,7 @@ pub struct LoadHealth {
     inner: Mutex<LoadHealthState>,
 }
 
-#[derive(Debug, Default, Clone, serde::Serialize, serde::Deserialize)]
+#[derive(Debug, Default, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct LoadHealthState {
     /// Unix milliseconds of the last load that committed (or found nothing to do).
     pub last_ok_ms: Option<i64>,

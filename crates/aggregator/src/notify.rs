@@ -30,15 +30,24 @@ const MAX_RETRY: Duration = Duration::from_secs(60);
 /// Longest sleep with nothing to do; a load that opens or clears an event wakes the notifier.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
 
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize)]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum Kind {
     Alertmanager,
     Webhook,
 }
 
+impl Kind {
+    pub fn name(self) -> &'static str {
+        match self {
+            Kind::Alertmanager => "alertmanager",
+            Kind::Webhook => "webhook",
+        }
+    }
+}
+
 /// One receiver's delivery figures, for the status view and `/metrics`.
-#[derive(Debug, Clone, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct ReceiverStatus {
     pub kind: Kind,
     pub url: String,

@@ -19,9 +19,9 @@ struct Task {
 }
 
 /// What the status view says of one task.
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct Report {
-    pub unit: &'static str,
+    pub unit: String,
     pub done: u64,
     pub total: Option<u64>,
     pub elapsed_seconds: f64,
@@ -102,7 +102,7 @@ impl Tracker {
                 let elapsed = t.started.elapsed();
                 let (rate, left) = estimate(t.done, t.total, elapsed);
                 let report = Report {
-                    unit: t.unit,
+                    unit: t.unit.to_owned(),
                     done: t.done,
                     total: t.total,
                     elapsed_seconds: elapsed.as_secs_f64(),

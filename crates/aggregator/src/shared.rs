@@ -170,6 +170,39 @@ impl SharedDir {
         fs::File::open(&dir)?.sync_all()
     }
 
+    fn collectors_dir(&self) -> PathBuf {
+        self.root.join("collectors")
+    }
+
+    /// Keeps a collector's last report, with when it arrived, so a new active shows it at once.
+    pub fn write_collector_report(
+        &self,
+        report: &crate::status::CollectorReport,
+        received_at_ms: i64,
+    ) -> std::io::Result<()> {
+        let dir = self.collectors_dir();
+        fs::create_dir_all(&dir)?;
+        let body = serde_json::json!({"report": report, "received_at_ms": received_at_ms});
+        let temp = dir.join(format!(".{}.json.tmp", report.id));
+        fs::write(&temp, body.to_string())?;
+        fs::rename(temp, dir.join(format!("{}.json", report.id)))
+    }
+
+    /// Every collector's last report and when it arrived, by id.
+    pub fn read_collector_reports(&self) -> Vec<(crate::status::CollectorReport, i64)> {
+        let Ok(entries) = fs::read_dir(self.collectors_dir()) else { return Vec::new() };
+        let mut reports: Vec<_> = entries
+            .filter_map(|e| e.ok())
+            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')))
+            .filter_map(|e| {
+                let body: serde_json::Value = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
+                Some((serde_json::from_value(body["report"].clone()).ok()?, body["received_at_ms"].as_i64()?))
+            })
+            .collect();
+        reports.sort_by(|a: &(crate::status::CollectorReport, i64), b| a.0.id.cmp(&b.0.id));
+        reports
+    }
+
     /// Every node's last status report, by node id.
     pub fn read_node_statuses(&self) -> Vec<(String, serde_json::Value)> {
         let Ok(entries) = fs::read_dir(self.nodes_dir()) else { return Vec::new() };
@@ -260,7 +293,7 @@ pub struct FamilyFiles {
 }
 
 /// A family file that was skipped, and why (shown in the System Status).
-#[derive(Debug, Clone, PartialEq, serde::Serialize)]
+#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
 pub struct FamilyProblem {
     pub path: PathBuf,
     pub problem: String,

@@ -26,6 +26,7 @@ pub mod metrics;
 pub mod poll;
 pub mod probe;
 pub mod rates;
+pub mod report;
 pub mod sender;
 pub mod snmp;
 pub mod spool;
@@ -156,6 +157,16 @@ impl Collector {
         };
         let sender_thread =
             std::thread::Builder::new().name("sender".into()).spawn(move || sender.run()).expect("thread");
+        let reporter = report::Reporter {
+            id: config.id.clone(),
+            urls: config.aggregators.clone(),
+            token: config.ingest_token.clone(),
+            devices: self.devices.len(),
+            metrics: metrics.clone(),
+            spool: spool.clone(),
+            stop: stop_sender.clone(),
+        };
+        std::thread::Builder::new().name("reporter".into()).spawn(move || reporter.run()).expect("thread");
 
         self.metrics_listener.set_nonblocking(true).map_err(CollectorError::Listener)?;
         if let Ok(addr) = self.metrics_listener.local_addr() {
@@ -271,6 +282,8 @@ impl Group {
                 _ = shutdown.cancelled() => return,
                 r = self.poll_all(&mut sessions, &mut state, &plans.1) => r,
             };
+            let unreachable = results.iter().filter(|(_, poll)| !poll.reachable).count() as u64;
+            self.metrics.unreachable.lock().expect("metrics").insert(self.interval, unreachable);
             let dtos = self.dtos(cycle, &catalog, results);
             Metrics::add(&self.metrics.cycles, 1);
             self.metrics.last_cycle_seconds_millis.store(started.elapsed().as_millis() as u64, Ordering::Relaxed);

@@ -29,9 +29,18 @@ pub struct Metrics {
     pub dropped: AtomicU64,
     pub send_failures: AtomicU64,
     pub last_cycle_seconds_millis: AtomicU64,
+    /// Unix milliseconds of the last acknowledged DTO (0: none yet).
+    pub last_ack_ms: AtomicU64,
+    /// Devices that did not answer in their group's last cycle, by poll interval.
+    pub unreachable: std::sync::Mutex<std::collections::BTreeMap<u32, u64>>,
 }
 
 impl Metrics {
+    /// Devices that did not answer in their last poll, over every group.
+    pub fn unreachable_now(&self) -> u64 {
+        self.unreachable.lock().expect("metrics").values().sum()
+    }
+
     pub fn add(counter: &AtomicU64, n: u64) {
         counter.fetch_add(n, Ordering::Relaxed);
     }

@@ -106,6 +106,10 @@ impl Sender {
             match self.send(&agent, url, &entry) {
                 Outcome::Acknowledged => {
                     Metrics::add(&self.metrics.dtos_sent, 1);
+                    let now_ms = std::time::SystemTime::now()
+                        .duration_since(std::time::UNIX_EPOCH)
+                        .map_or(0, |d| d.as_millis() as u64);
+                    self.metrics.last_ack_ms.store(now_ms, Ordering::Relaxed);
                     if let Some(log) = &self.ack_log {
                         use std::io::Write;
                         // One write per line, in append mode: lines never interleave.

@@ -226,6 +226,13 @@ fn collectors_lose_no_cycle_when_the_active_aggregator_dies() {
     let killed_at = unix_now();
     cluster.kill9(0);
     cluster.wait_active(1, Duration::from_secs(30));
+    // The new active shows the collectors' last reports at once (they live in the shared
+    // directory), connected, with their inventories.
+    let (_, status) = get(&format!("{}/api/v1/status", cluster.proxy.url));
+    let collectors = status["collectors"].as_array().cloned().unwrap_or_default();
+    let ids: Vec<&str> = collectors.iter().filter_map(|c| c["id"].as_str()).collect();
+    assert_eq!(ids, ["dc1", "dc2", "dc3"], "{status}");
+    assert!(collectors.iter().all(|c| c["connected"] == true && c["devices"] == 4), "{collectors:?}");
     // Cycles that began after the kill: only the new active can have loaded them.
     wait_until(Duration::from_secs(30), "three more cycles after the takeover", || {
         let loaded = cycles_by_device(&shared, "Availability");

@@ -5,23 +5,18 @@
 
 use super::{blocking, ApiError};
 use crate::election::Command;
-use crate::loader::LoadHealthState;
 use crate::metrics::Gauges;
+use crate::status::SystemStatus;
 use crate::App;
 use axum::extract::State;
 use axum::http::{header, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
-use pollux_model::duration;
 use serde_json::{json, Value};
 use std::sync::Arc;
 use std::time::Duration;
 
 pub const VERSION: &str = env!("CARGO_PKG_VERSION");
-
-/// A stored DTO still not loaded after this long means loading is stuck (a family that is not
-/// defined, a DTO the repository refuses): catching up after an outage loads far faster.
-pub const STUCK_AFTER: Duration = Duration::from_secs(300);
 
 fn health_body(app: &App) -> Value {
     let s = app.node.state();
@@ -43,123 +38,10 @@ pub async fn health_active(State(app): State<Arc<App>>) -> Response {
     (status, Json(health_body(&app))).into_response()
 }
 
-/// The System Status view: every aggregator that ever reported (from the status files each
-/// writes into the shared directory every heartbeat), the lease, and the health of the shared
-/// directory and repository as this node sees them.
-pub async fn status(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    let app2 = app.clone();
+/// The System Status view (see [`crate::status::SystemStatus`]).
+pub async fn status(State(app): State<Arc<App>>) -> Result<Json<SystemStatus>, ApiError> {
     // statvfs and directory listings of the shared directory can stall on NFS: off the workers.
-    let (backlog, repo, reports, free_bytes) = blocking(move || {
-        (app2.store.backlog(), app2.repo.stats(), app2.shared.read_node_statuses(), app2.shared.free_bytes())
-    })
-    .await?;
-    let (dto_backlog, load_lag) = backlog.as_ref().map(|b| (b.0, b.1)).unwrap_or((0, 0.0));
-    let state = app.node.state();
-    let now_ms = crate::unix_now_ms();
-    let failwait = app.config.failwait.as_secs_f64();
-    let mut nodes: Vec<Value> = reports
-        .into_iter()
-        .map(|(_, mut report)| {
-            let age = report["updated_at_ms"].as_i64().map(|t| (now_ms - t).max(0) as f64 / 1000.0);
-            report["heartbeat_age_seconds"] = json!(age);
-            // A node silent for failwait is down (or cut off), whatever it last said.
-            report["reachable"] = json!(age.is_some_and(|a| a < failwait));
-            report
-        })
-        .collect();
-    // This node's own line is live, not its last report.
-    let mine = json!({
-        "node": app.node.id, "role": state.role.name(), "epoch": state.epoch, "ready": state.ready,
-        "advertise": app.node.advertise, "version": VERSION, "pid": std::process::id(),
-        "failwait": duration::format(app.config.failwait), "startwait": duration::format(app.config.startwait),
-        "reason": state.reason, "heartbeat_age_seconds": 0.0, "reachable": true, "this_node": true,
-        "loader": app.load_health.state(),
-    });
-    match nodes.iter_mut().find(|n| n["node"] == app.node.id.as_str()) {
-        Some(n) => *n = mine,
-        None => nodes.push(mine),
-    }
-    let lease = state.lease.as_ref().map(|l| {
-        json!({"holder": l.holder, "advertise": l.advertise, "epoch": l.epoch, "counter": l.counter,
-               "state": l.state, "unchanged_seconds": state.lease_age.as_secs_f64()})
-    });
-    let active = nodes.iter().find(|n| n["role"] == "active" && n["ready"] == true && n["reachable"] == true);
-    let family_problems = app.family_problems();
-    // Why data is not flowing, in words an operator can act on; empty when it flows.
-    let mut problems: Vec<String> = Vec::new();
-    if active.is_none() {
-        problems.push("no aggregator is the ready active: nothing is acknowledged or loaded".into());
-    }
-    if let Err(e) = &backlog {
-        problems.push(format!("shared dir: {e}"));
-    }
-    if free_bytes.is_some_and(|f| f < app.config.min_free_bytes) {
-        problems.push(format!(
-            "shared dir: {} MiB free, below min_free_bytes ({} MiB)",
-            free_bytes.unwrap_or(0) >> 20,
-            app.config.min_free_bytes >> 20
-        ));
-    }
-    if let Err(e) = &repo {
-        problems.push(format!("repository: {e}"));
-    }
-    let loader = active.and_then(|n| serde_json::from_value::<LoadHealthState>(n["loader"].clone()).ok());
-    if let Some(loader) = loader {
-        if loader.failing() {
-            problems.push(format!("loads are failing: {}", loader.last_error.clone().unwrap_or_default()));
-        }
-        for (family, dtos) in &loader.waiting {
-            problems.push(format!(
-                "{dtos} stored DTOs of family {family:?} wait: it is not defined (or its name is refused)"
-            ));
-        }
-    }
-    if dto_backlog > 0 && load_lag > STUCK_AFTER.as_secs_f64() {
-        problems.push(format!(
-            "the oldest of {dto_backlog} stored DTOs has waited {load_lag:.0}s to be loaded (over {}s)",
-            STUCK_AFTER.as_secs()
-        ));
-    }
-    for p in &family_problems {
-        problems.push(format!("metric family file {}: {}", p.path.display(), p.problem));
-    }
-    let alerting = match &repo {
-        Ok(s) => json!({
-            "open_events": s.open_events,
-            "outbox": {
-                "depth": s.outbox_depth,
-                "oldest_age_seconds": s.outbox_oldest.map(|t| (crate::unix_now() - t).max(0)),
-                "dropped": s.outbox_dropped,
-            },
-            "receivers": app.notify_health.receivers(),
-        }),
-        Err(_) => Value::Null,
-    };
-    Ok(Json(json!({
-        "flowing": problems.is_empty(),
-        "alerting": alerting,
-        "progress": app.progress.reports(),
-        "problems": problems,
-        "family_files": family_problems,
-        "nodes": nodes,
-        "lease": lease,
-        "active": active.map(|n| n["node"].clone()),
-        "failwait": duration::format(app.config.failwait),
-        "startwait": duration::format(app.config.startwait),
-        "dto_backlog": dto_backlog,
-        "loader_lag_seconds": load_lag,
-        "shared_dir": {
-            "path": app.shared.root(), "ok": backlog.is_ok(), "nfs": app.shared_report.nfs,
-            "free_bytes": free_bytes, "error": backlog.as_ref().err().map(|e| e.to_string()),
-        },
-        "repository": match &repo {
-            Ok(s) => json!({"ok": true, "epoch": s.epoch, "bytes": s.bytes, "loaded_dtos": s.loaded_dtos,
-                            "pending_rollups": s.pending_rollups, "items": s.items,
-                            "replaced_records": s.replaced_records}),
-            Err(e) => json!({"ok": false, "error": e.to_string()}),
-        },
-        "version": VERSION,
-    })))
+    Ok(Json(blocking(move || SystemStatus::gather(&app)).await?))
 }
 
 /// A planned switchover: the active stops, releases the lease, and the standby takes it at

@@ -120,6 +120,49 @@ fn refusal(app: &App, e: DtoError) -> ApiError {
     ApiError::bad_request(e.to_string())
 }
 
+/// Largest collector report: a few hundred bytes in practice.
+const MAX_REPORT_BYTES: usize = 16 << 10;
+
+/// `PUT /api/v1/collectors/{id}`: a collector's report, kept in the shared directory (so a new
+/// active shows it at once) and shown in the System Status. The ingest token applies.
+pub async fn put_collector(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<StatusCode, ApiError> {
+    require_active(&app)?;
+    if let Some(token) = &app.config.ingest_token {
+        if !bearer_matches(&headers, token) {
+            return Err(ApiError::new(StatusCode::UNAUTHORIZED, "missing or wrong bearer token"));
+        }
+    }
+    if body.len() > MAX_REPORT_BYTES {
+        return Err(ApiError::new(
+            StatusCode::PAYLOAD_TOO_LARGE,
+            format!("a report is at most {MAX_REPORT_BYTES} bytes"),
+        ));
+    }
+    // The id names a file: the DTO id's characters only.
+    DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
+    let report: crate::status::CollectorReport =
+        serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    if report.id != id {
+        return Err(ApiError::bad_request(format!("id: {:?} in the body, {id:?} in the path", report.id)));
+    }
+    if report.version.len() > 64 || report.version.chars().any(char::is_control) {
+        return Err(ApiError::bad_request("version: at most 64 printable characters"));
+    }
+    let bad_age = |a: Option<f64>| a.is_some_and(|a| !a.is_finite() || a < 0.0);
+    if bad_age(report.spool_oldest_age_s) || bad_age(report.last_cycle_s) {
+        return Err(ApiError::bad_request("spool_oldest_age_s, last_cycle_s: non-negative seconds"));
+    }
+    blocking(move || app.shared.write_collector_report(&report, crate::unix_now_ms()))
+        .await?
+        .map_err(|e| ApiError::internal("collector report", e))?;
+    Ok(StatusCode::NO_CONTENT)
+}
+
 /// `Authorization: Bearer <token>`, the scheme in any case (RFC 9110 section 11.1), the token
 /// compared in constant time.
 fn bearer_matches(headers: &HeaderMap, token: &str) -> bool {

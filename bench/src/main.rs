@@ -16,6 +16,10 @@
 //! layout with the time-ordered table alone (the measurement behind the two-table design).
 
 mod alerts;
+// The portal tests' headless Chromium driver, shared rather than copied.
+#[allow(dead_code)]
+#[path = "../../crates/pollux/tests/common/browser.rs"]
+mod browser;
 mod collector;
 mod failover;
 mod ingest;

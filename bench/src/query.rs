@@ -3,6 +3,7 @@
 //! repository also gives the loader's rate through the repository API (no HTTP), the cost of
 //! compaction and rollups, and the bytes per stored value.
 
+use crate::browser;
 use crate::ingest::make_dto;
 use crate::util::{self, agent, percentile, start_aggregator, Rng};
 use anyhow::bail;
@@ -169,6 +170,59 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
         "  top-10 over an hour not on hour boundaries (raw data): p50 {:.1} ms  p99 {:.1} ms",
         percentile(&mut top_raw, 50.0),
         percentile(&mut top_raw, 99.0)
+    );
+    portal_pages(&url, devices, &timed)?;
+    Ok(())
+}
+
+/// The portal's pages on the same repository: server time (an HTTP GET on loopback, the body
+/// read whole), and the device page's 24 h charts drawn in headless Chromium.
+fn portal_pages(url: &str, devices: usize, timed: &dyn Fn(String) -> anyhow::Result<f64>) -> anyhow::Result<()> {
+    let mut rng = Rng::new(13);
+    let month = {
+        let (y, m) = crate::util::year_month(util::unix_now());
+        format!("{y}-{m:02}")
+    };
+    let device = move |rng: &mut Rng| format!("rtr-{:05}", rng.next() as usize % devices);
+    type PathOf<'a> = Box<dyn Fn(&mut Rng) -> String + 'a>;
+    let pages: Vec<(&str, usize, PathOf<'_>)> = vec![
+        ("System Status /", 30, Box::new(|_| "/".to_owned())),
+        ("devices, search", 10, Box::new(|rng| format!("/devices?q={}", &device(rng)[..8]))),
+        ("devices, all 10,000", 5, Box::new(|_| "/devices".to_owned())),
+        ("a device, 24 h charts", 30, Box::new(move |rng| format!("/devices/{}?range=24h", device(rng)))),
+        ("a device, 7 d charts (hourly)", 30, Box::new(move |rng| format!("/devices/{}?range=7d", device(rng)))),
+        ("top-20, 6 h", 10, Box::new(|_| "/top?metric=in_bps&range=6h".to_owned())),
+        ("events", 30, Box::new(|_| "/events".to_owned())),
+        (
+            "95th percentile of one device's interfaces, this month",
+            10,
+            Box::new(move |rng| format!("/reports/percentile?month={month}&device={}", device(rng))),
+        ),
+    ];
+    println!("portal pages on the same repository (server time over loopback; target p50 < 50 ms):");
+    for (label, count, path) in &pages {
+        let mut times = (0..*count).map(|_| timed(path(&mut rng))).collect::<anyhow::Result<Vec<f64>>>()?;
+        println!(
+            "  {label:<55} p50 {:>7.1} ms  p99 {:>7.1} ms",
+            percentile(&mut times, 50.0),
+            percentile(&mut times, 99.0)
+        );
+    }
+    if !std::path::Path::new(browser::CHROMIUM).exists() {
+        println!("  (no {}: the browser figure is skipped)", browser::CHROMIUM);
+        return Ok(());
+    }
+    let mut b = browser::Browser::start();
+    let mut drawn = Vec::new();
+    for _ in 0..10 {
+        b.navigate(&format!("{url}/devices/{}?range=24h", device(&mut rng)));
+        let ms = b.eval("performance.getEntriesByType('navigation')[0].loadEventEnd");
+        drawn.push(ms.as_f64().unwrap_or(f64::NAN));
+    }
+    println!(
+        "  device page with 24 h charts, navigation to load event in headless Chromium: p50 {:.0} ms  p99 {:.0} ms  (target < 1 s)",
+        percentile(&mut drawn, 50.0),
+        percentile(&mut drawn, 99.0)
     );
     Ok(())
 }

@@ -158,10 +158,14 @@ impl App {
     }
 }
 
+/// Routes served beside the API (the portal), built once the app exists.
+type ExtraRoutes = Box<dyn FnOnce(Arc<App>) -> axum::Router + Send>;
+
 pub struct Aggregator {
     app: Arc<App>,
     listener: std::net::TcpListener,
     inbox: Receiver<Command>,
+    extra: Option<ExtraRoutes>,
 }
 
 impl Aggregator {
@@ -223,7 +227,13 @@ impl Aggregator {
             families: RwLock::new(Arc::new(families)),
             config,
         };
-        Ok(Aggregator { app: Arc::new(app), listener, inbox })
+        Ok(Aggregator { app: Arc::new(app), listener, inbox, extra: None })
+    }
+
+    /// Serves `routes` (the portal's pages) beside the API; the API's paths win.
+    pub fn with_routes(mut self, routes: impl FnOnce(Arc<App>) -> axum::Router + Send + 'static) -> Aggregator {
+        self.extra = Some(Box::new(routes));
+        self
     }
 
     /// Serves until `shutdown` fires; returns once the server and every thread have stopped.
@@ -238,7 +248,10 @@ impl Aggregator {
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on {addr}");
         }
-        let router = api::router(app.clone());
+        let mut router = api::router(app.clone());
+        if let Some(extra) = self.extra {
+            router = router.merge(extra(app.clone()));
+        }
         let server_stop = CancellationToken::new();
         let open_files = pollux_transport::raise_open_file_limit();
         let limits = app.config.server_limits().fitted(open_files);

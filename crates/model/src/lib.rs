@@ -18,6 +18,7 @@ pub mod dto;
 pub mod duration;
 pub mod expr;
 pub mod family;
+pub mod percentile;
 pub mod period;
 
 pub use dto::{Digest, Dto, DtoError, DtoId, Limits, Record};

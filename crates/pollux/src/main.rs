@@ -205,7 +205,9 @@ fn start_aggregator(args: AggregatorArgs) -> Result<Aggregator, ExitCode> {
     };
     let config = AggregatorConfig::load(args.config.as_deref(), overrides).map_err(|e| refuse("aggregator", e))?;
     let listener = bind("aggregator", config.listen)?;
-    Aggregator::build(config, listener).map_err(|e| refuse("aggregator", e))
+    Aggregator::build(config, listener)
+        .map(|a| a.with_routes(pollux_portal::router))
+        .map_err(|e| refuse("aggregator", e))
 }
 
 fn run_proxy(args: ProxyArgs) -> ExitCode {

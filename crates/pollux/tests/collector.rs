@@ -152,11 +152,19 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
         (get(&format!("{url}/api/v1/status")).1["dto_backlog"].as_u64() == Some(0)).then_some(())
     });
 
-    // Every device has every cycle from its first to its last, once.
+    // Every device has every cycle from its first to its last, once. The collector was stopped
+    // with DTOs of its last cycles perhaps still in its spool (stopping does not wait for the
+    // sender): not lost, but not loaded either, so the check ends before the first of them.
+    let unsent: Option<i64> = outbox_ids(dir.path()).iter().filter_map(|id| id.split('.').nth(2)?.parse().ok()).min();
     let availability = cycles_by_device(&shared, "Availability");
-    let (first, last) = availability.values().fold((i64::MAX, i64::MIN), |(lo, hi), c| {
+    let (first, loaded_last) = availability.values().fold((i64::MAX, i64::MIN), |(lo, hi), c| {
         (lo.min(*c.keys().next().unwrap()), hi.max(*c.keys().last().unwrap()))
     });
+    let last = unsent.map_or(loaded_last, |u| loaded_last.min(u - INTERVAL));
+    let availability: BTreeMap<String, BTreeMap<i64, i64>> = availability
+        .into_iter()
+        .map(|(device, cycles)| (device, cycles.into_iter().filter(|(c, _)| *c <= last).collect()))
+        .collect();
     assert!((last - first) / INTERVAL >= 8, "too few cycles: {first}..{last}");
     for (device, cycles) in &availability {
         let expected: BTreeSet<i64> = (first..=last).step_by(INTERVAL as usize).collect();
@@ -171,7 +179,9 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
     let mut per_item: BTreeMap<(String, String), Vec<i64>> = BTreeMap::new();
     for (device, item, cycle, count) in interfaces {
         assert_eq!(count, 1, "{device} {item} cycle {cycle} twice");
-        per_item.entry((device, item)).or_default().push(cycle);
+        if cycle <= last {
+            per_item.entry((device, item)).or_default().push(cycle);
+        }
     }
     assert_eq!(per_item.len(), devices as usize * 3);
     for ((device, item), cycles) in &per_item {
@@ -190,7 +200,7 @@ fn no_cycle_lost_or_duplicated_when_the_aggregator_or_the_collector_dies() {
         ids_per_cycle.entry((parts[1].to_owned(), parts[2].parse().unwrap())).or_default().push(id.clone());
     }
     assert!(ids_per_cycle.values().all(|ids| ids.len() == 1), "{ids_per_cycle:?}");
-    let availability_dtos = ids_per_cycle.keys().filter(|(f, _)| f == "Availability").count() as i64;
+    let availability_dtos = ids_per_cycle.keys().filter(|(f, c)| f == "Availability" && *c <= last).count() as i64;
     assert_eq!(availability_dtos, (last - first) / INTERVAL + 1);
 }
 

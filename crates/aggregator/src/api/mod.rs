@@ -10,6 +10,7 @@ mod ingest;
 mod query;
 
 pub use health::VERSION;
+pub use query::csv_field;
 
 use crate::App;
 use axum::http::{header, HeaderValue, StatusCode};
@@ -29,6 +30,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/items", get(query::items))
         .route("/api/v1/series", get(query::series))
         .route("/api/v1/top", get(query::top))
+        .route("/api/v1/percentile", get(query::percentile))
         .route("/api/v1/thresholds", get(alerts::list_rules).post(alerts::create_rule))
         .route("/api/v1/thresholds/{id}", get(alerts::get_rule).put(alerts::put_rule).delete(alerts::delete_rule))
         .route("/api/v1/events", get(alerts::events))

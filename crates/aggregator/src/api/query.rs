@@ -170,3 +170,75 @@ fn check_family_metric(app: &App, family: &str, metric: &str) -> Result<(), ApiE
     }
     Ok(())
 }
+
+/// `GET /api/v1/percentile?family=&device=&item=&metric=&from=&to=&p=95[&format=csv]`: the
+/// nearest-rank percentile of the raw samples in the range (the monthly traffic report).
+pub async fn percentile(
+    State(app): State<Arc<App>>,
+    Query(params): Params,
+) -> Result<axum::response::Response, ApiError> {
+    use axum::response::IntoResponse;
+    require_active(&app)?;
+    let family = required(&params, "family")?.to_owned();
+    let device = required(&params, "device")?.to_owned();
+    let item = required(&params, "item")?.to_owned();
+    let metric = required(&params, "metric")?.to_owned();
+    let (from, to) = range(&params)?;
+    let p: f64 =
+        match params.get("p") {
+            None => 95.0,
+            Some(v) => v.parse().ok().filter(|p: &f64| *p > 0.0 && *p <= 100.0).ok_or_else(|| {
+                ApiError::bad_request(format!("p: {v:?} is not a percentile above 0 and at most 100"))
+            })?,
+        };
+    let csv = match params.get("format").map(String::as_str) {
+        None | Some("json") => false,
+        Some("csv") => true,
+        Some(other) => return Err(ApiError::bad_request(format!("format: {other:?} is not json or csv"))),
+    };
+    check_family_metric(&app, &family, &metric)?;
+    let query = SeriesQuery {
+        family: family.clone(),
+        device: device.clone(),
+        item: item.clone(),
+        metric: metric.clone(),
+        from,
+        to,
+        resolution: Resolution::Raw,
+    };
+    let repo = app.repo.clone();
+    let series = blocking(move || repo.series(&query)).await??;
+    let mut values: Vec<f64> = match series {
+        Series::Raw(points) => points.into_iter().map(|(_, v)| v).collect(),
+        Series::Rollup(_) => Vec::new(),
+    };
+    let samples = values.len();
+    let value = pollux_model::percentile::nearest_rank(&mut values, p);
+    if csv {
+        let value = value.map_or(String::new(), |v| v.to_string());
+        let text = format!(
+            "family,device,item,metric,from,to,p,samples,value\n{},{},{},{},{from},{to},{p},{samples},{value}\n",
+            csv_field(&family),
+            csv_field(&device),
+            csv_field(&item),
+            csv_field(&metric)
+        );
+        return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response());
+    }
+    Ok(Json(json!({
+        "family": family, "device": device, "item": item, "metric": metric, "from": from, "to": to,
+        "p": p, "value": value, "samples": samples, "rule": "nearest-rank",
+    }))
+    .into_response())
+}
+
+/// A CSV field (RFC 4180), quoted when it must be; a leading `=`, `+`, `-` or `@` is quoted
+/// with a `'` so a spreadsheet does not run it as a formula.
+pub fn csv_field(text: &str) -> String {
+    let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_owned() };
+    if text.contains([',', '"', '\n', '\r']) {
+        format!("\"{}\"", text.replace('"', "\"\""))
+    } else {
+        text
+    }
+}

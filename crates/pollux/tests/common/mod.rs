@@ -4,6 +4,7 @@
 //! Every wait has a deadline; every process started is killed (by pid) when its handle drops.
 #![allow(dead_code)]
 
+pub mod browser;
 pub mod cluster;
 pub mod receiver;
 pub mod snmp;

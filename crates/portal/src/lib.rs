@@ -1,0 +1,100 @@
+//! The portal: HTML pages served by the active aggregator, so through the proxy they follow
+//! every failover.
+//!
+//! ```text
+//!   /                      System Status (refreshes itself from /portal/status every 2 s)
+//!   /devices?q=            devices, searchable, with availability, response time, worst utilization
+//!   /devices/{name}        a device's items, charts of a chosen interface, CPU, memory, availability
+//!   /top                   interfaces by utilization or bps over a range
+//!   /events, /rules        threshold events (acknowledge) and rules (create, delete)
+//!   /reports/percentile    the monthly 95th percentile of every interface, as a page or CSV
+//! ```
+//!
+//! Pages are rendered on the server from the same types the JSON API serves ([`SystemStatus`],
+//! the repository's series and events); charts are SVG drawn here ([`chart`]). The little
+//! JavaScript there is (`/portal/app.js`) refreshes the status, and posts acknowledgements and
+//! rule changes to the JSON API. Every asset is in the binary.
+#![forbid(unsafe_code)]
+
+pub mod chart;
+pub mod html;
+mod pages;
+
+use axum::http::{header, StatusCode};
+use axum::response::{Html, IntoResponse, Response};
+use axum::routing::get;
+use axum::Router;
+use pollux_aggregator::App;
+use std::sync::Arc;
+
+pub use pollux_aggregator::status::SystemStatus;
+
+const CSS: &str = include_str!("../assets/app.css");
+const JS: &str = include_str!("../assets/app.js");
+
+/// The portal's routes, to merge into the aggregator's router.
+pub fn router(app: Arc<App>) -> Router {
+    Router::new()
+        .route("/", get(pages::status_page))
+        .route("/portal/status", get(pages::status_fragment))
+        .route("/devices", get(pages::devices))
+        .route("/devices/{name}", get(pages::device))
+        .route("/top", get(pages::top))
+        .route("/events", get(pages::events))
+        .route("/rules", get(pages::rules))
+        .route("/reports/percentile", get(pages::percentile))
+        .route("/portal/app.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
+        .route("/portal/app.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
+        .with_state(app)
+}
+
+fn asset(content_type: &'static str, body: &'static str) -> Response {
+    ([(header::CONTENT_TYPE, content_type), (header::CACHE_CONTROL, "max-age=300")], body).into_response()
+}
+
+/// A page that could not be served, as a page.
+pub struct PageError {
+    status: StatusCode,
+    message: String,
+}
+
+impl PageError {
+    fn new(status: StatusCode, message: impl Into<String>) -> PageError {
+        PageError { status, message: message.into() }
+    }
+}
+
+impl IntoResponse for PageError {
+    fn into_response(self) -> Response {
+        let title = self.status.canonical_reason().unwrap_or("Error");
+        let body = format!("<p class=\"error\">{}</p>", html::esc(&self.message));
+        (self.status, Html(html::page(title, "", &body))).into_response()
+    }
+}
+
+impl From<pollux_repository::RepoError> for PageError {
+    fn from(e: pollux_repository::RepoError) -> PageError {
+        PageError::new(StatusCode::SERVICE_UNAVAILABLE, format!("repository: {e}"))
+    }
+}
+
+/// Runs repository and file work off the async workers.
+async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> Result<T, PageError> {
+    tokio::task::spawn_blocking(f).await.map_err(|e| PageError::new(StatusCode::INTERNAL_SERVER_ERROR, e.to_string()))
+}
+
+/// Pages other than the status need the ready active (the repository is its to read).
+fn require_active(app: &App) -> Result<(), PageError> {
+    if app.node.active_epoch().is_some() {
+        return Ok(());
+    }
+    let state = app.node.state();
+    let to = app.node.active_url().map_or(String::new(), |u| format!(" The active is at {u}."));
+    Err(PageError::new(
+        StatusCode::SERVICE_UNAVAILABLE,
+        format!(
+            "This aggregator is {}, not the ready active.{to} Open the portal through the proxy.",
+            state.role.name()
+        ),
+    ))
+}

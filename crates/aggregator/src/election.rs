@@ -53,7 +53,13 @@ pub fn run(
             tracing::warn!(error = %e, "lease not readable");
         }
         // An operator (or the other node's API) puts this node into maintenance with a file.
-        let maintenance = runtime.app.shared.in_maintenance(&runtime.app.node.id);
+        let maintenance = match runtime.app.shared.in_maintenance(&runtime.app.node.id) {
+            Ok(on) => on,
+            Err(e) => {
+                tracing::warn!(error = %e, "maintenance flag unreadable; keeping the state");
+                runtime.elector.in_maintenance()
+            }
+        };
         if maintenance != runtime.elector.in_maintenance() {
             tracing::warn!(
                 maintenance,

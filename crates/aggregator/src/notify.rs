@@ -70,7 +70,7 @@ impl NotifyHealth {
             .into_iter()
             .map(|(kind, url)| ReceiverStatus {
                 kind,
-                url,
+                url: redact(&url),
                 delivered: 0,
                 failures: 0,
                 last_ok_ms: None,
@@ -89,6 +89,18 @@ impl NotifyHealth {
         if let Some(r) = self.receivers.lock().expect("notify health").get_mut(index) {
             f(r);
         }
+    }
+}
+
+/// A URL as the status shows it: without `user:password@`.
+fn redact(url: &str) -> String {
+    match url.split_once("://") {
+        Some((scheme, rest)) => {
+            let (authority, path) = rest.split_at(rest.find('/').unwrap_or(rest.len()));
+            let host = authority.rsplit_once('@').map_or(authority, |(_, host)| host);
+            format!("{scheme}://{host}{path}")
+        }
+        None => url.to_owned(),
     }
 }
 
@@ -153,7 +165,7 @@ pub fn run(app: Arc<App>, term: Arc<Term>) {
                 deliver(&app, &agent, term.epoch, r, &cursors)?;
             }
             if last_resend.is_none_or(|t| t.elapsed() >= config.resend_interval) {
-                resend_open(&app, &agent, &mut receivers)?;
+                resend_open(&app, &agent, term.epoch, &mut receivers)?;
                 last_resend = Some(Instant::now());
             }
             Ok(())
@@ -179,7 +191,7 @@ fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors
         let entries = app.repo.outbox(&r.cursor, BATCH)?;
         let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
         let body = match r.kind {
-            Kind::Alertmanager => Value::Array(entries.iter().map(|e| alert(app, &e.event, e.transition)).collect()),
+            Kind::Alertmanager => Value::Array(entries.iter().map(|e| alert(app, &e.event)).collect()),
             Kind::Webhook => webhook_body(app, &entries),
         };
         match post(agent, r, &body) {
@@ -201,7 +213,7 @@ fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors
 }
 
 /// Sends every open event to each Alertmanager again.
-fn resend_open(app: &App, agent: &ureq::Agent, receivers: &mut [Receiver]) -> Result<(), RepoError> {
+fn resend_open(app: &App, agent: &ureq::Agent, epoch: u64, receivers: &mut [Receiver]) -> Result<(), RepoError> {
     if !receivers.iter().any(|r| r.kind == Kind::Alertmanager) {
         return Ok(());
     }
@@ -221,7 +233,12 @@ fn resend_open(app: &App, agent: &ureq::Agent, receivers: &mut [Receiver]) -> Re
     }
     for r in receivers.iter_mut().filter(|r| r.kind == Kind::Alertmanager && r.next_try <= Instant::now()) {
         for chunk in open.chunks(BATCH) {
-            let body = Value::Array(chunk.iter().map(|e| alert(app, e, EventState::Open)).collect());
+            // A resend is a read, not a fenced write: a node deposed (or frozen and resumed)
+            // meanwhile must not post an open alert after its successor sent the clear.
+            if app.node.active_epoch() != Some(epoch) {
+                return Ok(());
+            }
+            let body = Value::Array(chunk.iter().map(|e| alert(app, e)).collect());
             if let Err(problem) = post(agent, r, &body) {
                 failed(app, r, problem);
                 break;
@@ -257,11 +274,12 @@ fn post(agent: &ureq::Agent, r: &Receiver, body: &Value) -> Result<(), String> {
 
 /// An Alertmanager alert (API v2 `postableAlert`). The event id is a label, so each event is
 /// its own alert and a resend is recognised as the same one.
-fn alert(app: &App, e: &Event, transition: EventState) -> Value {
-    let ends_at = match (transition, e.cleared_at) {
-        (EventState::Cleared, Some(at)) => at,
+fn alert(app: &App, e: &Event) -> Value {
+    let ends_at = match e.cleared_at {
+        // Cleared, even if this is its opening sent late: never revive a resolved alert.
+        Some(at) => at,
         // Open: valid a while beyond the next resend, so Alertmanager keeps it active.
-        _ => crate::unix_now() + 4 * app.config.notify.resend_interval.as_secs() as i64,
+        None => crate::unix_now() + 4 * app.config.notify.resend_interval.as_secs() as i64,
     };
     json!({
         "labels": {
@@ -317,6 +335,12 @@ pub fn rfc3339(ts: i64) -> String {
 
 #[cfg(test)]
 mod tests {
+    #[test]
+    fn credentials_are_not_shown() {
+        assert_eq!(super::redact("http://bob:secret@am.example.net:9093/x"), "http://am.example.net:9093/x");
+        assert_eq!(super::redact("http://am:9093"), "http://am:9093");
+    }
+
     #[test]
     fn rfc3339_dates() {
         assert_eq!(super::rfc3339(0), "1970-01-01T00:00:00Z");

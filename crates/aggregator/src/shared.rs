@@ -150,8 +150,17 @@ impl SharedDir {
 
     /// Whether `node` is in maintenance: a file `election/maintenance/<node>` says so, so the
     /// state survives restarts and either node can set it for the other.
-    pub fn in_maintenance(&self, node: &str) -> bool {
-        self.election_dir().join("maintenance").join(node).exists()
+    /// An error (an NFS server away) is an error, not "no": the caller keeps what it knew.
+    pub fn in_maintenance(&self, node: &str) -> std::io::Result<bool> {
+        self.election_dir().join("maintenance").join(node).try_exists()
+    }
+
+    /// The nodes whose maintenance file exists.
+    pub fn nodes_in_maintenance(&self) -> Vec<String> {
+        let Ok(entries) = fs::read_dir(self.election_dir().join("maintenance")) else { return Vec::new() };
+        let mut nodes: Vec<String> = entries.filter_map(|e| e.ok()?.file_name().into_string().ok()).collect();
+        nodes.sort();
+        nodes
     }
 
     /// Puts `node` into maintenance or takes it out (durably: the directory is synced).

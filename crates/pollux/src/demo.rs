@@ -315,6 +315,7 @@ impl Demo {
             }
             for p in &mut self.procs {
                 if let Some(Ok(Some(status))) = p.child.as_mut().map(Child::try_wait) {
+                    p.child = None;
                     anyhow::bail!(
                         "{} exited ({status}) while waiting for {what}; see {}",
                         p.name,

@@ -451,8 +451,13 @@ fn check_the_other_aggregator(answers: &Answers) -> Result<(), String> {
     Ok(())
 }
 
+/// A TOML string literal (quotes, backslashes and control characters escaped as TOML wants).
+fn toml_string(s: &str) -> String {
+    toml::Value::String(s.to_owned()).to_string()
+}
+
 fn config_text(role: RoleArg, a: &Answers) -> String {
-    let q = |s: &str| format!("{s:?}");
+    let q = |s: &str| toml_string(s);
     let mut out = format!("# Written by pollux init {} (role {}).\n", env!("CARGO_PKG_VERSION"), role.name());
     match role {
         RoleArg::Aggregator => {
@@ -483,7 +488,7 @@ fn unit_text(role: RoleArg, config: &Path) -> String {
     let exe = std::env::current_exe().map_or_else(|_| "/usr/local/bin/pollux".into(), |p| p.display().to_string());
     format!(
         "[Unit]\nDescription=Pollux {role}\nAfter=network-online.target\nWants=network-online.target\n\n\
-         [Service]\nExecStart={exe} {role} --config {config}\nRestart=on-failure\nRestartSec=2\n\
+         [Service]\nExecStart=\"{exe}\" {role} --config \"{config}\"\nRestart=on-failure\nRestartSec=2\n\
          LimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
         role = role.name(),
         config = config.display()
@@ -518,7 +523,7 @@ fn read_answers(text: &str) -> Result<Answers, String> {
 fn answers_text(answers: &Answers) -> String {
     let mut out = String::from("# pollux init's answers; pollux init --upgrade reuses them.\n[answers]\n");
     for (k, v) in answers {
-        out += &format!("{k} = {v:?}\n");
+        out += &format!("{k} = {}\n", toml_string(v));
     }
     out
 }

@@ -217,6 +217,13 @@ fn rules_are_validated_and_kept_by_the_repository() {
         assert_eq!(status, 400, "{rule}: {body}");
         assert!(body["error"].as_str().unwrap().contains(field), "{rule}: {body}");
     }
+    // A body not declared JSON is refused: a form on another site cannot create a rule.
+    let forged = ureq::Agent::new_with_config(ureq::Agent::config_builder().http_status_as_error(false).build())
+        .post(&url)
+        .header("content-type", "text/plain")
+        .send(good.to_string())
+        .unwrap();
+    assert_eq!(forged.status(), 415);
     let (status, created) = send("POST", &url, Some(&good));
     assert_eq!((status, created["for_polls"].as_u64(), created["severity"].as_str()), (201, Some(1), Some("warning")));
     let id = created["id"].as_i64().unwrap();

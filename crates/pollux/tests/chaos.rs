@@ -279,6 +279,10 @@ fn maintenance_hands_over_and_keeps_the_node_off_the_lease() {
     // da2 is the active now, and da1 would not take over: refused without --force.
     let (ok, text) = pollux(&["maintenance", "on", "--url", &c.proxy.url]);
     assert!(!ok && text.contains("409") && text.contains("no healthy standby"), "{text}");
+    // "off" through the proxy reaches da2, which is not the one in maintenance: refused,
+    // naming da1, rather than a reassuring no-op.
+    let (ok, text) = pollux(&["maintenance", "off", "--url", &c.proxy.url]);
+    assert!(!ok && text.contains("409") && text.contains("da1 is"), "{text}");
     let acked = load.stop();
     // With da2 gone, da1 stays off the lease: no active, and the status says why.
     c.kill9(1);

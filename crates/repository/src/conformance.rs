@@ -35,7 +35,8 @@ macro_rules! conformance_tests {
             late_data_settles_before_it_is_rolled, family_names_never_share_tables,
             digests_are_kept, records_under_two_ids_are_counted, an_event_commits_with_its_data,
             a_fenced_load_writes_no_event, rule_changes_clear_open_events, late_polls_are_not_evaluated,
-            baselines_come_from_past_weeks, the_outbox_delivers_in_order_and_is_bounded);
+            baselines_come_from_past_weeks, the_outbox_delivers_in_order_and_is_bounded,
+            a_failed_batch_leaves_no_rule_match_behind);
     };
     (@each $make:expr; $($check:ident),*) => {
         $(
@@ -634,6 +635,26 @@ pub fn the_outbox_delivers_in_order_and_is_bounded(repo: &dyn Repository) {
     repo.delivered(1, Some(("hook", all[11].seq)), &receivers).unwrap();
     assert_eq!(repo.stats().unwrap().outbox_depth, 7);
     assert!(matches!(repo.delivered(9, Some(("am", 1)), &receivers), Err(RepoError::Fenced { .. })));
+    // A node configured with no receivers keeps what the other node's receivers have not had.
     repo.delivered(1, None, &[]).unwrap();
-    assert_eq!(repo.stats().unwrap().outbox_depth, 0, "with no receivers nothing is kept");
+    assert_eq!(repo.stats().unwrap().outbox_depth, 7, "kept for the receivers with a place");
+    repo.delivered(1, Some(("am", all[11].seq)), &[]).unwrap();
+    assert_eq!(repo.stats().unwrap().outbox_depth, 0, "every receiver has had everything");
+}
+
+/// Item ids of a batch that failed are handed out again: what the failed batch learnt about
+/// them (which rules apply) must not stick to the next items that get them.
+pub fn a_failed_batch_leaves_no_rule_match_behind(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let mut spec = rule(">", 100.0, 1);
+    spec.device = Some("xa".into());
+    repo.create_rule(1, &spec).unwrap();
+    let mut bad = dto("bad", T0, &[("r2", "ge-0", 1.0)]);
+    bad.metrics[1] = "no_such_metric".into();
+    assert!(repo.load(1, &[dto("x", T0, &[("xa", "ge-0", 500.0)]), bad]).is_err());
+    // Another device takes the ids the failed batch used: the rule is not for it.
+    assert_eq!(repo.load(1, &[dto("y", T0, &[("yb", "ge-0", 500.0)])]).unwrap().transitions, 0);
+    assert!(all_events(repo).is_empty());
+    assert_eq!(repo.load(1, &[dto("x", T0 + INTERVAL, &[("xa", "ge-0", 500.0)])]).unwrap().transitions, 1);
+    assert_eq!(all_events(repo)[0].device, "xa");
 }

@@ -4,11 +4,11 @@
 //! own consistency (counts, the clear value's side) and its family and metric against the
 //! catalog. Rules live in the repository, so a new active has them.
 
-use super::{blocking, require_active, ApiError};
+use super::{blocking, require_active, require_json, ApiError};
 use crate::App;
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
-use axum::http::StatusCode;
+use axum::http::{HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pollux_repository::{EventFilter, EventState, Rule, RuleSpec, Severity};
@@ -71,8 +71,9 @@ pub async fn list_rules(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiE
     Ok(Json(json!({ "thresholds": rules.iter().map(rule_json).collect::<Vec<_>>() })))
 }
 
-pub async fn create_rule(State(app): State<Arc<App>>, body: Bytes) -> Result<Response, ApiError> {
+pub async fn create_rule(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
     let epoch = require_active(&app)?;
+    require_json(&headers)?;
     let spec = rule_spec(&app, &body)?;
     let repo = app.repo.clone();
     let rule = blocking(move || repo.create_rule(epoch, &spec)).await??;
@@ -92,9 +93,11 @@ pub async fn get_rule(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
 pub async fn put_rule(
     State(app): State<Arc<App>>,
     Path(id): Path<String>,
+    headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
     let epoch = require_active(&app)?;
+    require_json(&headers)?;
     let id = parse_id(&id)?;
     let spec = rule_spec(&app, &body)?;
     let repo = app.repo.clone();
@@ -183,8 +186,14 @@ struct Ack {
 }
 
 /// `POST /api/v1/events/{id}/ack` with `{"by": "..."}`: the first acknowledgement stands.
-pub async fn ack(State(app): State<Arc<App>>, Path(id): Path<String>, body: Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn ack(
+    State(app): State<Arc<App>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Json<Value>, ApiError> {
     let epoch = require_active(&app)?;
+    require_json(&headers)?;
     let id = parse_id(&id)?;
     let ack: Ack = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     let by = ack.by.trim().to_owned();

@@ -78,9 +78,15 @@ const HANDOVER_WAIT: Duration = Duration::from_secs(15);
 /// `POST /api/v1/maintenance`: puts a node into maintenance (it never takes the lease; an
 /// active hands over first) or takes it out. Answers on every node. Refused (409) for the
 /// active when no healthy standby would take over, unless `force`.
-pub async fn maintenance(State(app): State<Arc<App>>, body: axum::body::Bytes) -> Result<Json<Value>, ApiError> {
+pub async fn maintenance(
+    State(app): State<Arc<App>>,
+    headers: axum::http::HeaderMap,
+    body: axum::body::Bytes,
+) -> Result<Json<Value>, ApiError> {
+    super::require_json(&headers)?;
     let request: MaintenanceRequest =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
+    let named = request.node.is_some();
     let node = request.node.unwrap_or_else(|| app.node.id.clone());
     if !crate::config::valid_node_id(&node) {
         return Err(ApiError::bad_request(format!("node: {node:?} is not a node id")));
@@ -94,6 +100,17 @@ pub async fn maintenance(State(app): State<Arc<App>>, body: axum::body::Bytes) -
         let fresh = |s: &Value| s["updated_at_ms"].as_i64().is_some_and(|t| now_ms - t < failwait_ms);
         if node != app.node.id && !statuses.iter().any(|(id, _)| *id == node) && request.on {
             return Err(ApiError::new(StatusCode::NOT_FOUND, format!("no aggregator named {node:?} has reported")));
+        }
+        // "off" for "whichever node answered" is a mistake through the proxy: the node in
+        // maintenance is not the one answering. Name the node then.
+        if !request.on && !named && !app.shared.in_maintenance(&node).unwrap_or(false) {
+            let waiting = app.shared.nodes_in_maintenance();
+            if !waiting.is_empty() {
+                return Err(ApiError::new(
+                    StatusCode::CONFLICT,
+                    format!("{node} is not in maintenance; {} is: name it (--node)", waiting.join(", ")),
+                ));
+            }
         }
         let holds = |lease: &Option<pollux_election::Lease>| {
             lease.as_ref().is_some_and(|l| l.holder == node && l.state != pollux_election::LeaseState::Released)

@@ -119,6 +119,20 @@ impl IntoResponse for ApiError {
     }
 }
 
+/// Refuses a state-changing request whose body is not declared JSON (415). A browser sends
+/// `application/json` only from a script of the same origin (anything else needs a CORS
+/// preflight the API never grants), so a page elsewhere cannot post a form that happens to be
+/// valid JSON and create a rule or acknowledge an event (cross-site request forgery).
+pub(crate) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiError> {
+    let media = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
+    let media = media.split(';').next().unwrap_or("").trim();
+    if media.eq_ignore_ascii_case("application/json") {
+        Ok(())
+    } else {
+        Err(ApiError::new(StatusCode::UNSUPPORTED_MEDIA_TYPE, format!("content type {media:?}: send application/json")))
+    }
+}
+
 /// The epoch of this node if it is the ready active, else the 503 answer.
 fn require_active(app: &App) -> Result<Epoch, ApiError> {
     app.node.active_epoch().ok_or_else(|| ApiError::unavailable(app))

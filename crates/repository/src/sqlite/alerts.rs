@@ -62,6 +62,9 @@ pub(crate) struct Alerting {
     /// The rules (indexes into the family's list) that apply to an item, by item id: records
     /// come in item order, so this is read almost sequentially.
     matches: Vec<Option<Box<[u32]>>>,
+    /// Item ids whose matches the transaction in progress cached: forgotten unless it commits,
+    /// since SQLite hands a rolled-back id out again (to another device, maybe another family).
+    matched_uncommitted: Vec<usize>,
     states: Option<IdMap<PairKey, State>>,
     baselines: HashMap<(i64, u32, i64), Option<Baseline>>,
 }
@@ -103,6 +106,12 @@ pub(crate) type Overlay = IdMap<PairKey, Option<State>>;
 impl Alerting {
     /// Brings the rules and states up to date within the load transaction.
     pub(crate) fn refresh(&mut self, tx: &Transaction<'_>) -> Result<()> {
+        // What a transaction that did not commit cached goes.
+        for slot in self.matched_uncommitted.drain(..) {
+            if let Some(m) = self.matches.get_mut(slot) {
+                *m = None;
+            }
+        }
         let version = rules_version(tx)?;
         if self.version != Some(version) {
             let mut rules: HashMap<String, Vec<Rule>> = HashMap::new();
@@ -130,6 +139,7 @@ impl Alerting {
 
     /// Merges what a committed transaction wrote.
     pub(crate) fn commit(&mut self, overlay: Overlay) {
+        self.matched_uncommitted.clear();
         let Some(states) = &mut self.states else { return };
         for (key, state) in overlay {
             match state {
@@ -166,6 +176,7 @@ impl Alerting {
             None => {
                 compute(out);
                 self.matches[slot] = Some(out.clone().into_boxed_slice());
+                self.matched_uncommitted.push(slot);
             }
         }
     }
@@ -228,10 +239,11 @@ pub(crate) fn evaluate_dto(
     if positions.iter().all(Option::is_none) {
         return Ok(());
     }
-    // Late data: a DTO older than what its collector already had evaluated for the family.
+    // Late data: a DTO older than what its collector already had evaluated for the family at
+    // that poll interval (a collector polls each interval as a group of its own, at its pace).
     let watermark: Option<i64> = tx
-        .prepare_cached("SELECT cycle FROM eval_watermark WHERE family = ?1 AND collector = ?2")?
-        .query_row([&family.name, &dto.collector], |r| r.get(0))
+        .prepare_cached("SELECT cycle FROM eval_watermark WHERE family = ?1 AND collector = ?2 AND interval = ?3")?
+        .query_row(params![family.name, dto.collector, dto.interval], |r| r.get(0))
         .optional()?;
     if watermark.is_some_and(|w| dto.cycle < w) {
         report.late += 1;
@@ -239,17 +251,17 @@ pub(crate) fn evaluate_dto(
     }
     if watermark != Some(dto.cycle) {
         tx.prepare_cached(
-            "INSERT INTO eval_watermark (family, collector, cycle) VALUES (?1, ?2, ?3)
+            "INSERT INTO eval_watermark (family, collector, interval, cycle) VALUES (?1, ?2, ?3, ?4)
              ON CONFLICT DO UPDATE SET cycle = excluded.cycle",
         )?
-        .execute(params![family.name, dto.collector, dto.cycle])?;
+        .execute(params![family.name, dto.collector, dto.interval, dto.cycle])?;
     }
     let mut matched = Vec::new();
     for &(item_id, index) in rows {
         let record = &dto.records[index];
         alerting.matching(item_id, &rules, &record.device, &record.item, &mut matched);
         for &r in &matched {
-            let rule = &rules.list[r as usize];
+            let Some(rule) = rules.list.get(r as usize) else { continue };
             let Some(value) = positions[r as usize].and_then(|p| record.values[p]) else { continue };
             let key = (rule.id, item_id);
             let old = match overlay.get(&key) {
@@ -413,10 +425,21 @@ fn parse_rule((id, spec): (i64, String)) -> Result<Rule> {
     Ok(Rule { id, spec })
 }
 
+/// Every rule this release can read. One it cannot (written by a newer release, with a field
+/// this one does not know) is skipped and logged: it must not stop every load.
 fn read_rules(c: &Connection) -> Result<Vec<Rule>> {
     let mut stmt = c.prepare("SELECT id, spec FROM rules ORDER BY id")?;
     let rows = stmt.query_map([], rule_from_row)?.collect::<Result<Vec<_>, _>>()?;
-    rows.into_iter().map(parse_rule).collect()
+    Ok(rows
+        .into_iter()
+        .filter_map(|row| match parse_rule(row) {
+            Ok(rule) => Some(rule),
+            Err(e) => {
+                tracing::error!(error = %e, "threshold rule skipped");
+                None
+            }
+        })
+        .collect())
 }
 
 const EVENT_COLUMNS: &str = "id, rule_id, rule_name, severity, family, metric, device, item, state, opened_at,
@@ -616,12 +639,17 @@ impl SqliteRepository {
                 params![name, seq],
             )?;
         }
+        // Kept until every receiver has had it: this node's (one without a cursor yet has had
+        // nothing) and every one that ever had something, which the other aggregator may
+        // deliver to. A receiver removed for good holds entries back until outbox_max drops them.
         let mut all_had = i64::MAX;
         for r in receivers {
             let seq: Option<i64> =
                 tx.query_row("SELECT seq FROM notify_cursors WHERE receiver = ?1", [r], |row| row.get(0)).optional()?;
             all_had = all_had.min(seq.unwrap_or(0));
         }
+        let known: Option<i64> = tx.query_row("SELECT min(seq) FROM notify_cursors", [], |row| row.get(0))?;
+        all_had = all_had.min(known.unwrap_or(i64::MAX));
         tx.execute("DELETE FROM outbox WHERE seq <= ?1", [all_had])?;
         tx.commit()?;
         Ok(())

@@ -174,8 +174,8 @@ CREATE TABLE IF NOT EXISTS rule_state (
     history INTEGER NOT NULL, event_id INTEGER, peak REAL, clear_run INTEGER NOT NULL,
     PRIMARY KEY (rule_id, item_id)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS eval_watermark (
-    family TEXT NOT NULL, collector TEXT NOT NULL, cycle INTEGER NOT NULL,
-    PRIMARY KEY (family, collector)) WITHOUT ROWID;
+    family TEXT NOT NULL, collector TEXT NOT NULL, interval INTEGER NOT NULL, cycle INTEGER NOT NULL,
+    PRIMARY KEY (family, collector, interval)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS events (
     id INTEGER PRIMARY KEY AUTOINCREMENT, rule_id INTEGER NOT NULL, rule_name TEXT NOT NULL,
     severity TEXT NOT NULL, family TEXT NOT NULL, metric TEXT NOT NULL, device TEXT NOT NULL,

@@ -180,7 +180,7 @@ pub fn run(items: usize, hours: usize) -> anyhow::Result<()> {
 fn portal_pages(url: &str, devices: usize, timed: &dyn Fn(String) -> anyhow::Result<f64>) -> anyhow::Result<()> {
     let mut rng = Rng::new(13);
     let month = {
-        let (y, m) = crate::util::year_month(util::unix_now());
+        let (y, m, _, _) = pollux_model::period::civil(util::unix_now());
         format!("{y}-{m:02}")
     };
     let device = move |rng: &mut Rng| format!("rtr-{:05}", rng.next() as usize % devices);

@@ -128,3 +128,29 @@ mod tests {
         assert_eq!(Resolution::auto(3 * 366 * DAY), Resolution::Week);
     }
 }
+
+/// The UTC calendar date of Unix seconds `ts`: (year, month 1-12, day 1-31) and the seconds
+/// into that day (H. Hinnant's civil-from-days).
+pub fn civil(ts: UnixSeconds) -> (i64, i64, i64, i64) {
+    let (days, secs) = (ts.div_euclid(86_400), ts.rem_euclid(86_400));
+    let z = days + 719_468;
+    let era = z.div_euclid(146_097);
+    let doe = z - era * 146_097;
+    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
+    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
+    let mp = (5 * doy + 2) / 153;
+    let day = doy - (153 * mp + 2) / 5 + 1;
+    let month = if mp < 10 { mp + 3 } else { mp - 9 };
+    (yoe + era * 400 + i64::from(month <= 2), month, day, secs)
+}
+
+#[cfg(test)]
+mod civil_tests {
+    #[test]
+    fn dates() {
+        assert_eq!(super::civil(0), (1970, 1, 1, 0));
+        assert_eq!(super::civil(951_782_400), (2000, 2, 29, 0));
+        assert_eq!(super::civil(1_796_175_045), (2026, 12, 2, 5445));
+        assert_eq!(super::civil(-1), (1969, 12, 31, 86_399));
+    }
+}

@@ -651,16 +651,8 @@ pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> R
 }
 
 fn current_month() -> (i64, i64) {
-    let days = now().div_euclid(86_400);
-    // Civil from days (H. Hinnant), year and month only.
-    let z = days + 719_468;
-    let era = z.div_euclid(146_097);
-    let doe = z - era * 146_097;
-    let yoe = (doe - doe / 1460 + doe / 36_524 - doe / 146_096) / 365;
-    let doy = doe - (365 * yoe + yoe / 4 - yoe / 100);
-    let mp = (5 * doy + 2) / 153;
-    let m = if mp < 10 { mp + 3 } else { mp - 9 };
-    (yoe + era * 400 + i64::from(m <= 2), m)
+    let (year, month, _, _) = pollux_model::period::civil(now());
+    (year, month)
 }
 
 #[cfg(test)]

@@ -38,11 +38,23 @@ pub struct Browser {
 }
 
 impl Browser {
+    /// Starts Chromium, three tries: it has been seen to exit at start once in a while here.
     pub fn start() -> Browser {
-        assert!(
-            std::path::Path::new(CHROMIUM).exists(),
-            "{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"
-        );
+        let mut last = String::new();
+        for _ in 0..3 {
+            match Browser::try_start() {
+                Ok(browser) => return browser,
+                Err(e) => last = e,
+            }
+        }
+        panic!("{last}")
+    }
+
+    /// Starts Chromium; an error says why it did not come up.
+    pub fn try_start() -> Result<Browser, String> {
+        if !std::path::Path::new(CHROMIUM).exists() {
+            return Err(format!("{CHROMIUM} is missing: apt-get install chromium (.ci/run does)"));
+        }
         let profile = tempfile::tempdir().unwrap();
         let mut child = chromium()
             .args(["--headless=new", "--no-sandbox", "--disable-gpu", "--disable-dev-shm-usage", "--no-first-run"])
@@ -63,7 +75,10 @@ impl Browser {
                 }
             }
         });
-        let browser_url = rx.recv_timeout(Duration::from_secs(30)).expect("chromium's DevTools address");
+        let Ok(browser_url) = rx.recv_timeout(Duration::from_secs(30)) else {
+            let _ = child.kill();
+            return Err(format!("chromium exited or gave no DevTools address: {:?}", child.wait()));
+        };
         let port = browser_url.trim_start_matches("ws://").split(['/', ':']).nth(1).unwrap().to_owned();
         // The page target's own socket.
         let deadline = Instant::now() + Duration::from_secs(10);
@@ -87,7 +102,7 @@ impl Browser {
         let mut browser = Browser { child, socket, next_id: 0, errors: Vec::new(), _profile: profile };
         browser.call("Runtime.enable", json!({}));
         browser.call("Page.enable", json!({}));
-        browser
+        Ok(browser)
     }
 
     /// Sends a command and returns its result, noting the events that arrive meanwhile.

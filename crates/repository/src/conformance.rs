@@ -293,9 +293,16 @@ pub fn top_ranks_by_average(repo: &dyn Repository) {
     assert_eq!(names.len(), 3);
     assert_eq!(from_raw[0].avg, 29.0 + 5.5);
     assert!(from_raw.windows(2).all(|w| w[0].avg >= w[1].avg));
+    // A range not on hour boundaries is read from raw data: the same before and after its
+    // cycles are compacted into the item-ordered history.
+    let unaligned = TopQuery { from: T0 + 60, to: T0 + 3660, ..query.clone() };
+    let recent = repo.top(&unaligned).unwrap();
     while repo.roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 100).unwrap().more {}
     let from_rollups = repo.top(&query).unwrap();
     assert_eq!(from_rollups, from_raw, "hourly rollups rank exactly as raw data");
+    while repo.compact(1, NOW, 100).unwrap().more {}
+    assert_eq!(repo.top(&unaligned).unwrap(), recent, "compacted data ranks as it did");
+    assert_eq!(recent.len(), 3);
 }
 
 pub fn items_and_devices(repo: &dyn Repository) {

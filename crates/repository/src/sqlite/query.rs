@@ -7,7 +7,7 @@ use crate::{
 };
 use pollux_model::Digest;
 use pollux_model::Resolution;
-use rusqlite::{params, Connection, OptionalExtension};
+use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
 pub(crate) fn loaded_dto(c: &Connection, id: &str) -> Result<Option<LoadedDto>> {
     Ok(c.prepare_cached(
@@ -160,6 +160,8 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
             pending == 0
         };
     let single_period = q.to - q.from == hour;
+    // The history part of the raw form names the family as ?4.
+    let mut family_param = false;
     let sql = if rolled && single_period {
         // One period: no grouping, a scan of the period's rows into a top-n sorter.
         format!(
@@ -178,26 +180,42 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
             table = family.rollup(Resolution::Hour)
         )
     } else {
-        let max_interval: i64 =
-            c.query_row("SELECT max_interval FROM family_state WHERE family = ?1", [&family.name], |r| r.get(0))?;
+        let (watermark, max_interval): (i64, i64) =
+            c.query_row("SELECT watermark, max_interval FROM family_state WHERE family = ?1", [&family.name], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+        let span = 2 * max_interval;
+        // The item-ordered history is read only when part of the range was compacted into it:
+        // scanning it costs a seek per item, seconds on 100,000 items, for nothing otherwise.
+        let history = if watermark > q.from - span {
+            family_param = true;
+            format!(
+                "UNION ALL
+                 SELECT item_id, \"{column}\" FROM {raw}
+                 WHERE item_id IN (SELECT id FROM items WHERE family = ?4)
+                   AND cycle > ?1 - {span} AND cycle < ?2 AND ts >= ?1 AND ts < ?2",
+                raw = family.raw()
+            )
+        } else {
+            String::new()
+        };
         format!(
             "SELECT item_id, avg(v) AS avg, min(v), max(v), count(v) FROM (
                 SELECT item_id, \"{column}\" AS v FROM {recent}
                 WHERE cycle > ?1 - {span} AND cycle < ?2 AND ts >= ?1 AND ts < ?2
-                UNION ALL
-                SELECT item_id, \"{column}\" FROM {raw}
-                WHERE item_id IN (SELECT id FROM items WHERE family = '{family}')
-                  AND cycle > ?1 - {span} AND cycle < ?2 AND ts >= ?1 AND ts < ?2)
+                {history})
              WHERE v IS NOT NULL GROUP BY item_id ORDER BY avg DESC LIMIT ?3",
-            span = 2 * max_interval,
             recent = family.recent(),
-            raw = family.raw(),
-            family = family.name,
         )
     };
     let mut stmt = c.prepare_cached(&sql)?;
+    let n = q.n as i64;
+    let mut args: Vec<&dyn rusqlite::ToSql> = vec![&q.from, &q.to, &n];
+    if family_param {
+        args.push(&family.name);
+    }
     let rows: Vec<(i64, f64, f64, f64, i64)> = stmt
-        .query_map(params![q.from, q.to, q.n as i64], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
+        .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<Result<_, _>>()?;
     let mut names = c.prepare_cached("SELECT device, item FROM items WHERE id = ?1")?;
     rows.into_iter()

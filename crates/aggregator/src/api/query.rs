@@ -108,21 +108,28 @@ pub async fn items(State(app): State<Arc<App>>, Query(params): Params) -> Result
     Ok(Json(json!({ "items": items, "next_offset": next })))
 }
 
-pub async fn series(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
-    let family = required(&params, "family")?.to_owned();
-    let device = required(&params, "device")?.to_owned();
-    let item = required(&params, "item")?.to_owned();
-    let metric = required(&params, "metric")?.to_owned();
-    let (from, to) = range(&params)?;
+/// The item, metric and range of a series request (`series`, `percentile`), checked; the
+/// resolution is `resolution`'s (default `auto`).
+fn series_query(app: &App, params: &HashMap<String, String>) -> Result<SeriesQuery, ApiError> {
+    let family = required(params, "family")?.to_owned();
+    let device = required(params, "device")?.to_owned();
+    let item = required(params, "item")?.to_owned();
+    let metric = required(params, "metric")?.to_owned();
+    let (from, to) = range(params)?;
     let resolution = match params.get("resolution").map(String::as_str).unwrap_or("auto") {
         "auto" => Resolution::auto(to - from),
         other => Resolution::parse(other).ok_or_else(|| {
             ApiError::bad_request(format!("resolution: {other:?} is not auto, raw, hour, day or week"))
         })?,
     };
-    check_family_metric(&app, &family, &metric)?;
-    let query = SeriesQuery { family, device, item, metric, from, to, resolution };
+    check_family_metric(app, &family, &metric)?;
+    Ok(SeriesQuery { family, device, item, metric, from, to, resolution })
+}
+
+pub async fn series(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app)?;
+    let query = series_query(&app, &params)?;
+    let (from, to, resolution) = (query.from, query.to, query.resolution);
     let repo = app.repo.clone();
     let (query, series) = blocking(move || repo.series(&query).map(|s| (query, s))).await??;
     let points: Vec<Value> = match series {
@@ -179,11 +186,8 @@ pub async fn percentile(
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
     require_active(&app)?;
-    let family = required(&params, "family")?.to_owned();
-    let device = required(&params, "device")?.to_owned();
-    let item = required(&params, "item")?.to_owned();
-    let metric = required(&params, "metric")?.to_owned();
-    let (from, to) = range(&params)?;
+    // Exact: every raw sample, whatever the range.
+    let query = SeriesQuery { resolution: Resolution::Raw, ..series_query(&app, &params)? };
     let p: f64 =
         match params.get("p") {
             None => 95.0,
@@ -196,18 +200,9 @@ pub async fn percentile(
         Some("csv") => true,
         Some(other) => return Err(ApiError::bad_request(format!("format: {other:?} is not json or csv"))),
     };
-    check_family_metric(&app, &family, &metric)?;
-    let query = SeriesQuery {
-        family: family.clone(),
-        device: device.clone(),
-        item: item.clone(),
-        metric: metric.clone(),
-        from,
-        to,
-        resolution: Resolution::Raw,
-    };
     let repo = app.repo.clone();
-    let series = blocking(move || repo.series(&query)).await??;
+    let (query, series) = blocking(move || repo.series(&query).map(|s| (query, s))).await??;
+    let SeriesQuery { family, device, item, metric, from, to, .. } = query;
     let mut values: Vec<f64> = match series {
         Series::Raw(points) => points.into_iter().map(|(_, v)| v).collect(),
         Series::Rollup(_) => Vec::new(),

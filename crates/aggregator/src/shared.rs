@@ -184,17 +184,23 @@ impl SharedDir {
     }
 
     /// Keeps a collector's last report, with when it arrived, so a new active shows it at once.
+    /// `Ok(false)`: a new collector past [`crate::status::MAX_COLLECTORS`], not kept.
     pub fn write_collector_report(
         &self,
         report: &crate::status::CollectorReport,
         received_at_ms: i64,
-    ) -> std::io::Result<()> {
+    ) -> std::io::Result<bool> {
         let dir = self.collectors_dir();
         fs::create_dir_all(&dir)?;
+        let path = dir.join(format!("{}.json", report.id));
+        if !path.try_exists()? && fs::read_dir(&dir)?.count() >= crate::status::MAX_COLLECTORS {
+            return Ok(false);
+        }
         let body = serde_json::json!({"report": report, "received_at_ms": received_at_ms});
         let temp = dir.join(format!(".{}.json.tmp", report.id));
         fs::write(&temp, body.to_string())?;
-        fs::rename(temp, dir.join(format!("{}.json", report.id)))
+        fs::rename(temp, path)?;
+        Ok(true)
     }
 
     /// Every collector's last report and when it arrived, by id.

@@ -22,6 +22,9 @@ use std::time::Duration;
 /// A stored DTO still not loaded after this long means loading is stuck (a family that is not
 /// defined, a DTO the repository refuses): catching up after an outage loads far faster.
 pub const STUCK_AFTER: Duration = Duration::from_secs(300);
+/// Collectors whose reports are kept: a new id past this is refused (every status read lists
+/// them all, and anyone with the ingest token could otherwise invent ids without end).
+pub const MAX_COLLECTORS: usize = 1000;
 /// A collector silent this long is "not connected", as the original marks a Data Collector
 /// down (it reports every 10 s).
 pub const COLLECTOR_DOWN_AFTER: Duration = Duration::from_secs(60);

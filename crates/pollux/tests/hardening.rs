@@ -366,3 +366,24 @@ fn an_unknown_crash_point_is_refused() {
     let err = String::from_utf8_lossy(&out.stderr);
     assert!(err.contains("store.mid_wirte") || err.contains("no crash points"), "{err}");
 }
+
+/// Collector reports are kept per id, so invented ids must not grow the shared directory and
+/// every status read without end: past 1,000 collectors a new id is refused, a known one is not.
+#[test]
+fn collector_reports_are_bounded() {
+    let dir = tempdir();
+    let da = Aggregator::start(dir.path(), &[], &[]);
+    da.wait_active();
+    let report = |id: &str| {
+        let body = serde_json::json!({"id": id, "devices": 1});
+        common::put(&format!("{}/api/v1/collectors/{id}", da.url), "application/json", body.to_string().as_bytes()).0
+    };
+    for i in 0..1000 {
+        assert_eq!(report(&format!("c{i}")), 204, "collector {i}");
+    }
+    assert_eq!(report("one-too-many"), 409);
+    assert_eq!(report("c7"), 204, "a collector already known still reports");
+    let (_, status) = get(&format!("{}/api/v1/status", da.url));
+    assert_eq!(status["collectors"].as_array().map(Vec::len), Some(1000));
+    assert_eq!(report("bad%20id"), 400, "an id is a plain name");
+}

@@ -157,9 +157,18 @@ pub async fn put_collector(
     if bad_age(report.spool_oldest_age_s) || bad_age(report.last_cycle_s) {
         return Err(ApiError::bad_request("spool_oldest_age_s, last_cycle_s: non-negative seconds"));
     }
-    blocking(move || app.shared.write_collector_report(&report, crate::unix_now_ms()))
+    let kept = blocking(move || app.shared.write_collector_report(&report, crate::unix_now_ms()))
         .await?
         .map_err(|e| ApiError::internal("collector report", e))?;
+    if !kept {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "{} collectors report already: remove the file of one that is gone from <shared>/collectors/",
+                crate::status::MAX_COLLECTORS
+            ),
+        ));
+    }
     Ok(StatusCode::NO_CONTENT)
 }
 

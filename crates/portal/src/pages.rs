@@ -203,11 +203,17 @@ struct DeviceSummary {
     utilization: BTreeMap<String, f64>,
 }
 
+/// Interfaces in one CSV response of the percentile report.
+const CSV_PAGE: usize = 2_000;
+
 const SUMMARY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
 fn device_summary(app: &App) -> Arc<DeviceSummary> {
+    // Held while the summary is computed: requests that find it stale meanwhile wait for that
+    // one computation instead of each starting their own (seconds of scans apiece).
     static CACHE: std::sync::Mutex<Option<Arc<DeviceSummary>>> = std::sync::Mutex::new(None);
-    if let Some(s) = CACHE.lock().expect("summary").as_ref().filter(|s| s.at.elapsed() < SUMMARY_TTL) {
+    let mut cache = CACHE.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+    if let Some(s) = cache.as_ref().filter(|s| s.at.elapsed() < SUMMARY_TTL) {
         return s.clone();
     }
     let repo = &app.repo;
@@ -227,7 +233,7 @@ fn device_summary(app: &App) -> Arc<DeviceSummary> {
         response: per_device("Availability", "response_ms", f64::max),
         utilization: per_device("Interface", "in_util", f64::max),
     });
-    *CACHE.lock().expect("summary") = Some(summary.clone());
+    *cache = Some(summary.clone());
     summary
 }
 
@@ -564,7 +570,9 @@ pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> R
     };
     let offset: usize = params.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0).min(1 << 40);
     let csv = params.get("format").is_some_and(|f| f == "csv");
-    let limit = if csv { 100_000 } else { 200 };
+    // Two month-long raw series per interface, ~10 ms: a request is bounded to seconds of a
+    // blocking thread, and the rest is paged (`offset`; the CSV says where next in a header).
+    let limit = if csv { CSV_PAGE } else { 200 };
     let device = params.get("device").filter(|d| !d.is_empty()).cloned();
     let filter_device = device.clone();
     let rows = blocking(move || -> Result<Vec<PercentileRow>, pollux_repository::RepoError> {
@@ -605,11 +613,15 @@ pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> R
             let _ = writeln!(text, "{},{},{month},{n},{},{}", field(d), field(i), v(inb), v(outb));
         }
         let disposition = format!("attachment; filename=\"pollux-p95-{month}.csv\"");
-        return Ok((
+        let mut response = (
             [(header::CONTENT_TYPE, "text/csv; charset=utf-8".to_owned()), (header::CONTENT_DISPOSITION, disposition)],
             text,
         )
-            .into_response());
+            .into_response();
+        if rows.len() == limit {
+            response.headers_mut().insert("x-next-offset", (offset + limit).into());
+        }
+        return Ok(response);
     }
     let days = (to - from) / 86_400;
     let mut body = format!(

@@ -158,6 +158,12 @@ fn an_event_opens_and_clears_exactly_once_across_a_kill_9() {
     assert_eq!(alert["status"]["state"], "active", "{alert}");
     assert_eq!(alert["labels"]["alertname"], "ge0 hot");
     assert_eq!(alert["labels"]["severity"], "critical");
+    // Open alerts are sent again every resend_interval (2 s here), each time with an endsAt
+    // further ahead: Alertmanager never resolves an open event by itself.
+    wait_until(TAKEOVER, "a resend that moves endsAt forward", || {
+        let again = am.alert(id)?;
+        (again["endsAt"].as_str()? > alert["endsAt"].as_str()?).then_some(())
+    });
     // The webhook comes back: the outbox still holds the opening for it.
     hook.refusing.store(false, std::sync::atomic::Ordering::SeqCst);
     wait_until(TAKEOVER, "the webhook to receive the opening", || {

@@ -148,6 +148,17 @@ fn the_demo_shows_data_stops_every_process_and_reuses_its_data() {
     again.until("Ctrl-C stops every process", Duration::from_secs(90));
     assert_eq!(devices(&proxy), DEVICES as usize, "the repository of the first run is reused");
     assert!(again.interrupt().success());
+
+    // A demo killed -9 has no chance to stop its children: they die with it all the same.
+    let mut killed = Demo::start(dir.path(), port, snmp, &[]);
+    killed.until("Ctrl-C stops every process", Duration::from_secs(90));
+    let children = killed.pids();
+    assert_eq!(children.len(), 4);
+    let _ = killed.child.kill();
+    let _ = killed.child.wait();
+    wait_until(Duration::from_secs(10), "the children to die with the demo", || {
+        children.iter().all(|pid| !alive(*pid)).then_some(())
+    });
 }
 
 #[test]

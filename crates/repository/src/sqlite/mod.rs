@@ -583,6 +583,28 @@ mod tests {
 
     crate::conformance_tests!(fresh);
 
+    /// Past `outbox_max`, the oldest notifications are dropped and counted, never the newest.
+    #[test]
+    fn a_full_outbox_drops_its_oldest_and_counts_them() {
+        use crate::conformance::{dto, rule, T0};
+        use crate::Repository;
+        let dir = tempfile::tempdir().unwrap();
+        let options = SqliteOptions { outbox_max: 3, ..SqliteOptions::default() };
+        let repo = SqliteRepository::open(&dir.path().join("repository.sqlite"), options).unwrap();
+        repo.claim_epoch(1, "t").unwrap();
+        repo.ensure_family(1, pollux_model::Catalog::builtin().get("Interface").unwrap()).unwrap();
+        repo.create_rule(1, &rule(">", 100.0, 1)).unwrap();
+        // Four events opened and cleared: eight notifications for a place of three.
+        for k in 0..8i64 {
+            let value = if k % 2 == 0 { 500.0 } else { 0.0 };
+            repo.load(1, &[dto(&format!("d{k}"), T0 + k * 300, &[("r1", "ge-0", value)])]).unwrap();
+        }
+        let stats = repo.stats().unwrap();
+        assert_eq!((stats.outbox_depth, stats.outbox_dropped), (3, 5));
+        let kept: Vec<i64> = repo.outbox("r", 10).unwrap().iter().map(|o| o.seq).collect();
+        assert_eq!(kept, [6, 7, 8], "the newest are kept");
+    }
+
     /// A repository written by the release before thresholds (no sums of squares, no rule
     /// tables) opens, keeps its data, and its new rollups feed baselines.
     #[test]

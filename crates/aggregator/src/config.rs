@@ -130,8 +130,18 @@ pub struct AggregatorConfig {
     /// heartbeat (failwait / 10).
     #[serde(with = "duration::serde_str::option")]
     pub poll_interval: Option<Duration>,
-    /// When set, PUT /api/v1/dto needs `Authorization: Bearer <token>`.
-    pub ingest_token: Option<String>,
+    /// Replaced by `ingest_token_file`; kept only to say so.
+    #[serde(skip_serializing)]
+    pub ingest_token: Option<serde::de::IgnoredAny>,
+    /// Certificate chain and key (PEM) of the HTTPS listener; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates the notifiers trust for https receivers; the system's roots without it.
+    pub ca_file: Option<PathBuf>,
+    /// Token files per route class (see `pollux_transport::auth`); a class without one is open.
+    pub ingest_token_file: Option<PathBuf>,
+    pub admin_token_file: Option<PathBuf>,
+    pub read_token_file: Option<PathBuf>,
     pub max_body_bytes: usize,
     pub max_body_bytes_in_flight: usize,
     pub max_connections: usize,
@@ -165,6 +175,12 @@ impl Default for AggregatorConfig {
             startwait: DEFAULT_STARTWAIT,
             poll_interval: None,
             ingest_token: None,
+            tls_cert: None,
+            tls_key: None,
+            ca_file: None,
+            ingest_token_file: None,
+            admin_token_file: None,
+            read_token_file: None,
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_body_bytes_in_flight: DEFAULT_MAX_BODY_BYTES_IN_FLIGHT,
             max_connections: pollux_transport::DEFAULT_MAX_CONNECTIONS,
@@ -244,8 +260,15 @@ impl AggregatorConfig {
                 format!("{:?} must be 1 to 64 of A-Z a-z 0-9 . _ - and not start with '.'", self.node_id),
             );
         }
-        if self.ingest_token.as_deref().is_some_and(|t| t.trim().is_empty()) {
-            return err("ingest_token", "is empty: remove the key for no token, or set one".into());
+        if self.ingest_token.is_some() {
+            return err(
+                "ingest_token",
+                "tokens are read from files now: write it to a file (mode 600) and set ingest_token_file".into(),
+            );
+        }
+        if self.tls_cert.is_some() != self.tls_key.is_some() {
+            let missing = if self.tls_cert.is_some() { "tls_key" } else { "tls_cert" };
+            return err(missing, "is needed too: HTTPS takes both tls_cert and tls_key".into());
         }
         self.server_limits().validate()?;
         if self.max_body_bytes_in_flight < self.max_body_bytes {
@@ -297,15 +320,12 @@ impl AggregatorConfig {
         for (kind, receivers) in [("alertmanager", &n.alertmanager), ("webhook", &n.webhook)] {
             for (i, r) in receivers.iter().enumerate() {
                 let key = format!("notify.{kind}[{i}].url");
-                if r.url.starts_with("https://") {
-                    return err(&key, format!("{:?}: https receivers are not supported yet; use http://", r.url));
-                }
-                let rest = r.url.strip_prefix("http://").unwrap_or_default();
+                let rest = r.url.strip_prefix("http://").or_else(|| r.url.strip_prefix("https://")).unwrap_or_default();
                 if rest.is_empty()
                     || rest.starts_with('/')
                     || r.url.chars().any(|c| c.is_whitespace() || c.is_control())
                 {
-                    return err(&key, format!("{:?} must be an http:// URL with a host", r.url));
+                    return err(&key, format!("{:?} must be an http:// or https:// URL with a host", r.url));
                 }
             }
         }
@@ -338,7 +358,16 @@ impl AggregatorConfig {
 
     /// The URL this node is reached at.
     pub fn advertise_url(&self) -> String {
-        self.advertise.clone().unwrap_or_else(|| format!("http://{}", self.listen))
+        self.advertise.clone().unwrap_or_else(|| format!("{}://{}", self.scheme(), self.listen))
+    }
+
+    /// `https` once the listener has a certificate.
+    pub fn scheme(&self) -> &'static str {
+        if self.tls_cert.is_some() {
+            "https"
+        } else {
+            "http"
+        }
     }
 }
 
@@ -384,8 +413,10 @@ mod tests {
             let c = AggregatorConfig { node_id: id.into(), ..AggregatorConfig::default() };
             assert_eq!(c.validate().unwrap_err().0, "node_id", "{id:?}");
         }
-        let c = AggregatorConfig::from_toml("ingest_token = \"\"").unwrap();
-        assert_eq!(c.validate().unwrap_err().0, "ingest_token");
+        let c = AggregatorConfig::from_toml("ingest_token = \"s3cret\"").unwrap();
+        assert!(c.validate().unwrap_err().1.contains("ingest_token_file"));
+        let c = AggregatorConfig::from_toml("tls_cert = \"/etc/pollux/da.pem\"").unwrap();
+        assert_eq!(c.validate().unwrap_err().0, "tls_key");
         let c = AggregatorConfig::from_toml("max_connections = 0").unwrap();
         assert_eq!(c.validate().unwrap_err().0, "max_connections");
         let c = AggregatorConfig::from_toml("[[notify.webhook]]\nurl = \"http://\"").unwrap();

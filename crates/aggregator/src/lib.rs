@@ -56,11 +56,20 @@ pub enum StartError {
     Repository { path: String, source: RepoError },
     #[error("http: {0}")]
     Http(std::io::Error),
+    /// A TLS or token file named by the configuration cannot be used.
+    #[error("{0}: {1}")]
+    Security(String, String),
 }
 
 /// Everything the HTTP handlers and worker threads share.
 pub struct App {
     pub config: AggregatorConfig,
+    /// The token of each route class (see `api::auth`).
+    pub tokens: pollux_transport::auth::Tokens,
+    /// The listener's certificate, when it speaks HTTPS.
+    pub tls: Option<pollux_transport::ServerTls>,
+    /// What the notifiers trust.
+    pub client_tls: pollux_transport::ClientTls,
     pub node: Node,
     pub shared: SharedDir,
     pub shared_report: SharedDirReport,
@@ -172,6 +181,21 @@ impl Aggregator {
     /// Checks the shared directory, reads the metric families and opens the repository. Binds
     /// nothing: the caller hands in the listener (tests bind port 0).
     pub fn build(config: AggregatorConfig, listener: std::net::TcpListener) -> Result<Aggregator, StartError> {
+        let security = |(key, problem)| StartError::Security(key, problem);
+        let tokens = pollux_transport::auth::Tokens::load(
+            config.ingest_token_file.as_deref(),
+            config.admin_token_file.as_deref(),
+            config.read_token_file.as_deref(),
+        )
+        .map_err(security)?;
+        let tls = pollux_transport::tls::listener_tls(config.tls_cert.as_deref(), config.tls_key.as_deref())
+            .map_err(security)?;
+        let client_tls =
+            pollux_transport::ClientTls::load(config.ca_file.as_deref()).map_err(|e| security(e.into_key_problem()))?;
+        let open = tokens.open_classes();
+        if !open.is_empty() {
+            tracing::warn!("no token for {}: those routes are open to anyone who reaches the port", open.join(", "));
+        }
         let shared = SharedDir::new(&config.shared_dir);
         let shared_report = shared.check(config.min_free_bytes)?;
         let families = shared.load_families(None);
@@ -201,12 +225,15 @@ impl Aggregator {
         };
         // With port 0 (tests) the advertised URL must carry the port actually bound.
         let advertise = match (&config.advertise, listener.local_addr()) {
-            (None, Ok(addr)) => format!("http://{addr}"),
+            (None, Ok(addr)) => format!("{}://{addr}", config.scheme()),
             _ => config.advertise_url(),
         };
         let (commands, inbox) = std::sync::mpsc::channel();
         let app = App {
             node: Node::new(config.node_id.clone(), advertise),
+            tokens,
+            tls,
+            client_tls,
             commands: Mutex::new(commands),
             store: DtoStore::open(shared.dto_dir())
                 .map_err(|e| SharedDirError::Unusable { path: shared.dto_dir(), problem: e.to_string() })?,
@@ -252,12 +279,14 @@ impl Aggregator {
         if let Some(extra) = self.extra {
             router = router.merge(extra(app.clone()));
         }
+        let router = router.layer(axum::middleware::from_fn_with_state(app.clone(), api::auth::check));
         let server_stop = CancellationToken::new();
         let open_files = pollux_transport::raise_open_file_limit();
         let limits = app.config.server_limits().fitted(open_files);
         tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
         let server = tokio::spawn(pollux_transport::serve_router(
             listener,
+            app.tls.clone(),
             router,
             limits,
             app.metrics.http.clone(),

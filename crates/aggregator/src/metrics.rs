@@ -74,6 +74,11 @@ impl Metrics {
         counter("pollux_http_connections_refused_total", "connections closed at max_connections", &http.refused);
         counter("pollux_http_accept_errors_total", "failed accepts (file handles, mostly)", &http.accept_errors);
         counter("pollux_http_timeouts_total", "connections closed for a stalled head, body or reader", &http.timed_out);
+        counter(
+            "pollux_http_tls_failures_total",
+            "failed TLS handshakes (untrusted certificate, old protocol, plain HTTP)",
+            &http.tls_failures,
+        );
         counter("pollux_dtos_loaded_total", "DTOs loaded into the repository", &self.dtos_loaded);
         counter("pollux_dtos_already_loaded_total", "stored DTOs found already loaded", &self.dtos_already_loaded);
         counter("pollux_dtos_quarantined_total", "damaged DTO files moved to dto/quarantine", &self.dtos_quarantined);

@@ -145,6 +145,7 @@ pub fn run(app: Arc<App>, term: Arc<Term>) {
     let cursors: Vec<String> = receivers.iter().map(|r| r.cursor.clone()).collect();
     let agent: ureq::Agent = ureq::Agent::config_builder()
         .timeout_global(Some(config.timeout))
+        .tls_config(app.client_tls.ureq())
         .http_status_as_error(false)
         .user_agent(concat!("pollux/", env!("CARGO_PKG_VERSION")))
         .build()

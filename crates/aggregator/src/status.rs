@@ -52,7 +52,36 @@ pub struct SystemStatus {
     /// Long work in progress on the node that answered.
     pub progress: BTreeMap<String, progress::Report>,
     pub collectors: Vec<CollectorStatus>,
+    /// HTTPS and tokens of the node that answered.
+    pub security: SecurityView,
     pub version: String,
+}
+
+/// The listener's certificate and which route classes are open.
+#[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
+#[serde(default)]
+pub struct SecurityView {
+    pub https: bool,
+    /// Unix seconds after which clients refuse the certificate.
+    pub cert_not_after: Option<i64>,
+    /// An expired certificate, or files that failed to (re)load while the previous pair serves.
+    pub cert_error: Option<String>,
+    pub cert_reloads: u64,
+    /// Route classes without a token: open to anyone who reaches the port.
+    pub open_classes: Vec<String>,
+}
+
+impl SecurityView {
+    fn gather(app: &App) -> SecurityView {
+        let tls = app.tls.as_ref().map(|t| t.status());
+        SecurityView {
+            https: tls.is_some(),
+            cert_not_after: tls.as_ref().and_then(|t| t.not_after),
+            cert_error: tls.as_ref().and_then(|t| t.error.clone()),
+            cert_reloads: tls.as_ref().map_or(0, |t| t.reloads),
+            open_classes: app.tokens.open_classes().into_iter().map(str::to_owned).collect(),
+        }
+    }
 }
 
 /// One aggregator's line: what it last wrote in its status file (this node's own is live).
@@ -249,6 +278,10 @@ impl SystemStatus {
         for p in &family_files {
             problems.push(format!("metric family file {}: {}", p.path.display(), p.problem));
         }
+        let security = SecurityView::gather(app);
+        if security.cert_not_after.is_some_and(|t| t <= crate::unix_now()) {
+            problems.push("the HTTPS certificate has expired: clients refuse every request".to_owned());
+        }
         let active = active.map(|n| n.node.clone());
         let repository = match &repo {
             Ok(s) => RepositoryView {
@@ -308,6 +341,7 @@ impl SystemStatus {
             alerting,
             progress: app.progress.reports().into_iter().map(|(k, v)| (k.to_owned(), v)).collect(),
             collectors,
+            security,
             version: crate::api::VERSION.to_owned(),
         }
     }
@@ -418,6 +452,24 @@ impl SystemStatus {
                 p.rate_per_second,
                 p.seconds_left.map_or(String::new(), |s| format!(", about {s:.0} s left")),
             );
+        }
+        let sec = &self.security;
+        let _ = writeln!(
+            out,
+            "{}; {}",
+            match (sec.https, sec.cert_not_after) {
+                (false, _) => "plain HTTP (no tls_cert)".to_owned(),
+                (true, Some(t)) => format!("HTTPS, certificate valid until {} UTC", pollux_transport::tls::utc(t)),
+                (true, None) => "HTTPS".to_owned(),
+            },
+            if sec.open_classes.is_empty() {
+                "every route class needs its token".to_owned()
+            } else {
+                format!("open to anyone (no token): {}", sec.open_classes.join(", "))
+            },
+        );
+        if let Some(e) = &sec.cert_error {
+            let _ = writeln!(out, "CERTIFICATE: {e}");
         }
         if self.problems.is_empty() {
             let _ = writeln!(out, "data is flowing");

@@ -47,7 +47,15 @@ pub struct CollectorConfig {
     pub max_records_per_dto: usize,
     pub spool_max_bytes: u64,
     pub metrics_listen: SocketAddr,
-    pub ingest_token: Option<String>,
+    /// Replaced by `ingest_token_file`; kept only to say so.
+    pub ingest_token: Option<serde::de::IgnoredAny>,
+    /// The ingest token, sent with every DTO and report (and the family listing).
+    pub ingest_token_file: Option<PathBuf>,
+    /// CA certificates trusted for https:// aggregator URLs; the system's roots without it.
+    pub ca_file: Option<PathBuf>,
+    /// Certificate and key of the metrics listener; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
     #[serde(with = "duration::serde_str")]
     pub send_timeout: Duration,
     #[serde(with = "duration::serde_str")]
@@ -72,6 +80,10 @@ impl Default for CollectorConfig {
             spool_max_bytes: DEFAULT_SPOOL_MAX_BYTES,
             metrics_listen: DEFAULT_METRICS_LISTEN.parse().expect("default address"),
             ingest_token: None,
+            ingest_token_file: None,
+            ca_file: None,
+            tls_cert: None,
+            tls_key: None,
             send_timeout: DEFAULT_SEND_TIMEOUT,
             families_refresh: DEFAULT_FAMILIES_REFRESH,
             ack_log: None,
@@ -132,15 +144,16 @@ impl CollectorConfig {
         if self.aggregators.is_empty() {
             return err("aggregators", "name at least one aggregator (or the proxy) URL".into());
         }
+        if self.ingest_token.is_some() {
+            return err(
+                "ingest_token",
+                "tokens are read from files now: write it to a file (mode 600) and set ingest_token_file".into(),
+            );
+        }
         for url in &self.aggregators {
-            if url.starts_with("https://") {
-                return err(
-                    "aggregators",
-                    format!("{url:?}: https is not supported yet; use http:// on a trusted network"),
-                );
-            }
-            if !url.starts_with("http://") || url.len() < 8 || url.contains(char::is_whitespace) {
-                return err("aggregators", format!("{url:?} is not an http:// URL"));
+            let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or_default();
+            if host.is_empty() || url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return err("aggregators", format!("{url:?} is not an http:// or https:// URL"));
             }
         }
         let secs = self.interval.as_secs();
@@ -169,6 +182,27 @@ impl CollectorConfig {
     }
 }
 
+/// The configuration's token and TLS files, read.
+#[derive(Debug, Clone)]
+pub struct Security {
+    pub token: Option<pollux_transport::auth::Secret>,
+    pub client: pollux_transport::ClientTls,
+    pub listener: Option<pollux_transport::ServerTls>,
+}
+
+impl CollectorConfig {
+    /// Reads the token and TLS files; the error is `(key, problem)`.
+    pub fn security(&self) -> Result<Security, (String, String)> {
+        let token = match &self.ingest_token_file {
+            Some(path) => Some(pollux_transport::auth::read_token_file("ingest_token_file", path)?),
+            None => None,
+        };
+        let client = pollux_transport::ClientTls::load(self.ca_file.as_deref()).map_err(|e| e.into_key_problem())?;
+        let listener = pollux_transport::tls::listener_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        Ok(Security { token, client, listener })
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -186,11 +220,13 @@ mod tests {
         assert_eq!(e.key, "line 2 retries");
         std::fs::write(&path, "id = \"dc 1\"\n").unwrap();
         assert_eq!(CollectorConfig::load(Some(&path), Overrides::default()).unwrap_err().key, "id");
-        for url in ["ftp://x", "https://da1:8581", "http://"] {
+        for url in ["ftp://x", "https://", "http://", "http://da 1"] {
             let bad = Overrides { aggregators: vec![url.into()], ..Default::default() };
             assert_eq!(CollectorConfig::load(None, bad).unwrap_err().key, "aggregators", "{url}");
         }
         let slash = Overrides { aggregators: vec!["http://da1:8581/".into()], ..Default::default() };
         assert_eq!(CollectorConfig::load(None, slash).unwrap().aggregators, ["http://da1:8581"]);
+        let https = Overrides { aggregators: vec!["https://da1:8581".into()], ..Default::default() };
+        assert_eq!(CollectorConfig::load(None, https).unwrap().aggregators, ["https://da1:8581"]);
     }
 }

@@ -64,6 +64,7 @@ pub enum CollectorError {
 /// A collector ready to run: configuration and inventory checked, metrics port bound.
 pub struct Collector {
     config: CollectorConfig,
+    security: config::Security,
     devices: Vec<Arc<DeviceSpec>>,
     metrics_listener: std::net::TcpListener,
 }
@@ -117,10 +118,11 @@ pub fn dto_id(
 impl Collector {
     pub fn build(
         config: CollectorConfig,
+        security: config::Security,
         devices: Vec<DeviceSpec>,
         metrics_listener: std::net::TcpListener,
     ) -> Collector {
-        Collector { config, devices: devices.into_iter().map(Arc::new).collect(), metrics_listener }
+        Collector { config, security, devices: devices.into_iter().map(Arc::new).collect(), metrics_listener }
     }
 
     /// Polls, spools and sends until `shutdown`; returns once every task has stopped.
@@ -138,7 +140,8 @@ impl Collector {
         let sender = sender::Sender {
             spool: spool.clone(),
             urls: config.aggregators.clone(),
-            token: config.ingest_token.clone(),
+            token: self.security.token.clone(),
+            tls: self.security.client.clone(),
             timeout: config.send_timeout,
             metrics: metrics.clone(),
             families: families.clone(),
@@ -160,7 +163,8 @@ impl Collector {
         let reporter = report::Reporter {
             id: config.id.clone(),
             urls: config.aggregators.clone(),
-            token: config.ingest_token.clone(),
+            token: self.security.token.clone(),
+            tls: self.security.client.clone(),
             devices: self.devices.len(),
             metrics: metrics.clone(),
             spool: spool.clone(),
@@ -174,7 +178,13 @@ impl Collector {
         }
         let listener = tokio::net::TcpListener::from_std(self.metrics_listener).map_err(CollectorError::Listener)?;
         let mut tasks = tokio::task::JoinSet::new();
-        tasks.spawn(metrics::serve(listener, metrics.clone(), spool.clone(), shutdown.clone()));
+        tasks.spawn(metrics::serve(
+            listener,
+            self.security.listener.clone(),
+            metrics.clone(),
+            spool.clone(),
+            shutdown.clone(),
+        ));
 
         let mut groups: BTreeMap<u32, Vec<Arc<DeviceSpec>>> = BTreeMap::new();
         for device in &self.devices {

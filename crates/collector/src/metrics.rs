@@ -133,6 +133,7 @@ async fn metrics(State((metrics, spool)): State<Shared>) -> String {
 /// Serves `/metrics` and `/health` until `shutdown`.
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<pollux_transport::ServerTls>,
     metrics_: Arc<Metrics>,
     spool: Arc<Spool>,
     shutdown: CancellationToken,
@@ -142,5 +143,5 @@ pub async fn serve(
         .route("/health", get(|| async { "ok\n" }))
         .with_state((metrics_, spool));
     let limits = pollux_transport::ServerLimits { max_connections: 64, ..Default::default() };
-    pollux_transport::serve_router(listener, app, limits, Default::default(), shutdown).await;
+    pollux_transport::serve_router(listener, tls, app, limits, Default::default(), shutdown).await;
 }

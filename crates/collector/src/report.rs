@@ -15,7 +15,8 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Reporter {
     pub id: String,
     pub urls: Vec<String>,
-    pub token: Option<String>,
+    pub token: Option<pollux_transport::auth::Secret>,
+    pub tls: pollux_transport::ClientTls,
     pub devices: usize,
     pub metrics: Arc<Metrics>,
     pub spool: Arc<Spool>,
@@ -44,8 +45,12 @@ impl Reporter {
 
     /// Reports every [`EVERY`] to the first URL that takes it, until stopped.
     pub fn run(self) {
-        let agent: ureq::Agent =
-            ureq::Agent::config_builder().timeout_global(Some(TIMEOUT)).http_status_as_error(false).build().into();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(TIMEOUT))
+            .tls_config(self.tls.ureq())
+            .http_status_as_error(false)
+            .build()
+            .into();
         let mut next = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             if Instant::now() >= next {
@@ -54,7 +59,7 @@ impl Reporter {
                 let delivered = self.urls.iter().any(|url| {
                     let mut request = agent.put(format!("{url}/api/v1/collectors/{}", self.id));
                     if let Some(token) = &self.token {
-                        request = request.header("Authorization", format!("Bearer {token}"));
+                        request = request.header("Authorization", token.bearer());
                     }
                     match request.send_json(&body) {
                         Ok(r) if r.status().is_success() => true,

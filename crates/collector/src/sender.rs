@@ -33,7 +33,8 @@ const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Sender {
     pub spool: Arc<Spool>,
     pub urls: Vec<String>,
-    pub token: Option<String>,
+    pub token: Option<pollux_transport::auth::Secret>,
+    pub tls: pollux_transport::ClientTls,
     pub timeout: Duration,
     pub metrics: Arc<Metrics>,
     pub families: Arc<FamilyCache>,
@@ -78,6 +79,7 @@ impl Sender {
         let agent: ureq::Agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
                 .timeout_global(Some(self.timeout))
+                .tls_config(self.tls.ureq())
                 // An aggregator host that is down answers no SYN: move to the next URL soon.
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .http_status_as_error(false)
@@ -87,6 +89,7 @@ impl Sender {
         let listing_agent: ureq::Agent = ureq::Agent::new_with_config(
             ureq::Agent::config_builder()
                 .timeout_global(Some(LISTING_TIMEOUT))
+                .tls_config(self.tls.ureq())
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .http_status_as_error(false)
                 .build(),
@@ -98,7 +101,7 @@ impl Sender {
         let mut families_due = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             if Instant::now() >= families_due {
-                self.families.refresh(&listing_agent, &self.urls, current);
+                self.families.refresh(&listing_agent, self.token.as_ref(), &self.urls, current);
                 families_due = Instant::now() + self.families_refresh;
             }
             let Some(entry) = self.spool.oldest(Duration::from_millis(200)) else { continue };
@@ -140,7 +143,7 @@ impl Sender {
                 }
                 Outcome::Unauthorized => {
                     Metrics::add(&self.metrics.send_failures, 1);
-                    tracing::error!("{url}: 401/403 for DTO {}: check ingest_token", entry.id);
+                    tracing::error!("{url}: 401/403 for DTO {}: check ingest_token_file", entry.id);
                     self.sleep(backoff(rounds_failed, jitter.draw()));
                     rounds_failed = rounds_failed.saturating_add(1);
                 }
@@ -174,7 +177,7 @@ impl Sender {
         let mut request =
             agent.put(format!("{url}/api/v1/dto/{}", entry.id)).header("Content-Type", BINARY_CONTENT_TYPE);
         if let Some(token) = &self.token {
-            request = request.header("Authorization", format!("Bearer {token}"));
+            request = request.header("Authorization", token.bearer());
         }
         match request.send(&body[..]) {
             Ok(mut response) => {

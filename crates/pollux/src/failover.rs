@@ -1,5 +1,6 @@
 //! `pollux failover`: a planned switchover, reported with the time the system had no active.
 
+use crate::client::{Client, ClientArgs};
 use serde_json::Value;
 use std::process::ExitCode;
 use std::time::{Duration, Instant};
@@ -9,22 +10,20 @@ pub struct FailoverArgs {
     /// The proxy, or any aggregator.
     #[arg(long, default_value = "http://127.0.0.1:8581")]
     url: String,
+    #[command(flatten)]
+    client: ClientArgs,
 }
 
-fn agent() -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(15))).http_status_as_error(false).build(),
-    )
-}
-
-fn get_json(agent: &ureq::Agent, url: &str) -> Result<(u16, Value), String> {
-    let mut r = agent.get(url).call().map_err(|e| format!("{url}: {e}"))?;
+fn get_json(client: &Client, url: &str) -> Result<(u16, Value), String> {
+    let mut r = client.get(url).call().map_err(|e| format!("{url}: {e}"))?;
     let status = r.status().as_u16();
     Ok((status, r.body_mut().read_json().unwrap_or(Value::Null)))
 }
 
 pub fn run(args: FailoverArgs) -> ExitCode {
-    match switch_over(args.url.trim_end_matches('/')) {
+    let switched =
+        args.client.client(Duration::from_secs(15)).and_then(|c| switch_over(&c, args.url.trim_end_matches('/')));
+    match switched {
         Ok(message) => {
             println!("{message}");
             ExitCode::SUCCESS
@@ -36,9 +35,11 @@ pub fn run(args: FailoverArgs) -> ExitCode {
     }
 }
 
-fn switch_over(base: &str) -> Result<String, String> {
-    let agent = agent();
-    let (_, status) = get_json(&agent, &format!("{base}/api/v1/status"))?;
+fn switch_over(agent: &Client, base: &str) -> Result<String, String> {
+    let (code, status) = get_json(agent, &format!("{base}/api/v1/status"))?;
+    if code != 200 {
+        return Err(format!("{base}/api/v1/status: {code}: {}", status["error"].as_str().unwrap_or("no status")));
+    }
     let nodes: Vec<Value> = status["nodes"].as_array().cloned().unwrap_or_default();
     let old = status["lease"]["holder"].as_str().unwrap_or("").to_owned();
     let others: Vec<String> = nodes
@@ -60,7 +61,7 @@ fn switch_over(base: &str) -> Result<String, String> {
     let mut waiting = crate::waiting::Waiting::new("the other aggregator to become active");
     while Instant::now() < deadline {
         for url in &others {
-            if let Ok((200, health)) = get_json(&agent, &format!("{url}/health/active")) {
+            if let Ok((200, health)) = get_json(agent, &format!("{url}/health/active")) {
                 let gap = released.elapsed();
                 waiting.finish();
                 return Ok(format!(

@@ -2,6 +2,8 @@
 //! configuration and runs the role; everything else lives in the role crates.
 #![forbid(unsafe_code)]
 
+mod certs;
+mod client;
 mod demo;
 mod failover;
 mod init;
@@ -52,6 +54,8 @@ enum Command {
     /// Configure this host for one role with the original installer's prompts: writes the
     /// configuration file and a systemd unit, and saves the answers for upgrades.
     Init(init::InitArgs),
+    /// Make a private CA (first run) and a certificate for the given host names and addresses.
+    Certs(certs::CertsArgs),
 }
 
 #[derive(clap::Args)]
@@ -162,9 +166,7 @@ fn main() -> ExitCode {
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(std::io::IsTerminal::is_terminal(&std::io::stderr()))
-        .with_env_filter(
-            tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_snmp=off".into()),
-        )
+        .with_env_filter(log_filter())
         .init();
     if let Err(e) = pollux_failpoint::check_configuration() {
         eprintln!("pollux: {e}");
@@ -180,6 +182,7 @@ fn main() -> ExitCode {
         Command::Demo(args) => demo::run(args),
         Command::Maintenance(args) => maintenance::run(args),
         Command::Init(args) => init::run(args),
+        Command::Certs(args) => certs::run(args),
     }
 }
 
@@ -215,7 +218,8 @@ fn run_proxy(args: ProxyArgs) -> ExitCode {
         let config = pollux_proxy::ProxyConfig::load(args.config.as_deref(), args.listen, args.aggregators)
             .map_err(|e| refuse("proxy", e))?;
         let listener = bind("proxy", config.listen)?;
-        Ok(pollux_proxy::Proxy::build(config, listener))
+        pollux_proxy::Proxy::build(config, listener)
+            .map_err(|(key, problem)| refuse("proxy", format!("{key}: {problem}")))
     };
     let proxy = match start() {
         Ok(p) => p,
@@ -240,9 +244,10 @@ fn run_collector(args: CollectorArgs) -> ExitCode {
             metrics_listen: args.metrics_listen,
         };
         let config = CollectorConfig::load(args.config.as_deref(), overrides).map_err(|e| refuse("collector", e))?;
+        let security = config.security().map_err(|(key, problem)| refuse("collector", format!("{key}: {problem}")))?;
         let devices = pollux_collector::inventory::load(&config.inventory).map_err(|e| refuse("collector", e))?;
         let listener = bind("collector", config.metrics_listen)?;
-        Ok(pollux_collector::Collector::build(config, devices, listener))
+        Ok(pollux_collector::Collector::build(config, security, devices, listener))
     };
     let collector = match start() {
         Ok(c) => c,
@@ -293,6 +298,14 @@ fn run_simulate(args: SimulateArgs) -> ExitCode {
         simulator.run(shutdown).await;
         Ok(())
     })
+}
+
+/// RUST_LOG, or `info`. The HTTP client's wire dump (`ureq_proto` at trace level: every byte of
+/// every request, the Authorization header included) is off whatever RUST_LOG says: tokens are
+/// never logged.
+fn log_filter() -> tracing_subscriber::EnvFilter {
+    let filter = tracing_subscriber::EnvFilter::try_from_default_env().unwrap_or_else(|_| "info,async_snmp=off".into());
+    filter.add_directive("ureq_proto=off".parse().expect("a valid directive"))
 }
 
 /// Prints why a role will not start, in one line, and gives the usage exit status.

@@ -24,14 +24,20 @@ pub struct MaintenanceArgs {
     /// Put the active into maintenance even when no healthy standby would take over.
     #[arg(long)]
     force: bool,
+    #[command(flatten)]
+    client: crate::client::ClientArgs,
 }
 
 pub fn run(args: MaintenanceArgs) -> ExitCode {
     let on = matches!(args.state, OnOff::On);
     let url = format!("{}/api/v1/maintenance", args.url.trim_end_matches('/'));
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build(),
-    );
+    let agent = match args.client.client(Duration::from_secs(30)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pollux maintenance: {e}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
     let mut body = json!({"on": on, "force": args.force});
     if let Some(node) = &args.node {
         body["node"] = json!(node);

@@ -11,18 +11,26 @@ pub struct StatusArgs {
     /// Print the full status as JSON.
     #[arg(long)]
     json: bool,
+    #[command(flatten)]
+    client: crate::client::ClientArgs,
 }
 
 pub fn run(args: StatusArgs) -> ExitCode {
     let url = format!("{}/api/v1/status", args.url.trim_end_matches('/'));
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(std::time::Duration::from_secs(5)))
-            .http_status_as_error(false)
-            .build(),
-    );
-    let body: serde_json::Value = match agent.get(&url).call().and_then(|mut r| r.body_mut().read_json()) {
-        Ok(body) => body,
+    let client = match args.client.client(std::time::Duration::from_secs(5)) {
+        Ok(c) => c,
+        Err(e) => {
+            eprintln!("pollux status: {e}");
+            return ExitCode::from(crate::EXIT_USAGE);
+        }
+    };
+    let answer = client.get(&url).call().and_then(|mut r| Ok((r.status().as_u16(), r.body_mut().read_json()?)));
+    let body: serde_json::Value = match answer {
+        Ok((200, body)) => body,
+        Ok((code, body)) => {
+            eprintln!("pollux status: {url}: {code}: {}", body["error"].as_str().unwrap_or("no status"));
+            return ExitCode::FAILURE;
+        }
         Err(e) => {
             eprintln!("pollux status: {url}: {e}");
             return ExitCode::FAILURE;

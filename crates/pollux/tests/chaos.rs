@@ -6,7 +6,9 @@
 
 mod common;
 
-use common::cluster::{check_nothing_lost, Cluster, Load};
+use common::cluster::{
+    check_nothing_lost, kill_9_of_the_active_under_load, switchover_under_load, wait_role, Cluster, Load,
+};
 use common::*;
 use std::time::Duration;
 
@@ -14,47 +16,9 @@ const FAILWAIT: &str = "2s";
 const STARTWAIT: &str = "6s";
 const TAKEOVER: Duration = Duration::from_secs(20);
 
-fn wait_role(cluster: &Cluster, i: usize, roles: &[&str]) -> String {
-    wait_until(Duration::from_secs(20), &format!("node {i} to be one of {roles:?}"), || {
-        cluster.role(i).map(|r| r.0).filter(|r| roles.contains(&r.as_str()))
-    })
-}
-
 #[test]
 fn kill_9_of_the_active_hands_over_and_the_restarted_node_rejoins_as_standby() {
-    let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
-    let first = c.wait_active(0, TAKEOVER);
-    let load = Load::start(&c.proxy.url, 2);
-    load.wait_progress(20, TAKEOVER);
-    c.kill9(0);
-    let second = c.wait_active(1, TAKEOVER);
-    assert!(second > first);
-    load.wait_progress(20, TAKEOVER);
-    c.start_node(0, &[]);
-    wait_role(&c, 0, &["standby"]);
-    load.wait_progress(20, TAKEOVER);
-    assert_eq!(c.active(), Some(1), "the returning node left the active alone");
-    assert_eq!(c.role(1).unwrap().1, second);
-
-    // The standby refuses ingest and queries, naming the active from the lease.
-    let (status, body) = put_json(&c.url(0), &interface_dto("to-standby", unix_now() / 300 * 300 - 300, 1, 1));
-    assert_eq!((status, body["role"].as_str()), (503, Some("standby")), "{body}");
-    assert_eq!(body["active"].as_str(), Some(c.url(1).as_str()), "{body}");
-    assert_eq!(get_retry_after(&format!("{}/api/v1/devices", c.url(0))), (503, Some("1".to_owned())));
-    // The System Status, asked of either node, shows both.
-    for i in 0..2 {
-        let (_, status) = get(&format!("{}/api/v1/status", c.url(i)));
-        let roles: Vec<(&str, &str)> = status["nodes"]
-            .as_array()
-            .unwrap()
-            .iter()
-            .map(|n| (n["node"].as_str().unwrap(), n["role"].as_str().unwrap()))
-            .collect();
-        assert_eq!(roles, [("da1", "standby"), ("da2", "active")], "{status}");
-        assert_eq!(status["lease"]["holder"], "da2");
-        assert_eq!(status["lease"]["epoch"], second);
-    }
-    check_nothing_lost(&c, &load.stop());
+    kill_9_of_the_active_under_load(Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]));
 }
 
 #[test]
@@ -94,28 +58,7 @@ fn kill_9_of_the_standby_changes_nothing() {
 
 #[test]
 fn planned_switchover_under_load_loses_nothing() {
-    let c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
-    c.wait_active(0, TAKEOVER);
-    let load = Load::start(&c.proxy.url, 2);
-    for (from, to) in [(0, 1), (1, 0)] {
-        load.wait_progress(15, TAKEOVER);
-        let out = std::process::Command::new(BIN).args(["failover", "--url", &c.proxy.url]).output().unwrap();
-        let stdout = String::from_utf8_lossy(&out.stdout);
-        assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
-        assert!(stdout.contains(&format!("from {}", cluster_name(from))), "{stdout}");
-        c.wait_active(to, TAKEOVER);
-    }
-    load.wait_progress(15, TAKEOVER);
-    // A switchover asked of a standby is refused.
-    let out = std::process::Command::new(BIN).args(["failover", "--url", &c.url(1)]).output().unwrap();
-    let stderr = String::from_utf8_lossy(&out.stderr);
-    assert!(!out.status.success() && stderr.contains("409"), "refused as not the active: {stderr}");
-    assert_eq!(c.active(), Some(0), "the refused switchover moved nothing");
-    check_nothing_lost(&c, &load.stop());
-}
-
-fn cluster_name(i: usize) -> &'static str {
-    common::cluster::NAMES[i]
+    switchover_under_load(Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]));
 }
 
 #[cfg(feature = "failpoints")]

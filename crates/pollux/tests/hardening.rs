@@ -298,7 +298,9 @@ fn status_exits_1_whenever_data_is_not_flowing() {
 fn small_ones() {
     let shared = tempdir();
     let config = shared.path().join("agg.toml");
-    std::fs::write(&config, "ingest_token = \"s3cret\"\nbody_timeout = \"1s\"\n").unwrap();
+    let token = shared.path().join("ingest.token");
+    std::fs::write(&token, "s3cret\n").unwrap();
+    std::fs::write(&config, format!("ingest_token_file = {token:?}\nbody_timeout = \"1s\"\n")).unwrap();
     let da = Aggregator::start(shared.path(), &["--config", config.to_str().unwrap()], &[]);
     da.wait_active();
     // An offset past i64 is refused, not wrapped.
@@ -348,10 +350,15 @@ fn small_ones() {
         assert!(err.contains("node_id"), "{err}");
     }
     assert!(!shared.path().parent().unwrap().join("escape.json").exists());
-    std::fs::write(&config, "ingest_token = \"\"\n").unwrap();
+    std::fs::write(&token, " \n").unwrap();
     let (code, err) = run(&["aggregator", "--config", config.to_str().unwrap(), "--shared-dir", dir]);
     assert_eq!(code, Some(64), "{err}");
-    assert!(err.contains("ingest_token"), "{err}");
+    assert!(err.contains("ingest_token_file") && err.contains("is empty"), "{err}");
+    // A token on the command line or in the configuration file itself is refused.
+    std::fs::write(&config, "ingest_token = \"s3cret\"\n").unwrap();
+    let (code, err) = run(&["aggregator", "--config", config.to_str().unwrap(), "--shared-dir", dir]);
+    assert_eq!(code, Some(64), "{err}");
+    assert!(err.contains("ingest_token_file"), "{err}");
 }
 
 /// A crash point that does not exist would make a fault test test nothing: refused at start.

@@ -208,7 +208,9 @@ fn bearer_token_and_custom_families() {
         "name = \"Temperature\"\n[[metric]]\nname = \"celsius\"\nunit = \"C\"\n",
     )
     .unwrap();
-    std::fs::write(shared.path().join("agg.toml"), "ingest_token = \"s3cret\"\n").unwrap();
+    let token = shared.path().join("ingest.token");
+    std::fs::write(&token, "s3cret").unwrap();
+    std::fs::write(shared.path().join("agg.toml"), format!("ingest_token_file = {token:?}\n")).unwrap();
     let config = shared.path().join("agg.toml");
     let da = Aggregator::start(shared.path(), &["--config", config.to_str().unwrap()], &[]);
     da.wait_active();

@@ -4,7 +4,7 @@ pub use pollux_model::config::ConfigError;
 use pollux_model::duration;
 use serde::Deserialize;
 use std::net::SocketAddr;
-use std::path::Path;
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8581";
@@ -29,6 +29,11 @@ pub struct ProxyConfig {
     pub idle_timeout: Duration,
     #[serde(with = "duration::serde_str")]
     pub body_timeout: Duration,
+    /// Certificate and key of the HTTPS listener; both or neither.
+    pub tls_cert: Option<PathBuf>,
+    pub tls_key: Option<PathBuf>,
+    /// CA certificates trusted for https:// aggregator URLs; the system's roots without it.
+    pub ca_file: Option<PathBuf>,
 }
 
 impl Default for ProxyConfig {
@@ -41,6 +46,9 @@ impl Default for ProxyConfig {
             max_connections: pollux_transport::DEFAULT_MAX_CONNECTIONS,
             idle_timeout: pollux_transport::DEFAULT_IDLE_TIMEOUT,
             body_timeout: pollux_transport::DEFAULT_BODY_TIMEOUT,
+            tls_cert: None,
+            tls_key: None,
+            ca_file: None,
         }
     }
 }
@@ -67,8 +75,9 @@ impl ProxyConfig {
             return Err(err("aggregators", "name at least one aggregator URL (--aggregator)".into()));
         }
         for url in &config.aggregators {
-            if !url.starts_with("http://") || url.trim_end_matches('/').len() <= "http://".len() {
-                return Err(err("aggregators", format!("{url:?} must be an http:// URL")));
+            let host = url.strip_prefix("http://").or_else(|| url.strip_prefix("https://")).unwrap_or_default();
+            if host.trim_end_matches('/').is_empty() || url.contains(|c: char| c.is_whitespace() || c.is_control()) {
+                return Err(err("aggregators", format!("{url:?} must be an http:// or https:// URL")));
             }
         }
         config.aggregators = config.aggregators.iter().map(|u| u.trim_end_matches('/').to_owned()).collect();
@@ -76,7 +85,18 @@ impl ProxyConfig {
             return Err(err("check_interval", "check_interval and check_timeout must be more than 0".into()));
         }
         config.server_limits().validate().map_err(|(key, problem)| err(&key, problem))?;
+        if config.tls_cert.is_some() != config.tls_key.is_some() {
+            let missing = if config.tls_cert.is_some() { "tls_key" } else { "tls_cert" };
+            return Err(err(missing, "is needed too: HTTPS takes both tls_cert and tls_key".into()));
+        }
         Ok(config)
+    }
+
+    /// Reads the TLS files: the listener's certificate and what the forwarding trusts.
+    pub fn tls(&self) -> Result<(Option<pollux_transport::ServerTls>, pollux_transport::ClientTls), (String, String)> {
+        let listener = pollux_transport::tls::listener_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
+        let client = pollux_transport::ClientTls::load(self.ca_file.as_deref()).map_err(|e| e.into_key_problem())?;
+        Ok((listener, client))
     }
 
     /// What the listener allows its clients.

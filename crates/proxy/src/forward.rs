@@ -6,9 +6,10 @@ use http_body_util::{combinators::BoxBody, BodyExt, Full};
 use hyper::header::{HeaderName, HeaderValue};
 use hyper::service::service_fn;
 use hyper::{Request, Response, StatusCode};
-use hyper_util::client::legacy::{connect::HttpConnector, Client};
+use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
-use pollux_transport::{ServerLimits, TimedBody};
+use pollux_transport::tls::Connector;
+use pollux_transport::{ClientTls, ServerLimits, ServerTls, TimedBody};
 use serde_json::json;
 use std::convert::Infallible;
 use std::sync::Arc;
@@ -40,26 +41,22 @@ const DEPOSED_GRACE: Duration = Duration::from_secs(1);
 
 pub async fn serve(
     listener: tokio::net::TcpListener,
+    tls: Option<ServerTls>,
+    upstream: &ClientTls,
     backends: Arc<Backends>,
     limits: ServerLimits,
     stop: CancellationToken,
 ) {
-    let mut connector = HttpConnector::new();
-    connector.set_nodelay(true);
-    let client: Client<HttpConnector, TimedBody> =
-        Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(connector);
+    let client: Client<Connector, TimedBody> =
+        Client::builder(TokioExecutor::new()).pool_idle_timeout(POOL_IDLE).build(upstream.connector());
     let service = service_fn(move |req| {
         let (backends, client) = (backends.clone(), client.clone());
         async move { Ok::<_, Infallible>(handle(req, &backends, &client).await) }
     });
-    pollux_transport::serve(listener, service, limits, Arc::default(), stop).await;
+    pollux_transport::serve(listener, tls, service, limits, Arc::default(), stop).await;
 }
 
-async fn handle(
-    req: Request<TimedBody>,
-    backends: &Backends,
-    client: &Client<HttpConnector, TimedBody>,
-) -> Response<Body> {
+async fn handle(req: Request<TimedBody>, backends: &Backends, client: &Client<Connector, TimedBody>) -> Response<Body> {
     if req.uri().path() == "/proxy/status" {
         return proxy_status(backends);
     }

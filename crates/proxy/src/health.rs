@@ -98,8 +98,13 @@ impl Backends {
     }
 }
 
-pub async fn run(backends: std::sync::Arc<Backends>, config: ProxyConfig, stop: CancellationToken) {
-    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build_http();
+pub async fn run(
+    backends: std::sync::Arc<Backends>,
+    config: ProxyConfig,
+    tls: pollux_transport::ClientTls,
+    stop: CancellationToken,
+) {
+    let client: Client<_, Empty<bytes::Bytes>> = Client::builder(TokioExecutor::new()).build(tls.connector());
     let mut tick = tokio::time::interval(config.check_interval);
     tick.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Delay);
     loop {
@@ -134,7 +139,7 @@ fn down(url: String, error: String) -> BackendState {
 }
 
 async fn check(
-    client: &Client<hyper_util::client::legacy::connect::HttpConnector, Empty<bytes::Bytes>>,
+    client: &Client<pollux_transport::tls::Connector, Empty<bytes::Bytes>>,
     url: &str,
 ) -> Result<(bool, u64, Option<String>), String> {
     let uri: hyper::Uri = format!("{url}/health/active").parse().map_err(|e| format!("{e}"))?;

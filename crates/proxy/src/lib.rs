@@ -24,12 +24,16 @@ use tokio_util::sync::CancellationToken;
 pub struct Proxy {
     config: ProxyConfig,
     listener: std::net::TcpListener,
+    tls: Option<pollux_transport::ServerTls>,
+    client: pollux_transport::ClientTls,
 }
 
 impl Proxy {
-    /// The caller binds the listener (tests use port 0).
-    pub fn build(config: ProxyConfig, listener: std::net::TcpListener) -> Proxy {
-        Proxy { config, listener }
+    /// Reads the TLS files; the caller binds the listener (tests use port 0). The error is
+    /// `(key, problem)`.
+    pub fn build(config: ProxyConfig, listener: std::net::TcpListener) -> Result<Proxy, (String, String)> {
+        let (tls, client) = config.tls()?;
+        Ok(Proxy { config, listener, tls, client })
     }
 
     /// Serves until `shutdown` fires; returns when the checker and the server have stopped.
@@ -38,12 +42,13 @@ impl Proxy {
         let listener = tokio::net::TcpListener::from_std(self.listener)?;
         tracing::info!("listening on {}", listener.local_addr()?);
         let backends = Arc::new(Backends::new(&self.config));
-        let checker = tokio::spawn(health::run(backends.clone(), self.config.clone(), shutdown.clone()));
+        let checker =
+            tokio::spawn(health::run(backends.clone(), self.config.clone(), self.client.clone(), shutdown.clone()));
         let open_files = pollux_transport::raise_open_file_limit();
         // Each client connection may hold a connection to the active as well: two handles.
         let limits = self.config.server_limits().fitted(open_files / 2);
         tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
-        forward::serve(listener, backends, limits, shutdown).await;
+        forward::serve(listener, self.tls, &self.client, backends, limits, shutdown).await;
         let _ = checker.await;
         Ok(())
     }

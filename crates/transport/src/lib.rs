@@ -20,10 +20,13 @@
 //! This crate knows HTTP and sockets, nothing of DTOs or roles.
 #![forbid(unsafe_code)]
 
+pub mod auth;
 mod body;
+pub mod tls;
 mod watch;
 
 pub use body::{is_body_timeout, BodyTimeout, BoxError, TimedBody};
+pub use tls::{ClientTls, ServerTls, TlsError};
 
 use hyper::body::Incoming;
 use hyper::server::conn::http1;
@@ -125,12 +128,16 @@ pub struct ServerStats {
     pub accept_errors: AtomicU64,
     /// Closed for a stalled head, body or reader.
     pub timed_out: AtomicU64,
+    /// TLS handshakes that failed (untrusted or expired certificate at the client, old
+    /// protocol versions, plain HTTP sent to an HTTPS port).
+    pub tls_failures: AtomicU64,
 }
 
 /// Serves `service` on `listener` until `shutdown` fires, then lets open connections finish
 /// for up to [`SHUTDOWN_GRACE`]. Returns when every connection task has ended.
 pub async fn serve<S, B>(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     service: S,
     limits: ServerLimits,
     stats: Arc<ServerStats>,
@@ -149,6 +156,10 @@ pub async fn serve<S, B>(
     let slots = Arc::new(Semaphore::new(limits.max_connections));
     let mut backoff = AcceptBackoff::default();
     let mut refusals = RateLimitedLog::new("connection refused: max_connections are open");
+    if let Some(tls) = &tls {
+        tokio::spawn(tls.clone().watch(shutdown.clone()));
+    }
+    let handshake_failures = Arc::new(std::sync::Mutex::new(RateLimitedLog::new("TLS handshake failed")));
     loop {
         let accepted = tokio::select! {
             _ = shutdown.cancelled() => break,
@@ -176,11 +187,27 @@ pub async fn serve<S, B>(
         stats.accepted.fetch_add(1, Ordering::Relaxed);
         let _ = stream.set_nodelay(true);
         let (service, limits, stats, shutdown) = (service.clone(), limits.clone(), stats.clone(), shutdown.clone());
-        let force = force.clone();
+        let (force, tls, handshake_failures) = (force.clone(), tls.clone(), handshake_failures.clone());
         connections.spawn(async move {
             stats.open.fetch_add(1, Ordering::Relaxed);
+            let activity = Arc::new(Activity::new());
+            let serving = async {
+                match tls {
+                    None => {
+                        let stream = Watched::new(stream, activity.clone());
+                        serve_connection(stream, activity, service, &limits, &stats, shutdown).await
+                    }
+                    Some(tls) => match handshake(stream, activity.clone(), &tls, limits.idle_timeout).await {
+                        Ok(stream) => serve_connection(stream, activity, service, &limits, &stats, shutdown).await,
+                        Err(e) => {
+                            stats.tls_failures.fetch_add(1, Ordering::Relaxed);
+                            handshake_failures.lock().expect("log").note_error(&e);
+                        }
+                    },
+                }
+            };
             tokio::select! {
-                _ = serve_connection(stream, service, &limits, &stats, shutdown) => {}
+                _ = serving => {}
                 _ = force.cancelled() => {}
             }
             stats.open.fetch_sub(1, Ordering::Relaxed);
@@ -199,6 +226,7 @@ pub async fn serve<S, B>(
 /// [`serve`] for an axum router (the aggregator's API, the collector's metrics).
 pub async fn serve_router(
     listener: TcpListener,
+    tls: Option<ServerTls>,
     router: axum::Router,
     limits: ServerLimits,
     stats: Arc<ServerStats>,
@@ -209,11 +237,39 @@ pub async fn serve_router(
         // A router is always ready; each request gets its own clone, as axum::serve does.
         router.clone().call(req.map(axum::body::Body::new))
     });
-    serve(listener, service, limits, stats, shutdown).await
+    serve(listener, tls, service, limits, stats, shutdown).await
 }
 
-async fn serve_connection<S, B>(
-    stream: tokio::net::TcpStream,
+/// The TLS handshake, within `deadline`. A client that sends plain HTTP gets a 421 that tells
+/// it to use https (not a 400, which a collector would take as a verdict on its DTO), and a
+/// closed connection.
+async fn handshake(
+    mut stream: tokio::net::TcpStream,
+    activity: Arc<Activity>,
+    tls: &ServerTls,
+    deadline: Duration,
+) -> std::io::Result<tokio_rustls::server::TlsStream<Watched<tokio::net::TcpStream>>> {
+    use std::io::{Error, ErrorKind};
+    use tokio::io::AsyncWriteExt;
+    let timed_out = || Error::new(ErrorKind::TimedOut, "no TLS handshake within idle_timeout");
+    let mut first = [0u8; 1];
+    let peeked = tokio::time::timeout(deadline, stream.peek(&mut first)).await.map_err(|_| timed_out())??;
+    // 0x16 starts a TLS handshake record; an HTTP method starts with a letter.
+    if peeked == 1 && first[0].is_ascii_alphabetic() {
+        const REFUSAL: &[u8] = b"HTTP/1.1 421 Misdirected Request\r\nContent-Type: application/json\r\n\
+            Content-Length: 61\r\nConnection: close\r\n\r\n\
+            {\"error\": \"this port speaks HTTPS only: use an https:// URL\"}";
+        let _ = tokio::time::timeout(deadline, stream.write_all(REFUSAL)).await;
+        let _ = stream.shutdown().await;
+        return Err(Error::new(ErrorKind::InvalidData, "plain HTTP sent to an HTTPS port"));
+    }
+    let accept = tls.acceptor().accept(Watched::new(stream, activity));
+    tokio::time::timeout(deadline, accept).await.map_err(|_| timed_out())?
+}
+
+async fn serve_connection<IO, S, B>(
+    io: IO,
+    activity: Arc<Activity>,
     service: S,
     limits: &ServerLimits,
     stats: &ServerStats,
@@ -225,9 +281,9 @@ async fn serve_connection<S, B>(
     B: hyper::body::Body + Send + 'static,
     B::Data: Send,
     B::Error: Into<BoxError>,
+    IO: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {
-    let activity = Arc::new(Activity::new());
-    let io = TokioIo::new(Watched::new(stream, activity.clone()));
+    let io = TokioIo::new(io);
     let body_timeout = limits.body_timeout;
     let handler = {
         let activity = activity.clone();

@@ -30,7 +30,7 @@ async fn start(limits: ServerLimits) -> (std::net::SocketAddr, Arc<ServerStats>,
         };
         Ok::<_, std::convert::Infallible>(reply)
     });
-    tokio::spawn(serve(listener, service, limits, stats.clone(), stop.clone()));
+    tokio::spawn(serve(listener, None, service, limits, stats.clone(), stop.clone()));
     (addr, stats, stop)
 }
 
@@ -160,7 +160,7 @@ async fn shutdown_returns_with_idle_connections_open() {
     let service = hyper::service::service_fn(|_: Request<TimedBody>| async {
         Ok::<_, std::convert::Infallible>(Response::new(Full::<bytes::Bytes>::from("ok")))
     });
-    let server = tokio::spawn(serve(listener, service, limits, Arc::default(), stop.clone()));
+    let server = tokio::spawn(serve(listener, None, service, limits, Arc::default(), stop.clone()));
     let _idle = TcpStream::connect(addr).unwrap();
     tokio::time::sleep(Duration::from_millis(50)).await;
     stop.cancel();

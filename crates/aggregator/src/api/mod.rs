@@ -5,6 +5,7 @@
 //! ready active, ingest and queries answer 503 with `Retry-After` and the node's role.
 
 mod alerts;
+pub mod auth;
 mod health;
 mod ingest;
 mod query;

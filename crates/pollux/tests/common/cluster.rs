@@ -8,6 +8,8 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 
 pub const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
 pub const NAMES: [&str; 2] = ["da1", "da2"];
+/// How long a takeover may take in the chaos suites (failwait 2 s).
+const TAKEOVER: Duration = Duration::from_secs(20);
 
 pub struct Cluster {
     pub shared: tempfile::TempDir,
@@ -33,25 +35,28 @@ impl Cluster {
     /// As [`Cluster::start`], with `config` (TOML) as both aggregators' configuration file.
     pub fn start_configured(failwait: &str, startwait: &str, env: [&[(&str, &str)]; 2], config: &str) -> Cluster {
         let shared = tempdir();
+        let config = match secured() {
+            Some(s) => format!("{}{config}", s.aggregator_toml()),
+            None => config.to_owned(),
+        };
         let config = (!config.is_empty()).then(|| {
             let path = shared.path().join("aggregator.toml");
             std::fs::write(&path, config).unwrap();
             path
         });
         let ports = [free_port(HOSTS[0]), free_port(HOSTS[1])];
-        let urls: Vec<String> = (0..2).map(|i| format!("http://{}:{}", HOSTS[i], ports[i])).collect();
-        let proxy = Aggregator::spawn(
-            &[
-                "proxy".into(),
-                "--listen".into(),
-                "127.0.0.1:0".into(),
-                "--aggregator".into(),
-                urls[0].clone(),
-                "--aggregator".into(),
-                urls[1].clone(),
-            ],
-            &[],
-        );
+        let urls: Vec<String> = (0..2).map(|i| format!("{}://{}:{}", scheme(), HOSTS[i], ports[i])).collect();
+        let mut proxy_args: Vec<String> =
+            ["proxy", "--listen", "127.0.0.1:0", "--aggregator", &urls[0], "--aggregator", &urls[1]]
+                .iter()
+                .map(|s| s.to_string())
+                .collect();
+        if let Some(s) = secured() {
+            let path = shared.path().join("proxy.toml");
+            std::fs::write(&path, s.proxy_toml()).unwrap();
+            proxy_args.extend(["--config".to_owned(), path.display().to_string()]);
+        }
+        let proxy = Aggregator::spawn(&proxy_args, &[]);
         let mut cluster = Cluster {
             shared,
             proxy,
@@ -70,7 +75,7 @@ impl Cluster {
     }
 
     pub fn url(&self, i: usize) -> String {
-        format!("http://{}:{}", HOSTS[i], self.ports[i])
+        format!("{}://{}:{}", scheme(), HOSTS[i], self.ports[i])
     }
 
     pub fn start_node(&mut self, i: usize, env: &[(&str, &str)]) {
@@ -277,4 +282,80 @@ pub fn check_nothing_lost(cluster: &Cluster, acked: &BTreeSet<String>) {
         compared[0] >= series && compared[1] >= series && compared[2] >= series,
         "every item and metric compared at every resolution: {compared:?} for {series} series"
     );
+}
+
+/// Waits until node `i` answers /health with one of `roles`; returns it.
+pub fn wait_role(cluster: &Cluster, i: usize, roles: &[&str]) -> String {
+    wait_until(Duration::from_secs(20), &format!("node {i} to be one of {roles:?}"), || {
+        cluster.role(i).map(|r| r.0).filter(|r| roles.contains(&r.as_str()))
+    })
+}
+
+/// kill -9 of the active under load: the standby takes over, the restarted node rejoins as
+/// standby, the standby refuses ingest naming the active, and nothing is lost.
+pub fn kill_9_of_the_active_under_load(mut c: Cluster) {
+    let first = c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(20, TAKEOVER);
+    c.kill9(0);
+    let second = c.wait_active(1, TAKEOVER);
+    assert!(second > first);
+    load.wait_progress(20, TAKEOVER);
+    c.start_node(0, &[]);
+    wait_role(&c, 0, &["standby"]);
+    load.wait_progress(20, TAKEOVER);
+    assert_eq!(c.active(), Some(1), "the returning node left the active alone");
+    assert_eq!(c.role(1).unwrap().1, second);
+
+    // The standby refuses ingest and queries, naming the active from the lease.
+    let (status, body) = put_json(&c.url(0), &interface_dto("to-standby", unix_now() / 300 * 300 - 300, 1, 1));
+    assert_eq!((status, body["role"].as_str()), (503, Some("standby")), "{body}");
+    assert_eq!(body["active"].as_str(), Some(c.url(1).as_str()), "{body}");
+    assert_eq!(get_retry_after(&format!("{}/api/v1/devices", c.url(0))), (503, Some("1".to_owned())));
+    // The System Status, asked of either node, shows both.
+    for i in 0..2 {
+        let (_, status) = get(&format!("{}/api/v1/status", c.url(i)));
+        let roles: Vec<(&str, &str)> = status["nodes"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|n| (n["node"].as_str().unwrap(), n["role"].as_str().unwrap()))
+            .collect();
+        assert_eq!(roles, [("da1", "standby"), ("da2", "active")], "{status}");
+        assert_eq!(status["lease"]["holder"], "da2");
+        assert_eq!(status["lease"]["epoch"], second);
+    }
+    check_nothing_lost(&c, &load.stop());
+}
+
+/// Two planned switchovers (`pollux failover` through the proxy) under load, then one refused
+/// by a standby; nothing lost.
+pub fn switchover_under_load(c: Cluster) {
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    for (from, to) in [(0, 1), (1, 0)] {
+        load.wait_progress(15, TAKEOVER);
+        let out = failover(&c.proxy.url);
+        let stdout = String::from_utf8_lossy(&out.stdout);
+        assert!(out.status.success(), "{stdout} {}", String::from_utf8_lossy(&out.stderr));
+        assert!(stdout.contains(&format!("from {}", NAMES[from])), "{stdout}");
+        c.wait_active(to, TAKEOVER);
+    }
+    load.wait_progress(15, TAKEOVER);
+    // A switchover asked of a standby is refused.
+    let out = failover(&c.url(1));
+    let stderr = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success() && stderr.contains("409"), "refused as not the active: {stderr}");
+    assert_eq!(c.active(), Some(0), "the refused switchover moved nothing");
+    check_nothing_lost(&c, &load.stop());
+}
+
+/// `pollux failover --url <url>`, with the admin token in a secured run.
+fn failover(url: &str) -> std::process::Output {
+    let mut cmd = std::process::Command::new(BIN);
+    cmd.args(["failover", "--url", url]);
+    if let Some(s) = secured() {
+        cmd.args(s.cli_args(&s.admin));
+    }
+    cmd.output().unwrap()
 }

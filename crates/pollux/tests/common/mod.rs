@@ -103,7 +103,7 @@ impl Aggregator {
                 panic!("pollux {args:?} did not start listening:\n{}", log.lock().unwrap());
             }
         };
-        Aggregator { child, url: format!("http://{addr}"), log }
+        Aggregator { child, url: format!("{}://{addr}", scheme()), log }
     }
 
     pub fn pid(&self) -> u32 {
@@ -129,13 +129,14 @@ impl Aggregator {
         let _ = self.child.wait();
     }
 
-    /// Sends a signal by name: "STOP", "CONT" or "TERM".
+    /// Sends a signal by name: "STOP", "CONT", "TERM" or "HUP".
     pub fn signal(&self, name: &str) {
         use nix::sys::signal::Signal;
         let signal = match name {
             "STOP" => Signal::SIGSTOP,
             "CONT" => Signal::SIGCONT,
             "TERM" => Signal::SIGTERM,
+            "HUP" => Signal::SIGHUP,
             other => panic!("no signal {other}"),
         };
         let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
@@ -164,16 +165,109 @@ impl Drop for Aggregator {
     }
 }
 
+/// HTTPS and a token per class for every process a test starts, and for the harness's own
+/// requests (GETs send the read token, PUTs the ingest token). Set once per test process by
+/// [`secure`]; a test binary either runs wholly secured or not at all.
+pub struct Secure {
+    pub dir: tempfile::TempDir,
+    pub ca: std::path::PathBuf,
+    pub ingest: std::path::PathBuf,
+    pub admin: std::path::PathBuf,
+    pub read: std::path::PathBuf,
+    cert: std::path::PathBuf,
+    key: std::path::PathBuf,
+}
+
+static SECURE: std::sync::OnceLock<Secure> = std::sync::OnceLock::new();
+
+/// Makes (once) a CA with `pollux certs`, one certificate for 127.0.0.1, .2 and .3, and three
+/// token files, and switches the harness to HTTPS with tokens.
+pub fn secure() -> &'static Secure {
+    SECURE.get_or_init(|| {
+        let dir = tempdir();
+        let tls = dir.path().join("tls");
+        let out = Command::new(BIN)
+            .args(["certs", "--dir", &tls.display().to_string(), "127.0.0.1", "127.0.0.2", "127.0.0.3", "localhost"])
+            .output()
+            .unwrap();
+        assert!(out.status.success(), "pollux certs: {}", String::from_utf8_lossy(&out.stderr));
+        let token = |name: &str| {
+            let path = dir.path().join(format!("{name}.token"));
+            std::fs::write(&path, format!("{name}-{:x}{:x}\n", std::process::id(), unix_now())).unwrap();
+            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
+            path
+        };
+        Secure {
+            ca: tls.join("ca.pem"),
+            cert: tls.join("127.0.0.1.pem"),
+            key: tls.join("127.0.0.1.key"),
+            ingest: token("ingest"),
+            admin: token("admin"),
+            read: token("read"),
+            dir,
+        }
+    })
+}
+
+pub fn secured() -> Option<&'static Secure> {
+    SECURE.get()
+}
+
+impl Secure {
+    /// The TLS and token keys of an aggregator's configuration.
+    pub fn aggregator_toml(&self) -> String {
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\ningest_token_file = {:?}\nadmin_token_file = {:?}\nread_token_file = {:?}\n",
+            self.cert, self.key, self.ingest, self.admin, self.read
+        )
+    }
+
+    /// The TLS keys of the proxy's configuration.
+    pub fn proxy_toml(&self) -> String {
+        format!("tls_cert = {:?}\ntls_key = {:?}\nca_file = {:?}\n", self.cert, self.key, self.ca)
+    }
+
+    /// `--ca-file` and `--token-file` for a command-line client.
+    pub fn cli_args(&self, token: &Path) -> Vec<String> {
+        ["--ca-file".to_owned(), self.ca.display().to_string(), "--token-file".to_owned(), token.display().to_string()]
+            .into()
+    }
+
+    /// `Authorization: Bearer <token of the file>`.
+    pub fn bearer(&self, token: &Path) -> String {
+        format!("Bearer {}", std::fs::read_to_string(token).unwrap().trim())
+    }
+}
+
+/// `http` or, in a secured test process, `https`.
+pub fn scheme() -> &'static str {
+    if secured().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 fn agent() -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false).build(),
-    )
+    let mut config =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(30))).http_status_as_error(false);
+    if let Some(s) = secured() {
+        config = config.tls_config(pollux_transport::ClientTls::load(Some(&s.ca)).unwrap().ureq());
+    }
+    ureq::Agent::new_with_config(config.build())
+}
+
+fn with_token<B>(request: ureq::RequestBuilder<B>, token: impl Fn(&Secure) -> &Path) -> ureq::RequestBuilder<B> {
+    match secured() {
+        Some(s) => request.header("authorization", s.bearer(token(s))),
+        None => request,
+    }
 }
 
 /// GET: status and JSON body (`Value::Null` when the body is not JSON). Status 0 when the
 /// connection failed.
 pub fn get(url: &str) -> (u16, Value) {
-    match agent().get(url).call() {
+    match with_token(agent().get(url), |s| &s.read).call() {
         Ok(mut r) => {
             let status = r.status().as_u16();
             let text = r.body_mut().read_to_string().unwrap_or_default();
@@ -185,20 +279,20 @@ pub fn get(url: &str) -> (u16, Value) {
 
 /// GET: status and the `Retry-After` header, if any.
 pub fn get_retry_after(url: &str) -> (u16, Option<String>) {
-    match agent().get(url).call() {
+    match with_token(agent().get(url), |s| &s.read).call() {
         Ok(r) => (r.status().as_u16(), r.headers().get("retry-after").and_then(|v| v.to_str().ok()).map(str::to_owned)),
         Err(_) => (0, None),
     }
 }
 
 pub fn get_text(url: &str) -> String {
-    agent().get(url).call().unwrap().body_mut().read_to_string().unwrap()
+    with_token(agent().get(url), |s| &s.read).call().unwrap().body_mut().read_to_string().unwrap()
 }
 
 /// PUT bytes with a content type: status and JSON body; status 0 when the connection failed
 /// (for instance because the process died before answering).
 pub fn put(url: &str, content_type: &str, body: &[u8]) -> (u16, Value) {
-    match agent().put(url).header("content-type", content_type).send(body) {
+    match with_token(agent().put(url), |s| &s.ingest).header("content-type", content_type).send(body) {
         Ok(mut r) => {
             let status = r.status().as_u16();
             let text = r.body_mut().read_to_string().unwrap_or_default();

@@ -1,0 +1,143 @@
+//! `pollux certs`: a private CA and certificates for a lab or a first install.
+//!
+//! ```text
+//!   pollux certs --dir /etc/pollux/tls da1.example.net 10.0.0.2
+//!     ca.pem, ca.key             made on the first run (ca.key 0600), reused by later ones
+//!     da1.example.net.pem, .key  for every name and address given (ECDSA P-256)
+//! ```
+//!
+//! Give every client `ca_file = ".../ca.pem"`; keep `ca.key` off the servers once their
+//! certificates are made. A certificate written over an existing one is picked up by the
+//! running process within a second (or at once on SIGHUP).
+
+use rcgen::{BasicConstraints, CertificateParams, DnType, IsCa, Issuer, KeyPair, KeyUsagePurpose};
+use std::io::Write;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::process::ExitCode;
+use time::{Duration, OffsetDateTime};
+
+#[derive(clap::Args)]
+pub struct CertsArgs {
+    /// Host names and IP addresses the certificate is for; the first names the files.
+    #[arg(required = true, value_name = "NAME")]
+    names: Vec<String>,
+    /// Where the CA and the certificates are kept.
+    #[arg(long, default_value = "./pollux-tls")]
+    dir: PathBuf,
+    /// How long the certificate is valid, in days.
+    #[arg(long, default_value_t = 397, value_parser = clap::value_parser!(u32).range(1..=3650))]
+    days: u32,
+    /// Make a certificate that expired yesterday (for testing that clients refuse it).
+    #[arg(long, hide = true)]
+    expired: bool,
+}
+
+const CA_DAYS: i64 = 3650;
+
+pub fn run(args: CertsArgs) -> ExitCode {
+    match make(&args) {
+        Ok((ca, cert, key, made_ca)) => {
+            if made_ca {
+                println!(
+                    "made a new CA: {} (its key {} stays private)",
+                    ca.display(),
+                    ca.with_extension("key").display()
+                );
+            }
+            println!("certificate {} and key {} for {}", cert.display(), key.display(), args.names.join(", "));
+            println!("clients trust it with ca_file = \"{}\"", ca.display());
+            ExitCode::SUCCESS
+        }
+        Err(e) => {
+            eprintln!("pollux certs: {e}");
+            ExitCode::from(crate::EXIT_USAGE)
+        }
+    }
+}
+
+/// The CA's name carries a digest of its key, so two installations' CAs never share a name
+/// (a client would take one for the other's issuer), and a later run rebuilds the same issuer
+/// from the key alone.
+fn ca_params(key: &KeyPair) -> CertificateParams {
+    use sha2::Digest;
+    let digest = sha2::Sha256::digest(key.public_key_pem().as_bytes());
+    let id: String = digest[..6].iter().map(|b| format!("{b:02x}")).collect();
+    let mut params = CertificateParams::default();
+    params.distinguished_name.push(DnType::CommonName, format!("Pollux private CA {id}"));
+    params.distinguished_name.push(DnType::OrganizationName, "Pollux");
+    params.is_ca = IsCa::Ca(BasicConstraints::Constrained(0));
+    params.key_usages = vec![KeyUsagePurpose::KeyCertSign, KeyUsagePurpose::CrlSign];
+    params
+}
+
+/// Returns the CA, certificate and key paths, and whether the CA is new.
+fn make(args: &CertsArgs) -> Result<(PathBuf, PathBuf, PathBuf, bool), String> {
+    for name in &args.names {
+        let ok = !name.is_empty()
+            && name.len() <= 253
+            && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*'))
+            && !name.starts_with('.');
+        if !ok {
+            return Err(format!("{name:?} is not a host name or an IP address"));
+        }
+    }
+    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
+    let (ca_pem, ca_key) = (args.dir.join("ca.pem"), args.dir.join("ca.key"));
+    let now = OffsetDateTime::now_utc();
+    let made_ca = !ca_key.exists();
+    let issuer = if made_ca {
+        let key = KeyPair::generate().map_err(|e| e.to_string())?;
+        let mut params = ca_params(&key);
+        params.not_before = now - Duration::days(1);
+        params.not_after = now + Duration::days(CA_DAYS);
+        let cert = params.self_signed(&key).map_err(|e| e.to_string())?;
+        write_private(&ca_key, &key.serialize_pem())?;
+        write_public(&ca_pem, &cert.pem())?;
+        Issuer::new(ca_params(&key), key)
+    } else {
+        // The issuer is the CA's name, key usages and key: the same as when it was made.
+        let pem = std::fs::read_to_string(&ca_key).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+        let key = KeyPair::from_pem(&pem).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+        Issuer::new(ca_params(&key), key)
+    };
+    let mut params = CertificateParams::new(args.names.clone()).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(DnType::CommonName, args.names[0].as_str());
+    params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
+    params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
+    if args.expired {
+        params.not_before = now - Duration::days(30);
+        params.not_after = now - Duration::days(1);
+    } else {
+        params.not_before = now - Duration::hours(1);
+        params.not_after = now + Duration::days(i64::from(args.days));
+    }
+    let key = KeyPair::generate().map_err(|e| e.to_string())?;
+    let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
+    let stem = args.names[0].replace([':', '*'], "_");
+    let (cert_path, key_path) = (args.dir.join(format!("{stem}.pem")), args.dir.join(format!("{stem}.key")));
+    // The key first: a running server that sees the new certificate before its key would
+    // fail that reload (and succeed at the next change), but never serve a mismatched pair.
+    write_private(&key_path, &key.serialize_pem())?;
+    write_public(&cert_path, &cert.pem())?;
+    Ok((ca_pem, cert_path, key_path, made_ca))
+}
+
+/// Writes a file whole: a temporary file renamed over the old one, so a server reloading it
+/// never reads half a PEM.
+fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    let fail = |e: std::io::Error| format!("{}: {e}", path.display());
+    let temp = path.with_extension("tmp");
+    let mut file =
+        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temp).map_err(fail)?;
+    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
+    std::fs::rename(&temp, path).map_err(fail)
+}
+
+fn write_private(path: &Path, text: &str) -> Result<(), String> {
+    write_file(path, text, 0o600)
+}
+
+fn write_public(path: &Path, text: &str) -> Result<(), String> {
+    write_file(path, text, 0o644)
+}

@@ -1,0 +1,62 @@
+//! The command line's HTTP client (`status`, `failover`, `maintenance`): HTTPS trusting
+//! `--ca-file` (or the system's roots), and the token from `--token-file`, never from the
+//! command line itself, where `ps` would show it.
+
+use pollux_transport::auth::{read_token_file, Secret};
+use pollux_transport::ClientTls;
+use std::path::PathBuf;
+use std::time::Duration;
+
+#[derive(clap::Args, Clone, Debug)]
+pub struct ClientArgs {
+    /// CA certificates to trust for https:// URLs (default: the system's roots).
+    #[arg(long, value_name = "FILE", env = "POLLUX_CA_FILE")]
+    pub ca_file: Option<PathBuf>,
+    /// File holding the token to send: the admin token for failover and maintenance, any token
+    /// for status (when the aggregators require one).
+    #[arg(long, value_name = "FILE", env = "POLLUX_TOKEN_FILE")]
+    pub token_file: Option<PathBuf>,
+}
+
+pub struct Client {
+    pub agent: ureq::Agent,
+    token: Option<Secret>,
+}
+
+impl ClientArgs {
+    /// The client, or why the files cannot be used.
+    pub fn client(&self, timeout: Duration) -> Result<Client, String> {
+        let tls =
+            ClientTls::load(self.ca_file.as_deref()).map_err(|e| format!("--{e}").replace("--ca_file", "--ca-file"))?;
+        let token = match &self.token_file {
+            Some(path) => Some(read_token_file("--token-file", path).map_err(|(k, p)| format!("{k} {p}"))?),
+            None => None,
+        };
+        let agent = ureq::Agent::new_with_config(
+            ureq::Agent::config_builder()
+                .timeout_global(Some(timeout))
+                .tls_config(tls.ureq())
+                .http_status_as_error(false)
+                .build(),
+        );
+        Ok(Client { agent, token })
+    }
+}
+
+impl Client {
+    pub fn get(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        let request = self.agent.get(url);
+        match &self.token {
+            Some(t) => request.header("Authorization", t.bearer()),
+            None => request,
+        }
+    }
+
+    pub fn post(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithBody> {
+        let request = self.agent.post(url);
+        match &self.token {
+            Some(t) => request.header("Authorization", t.bearer()),
+            None => request,
+        }
+    }
+}

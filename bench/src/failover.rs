@@ -23,15 +23,12 @@ impl Cluster {
         let shared = tempfile::tempdir()?;
         let port = |h: &str| -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((h, 0))?.local_addr()?.port()) };
         let ports = [port(HOSTS[0])?, port(HOSTS[1])?];
-        let (proxy_proc, proxy) = spawn(&[
-            "proxy".into(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--aggregator".into(),
-            format!("http://{}:{}", HOSTS[0], ports[0]),
-            "--aggregator".into(),
-            format!("http://{}:{}", HOSTS[1], ports[1]),
-        ])?;
+        let mut args: Vec<String> = vec!["proxy".into(), "--listen".into(), "127.0.0.1:0".into()];
+        for i in 0..2 {
+            args.extend(["--aggregator".into(), format!("{}://{}:{}", util::scheme(), HOSTS[i], ports[i])]);
+        }
+        args.extend(util::security_args("proxy", shared.path())?);
+        let (proxy_proc, proxy) = spawn(&args)?;
         let mut c = Cluster { shared, ports, nodes: [None, None], _proxy: proxy_proc, proxy };
         c.start_node(0)?;
         wait_for(Duration::from_secs(30), || Ok(util::get_status(&format!("{}/health/active", c.url(0)))? == 200))?;
@@ -40,23 +37,29 @@ impl Cluster {
     }
 
     fn url(&self, i: usize) -> String {
-        format!("http://{}:{}", HOSTS[i], self.ports[i])
+        format!("{}://{}:{}", util::scheme(), HOSTS[i], self.ports[i])
     }
 
     fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let (proc, _) = spawn(&[
-            "aggregator".into(),
-            "--node-id".into(),
-            format!("da{}", i + 1),
-            "--listen".into(),
-            format!("{}:{}", HOSTS[i], self.ports[i]),
-            "--failwait".into(),
-            FAILWAIT.into(),
-            "--startwait".into(),
-            "10s".into(),
-            "--shared-dir".into(),
-            self.shared.path().display().to_string(),
-        ])?;
+        let security = util::security_args("aggregator", self.shared.path())?;
+        let (proc, _) = spawn(
+            &[
+                "aggregator".into(),
+                "--node-id".into(),
+                format!("da{}", i + 1),
+                "--listen".into(),
+                format!("{}:{}", HOSTS[i], self.ports[i]),
+                "--failwait".into(),
+                FAILWAIT.into(),
+                "--startwait".into(),
+                "10s".into(),
+                "--shared-dir".into(),
+                self.shared.path().display().to_string(),
+            ]
+            .into_iter()
+            .chain(security)
+            .collect::<Vec<_>>(),
+        )?;
         self.nodes[i] = Some(proc);
         Ok(())
     }

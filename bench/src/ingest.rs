@@ -37,11 +37,11 @@ pub fn make_dto(id: &str, cycle: i64, devices: usize, interfaces: usize, rng: &m
 }
 
 /// Size of the simulated network: 100,000 interfaces, so one poll cycle is ten DTOs.
-const NETWORK_DTOS_PER_CYCLE: usize = 10;
+pub(crate) const NETWORK_DTOS_PER_CYCLE: usize = 10;
 
 /// `n` DTOs as a 100,000-interface network produces them: ten per 5-minute cycle, each from a
 /// different block of devices, over the last cycles before now.
-fn dtos(n: usize) -> Vec<Dto> {
+pub(crate) fn dtos(n: usize) -> Vec<Dto> {
     let mut rng = Rng::new(7);
     let cycles = n.div_ceil(NETWORK_DTOS_PER_CYCLE) as i64;
     let first = (util::unix_now() / 300 - cycles - 1) * 300;
@@ -69,7 +69,10 @@ struct Put {
 /// Sends every body with `CLIENTS` concurrent senders; returns (seconds to all acknowledged,
 /// seconds to all loaded). The first cycle's DTOs are sent first, untimed, so that the timed
 /// part measures the steady state of a known network (item ids exist).
-fn pollux_run(bodies: &Arc<Vec<(String, Vec<u8>)>>, content_type: &'static str) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn pollux_run(
+    bodies: &Arc<Vec<(String, Vec<u8>)>>,
+    content_type: &'static str,
+) -> anyhow::Result<(f64, f64)> {
     let shared = tempfile::tempdir()?;
     let (_proc, url) = start_aggregator(shared.path())?;
     let agent = agent();

@@ -9,6 +9,7 @@
 //! target/release/pollux-bench failover    # kill -9 -> first 201, planned switchover, proxy overhead
 //! target/release/pollux-bench collector   # items polled/s vs snmpbulkwalk; 100,000 interfaces per cycle
 //! target/release/pollux-bench alerts      # loader with 1,000 rules vs none; 201 -> webhook POST p50
+//! target/release/pollux-bench tls         # HTTPS with tokens vs plain: ingest, latency, failover, proxy
 //! target/release/pollux-bench all
 //! ```
 //!
@@ -24,6 +25,7 @@ mod collector;
 mod failover;
 mod ingest;
 mod query;
+mod tls;
 mod util;
 
 fn main() -> anyhow::Result<()> {
@@ -43,16 +45,20 @@ fn main() -> anyhow::Result<()> {
         "failover" => failover::run(flag("--rounds", 5)),
         "collector" => collector::run(flag("--rate-devices", 1_000), flag("--devices", 10_000)),
         "alerts" => alerts::run(flag("--cycles", 6), flag("--runs", 5), flag("--events", 30)),
+        "tls" => tls::run(flag("--dtos", 40), flag("--runs", 3), flag("--rounds", 5)),
         "all" => {
             ingest::throughput(60, 3)?;
             ingest::latency(40)?;
             failover::run(5)?;
             collector::run(1_000, 10_000)?;
             alerts::run(6, 5, 30)?;
+            tls::run(40, 3, 5)?;
             query::run(100_000, 24)
         }
         other => {
-            anyhow::bail!("unknown benchmark {other:?}: ingest, latency, failover, collector, alerts, query or all")
+            anyhow::bail!(
+                "unknown benchmark {other:?}: ingest, latency, failover, collector, alerts, tls, query or all"
+            )
         }
     }
 }

@@ -28,6 +28,85 @@ impl Drop for Proc {
     }
 }
 
+/// HTTPS and tokens for the processes the benchmarks start and the requests they send, while
+/// switched on with [`set_tls`]: a CA and a certificate for 127.0.0.1-3 from `pollux certs`,
+/// an ingest token (sent with every PUT) and an admin token (every POST). The read class stays
+/// open, as an operator may leave it.
+pub struct Tls {
+    _dir: tempfile::TempDir,
+    ca: PathBuf,
+    cert: PathBuf,
+    key: PathBuf,
+    ingest_file: PathBuf,
+    admin_file: PathBuf,
+    ingest: String,
+    admin: String,
+}
+
+static TLS_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+static TLS: std::sync::OnceLock<Tls> = std::sync::OnceLock::new();
+
+/// Switches HTTPS with tokens on or off for what starts and is sent from now on.
+pub fn set_tls(on: bool) -> anyhow::Result<()> {
+    if on && TLS.get().is_none() {
+        let dir = tempfile::tempdir()?;
+        let out = Command::new(pollux_bin()?)
+            .args(["certs", "--dir"])
+            .arg(dir.path())
+            .args(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
+            .output()?;
+        anyhow::ensure!(out.status.success(), "pollux certs: {}", String::from_utf8_lossy(&out.stderr));
+        let token = |name: &str| -> anyhow::Result<(PathBuf, String)> {
+            let value = format!("{name}-bench-token-{:016x}", Rng::new(unix_now() as u64).next());
+            let path = dir.path().join(format!("{name}.token"));
+            std::fs::write(&path, &value)?;
+            Ok((path, value))
+        };
+        let ((ingest_file, ingest), (admin_file, admin)) = (token("ingest")?, token("admin")?);
+        let tls = dir.path();
+        let _ = TLS.set(Tls {
+            ca: tls.join("ca.pem"),
+            cert: tls.join("127.0.0.1.pem"),
+            key: tls.join("127.0.0.1.key"),
+            ingest_file,
+            admin_file,
+            ingest,
+            admin,
+            _dir: dir,
+        });
+    }
+    TLS_ON.store(on, std::sync::atomic::Ordering::SeqCst);
+    Ok(())
+}
+
+pub fn tls() -> Option<&'static Tls> {
+    TLS_ON.load(std::sync::atomic::Ordering::SeqCst).then(|| TLS.get()).flatten()
+}
+
+pub fn scheme() -> &'static str {
+    if tls().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
+/// `--config FILE` with the TLS and token keys of `role` (aggregator or proxy), written in
+/// `dir`; nothing while TLS is off.
+pub fn security_args(role: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
+    let Some(t) = tls() else { return Ok(Vec::new()) };
+    let mut toml = format!("tls_cert = {:?}\ntls_key = {:?}\n", t.cert, t.key);
+    match role {
+        "aggregator" => {
+            toml.push_str(&format!("ingest_token_file = {:?}\nadmin_token_file = {:?}\n", t.ingest_file, t.admin_file))
+        }
+        _ => toml.push_str(&format!("ca_file = {:?}\n", t.ca)),
+    }
+    let path = dir.join(format!("{role}-{}.toml", std::process::id()));
+    std::fs::write(&path, toml)?;
+    Ok(vec!["--config".into(), path.display().to_string()])
+}
+
 /// Starts `pollux <args>` and returns it with the URL it says it listens on.
 pub fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
     let mut child = Command::new(pollux_bin()?)
@@ -47,7 +126,7 @@ pub fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
         }
     });
     let addr = rx.recv_timeout(Duration::from_secs(60)).with_context(|| format!("pollux {args:?} did not start"))?;
-    Ok((proc, format!("http://{addr}")))
+    Ok((proc, format!("{}://{addr}", scheme())))
 }
 
 /// Starts `pollux aggregator` on an ephemeral port; returns it with its base URL once active.
@@ -56,6 +135,7 @@ pub fn start_aggregator(shared: &Path) -> anyhow::Result<(Proc, String)> {
         .iter()
         .map(|s| s.to_string())
         .chain([shared.display().to_string()])
+        .chain(security_args("aggregator", shared)?)
         .collect();
     let (proc, url) = spawn(&args)?;
     wait_for(Duration::from_secs(120), || Ok(get_status(&format!("{url}/health/active"))? == 200))?;
@@ -90,13 +170,26 @@ pub fn send_all<T: Send + Sync + 'static>(
     Ok(())
 }
 
+/// A client; while TLS is on it trusts the benchmark CA and sends the ingest token with PUTs
+/// and the admin token with POSTs.
 pub fn agent() -> ureq::Agent {
-    ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .timeout_global(Some(Duration::from_secs(120)))
-            .http_status_as_error(false)
-            .build(),
-    )
+    let config =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).http_status_as_error(false);
+    let Some(t) = tls() else { return ureq::Agent::new_with_config(config.build()) };
+    let tls = pollux_transport::ClientTls::load(Some(&t.ca)).expect("the benchmark CA");
+    let (ingest, admin) = (format!("Bearer {}", t.ingest), format!("Bearer {}", t.admin));
+    let with_token = move |mut request: ureq::http::Request<ureq::SendBody>, next: ureq::middleware::MiddlewareNext| {
+        let token = match *request.method() {
+            ureq::http::Method::PUT => Some(&ingest),
+            ureq::http::Method::POST => Some(&admin),
+            _ => None,
+        };
+        if let Some(token) = token {
+            request.headers_mut().insert("authorization", token.parse().expect("a header value"));
+        }
+        next.handle(request)
+    };
+    ureq::Agent::new_with_config(config.tls_config(tls.ureq()).middleware(with_token).build())
 }
 
 pub fn get_status(url: &str) -> anyhow::Result<u16> {

@@ -51,7 +51,20 @@ impl std::error::Error for TlsError {}
 
 fn provider() -> Arc<rustls::crypto::CryptoProvider> {
     static PROVIDER: OnceLock<Arc<rustls::crypto::CryptoProvider>> = OnceLock::new();
-    PROVIDER.get_or_init(|| Arc::new(rustls::crypto::ring::default_provider())).clone()
+    PROVIDER
+        .get_or_init(|| {
+            // AES-128-GCM first (as Go and nginx order them): as strong as needed, and a third
+            // cheaper than AES-256 on the bulk of the traffic, DTO bodies.
+            let mut provider = rustls::crypto::ring::default_provider();
+            provider.cipher_suites.sort_by_key(|s| match s.suite() {
+                rustls::CipherSuite::TLS13_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_ECDSA_WITH_AES_128_GCM_SHA256
+                | rustls::CipherSuite::TLS_ECDHE_RSA_WITH_AES_128_GCM_SHA256 => 0,
+                _ => 1,
+            });
+            Arc::new(provider)
+        })
+        .clone()
 }
 
 /// TLS 1.3 and 1.2; rustls has nothing older, so 1.0 and 1.1 clients fail the handshake.

@@ -36,8 +36,8 @@ pub struct CertsArgs {
 const CA_DAYS: i64 = 3650;
 
 pub fn run(args: CertsArgs) -> ExitCode {
-    match make(&args) {
-        Ok((ca, cert, key, made_ca)) => {
+    match issue(&args.dir, &args.names, args.days, args.expired) {
+        Ok(Issued { ca, cert, key, made_ca }) => {
             if made_ca {
                 println!(
                     "made a new CA: {} (its key {} stays private)",
@@ -71,9 +71,21 @@ fn ca_params(key: &KeyPair) -> CertificateParams {
     params
 }
 
-/// Returns the CA, certificate and key paths, and whether the CA is new.
-fn make(args: &CertsArgs) -> Result<(PathBuf, PathBuf, PathBuf, bool), String> {
-    for name in &args.names {
+/// What [`issue`] wrote.
+pub struct Issued {
+    pub ca: PathBuf,
+    pub cert: PathBuf,
+    pub key: PathBuf,
+    pub made_ca: bool,
+}
+
+/// Makes the CA in `dir` if there is none, and a certificate for `names` (the first names the
+/// files) valid `days` (or expired yesterday).
+pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<Issued, String> {
+    if names.is_empty() {
+        return Err("name at least one host name or address".into());
+    }
+    for name in names {
         let ok = !name.is_empty()
             && name.len() <= 253
             && name.chars().all(|c| c.is_ascii_alphanumeric() || matches!(c, '.' | '-' | ':' | '*'))
@@ -82,8 +94,8 @@ fn make(args: &CertsArgs) -> Result<(PathBuf, PathBuf, PathBuf, bool), String> {
             return Err(format!("{name:?} is not a host name or an IP address"));
         }
     }
-    std::fs::create_dir_all(&args.dir).map_err(|e| format!("{}: {e}", args.dir.display()))?;
-    let (ca_pem, ca_key) = (args.dir.join("ca.pem"), args.dir.join("ca.key"));
+    std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let now = OffsetDateTime::now_utc();
     let made_ca = !ca_key.exists();
     let issuer = if made_ca {
@@ -101,26 +113,26 @@ fn make(args: &CertsArgs) -> Result<(PathBuf, PathBuf, PathBuf, bool), String> {
         let key = KeyPair::from_pem(&pem).map_err(|e| format!("{}: {e}", ca_key.display()))?;
         Issuer::new(ca_params(&key), key)
     };
-    let mut params = CertificateParams::new(args.names.clone()).map_err(|e| e.to_string())?;
-    params.distinguished_name.push(DnType::CommonName, args.names[0].as_str());
+    let mut params = CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
+    params.distinguished_name.push(DnType::CommonName, names[0].as_str());
     params.key_usages = vec![KeyUsagePurpose::DigitalSignature];
     params.extended_key_usages = vec![rcgen::ExtendedKeyUsagePurpose::ServerAuth];
-    if args.expired {
+    if expired {
         params.not_before = now - Duration::days(30);
         params.not_after = now - Duration::days(1);
     } else {
         params.not_before = now - Duration::hours(1);
-        params.not_after = now + Duration::days(i64::from(args.days));
+        params.not_after = now + Duration::days(i64::from(days));
     }
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
-    let stem = args.names[0].replace([':', '*'], "_");
-    let (cert_path, key_path) = (args.dir.join(format!("{stem}.pem")), args.dir.join(format!("{stem}.key")));
+    let stem = names[0].replace([':', '*'], "_");
+    let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
     // The key first: a running server that sees the new certificate before its key would
     // fail that reload (and succeed at the next change), but never serve a mismatched pair.
     write_private(&key_path, &key.serialize_pem())?;
     write_public(&cert_path, &cert.pem())?;
-    Ok((ca_pem, cert_path, key_path, made_ca))
+    Ok(Issued { ca: ca_pem, cert: cert_path, key: key_path, made_ca })
 }
 
 /// Writes a file whole: a temporary file renamed over the old one, so a server reloading it
@@ -134,7 +146,7 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
     std::fs::rename(&temp, path).map_err(fail)
 }
 
-fn write_private(path: &Path, text: &str) -> Result<(), String> {
+pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), String> {
     write_file(path, text, 0o600)
 }
 

@@ -55,6 +55,10 @@ pub struct DemoArgs {
     /// Stop by itself after this long (default: at Ctrl-C).
     #[arg(long, value_parser = super::parse_duration)]
     duration: Option<Duration>,
+    /// Everything over HTTPS with ingest and admin tokens: a private CA and a certificate made
+    /// with `pollux certs` in <dir>/tls, the tokens in <dir>/tokens.
+    #[arg(long)]
+    tls: bool,
 }
 
 /// Makes this process die with the demo that started it, if it did.
@@ -93,6 +97,10 @@ struct Demo {
     procs: Vec<Proc>,
     exe: PathBuf,
     proxy: String,
+    /// `http` or `https`.
+    scheme: &'static str,
+    /// The demo's own requests (trusting the demo CA with --tls).
+    client: ureq::Agent,
     /// Acknowledged ids read so far from the collector's log, and those not loaded yet.
     acked: usize,
     waiting: BTreeSet<String>,
@@ -119,13 +127,23 @@ pub fn run(args: DemoArgs) -> ExitCode {
             return ExitCode::FAILURE;
         }
     };
-    let proxy = format!("http://127.0.0.1:{}", args.port);
+    let scheme = if args.tls { "https" } else { "http" };
+    let client = match args.tls.then(|| make_tls(&dir)).transpose() {
+        Ok(ca) => client(ca.as_deref()),
+        Err(e) => {
+            eprintln!("pollux demo: {e}");
+            return ExitCode::from(super::EXIT_USAGE);
+        }
+    };
+    let proxy = format!("{scheme}://127.0.0.1:{}", args.port);
     let mut demo = Demo {
         args,
         dir,
         procs: Vec::new(),
         exe,
         proxy,
+        scheme,
+        client,
         acked: 0,
         waiting: BTreeSet::new(),
         lost: BTreeSet::new(),
@@ -172,6 +190,40 @@ fn check_ports(args: &DemoArgs) -> Result<(), String> {
     Ok(())
 }
 
+/// The demo's CA and certificate (for 127.0.0.1-3 and localhost), and its ingest and admin
+/// tokens, made on the first `--tls` start and reused after; returns the CA file.
+fn make_tls(dir: &Path) -> Result<PathBuf, String> {
+    let tls = dir.join("tls");
+    if !tls.join("demo.pem").exists() {
+        let names: Vec<String> = ["demo", "127.0.0.1", "127.0.0.2", "127.0.0.3", "localhost"].map(String::from).into();
+        super::certs::issue(&tls, &names, 397, false)?;
+    }
+    std::fs::create_dir_all(dir.join("tokens")).map_err(|e| format!("{}: {e}", dir.display()))?;
+    for class in ["ingest", "admin"] {
+        let path = dir.join(format!("tokens/{class}.token"));
+        if !path.exists() {
+            let mut random = [0u8; 24];
+            use std::io::Read;
+            std::fs::File::open("/dev/urandom")
+                .and_then(|mut f| f.read_exact(&mut random))
+                .map_err(|e| format!("/dev/urandom: {e}"))?;
+            let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+            super::certs::write_private(&path, &format!("{token}\n"))?;
+        }
+    }
+    Ok(tls.join("ca.pem"))
+}
+
+fn client(ca: Option<&Path>) -> ureq::Agent {
+    let mut config =
+        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).http_status_as_error(false);
+    if let Some(ca) = ca {
+        let tls = pollux_transport::ClientTls::load(Some(ca)).expect("the demo CA was just written");
+        config = config.tls_config(tls.ureq());
+    }
+    ureq::Agent::new_with_config(config.build())
+}
+
 fn prepare_dir(dir: &Path) -> std::io::Result<PathBuf> {
     for sub in ["shared", "logs", "spool"] {
         std::fs::create_dir_all(dir.join(sub))?;
@@ -186,7 +238,20 @@ impl Demo {
 
     fn run(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
         let port = self.args.port;
-        let aggregators = [format!("http://127.0.0.2:{port}"), format!("http://127.0.0.3:{port}")];
+        let scheme = self.scheme;
+        let aggregators = [format!("{scheme}://127.0.0.2:{port}"), format!("{scheme}://127.0.0.3:{port}")];
+        let (mut aggregator_toml, mut proxy_toml, mut collector_toml) = (String::new(), String::new(), String::new());
+        if self.args.tls {
+            let (cert, key, ca) = (self.path("tls/demo.pem"), self.path("tls/demo.key"), self.path("tls/ca.pem"));
+            let (ingest, admin) = (self.path("tokens/ingest.token"), self.path("tokens/admin.token"));
+            aggregator_toml = format!(
+                "tls_cert = {cert:?}\ntls_key = {key:?}\ningest_token_file = {ingest:?}\nadmin_token_file = {admin:?}\n"
+            );
+            proxy_toml = format!("tls_cert = {cert:?}\ntls_key = {key:?}\nca_file = {ca:?}\n");
+            collector_toml = format!("ca_file = {ca:?}\ningest_token_file = {ingest:?}\n");
+        }
+        std::fs::write(self.dir.join("aggregator.toml"), aggregator_toml)?;
+        std::fs::write(self.dir.join("proxy.toml"), proxy_toml)?;
         let v3 = self.args.devices / 4;
         let _ = std::fs::remove_file(self.dir.join("inventory.toml"));
         self.spawn(
@@ -212,6 +277,8 @@ impl Demo {
                 if i == 0 { "da1" } else { "da2" },
                 &[
                     "aggregator",
+                    "--config",
+                    &self.path("aggregator.toml"),
                     "--node-id",
                     node,
                     "--listen",
@@ -235,14 +302,24 @@ impl Demo {
         let proxy_listen = format!("127.0.0.1:{port}");
         self.spawn(
             "proxy",
-            &["proxy", "--listen", &proxy_listen, "--aggregator", &aggregators[0], "--aggregator", &aggregators[1]],
+            &[
+                "proxy",
+                "--config",
+                &self.path("proxy.toml"),
+                "--listen",
+                &proxy_listen,
+                "--aggregator",
+                &aggregators[0],
+                "--aggregator",
+                &aggregators[1],
+            ],
         )?;
         self.wait(stop, Duration::from_secs(60), "the simulator's inventory", |d| {
             d.dir.join("inventory.toml").exists()
         })?;
         std::fs::write(
             self.dir.join("collector.toml"),
-            format!("ack_log = {:?}\nmax_concurrent_polls = 64\n", self.path("acked.log")),
+            format!("ack_log = {:?}\nmax_concurrent_polls = 64\n{collector_toml}", self.path("acked.log")),
         )?;
         let interval = pollux_model::duration::format(self.args.interval);
         let metrics = format!("127.0.0.1:{}", u32::from(port) + 1);
@@ -269,8 +346,8 @@ impl Demo {
             ],
         )?;
         let proxy = self.proxy.clone();
-        self.wait(stop, Duration::from_secs(120), "an active aggregator", |_| {
-            http_get(&format!("{proxy}/health/active")).is_some_and(|(status, _)| status == 200)
+        self.wait(stop, Duration::from_secs(120), "an active aggregator", |d| {
+            d.http_get(&format!("{proxy}/health/active")).is_some_and(|(status, _)| status == 200)
         })?;
         self.ack_log_offset = std::fs::metadata(self.dir.join("acked.log")).map_or(0, |m| m.len());
         self.print_screen();
@@ -342,13 +419,23 @@ impl Demo {
     fn print_screen(&self) {
         let port = self.args.port;
         let me = self.exe.display();
+        let scheme = self.scheme;
+        let (client, curl, admin) = if self.args.tls {
+            let ca = self.path("tls/ca.pem");
+            let admin = self.path("tokens/admin.token");
+            (format!(" --ca-file {ca}"), format!("curl --cacert {ca} "), format!(" --token-file {admin}"))
+        } else {
+            (String::new(), "curl ".to_owned(), String::new())
+        };
         let mut out = String::new();
         use std::fmt::Write as _;
         let _ = writeln!(out, "\nPollux demo is running: a fault-tolerant environment on this machine.\n");
-        let _ =
-            writeln!(out, "  proxy       http://127.0.0.1:{port}   (every client goes here; it follows the active)");
-        let _ = writeln!(out, "  da1         http://127.0.0.2:{port}   pid {}", self.pid_of("da1"));
-        let _ = writeln!(out, "  da2         http://127.0.0.3:{port}   pid {}", self.pid_of("da2"));
+        let _ = writeln!(
+            out,
+            "  proxy       {scheme}://127.0.0.1:{port}   (every client goes here; it follows the active)"
+        );
+        let _ = writeln!(out, "  da1         {scheme}://127.0.0.2:{port}   pid {}", self.pid_of("da1"));
+        let _ = writeln!(out, "  da2         {scheme}://127.0.0.3:{port}   pid {}", self.pid_of("da2"));
         let _ = writeln!(
             out,
             "  collector   {} devices ({} SNMPv3) every {}, pid {}; simulator pid {}",
@@ -359,9 +446,17 @@ impl Demo {
             self.pid_of("simulator")
         );
         let _ = writeln!(out, "  failwait    {FAILWAIT}, startwait {STARTWAIT}\n");
-        let _ = writeln!(out, "  status      {me} status --url http://127.0.0.1:{port}");
-        let _ = writeln!(out, "  data        curl 'http://127.0.0.1:{port}/api/v1/devices'");
-        let _ = writeln!(out, "  failover    {me} failover --url http://127.0.0.1:{port}");
+        let _ = writeln!(out, "  status      {me} status --url {scheme}://127.0.0.1:{port}{client}");
+        let _ = writeln!(out, "  data        {curl}'{scheme}://127.0.0.1:{port}/api/v1/devices'");
+        let _ = writeln!(out, "  failover    {me} failover --url {scheme}://127.0.0.1:{port}{client}{admin}");
+        if self.args.tls {
+            let _ = writeln!(
+                out,
+                "  HTTPS       every hop; CA {}, tokens in {} (reads are open)",
+                self.path("tls/ca.pem"),
+                self.path("tokens")
+            );
+        }
         let _ = writeln!(out, "              or kill -9 the active's pid above: the standby takes over after failwait");
         let _ = writeln!(out, "  logs        {}/", self.dir.join("logs").display());
         let _ = writeln!(out, "  data dir    {} (kept; the next start reuses it)\n", self.dir.display());
@@ -415,7 +510,7 @@ impl Demo {
 
     /// Which aggregator the proxy routes to.
     fn active(&self) -> Option<(&'static str, u64)> {
-        let (status, body) = http_get(&format!("{}/health/active", self.proxy))?;
+        let (status, body) = self.http_get(&format!("{}/health/active", self.proxy))?;
         let name = match body["node"].as_str()? {
             "da1" => "da1",
             "da2" => "da2",
@@ -523,7 +618,7 @@ impl Demo {
         }
         let ids: Vec<String> = self.waiting.iter().cloned().collect();
         for id in ids {
-            match http_get(&format!("{}/api/v1/dto/{id}", self.proxy)) {
+            match self.http_get(&format!("{}/api/v1/dto/{id}", self.proxy)) {
                 Some((200, body)) if body["state"] == "loaded" => {
                     self.waiting.remove(&id);
                 }
@@ -539,7 +634,8 @@ impl Demo {
 
     fn summary(&self) -> String {
         let active = self.active().map_or("none".to_owned(), |(n, e)| format!("{n} (epoch {e})"));
-        let duplicated = http_get(&format!("{}/api/v1/status", self.proxy))
+        let duplicated = self
+            .http_get(&format!("{}/api/v1/status", self.proxy))
             .and_then(|(_, b)| b["repository"]["replaced_records"].as_u64())
             .map_or("?".to_owned(), |n| n.to_string());
         format!(
@@ -579,14 +675,13 @@ impl Demo {
     }
 }
 
-fn http_get(url: &str) -> Option<(u16, serde_json::Value)> {
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).http_status_as_error(false).build(),
-    );
-    let mut response = agent.get(url).call().ok()?;
-    let status = response.status().as_u16();
-    let body = response.body_mut().read_json().unwrap_or_default();
-    Some((status, body))
+impl Demo {
+    fn http_get(&self, url: &str) -> Option<(u16, serde_json::Value)> {
+        let mut response = self.client.get(url).call().ok()?;
+        let status = response.status().as_u16();
+        let body = response.body_mut().read_json().unwrap_or_default();
+        Some((status, body))
+    }
 }
 
 /// xorshift, seeded from the clock: the faults need no cryptography.

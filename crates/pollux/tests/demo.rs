@@ -1,6 +1,7 @@
 //! `pollux demo`, black-box: started from an empty directory, it shows data through the proxy,
 //! one active and one standby; SIGINT stops every process it started; a second start reuses
-//! the data; `--chaos` for a bounded time loses nothing; a port already taken is named.
+//! the data; `--chaos` for a bounded time loses nothing, also over HTTPS with tokens (`--tls`);
+//! a port already taken is named.
 
 mod common;
 
@@ -175,6 +176,44 @@ fn chaos_for_a_bounded_time_loses_nothing() {
     let acked: usize = last.split("acknowledged ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
     assert!(acked > 0, "{last}");
     assert!(last.contains("waiting to load 0, lost 0, duplicated records 0"), "{out}");
+}
+
+#[test]
+fn the_demo_over_https_with_tokens_under_chaos_loses_nothing() {
+    let dir = tempdir();
+    let (port, snmp) = free_ports();
+    let mut demo =
+        Demo::start(dir.path(), port, snmp, &["--tls", "--chaos", "--chaos-interval", "6s", "--duration", "30s"]);
+    demo.until("Ctrl-C stops every process", Duration::from_secs(90));
+    let screen = demo.out.join("\n");
+    assert!(screen.contains(&format!("https://127.0.0.1:{port}")), "{screen}");
+    let ca = dir.path().join("tls/ca.pem");
+    let status = |ca: &std::path::Path| {
+        let out = std::process::Command::new(BIN)
+            .args(["status", "--url", &format!("https://127.0.0.1:{port}"), "--ca-file", ca.to_str().unwrap()])
+            .output()
+            .unwrap();
+        (out.status.code(), format!("{}{}", String::from_utf8_lossy(&out.stdout), String::from_utf8_lossy(&out.stderr)))
+    };
+    let text = wait_until(Duration::from_secs(30), "a flowing status over HTTPS", || {
+        let (code, text) = status(&ca);
+        (code == Some(0)).then_some(text)
+    });
+    assert!(
+        text.contains("HTTPS, certificate valid until") && text.contains("open to anyone (no token): read"),
+        "{text}"
+    );
+    assert!(!status(&dir.path().join("tls/demo.pem")).1.contains("data is flowing"), "a wrong CA is refused");
+    let (plain, _) = get(&format!("http://127.0.0.1:{port}/api/v1/devices"));
+    assert_eq!(plain, 421, "plain HTTP to the HTTPS proxy");
+    demo.until("fault 1:", Duration::from_secs(60));
+    let exit = demo.wait(Duration::from_secs(150));
+    let out = demo.out.join("\n");
+    assert!(exit.success(), "{out}");
+    let last = demo.out.iter().rev().find(|l| l.contains("DTOs acknowledged")).expect("a final account");
+    assert!(last.contains("waiting to load 0, lost 0, duplicated records 0"), "{out}");
+    let acked: usize = last.split("acknowledged ").nth(1).unwrap().split(',').next().unwrap().parse().unwrap();
+    assert!(acked > 0, "{last}");
 }
 
 #[test]

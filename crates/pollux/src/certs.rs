@@ -98,6 +98,14 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let now = OffsetDateTime::now_utc();
     let made_ca = !ca_key.exists();
+    if made_ca && ca_pem.exists() {
+        return Err(format!(
+            "{} is there without its key {}: copy ca.key here to make certificates of this CA, \
+             or make them on the host that has it",
+            ca_pem.display(),
+            ca_key.display()
+        ));
+    }
     let issuer = if made_ca {
         let key = KeyPair::generate().map_err(|e| e.to_string())?;
         let mut params = ca_params(&key);
@@ -144,6 +152,22 @@ fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
         std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temp).map_err(fail)?;
     file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
     std::fs::rename(&temp, path).map_err(fail)
+}
+
+/// Writes a new random token (24 bytes from the kernel, hex) to `path` unless a file is there;
+/// true when it made one.
+pub(crate) fn make_token(path: &Path) -> Result<bool, String> {
+    use std::io::Read;
+    if path.exists() {
+        return Ok(false);
+    }
+    let mut random = [0u8; 24];
+    std::fs::File::open("/dev/urandom")
+        .and_then(|mut f| f.read_exact(&mut random))
+        .map_err(|e| format!("/dev/urandom: {e}"))?;
+    let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
+    write_private(path, &format!("{token}\n"))?;
+    Ok(true)
 }
 
 pub(crate) fn write_private(path: &Path, text: &str) -> Result<(), String> {

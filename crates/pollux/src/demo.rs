@@ -200,16 +200,7 @@ fn make_tls(dir: &Path) -> Result<PathBuf, String> {
     }
     std::fs::create_dir_all(dir.join("tokens")).map_err(|e| format!("{}: {e}", dir.display()))?;
     for class in ["ingest", "admin"] {
-        let path = dir.join(format!("tokens/{class}.token"));
-        if !path.exists() {
-            let mut random = [0u8; 24];
-            use std::io::Read;
-            std::fs::File::open("/dev/urandom")
-                .and_then(|mut f| f.read_exact(&mut random))
-                .map_err(|e| format!("/dev/urandom: {e}"))?;
-            let token: String = random.iter().map(|b| format!("{b:02x}")).collect();
-            super::certs::write_private(&path, &format!("{token}\n"))?;
-        }
+        super::certs::make_token(&dir.join(format!("tokens/{class}.token")))?;
     }
     Ok(tls.join("ca.pem"))
 }

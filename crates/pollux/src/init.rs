@@ -81,6 +81,9 @@ pub struct InitArgs {
     /// The failover location: the other aggregator's URL.
     #[arg(long)]
     failover_aggregator: Option<String>,
+    /// 1 = plain HTTP, 2 = HTTPS with tokens (certificates made with `pollux certs`).
+    #[arg(long)]
+    https: Option<String>,
 }
 
 /// One prompt of the installer.
@@ -105,7 +108,7 @@ const PROXY: &[RoleArg] = &[RoleArg::Proxy];
 /// would look like a dead active.
 const MIN_FAILWAIT: Duration = Duration::from_secs(1);
 /// The answers both aggregators must share.
-const MUST_MATCH: &[&str] = &["fault_tolerance", "port", "proxy_host", "failwait", "startwait", "uid"];
+const MUST_MATCH: &[&str] = &["fault_tolerance", "port", "proxy_host", "failwait", "startwait", "uid", "https"];
 
 fn questions() -> Vec<Question> {
     vec![
@@ -208,12 +211,16 @@ fn questions() -> Vec<Question> {
                 Ok(pollux_model::duration::format(d))
             },
         },
+        Question { roles: COLLECTOR, ..https_question() },
         Question {
             key: "aggregator",
-            prompt: "The aggregator to send to (with fault tolerance: the proxy, http://<proxy host>:8581)",
+            prompt: "The aggregator to send to (with fault tolerance: the proxy, http(s)://<proxy host>:8581)",
             roles: COLLECTOR,
             fault_tolerant_only: false,
-            default: |answers| answers.get("proxy_host").map(|h| format!("http://{h}:8581")),
+            default: |answers| {
+                let scheme = if answers.get("https").is_some_and(|h| h == "2") { "https" } else { "http" };
+                answers.get("proxy_host").map(|h| format!("{scheme}://{h}:8581"))
+            },
             check: |a, _| check_url(a),
         },
         Question {
@@ -240,7 +247,24 @@ fn questions() -> Vec<Question> {
             default: |_| None,
             check: |a, _| check_url(a),
         },
+        Question { roles: &[RoleArg::Aggregator, RoleArg::Proxy], ..https_question() },
     ]
+}
+
+/// The original's last install step, "Enable HTTPS": asked of every role (the collector before
+/// its URLs, so their default has the right scheme).
+fn https_question() -> Question {
+    Question {
+        key: "https",
+        prompt: "Enable HTTPS with tokens (certificates from pollux certs in <config dir>/tls)? 1 = no, 2 = yes",
+        roles: &[],
+        fault_tolerant_only: false,
+        default: |_| Some("1".into()),
+        check: |a, _| match a {
+            "1" | "2" => Ok(a.to_owned()),
+            _ => Err(format!("{a:?} is not 1 or 2")),
+        },
+    }
 }
 
 fn check_host(a: &str) -> Result<String, String> {
@@ -341,6 +365,7 @@ fn flag(args: &InitArgs, key: &str) -> Option<String> {
         "startwait" => args.startwait.clone(),
         "aggregator" => args.aggregator.clone(),
         "failover_aggregator" => args.failover_aggregator.clone(),
+        "https" => args.https.clone(),
         _ => None,
     }
 }
@@ -384,8 +409,13 @@ fn init(args: &InitArgs) -> Result<(), String> {
         check_the_other_aggregator(&answers)?;
     }
     std::fs::create_dir_all(&args.config_dir).map_err(|e| format!("{}: {e}", args.config_dir.display()))?;
+    let security = if answers.get("https").is_some_and(|h| h == "2") {
+        https_files(role, &args.config_dir, &answers)?
+    } else {
+        String::new()
+    };
     let config_path = args.config_dir.join(format!("{}.toml", role.name()));
-    write(&config_path, &config_text(role, &answers))?;
+    write(&config_path, &(config_text(role, &answers) + &security))?;
     let unit_path = args.config_dir.join(format!("pollux-{}.service", role.name()));
     write(&unit_path, &unit_text(role, &config_path))?;
     write(&answers_path, &answers_text(&answers))?;
@@ -415,6 +445,69 @@ fn init(args: &InitArgs) -> Result<(), String> {
         println!("then check the System Status: pollux status --url http://<proxy or aggregator>:{port}");
     }
     Ok(())
+}
+
+/// HTTPS for this host: its certificate (made with `pollux certs` when absent; the CA too, on
+/// the first host), the tokens (made by the first aggregator), and the configuration keys that
+/// name them. What another host must be given is printed.
+fn https_files(role: RoleArg, dir: &Path, answers: &Answers) -> Result<String, String> {
+    let tls = dir.join("tls");
+    let q = |p: &Path| toml_string(&p.display().to_string());
+    let ca = tls.join("ca.pem");
+    let mut keys = String::new();
+    if role != RoleArg::Collector {
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or("localhost".into());
+        let mut names = vec![host.clone()];
+        if let Some(bind) = answers.get("bind_address").filter(|b| *b != "0.0.0.0") {
+            names.push(bind.clone());
+        }
+        if !tls.join(format!("{host}.pem")).exists() {
+            let issued = crate::certs::issue(&tls, &names, 397, false)?;
+            println!("made the certificate {} for {}", issued.cert.display(), names.join(", "));
+            if issued.made_ca {
+                println!(
+                    "made a new CA in {}: copy ca.pem (and ca.key, to make their certificates) to the other                      hosts' {} before their init, then keep ca.key off the servers",
+                    tls.display(),
+                    tls.display()
+                );
+            }
+        }
+        keys += &format!(
+            "tls_cert = {}\ntls_key = {}\n",
+            q(&tls.join(format!("{host}.pem"))),
+            q(&tls.join(format!("{host}.key")))
+        );
+    }
+    if role != RoleArg::Aggregator {
+        if !ca.exists() {
+            return Err(format!("{} is missing: copy ca.pem from the host whose init made the CA", ca.display()));
+        }
+        keys += &format!("ca_file = {}\n", q(&ca));
+    }
+    let token = |class: &str| dir.join(format!("{class}.token"));
+    match role {
+        RoleArg::Aggregator => {
+            for class in ["ingest", "admin"] {
+                if crate::certs::make_token(&token(class))? {
+                    println!("made {}: copy it to the other aggregator's {}", token(class).display(), dir.display());
+                }
+            }
+            keys +=
+                &format!("ingest_token_file = {}\nadmin_token_file = {}\n", q(&token("ingest")), q(&token("admin")));
+            println!("collectors need {} (as ingest.token in their config dir)", token("ingest").display());
+        }
+        RoleArg::Collector => {
+            if !token("ingest").exists() {
+                return Err(format!(
+                    "{} is missing: copy ingest.token from an aggregator host",
+                    token("ingest").display()
+                ));
+            }
+            keys += &format!("ingest_token_file = {}\n", q(&token("ingest")));
+        }
+        RoleArg::Proxy => {}
+    }
+    Ok(keys)
 }
 
 /// The second aggregator must agree with the first on what both depend on.

@@ -57,6 +57,8 @@ fn prompts_retry_bad_answers_and_write_a_configuration_that_runs() {
         "2s",
         "1s",
         "6s",
+        "3",
+        "",
     ]
     .join("\n")
         + "\n";
@@ -72,6 +74,7 @@ fn prompts_retry_bad_answers_and_write_a_configuration_that_runs() {
         "cannot be read",
         "below the safe minimum of 1s",
         "shorter than failwait",
+        "Enable HTTPS with tokens",
     ] {
         assert!(out.contains(reason), "the reason {reason:?} is shown:\n{out}");
     }
@@ -224,4 +227,97 @@ fn flags_alone_configure_a_collector_and_a_proxy() {
     assert_eq!(running.url, format!("http://127.0.0.1:{port}"));
     let (_, status) = get(&format!("{}/proxy/status", running.url));
     assert_eq!(status["aggregators"].as_array().map(Vec::len), Some(2), "{status}");
+}
+
+#[test]
+fn https_makes_certificates_and_tokens_that_serve() {
+    let dir = tempdir();
+    let (etc, shared) = (dir.path().join("etc"), dir.path().join("shared"));
+    std::fs::create_dir(&shared).unwrap();
+    let port = free_port("127.0.0.5");
+    let flags = [
+        "--role",
+        "aggregator",
+        "--config-dir",
+        &path(&etc),
+        "--node-id",
+        "da1",
+        "--bind-address",
+        "127.0.0.5",
+        "--port",
+        &port.to_string(),
+        "--shared-dir",
+        &path(&shared),
+        "--https",
+        "2",
+        "--yes",
+    ];
+    let (code, out) = init(&flags, "");
+    assert_eq!(code, 0, "{out}");
+    assert!(out.contains("made a new CA") && out.contains("ingest.token"), "{out}");
+    let config = std::fs::read_to_string(etc.join("aggregator.toml")).unwrap();
+    for key in ["tls_cert", "tls_key", "ingest_token_file", "admin_token_file"] {
+        assert!(config.contains(key), "{key} in\n{config}");
+    }
+    let da = Aggregator::spawn(&["aggregator".into(), "--config".into(), path(&etc.join("aggregator.toml"))], &[]);
+    // The harness is not secured in this process: it names the URL as plain.
+    assert_eq!(da.url, format!("http://127.0.0.5:{port}"));
+    let url = format!("https://127.0.0.5:{port}");
+    let ca = etc.join("tls/ca.pem");
+    let status = Command::new(BIN)
+        .args(["status", "--url", &url, "--ca-file", &path(&ca), "--token-file", &path(&etc.join("admin.token"))])
+        .output()
+        .unwrap();
+    let text = String::from_utf8_lossy(&status.stdout);
+    assert!(
+        text.contains("HTTPS, certificate valid until") && text.contains("open to anyone (no token): read"),
+        "{text}"
+    );
+
+    // A collector host needs the CA and the ingest token copied from here, and says so.
+    let collector_etc = dir.path().join("collector");
+    let collector = [
+        "--role",
+        "collector",
+        "--config-dir",
+        &path(&collector_etc),
+        "--node-id",
+        "dc1",
+        "--aggregator",
+        &url,
+        "--https",
+        "2",
+        "--yes",
+    ];
+    let (code, out) = init(&collector, "");
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("copy ca.pem"), "{out}");
+    std::fs::create_dir_all(collector_etc.join("tls")).unwrap();
+    std::fs::copy(&ca, collector_etc.join("tls/ca.pem")).unwrap();
+    std::fs::copy(etc.join("ingest.token"), collector_etc.join("ingest.token")).unwrap();
+    let (code, out) = init(&collector, "");
+    assert_eq!(code, 0, "{out}");
+    let config = std::fs::read_to_string(collector_etc.join("collector.toml")).unwrap();
+    assert!(config.contains("ca_file") && config.contains("ingest_token_file"), "{config}");
+    // A second host with the CA's certificate but not its key cannot make its certificate.
+    let (code, out) = init(
+        &[
+            "--role",
+            "proxy",
+            "--config-dir",
+            &path(&collector_etc),
+            "--aggregator",
+            &url,
+            "--failover-aggregator",
+            &url,
+            "--bind-address",
+            "127.0.0.1",
+            "--https",
+            "2",
+            "--yes",
+        ],
+        "",
+    );
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("without its key"), "{out}");
 }

@@ -129,6 +129,23 @@ mod tests {
     }
 }
 
+/// Days since 1970-01-01 of the proleptic Gregorian date `y`-`m`-`d` (H. Hinnant's
+/// days-from-civil; the inverse of [`civil`]).
+pub fn days_from_civil(y: i64, m: i64, d: i64) -> i64 {
+    let y = if m <= 2 { y - 1 } else { y };
+    let era = y.div_euclid(400);
+    let yoe = y - era * 400;
+    let doy = (153 * ((m + 9) % 12) + 2) / 5 + d - 1;
+    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
+    era * 146_097 + doe - 719_468
+}
+
+/// `YYYY-MM-DD HH:MM:SS` (UTC) of Unix seconds, for messages.
+pub fn format_utc(ts: UnixSeconds) -> String {
+    let (y, m, d, secs) = civil(ts);
+    format!("{y:04}-{m:02}-{d:02} {:02}:{:02}:{:02}", secs / 3600, secs / 60 % 60, secs % 60)
+}
+
 /// The UTC calendar date of Unix seconds `ts`: (year, month 1-12, day 1-31) and the seconds
 /// into that day (H. Hinnant's civil-from-days).
 pub fn civil(ts: UnixSeconds) -> (i64, i64, i64, i64) {
@@ -152,5 +169,10 @@ mod civil_tests {
         assert_eq!(super::civil(951_782_400), (2000, 2, 29, 0));
         assert_eq!(super::civil(1_796_175_045), (2026, 12, 2, 5445));
         assert_eq!(super::civil(-1), (1969, 12, 31, 86_399));
+        for ts in [0, 951_782_400, 1_796_175_045, -1, 4_102_444_800] {
+            let (y, m, d, secs) = super::civil(ts);
+            assert_eq!(super::days_from_civil(y, m, d) * 86_400 + secs, ts);
+        }
+        assert_eq!(super::format_utc(1_796_181_300), "2026-12-02 03:15:00");
     }
 }

@@ -25,6 +25,14 @@ fn secured_aggregator(shared: &Path, extra_toml: &str) -> Aggregator {
     da
 }
 
+/// A proxy over HTTPS in front of `aggregator`, on 127.0.0.1.
+fn secured_proxy(shared: &Path, aggregator: &str, env: &[(&str, &str)]) -> Aggregator {
+    let config = shared.join("proxy.toml");
+    std::fs::write(&config, secure().proxy_toml()).unwrap();
+    let args = ["proxy", "--config", config.to_str().unwrap(), "--listen", "127.0.0.1:0", "--aggregator", aggregator];
+    Aggregator::spawn(&args.map(String::from), env)
+}
+
 fn token(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
@@ -137,20 +145,7 @@ fn every_route_refuses_a_missing_or_wrong_class_token() {
     );
 
     // The proxy checks nothing itself and passes credentials through.
-    let proxy_config = shared.path().join("proxy.toml");
-    std::fs::write(&proxy_config, s.proxy_toml()).unwrap();
-    let proxy = Aggregator::spawn(
-        &[
-            "proxy".into(),
-            "--config".into(),
-            proxy_config.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--aggregator".into(),
-            da.url.clone(),
-        ],
-        &[],
-    );
+    let proxy = secured_proxy(shared.path(), &da.url, &[]);
     wait_until(Duration::from_secs(10), "the proxy to route to the active", || {
         (get(&format!("{}/health/active", proxy.url)).0 == 200).then_some(())
     });
@@ -429,20 +424,7 @@ fn tokens_never_appear_in_any_log_even_at_trace_level() {
     let trace = [("RUST_LOG", "trace")];
     let da = Aggregator::start(shared.path(), &["--config", config.to_str().unwrap()], &trace);
     da.wait_active();
-    let proxy_config = shared.path().join("proxy.toml");
-    std::fs::write(&proxy_config, s.proxy_toml()).unwrap();
-    let proxy = Aggregator::spawn(
-        &[
-            "proxy".into(),
-            "--config".into(),
-            proxy_config.display().to_string(),
-            "--listen".into(),
-            "127.0.0.1:0".into(),
-            "--aggregator".into(),
-            da.url.clone(),
-        ],
-        &trace,
-    );
+    let proxy = secured_proxy(shared.path(), &da.url, &trace);
     // A collector with one device (that never answers) still reports itself with its token.
     let inventory = shared.path().join("inventory.toml");
     std::fs::write(

@@ -7,6 +7,7 @@ use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use pollux_aggregator::App;
+use pollux_model::period::days_from_civil;
 use pollux_model::Resolution;
 use pollux_repository::{EventFilter, EventState, ItemFilter, Series, SeriesQuery, TopQuery};
 use std::collections::{BTreeMap, HashMap};
@@ -538,20 +539,9 @@ pub fn month_range(month: &str) -> Option<(i64, i64)> {
     if !(1970..=9999).contains(&y) || !(1..=12).contains(&m) {
         return None;
     }
-    let start = days_from_civil(y, m) * 86_400;
-    let end = if m == 12 { days_from_civil(y + 1, 1) } else { days_from_civil(y, m + 1) } * 86_400;
+    let start = days_from_civil(y, m, 1) * 86_400;
+    let end = if m == 12 { days_from_civil(y + 1, 1, 1) } else { days_from_civil(y, m + 1, 1) } * 86_400;
     Some((start, end))
-}
-
-/// Days since 1970-01-01 of the first of month `m` of year `y` (H. Hinnant's algorithm).
-fn days_from_civil(y: i64, m: i64) -> i64 {
-    let y = if m <= 2 { y - 1 } else { y };
-    let era = y.div_euclid(400);
-    let yoe = y - era * 400;
-    let mp = (m + 9) % 12;
-    let doy = (153 * mp + 2) / 5;
-    let doe = yoe * 365 + yoe / 4 - yoe / 100 + doy;
-    era * 146_097 + doe - 719_468
 }
 
 pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> Result<Response, PageError> {

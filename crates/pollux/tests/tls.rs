@@ -476,3 +476,51 @@ fn tokens_never_appear_in_any_log_even_at_trace_level() {
         }
     }
 }
+
+#[test]
+fn notifications_go_over_https_to_receivers_the_ca_file_trusts_and_no_other() {
+    let s = secure();
+    let trusted = common::receiver::Receiver::start_tls(&s.cert, &s.key);
+    // A receiver whose certificate comes from another CA: the notifier must refuse it.
+    let other = tempdir();
+    let (code, out) = pollux(&["certs", "--dir", other.path().to_str().unwrap(), "127.0.0.1"]);
+    assert_eq!(code, Some(0), "{out}");
+    let stranger =
+        common::receiver::Receiver::start_tls(&other.path().join("127.0.0.1.pem"), &other.path().join("127.0.0.1.key"));
+    let shared = tempdir();
+    let notify = format!(
+        "ca_file = {:?}\n[[notify.webhook]]\nurl = \"{}\"\n[[notify.webhook]]\nurl = \"{}\"\n",
+        s.ca, trusted.url, stranger.url
+    );
+    let da = secured_aggregator(shared.path(), &notify);
+    let rule = serde_json::json!({"name": "hot", "family": "Interface", "metric": "in_util", "op": ">", "value": 90,
+                                  "for_polls": 1});
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .tls_config(pollux_transport::ClientTls::load(Some(&s.ca)).unwrap().ureq())
+            .http_status_as_error(false)
+            .build(),
+    );
+    let created = agent
+        .post(&format!("{}/api/v1/thresholds", da.url))
+        .header("authorization", s.bearer(&s.admin))
+        .header("content-type", "application/json")
+        .send(rule.to_string())
+        .unwrap();
+    assert_eq!(created.status(), 201);
+    let cycle = (unix_now() / 300 - 2) * 300;
+    let dto = serde_json::json!({"id": "hot.1", "collector": "dc1", "family": "Interface", "cycle": cycle,
+        "interval": 300, "records": [{"device": "r1", "item": "ge-0/0/0", "ts": cycle + 3, "values": {"in_util": 95.0}}]});
+    assert_eq!(put_json(&da.url, &dto).0, 201);
+    wait_until(Duration::from_secs(30), "the opening at the trusted receiver", || {
+        trusted.notifications().iter().any(|(_, t)| t == "open").then_some(())
+    });
+    let error = wait_until(Duration::from_secs(30), "the untrusted receiver's error in the status", || {
+        let (_, status) = get(&format!("{}/api/v1/status", da.url));
+        let receivers = status["alerting"]["receivers"].as_array().cloned().unwrap_or_default();
+        let failing = receivers.into_iter().find(|r| r["url"] == stranger.url.as_str())?;
+        failing["last_error"].as_str().map(str::to_owned)
+    });
+    assert!(error.contains("UnknownIssuer") || error.contains("certificate"), "{error}");
+    assert!(stranger.notifications().is_empty(), "nothing sent to a receiver the CA does not vouch for");
+}

@@ -174,8 +174,9 @@ pub struct Secure {
     pub ingest: std::path::PathBuf,
     pub admin: std::path::PathBuf,
     pub read: std::path::PathBuf,
-    cert: std::path::PathBuf,
-    key: std::path::PathBuf,
+    /// One certificate (and key) for 127.0.0.1, .2, .3 and localhost.
+    pub cert: std::path::PathBuf,
+    pub key: std::path::PathBuf,
 }
 
 static SECURE: std::sync::OnceLock<Secure> = std::sync::OnceLock::new();

@@ -1,5 +1,5 @@
-//! A webhook receiver for the notification tests: a plain HTTP/1.1 server on loopback that
-//! answers 200 to every POST and keeps each JSON body.
+//! A webhook receiver for the notification tests: an HTTP/1.1 server on loopback (plain, or
+//! HTTPS with a given certificate) that answers 200 to every POST and keeps each JSON body.
 
 use serde_json::Value;
 use std::io::{BufRead, BufReader, Read, Write};
@@ -16,8 +16,28 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
+        Receiver::start_with(None)
+    }
+
+    /// Over HTTPS with the PEM certificate and key given.
+    pub fn start_tls(cert: &std::path::Path, key: &std::path::Path) -> Receiver {
+        use rustls::pki_types::pem::PemObject;
+        use rustls::pki_types::{CertificateDer, PrivateKeyDer};
+        let certs = CertificateDer::pem_file_iter(cert).unwrap().collect::<Result<Vec<_>, _>>().unwrap();
+        let key = PrivateKeyDer::from_pem_file(key).unwrap();
+        let config = rustls::ServerConfig::builder_with_provider(Arc::new(rustls::crypto::ring::default_provider()))
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(certs, key)
+            .unwrap();
+        Receiver::start_with(Some(Arc::new(config)))
+    }
+
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
-        let url = format!("http://{}/hook", listener.local_addr().unwrap());
+        let scheme = if tls.is_some() { "https" } else { "http" };
+        let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
         let bodies = Arc::new(Mutex::new(Vec::new()));
         let refusing = Arc::new(AtomicBool::new(false));
         let (sink, refuse) = (bodies.clone(), refusing.clone());
@@ -25,8 +45,14 @@ impl Receiver {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (sink, refuse) = (sink.clone(), refuse.clone());
-                std::thread::spawn(move || serve(stream, &sink, &refuse));
+                let (sink, refuse, tls) = (sink.clone(), refuse.clone(), tls.clone());
+                std::thread::spawn(move || match tls {
+                    None => serve(stream, &sink, &refuse),
+                    Some(config) => {
+                        let connection = rustls::ServerConnection::new(config).unwrap();
+                        serve(rustls::StreamOwned::new(connection, stream), &sink, &refuse)
+                    }
+                });
             }
         });
         Receiver { url, bodies, refusing }
@@ -43,9 +69,8 @@ impl Receiver {
     }
 }
 
-fn serve(stream: std::net::TcpStream, sink: &Mutex<Vec<Value>>, refusing: &AtomicBool) {
-    let mut reader = BufReader::new(stream.try_clone().unwrap());
-    let mut out = stream;
+fn serve(stream: impl Read + Write, sink: &Mutex<Vec<Value>>, refusing: &AtomicBool) {
+    let mut reader = BufReader::new(stream);
     loop {
         let mut length = 0usize;
         let mut line = String::new();
@@ -77,7 +102,8 @@ fn serve(stream: std::net::TcpStream, sink: &Mutex<Vec<Value>>, refusing: &Atomi
             sink.lock().unwrap().push(serde_json::from_slice(&body).unwrap_or(Value::Null));
             "200 OK"
         };
-        if write!(out, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").is_err() {
+        let out = reader.get_mut();
+        if write!(out, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").and_then(|()| out.flush()).is_err() {
             return;
         }
     }

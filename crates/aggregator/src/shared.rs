@@ -203,6 +203,15 @@ impl SharedDir {
         Ok(true)
     }
 
+    /// Forgets a collector that is gone for good; false when there was no report of that id.
+    pub fn remove_collector_report(&self, id: &str) -> std::io::Result<bool> {
+        match fs::remove_file(self.collectors_dir().join(format!("{id}.json"))) {
+            Ok(()) => Ok(true),
+            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
+            Err(e) => Err(e),
+        }
+    }
+
     /// Every collector's last report and when it arrived, by id.
     pub fn read_collector_reports(&self) -> Vec<(crate::status::CollectorReport, i64)> {
         let Ok(entries) = fs::read_dir(self.collectors_dir()) else { return Vec::new() };

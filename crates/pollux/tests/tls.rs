@@ -137,6 +137,33 @@ fn every_route_refuses_a_missing_or_wrong_class_token() {
     }
     assert!(checked >= 200, "{checked} requests checked");
 
+    // A collector that reported (ingest token) is forgotten with the admin token.
+    let report = serde_json::json!({"id": "gone", "devices": 3});
+    let agent = ureq::Agent::new_with_config(
+        ureq::Agent::config_builder()
+            .tls_config(pollux_transport::ClientTls::load(Some(&s.ca)).unwrap().ureq())
+            .http_status_as_error(false)
+            .build(),
+    );
+    let reported = agent
+        .put(&format!("{}/api/v1/collectors/gone", da.url))
+        .header("authorization", s.bearer(&s.ingest))
+        .header("content-type", "application/json")
+        .send(report.to_string())
+        .unwrap();
+    assert_eq!(reported.status(), 204);
+    let forget = || {
+        agent
+            .delete(&format!("{}/api/v1/collectors/gone", da.url))
+            .header("authorization", s.bearer(&s.admin))
+            .call()
+            .unwrap()
+            .status()
+            .as_u16()
+    };
+    assert_eq!((forget(), forget()), (204, 404));
+    assert_eq!(get(&format!("{}/api/v1/status", da.url)).1["collectors"], serde_json::json!([]));
+
     // A 401 tells a browser to ask for the portal's password, and an API client to send a token.
     let answer = raw_https(&da.url, "GET /devices HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n");
     assert!(

@@ -5,7 +5,8 @@
 //! ```text
 //!   /health, /health/active, /api/v1/openapi.json   open (load balancers; no data)
 //!   PUT /api/v1/dto/{id}, PUT /api/v1/collectors/{id}   ingest
-//!   any other POST, PUT, DELETE, PATCH              admin (failover, maintenance, rules, acks)
+//!   any other POST, PUT, DELETE, PATCH              admin (failover, maintenance, rules, acks,
+//!                                                   forgetting a collector)
 //!   any other GET or HEAD                           read (queries, status, metrics, portal)
 //! ```
 
@@ -80,6 +81,7 @@ mod tests {
             (Method::GET, "/api/v1/dto/a.b.1.0", Class::Read),
             (Method::PUT, "/api/v1/dto/", Class::Admin),
             (Method::PUT, "/api/v1/collectors/dc1", Class::Ingest),
+            (Method::DELETE, "/api/v1/collectors/dc1", Class::Admin),
             (Method::POST, "/api/v1/dto/x", Class::Admin),
             (Method::POST, "/api/v1/failover", Class::Admin),
             (Method::POST, "/api/v1/maintenance", Class::Admin),

@@ -161,6 +161,22 @@ pub async fn put_collector(
     Ok(StatusCode::NO_CONTENT)
 }
 
+/// `DELETE /api/v1/collectors/{id}` (admin): forgets a collector that is gone for good, so the
+/// status stops showing it as not connected. A collector still running reports again within 10 s.
+pub async fn delete_collector(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    require_active(&app)?;
+    DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
+    let shown = id.clone();
+    let removed = blocking(move || app.shared.remove_collector_report(&id))
+        .await?
+        .map_err(|e| ApiError::internal("collector report", e))?;
+    if removed {
+        Ok(StatusCode::NO_CONTENT)
+    } else {
+        Err(ApiError::new(StatusCode::NOT_FOUND, format!("no collector {shown:?} has reported")))
+    }
+}
+
 /// The answer to an id that is already stored or loaded: 200 for the same content, 409 for
 /// other content (two collectors sharing an id, or a bug): its data would otherwise be dropped
 /// unseen. A DTO loaded before digests were kept (`None`) is taken as the same.

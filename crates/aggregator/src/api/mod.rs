@@ -25,7 +25,7 @@ use std::sync::Arc;
 pub fn router(app: Arc<App>) -> Router {
     Router::new()
         .route("/api/v1/dto/{id}", put(ingest::put_dto).get(ingest::get_dto))
-        .route("/api/v1/collectors/{id}", put(ingest::put_collector))
+        .route("/api/v1/collectors/{id}", put(ingest::put_collector).delete(ingest::delete_collector))
         .route("/api/v1/families", get(query::families))
         .route("/api/v1/devices", get(query::devices))
         .route("/api/v1/items", get(query::items))

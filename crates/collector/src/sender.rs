@@ -9,7 +9,8 @@
 //!     404                  -> a wrong URL, not a bad DTO: treated like 503
 //!     503, 5xx, no answer  -> next URL in the list; after a whole round without success,
 //!                             wait (backoff doubling from 250 ms to 30 s, with jitter)
-//!     401 / 403            -> the token is wrong: log, back off, try again (nothing is dropped)
+//!     401 / 403            -> the token is wrong there: log, next URL; after a whole round,
+//!                             back off and try again (nothing is dropped)
 //! ```
 //!
 //! Sending in cycle order means the repository fills in the order data was born, and one DTO at
@@ -142,10 +143,17 @@ impl Sender {
                     }
                 }
                 Outcome::Unauthorized => {
+                    // Another URL may hold the token this collector has (one node reconfigured
+                    // before the other): move on, and back off once every URL has refused.
                     Metrics::add(&self.metrics.send_failures, 1);
                     tracing::error!("{url}: 401/403 for DTO {}: check ingest_token_file", entry.id);
-                    self.sleep(backoff(rounds_failed, jitter.draw()));
-                    rounds_failed = rounds_failed.saturating_add(1);
+                    current = (current + 1) % self.urls.len();
+                    failed_in_round += 1;
+                    if failed_in_round >= self.urls.len() {
+                        self.sleep(backoff(rounds_failed, jitter.draw()));
+                        failed_in_round = 0;
+                        rounds_failed = rounds_failed.saturating_add(1);
+                    }
                 }
                 Outcome::TryElsewhere(why) => {
                     Metrics::add(&self.metrics.send_failures, 1);

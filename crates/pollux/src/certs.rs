@@ -94,6 +94,10 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
             return Err(format!("{name:?} is not a host name or an IP address"));
         }
     }
+    let stem = names[0].replace([':', '*'], "_");
+    if stem == "ca" {
+        return Err("the first name names the files, and ca.pem and ca.key are the CA's: put another name first".into());
+    }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let now = OffsetDateTime::now_utc();
@@ -134,7 +138,6 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
     }
     let key = KeyPair::generate().map_err(|e| e.to_string())?;
     let cert = params.signed_by(&key, &issuer).map_err(|e| e.to_string())?;
-    let stem = names[0].replace([':', '*'], "_");
     let (cert_path, key_path) = (dir.join(format!("{stem}.pem")), dir.join(format!("{stem}.key")));
     // The key first: a running server that sees the new certificate before its key would
     // fail that reload (and succeed at the next change), but never serve a mismatched pair.
@@ -143,15 +146,31 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
     Ok(Issued { ca: ca_pem, cert: cert_path, key: key_path, made_ca })
 }
 
-/// Writes a file whole: a temporary file renamed over the old one, so a server reloading it
-/// never reads half a PEM.
+/// Writes a file whole: a new temporary file (never one left behind, never through a link,
+/// with `mode` from its creation) renamed over the old one, so a server reloading it never
+/// reads half a PEM and a key is never readable by others, even for a moment.
 fn write_file(path: &Path, text: &str, mode: u32) -> Result<(), String> {
+    use std::os::unix::fs::PermissionsExt;
     let fail = |e: std::io::Error| format!("{}: {e}", path.display());
-    let temp = path.with_extension("tmp");
-    let mut file =
-        std::fs::OpenOptions::new().write(true).create(true).truncate(true).mode(mode).open(&temp).map_err(fail)?;
-    file.write_all(text.as_bytes()).and_then(|()| file.sync_all()).map_err(fail)?;
-    std::fs::rename(&temp, path).map_err(fail)
+    let name = path.file_name().map(|n| n.to_string_lossy().into_owned()).unwrap_or_default();
+    let temp = path.with_file_name(format!(".{name}.{}.tmp", std::process::id()));
+    let _ = std::fs::remove_file(&temp);
+    let mut file = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(mode)
+        .custom_flags(nix::libc::O_NOFOLLOW)
+        .open(&temp)
+        .map_err(fail)?;
+    let written = file
+        .set_permissions(std::fs::Permissions::from_mode(mode))
+        .and_then(|()| file.write_all(text.as_bytes()))
+        .and_then(|()| file.sync_all())
+        .and_then(|()| std::fs::rename(&temp, path));
+    if written.is_err() {
+        let _ = std::fs::remove_file(&temp);
+    }
+    written.map_err(fail)
 }
 
 /// Writes a new random token (24 bytes from the kernel, hex) to `path` unless a file is there;

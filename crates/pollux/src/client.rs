@@ -44,6 +44,12 @@ impl ClientArgs {
 }
 
 impl Client {
+    /// A GET without the token: for open routes (`/health/active`) at URLs the servers name,
+    /// which must never receive the token.
+    pub fn get_open(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
+        self.agent.get(url)
+    }
+
     pub fn get(&self, url: &str) -> ureq::RequestBuilder<ureq::typestate::WithoutBody> {
         let request = self.agent.get(url);
         match &self.token {

@@ -61,7 +61,11 @@ fn switch_over(agent: &Client, base: &str) -> Result<String, String> {
     let mut waiting = crate::waiting::Waiting::new("the other aggregator to become active");
     while Instant::now() < deadline {
         for url in &others {
-            if let Ok((200, health)) = get_json(agent, &format!("{url}/health/active")) {
+            // Each node's own URL comes from the status: it is sent no token.
+            let health = agent.get_open(&format!("{url}/health/active")).call().ok().and_then(|mut r| {
+                (r.status() == 200).then(|| r.body_mut().read_json::<Value>().unwrap_or(Value::Null))
+            });
+            if let Some(health) = health {
                 let gap = released.elapsed();
                 waiting.finish();
                 return Ok(format!(

@@ -108,7 +108,8 @@ const PROXY: &[RoleArg] = &[RoleArg::Proxy];
 /// would look like a dead active.
 const MIN_FAILWAIT: Duration = Duration::from_secs(1);
 /// The answers both aggregators must share.
-const MUST_MATCH: &[&str] = &["fault_tolerance", "port", "proxy_host", "failwait", "startwait", "uid", "https"];
+const MUST_MATCH: &[&str] =
+    &["fault_tolerance", "port", "proxy_host", "failwait", "startwait", "uid", "https", "tls_ca", "tokens"];
 
 fn questions() -> Vec<Question> {
     vec![
@@ -404,16 +405,20 @@ fn init(args: &InitArgs) -> Result<(), String> {
     }
     answers.insert("role".into(), role.name().into());
     answers.insert("release".into(), env!("CARGO_PKG_VERSION").into());
+    let https = answers.get("https").is_some_and(|h| h == "2");
     if role == RoleArg::Aggregator {
         answers.insert("uid".into(), nix::unistd::geteuid().as_raw().to_string());
+        if https {
+            // The second aggregator must serve under the first one's CA and hold its tokens.
+            record_shared_secrets(&args.config_dir, &mut answers);
+        }
         check_the_other_aggregator(&answers)?;
     }
     std::fs::create_dir_all(&args.config_dir).map_err(|e| format!("{}: {e}", args.config_dir.display()))?;
-    let security = if answers.get("https").is_some_and(|h| h == "2") {
-        https_files(role, &args.config_dir, &answers)?
-    } else {
-        String::new()
-    };
+    let security = if https { https_files(role, &args.config_dir, &answers)? } else { String::new() };
+    if role == RoleArg::Aggregator && https {
+        record_shared_secrets(&args.config_dir, &mut answers);
+    }
     let config_path = args.config_dir.join(format!("{}.toml", role.name()));
     write(&config_path, &(config_text(role, &answers) + &security))?;
     let unit_path = args.config_dir.join(format!("pollux-{}.service", role.name()));
@@ -508,6 +513,24 @@ fn https_files(role: RoleArg, dir: &Path, answers: &Answers) -> Result<String, S
         RoleArg::Proxy => {}
     }
     Ok(keys)
+}
+
+/// Digests (never the contents) of the CA certificate and the tokens in `dir`, kept with the
+/// answers so the second aggregator's `init` can tell it was given the first one's.
+fn record_shared_secrets(dir: &Path, answers: &mut Answers) {
+    use sha2::Digest;
+    let digest = |files: &[&str]| {
+        let mut hash = sha2::Sha256::new();
+        for f in files {
+            match std::fs::read(dir.join(f)) {
+                Ok(bytes) => hash.update(&bytes),
+                Err(_) => return format!("not copied here yet ({})", files.join(", ")),
+            }
+        }
+        hash.finalize()[..6].iter().map(|b| format!("{b:02x}")).collect()
+    };
+    answers.insert("tls_ca".into(), digest(&["tls/ca.pem"]));
+    answers.insert("tokens".into(), digest(&["ingest.token", "admin.token"]));
 }
 
 /// The second aggregator must agree with the first on what both depend on.

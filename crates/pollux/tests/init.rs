@@ -299,6 +299,35 @@ fn https_makes_certificates_and_tokens_that_serve() {
     assert_eq!(code, 0, "{out}");
     let config = std::fs::read_to_string(collector_etc.join("collector.toml")).unwrap();
     assert!(config.contains("ca_file") && config.contains("ingest_token_file"), "{config}");
+    // The second aggregator must be given the first one's CA and tokens before its init.
+    let second = dir.path().join("da2");
+    let da2 = [
+        "--role",
+        "aggregator",
+        "--config-dir",
+        &path(&second),
+        "--node-id",
+        "da2",
+        "--bind-address",
+        "127.0.0.5",
+        "--port",
+        &port.to_string(),
+        "--shared-dir",
+        &path(&shared),
+        "--https",
+        "2",
+        "--yes",
+    ];
+    let (code, out) = init(&da2, "");
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("tls_ca: not copied here yet") && out.contains("tokens: not copied here yet"), "{out}");
+    std::fs::create_dir_all(second.join("tls")).unwrap();
+    for f in ["tls/ca.pem", "tls/ca.key", "ingest.token", "admin.token"] {
+        std::fs::copy(etc.join(f), second.join(f)).unwrap();
+    }
+    let (code, out) = init(&da2, "");
+    assert_eq!(code, 0, "{out}");
+    assert!(!out.contains("made a new CA"), "{out}");
     // A second host with the CA's certificate but not its key cannot make its certificate.
     let (code, out) = init(
         &[

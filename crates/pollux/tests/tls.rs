@@ -257,7 +257,13 @@ fn clients_refuse_what_they_must_and_the_server_refuses_old_tls_and_plain_http()
     // Plain HTTP to the HTTPS port: a clear refusal, and no data.
     let mut tcp = std::net::TcpStream::connect(&addr).unwrap();
     tcp.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
-    tcp.write_all(b"GET /api/v1/status HTTP/1.1\r\nHost: x\r\n\r\n").unwrap();
+    // A PUT with a body the server never reads as HTTP: the answer still arrives (no reset).
+    let body = vec![b'{'; 200_000];
+    tcp.write_all(
+        format!("PUT /api/v1/dto/x HTTP/1.1\r\nHost: x\r\nContent-Length: {}\r\n\r\n", body.len()).as_bytes(),
+    )
+    .unwrap();
+    tcp.write_all(&body).unwrap();
     let mut answer = String::new();
     let _ = tcp.read_to_string(&mut answer);
     assert!(answer.starts_with("HTTP/1.1 421") && answer.contains("https://"), "{answer}");

@@ -44,6 +44,8 @@ use watch::{Activity, Watched};
 
 /// File handles kept out of the connection cap for the process's own files.
 pub const RESERVED_FILES: u64 = 256;
+/// What a plain-HTTP client may send to an HTTPS port before the connection closes on it.
+const PLAIN_HTTP_DRAIN: usize = 1 << 20;
 /// Read buffer under TLS on each connection: two full TLS records.
 const TLS_READ_BUFFER: usize = 32 << 10;
 /// How long open connections may finish their requests after shutdown begins.
@@ -242,34 +244,48 @@ pub async fn serve_router(
     serve(listener, tls, service, limits, stats, shutdown).await
 }
 
-/// The TLS handshake, within `deadline`. A client that sends plain HTTP gets a 421 that tells
-/// it to use https (not a 400, which a collector would take as a verdict on its DTO), and a
-/// closed connection.
+/// The TLS handshake, the first byte included, within `limit` of the accept. A client that
+/// sends plain HTTP gets a 421 that tells it to use https (not a 400, which a collector would
+/// take as a verdict on its DTO), and a closed connection.
 async fn handshake(
     mut stream: tokio::net::TcpStream,
     activity: Arc<Activity>,
     tls: &ServerTls,
-    deadline: Duration,
+    limit: Duration,
 ) -> std::io::Result<tokio_rustls::server::TlsStream<tokio::io::BufReader<Watched<tokio::net::TcpStream>>>> {
     use std::io::{Error, ErrorKind};
-    use tokio::io::AsyncWriteExt;
+    use tokio::io::{AsyncReadExt, AsyncWriteExt};
+    use tokio::time::timeout_at;
+    let deadline = tokio::time::Instant::now() + limit;
     let timed_out = || Error::new(ErrorKind::TimedOut, "no TLS handshake within idle_timeout");
     let mut first = [0u8; 1];
-    let peeked = tokio::time::timeout(deadline, stream.peek(&mut first)).await.map_err(|_| timed_out())??;
+    let peeked = timeout_at(deadline, stream.peek(&mut first)).await.map_err(|_| timed_out())??;
     // 0x16 starts a TLS handshake record; an HTTP method starts with a letter.
     if peeked == 1 && first[0].is_ascii_alphabetic() {
         const REFUSAL: &[u8] = b"HTTP/1.1 421 Misdirected Request\r\nContent-Type: application/json\r\n\
             Content-Length: 61\r\nConnection: close\r\n\r\n\
             {\"error\": \"this port speaks HTTPS only: use an https:// URL\"}";
-        let _ = tokio::time::timeout(deadline, stream.write_all(REFUSAL)).await;
+        let _ = timeout_at(deadline, stream.write_all(REFUSAL)).await;
         let _ = stream.shutdown().await;
+        // Closing with the request unread would reset the connection, and the client would see
+        // the reset instead of the answer: read (a bounded amount, briefly) what it sends.
+        let drain = async {
+            let mut sink = [0u8; 16 << 10];
+            let mut left = PLAIN_HTTP_DRAIN;
+            while left > 0 {
+                match stream.read(&mut sink).await {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => left = left.saturating_sub(n),
+                }
+            }
+        };
+        let _ = tokio::time::timeout(Duration::from_secs(2), drain).await;
         return Err(Error::new(ErrorKind::InvalidData, "plain HTTP sent to an HTTPS port"));
     }
     // rustls reads the socket 4 KiB at a time; a buffer of two full records under it makes a
     // megabyte body a few dozen reads instead of hundreds.
     let buffered = tokio::io::BufReader::with_capacity(TLS_READ_BUFFER, Watched::new(stream, activity));
-    let accept = tls.acceptor().accept(buffered);
-    tokio::time::timeout(deadline, accept).await.map_err(|_| timed_out())?
+    timeout_at(deadline, tls.acceptor().accept(buffered)).await.map_err(|_| timed_out())?
 }
 
 async fn serve_connection<IO, S, B>(

@@ -136,8 +136,9 @@ struct Loaded {
     config: Arc<rustls::ServerConfig>,
     stamp: Option<Stamp>,
     not_after: Option<i64>,
-    /// The stamp of files that failed to load: not retried (nor logged again) until they change.
-    failed: Option<Stamp>,
+    /// The stamp of files that failed to load (None inside: a file was missing): not retried
+    /// (nor logged again) until they change.
+    failed: Option<Option<Stamp>>,
     error: Option<String>,
     reloads: u64,
 }
@@ -159,7 +160,7 @@ impl fmt::Debug for ServerTls {
 /// Builds a server configuration from the two files; checks that the key is the certificate's.
 fn server_config(cert: &Path, key: &Path) -> Result<(rustls::ServerConfig, Option<i64>), TlsError> {
     let certs = parse_certs("tls_cert", cert, &read_pem("tls_cert", cert)?)?;
-    let not_after = not_after(&certs[0]);
+    let leaf = certs[0].clone();
     let key_pem = read_pem("tls_key", key)?;
     let private = PrivateKeyDer::from_pem_slice(&key_pem)
         .map_err(|e| TlsError::new("tls_key", key, format!("not a PEM private key: {e}")))?;
@@ -170,7 +171,8 @@ fn server_config(cert: &Path, key: &Path) -> Result<(rustls::ServerConfig, Optio
         .with_single_cert(certs, private)
         .map_err(|e| TlsError::new("tls_key", key, format!("does not go with tls_cert {}: {e}", cert.display())))?;
     config.alpn_protocols = vec![b"http/1.1".to_vec()];
-    Ok((config, not_after))
+    // Read once rustls has accepted the certificate with its key.
+    Ok((config, not_after(&leaf)))
 }
 
 fn expiry_problem(not_after: Option<i64>, now: i64) -> Option<String> {
@@ -209,7 +211,16 @@ impl ServerTls {
         let stamp = Stamp::read(&self.cert, &self.key);
         {
             let s = self.state.read().expect("tls state");
-            let unchanged = stamp == s.stamp || (stamp.is_some() && stamp == s.failed);
+            if stamp == s.stamp && s.failed.is_some() && !force {
+                // The files serving are back (a backup moved into place): nothing is wrong now.
+                drop(s);
+                let mut s = self.state.write().expect("tls state");
+                s.failed = None;
+                s.error = expiry_problem(s.not_after, unix_now());
+                tracing::info!(cert = %self.cert.display(), "certificate files back as loaded");
+                return;
+            }
+            let unchanged = stamp == s.stamp || Some(stamp) == s.failed;
             if unchanged && !force {
                 return;
             }
@@ -236,7 +247,7 @@ impl ServerTls {
             Err(e) => {
                 tracing::error!("{e}; the previous certificate keeps serving");
                 let mut s = self.state.write().expect("tls state");
-                s.failed = stamp;
+                s.failed = Some(stamp);
                 s.error = Some(format!("{e}; the previous certificate keeps serving"));
             }
         }
@@ -402,6 +413,10 @@ fn der_tlv(bytes: &[u8]) -> Option<(u8, &[u8], &[u8])> {
 
 /// UTCTime (`YYMMDDHHMMSSZ`, years 1950..2049) or GeneralizedTime (`YYYYMMDDHHMMSSZ`).
 fn der_time(tag: u8, text: &[u8]) -> Option<i64> {
+    // Slicing below is by byte: anything but ASCII digits is no time this reads.
+    if !text.is_ascii() {
+        return None;
+    }
     let text = std::str::from_utf8(text).ok()?.strip_suffix('Z')?;
     let (year, rest) = match (tag, text.len()) {
         (0x17, 12) => {
@@ -439,6 +454,8 @@ mod tests {
         assert_eq!(der_time(0x18, b"20261202031500Z"), Some(1_796_181_300));
         assert_eq!(der_time(0x18, b"20261302031500Z"), None);
         assert_eq!(der_time(0x17, b"7001010000Z"), None);
+        assert_eq!(der_time(0x18, "20é61202031500Z".as_bytes()), None);
+        assert_eq!(der_time(0x17, "é0101000000Z".as_bytes()), None);
         assert_eq!(utc(1_796_181_300), "2026-12-02 03:15:00");
     }
 

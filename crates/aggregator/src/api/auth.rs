@@ -37,10 +37,42 @@ pub fn class_of(method: &Method, path: &str) -> Class {
 pub async fn check(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let class = class_of(request.method(), request.uri().path());
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    if class != Class::Open && !matches!(*request.method(), Method::GET | Method::HEAD) {
+        if let Some(refused) = cross_site_basic(request.headers(), authorization) {
+            return refused;
+        }
+    }
     match app.tokens.check(class, authorization) {
         Ok(()) => next.run(request).await,
         Err(denied) => refusal(class, denied, request.uri().path()),
     }
+}
+
+/// A browser that logged in to the portal (Basic, the token as password) sends that login with
+/// every request to the site, a form posted from another site's page included. A change made
+/// with Basic credentials must therefore come from the portal's own pages: the browser says so
+/// in `Sec-Fetch-Site`, or in an `Origin` naming this host. Bearer tokens are never added by a
+/// browser on its own, so they need no such proof.
+fn cross_site_basic(headers: &axum::http::HeaderMap, authorization: Option<&[u8]>) -> Option<Response> {
+    let basic =
+        authorization.is_some_and(|a| a.trim_ascii_start().get(..6).is_some_and(|s| s.eq_ignore_ascii_case(b"basic ")));
+    if !basic {
+        return None;
+    }
+    let text = |name: &str| headers.get(name).and_then(|v| v.to_str().ok());
+    let same_site = match (text("sec-fetch-site"), text("origin"), text("host")) {
+        (Some(site), _, _) => site == "same-origin",
+        (None, Some(origin), Some(host)) => origin.split_once("://").is_some_and(|(_, h)| h == host),
+        _ => false,
+    };
+    (!same_site).then(|| {
+        super::ApiError::new(
+            StatusCode::FORBIDDEN,
+            "a change made with a browser's password must come from the portal's own pages: \
+             scripts and tools send Authorization: Bearer <token>",
+        )
+        .into_response()
+    })
 }
 
 fn refusal(class: Class, denied: Denied, path: &str) -> Response {
@@ -69,6 +101,28 @@ fn refusal(class: Class, denied: Denied, path: &str) -> Response {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn a_browser_login_changes_nothing_from_another_site() {
+        let headers = |pairs: &[(&str, &str)]| {
+            let mut h = axum::http::HeaderMap::new();
+            for (k, v) in pairs {
+                h.insert(axum::http::HeaderName::from_bytes(k.as_bytes()).unwrap(), v.parse().unwrap());
+            }
+            h
+        };
+        let basic = Some(b"Basic eDphZG1pbg==".as_slice());
+        let bearer = Some(b"Bearer admin".as_slice());
+        assert!(cross_site_basic(&headers(&[("sec-fetch-site", "cross-site")]), basic).is_some());
+        assert!(
+            cross_site_basic(&headers(&[("origin", "https://evil.example"), ("host", "da1:8581")]), basic).is_some()
+        );
+        assert!(cross_site_basic(&headers(&[]), basic).is_some());
+        assert!(cross_site_basic(&headers(&[("sec-fetch-site", "same-origin")]), basic).is_none());
+        assert!(cross_site_basic(&headers(&[("origin", "https://da1:8581"), ("host", "da1:8581")]), basic).is_none());
+        assert!(cross_site_basic(&headers(&[("sec-fetch-site", "cross-site")]), bearer).is_none());
+        assert!(cross_site_basic(&headers(&[]), None).is_none());
+    }
 
     #[test]
     fn every_route_has_the_class_the_readme_gives() {

@@ -22,7 +22,7 @@ use crate::metrics::Metrics;
 use crate::services::Term;
 use crate::App;
 use pollux_model::Dto;
-use pollux_repository::{Epoch, RepoError};
+use pollux_repository::{Action, Epoch, RepoError};
 use std::collections::{HashSet, VecDeque};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
@@ -205,7 +205,10 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
     pollux_failpoint::hit("loader.before_load");
     let report = match app.repo.load(epoch, &ready) {
         Ok(report) => report,
-        Err(e @ RepoError::Fenced { .. }) => return Err(e),
+        // Fenced, or the repository cannot serve now (locked by a frozen deposed writer, out of
+        // space, an I/O error): the whole batch waits and is retried; one DTO at a time would
+        // only fail as many times more slowly.
+        Err(e) if matches!(e.action(), Action::Fenced | Action::Retry) => return Err(e),
         Err(e) if ready.len() > 1 => {
             // One bad DTO must not hold the others back: load them one at a time.
             tracing::warn!(error = %e, dtos = ready.len(), "batch load failed; loading one by one");
@@ -226,7 +229,7 @@ fn load_one_by_one(app: &App, epoch: Epoch, dtos: Vec<Dto>) -> Result<usize, Rep
                 finish(app, std::slice::from_ref(&dto), &report)?;
                 loaded += 1;
             }
-            Err(e @ RepoError::Fenced { .. }) => return Err(e),
+            Err(e) if matches!(e.action(), Action::Fenced | Action::Retry) => return Err(e),
             Err(e) => {
                 app.load_health.failed(&e);
                 Metrics::add(&app.metrics.load_errors, 1);

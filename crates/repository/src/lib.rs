@@ -49,13 +49,61 @@ pub enum RepoError {
     Rejected(String),
     #[error("injected fault at {0}")]
     Injected(&'static str),
+    /// The repository cannot serve now (locked by another writer, out of space, an I/O error,
+    /// a lost connection): the same request may succeed later, unchanged.
+    #[error("repository unavailable: {0}")]
+    Unavailable(String),
     #[error("repository: {0}")]
     Db(String),
 }
 
+/// What a caller must do about a [`RepoError`].
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Action {
+    /// Stop writing: another epoch owns the repository.
+    Fenced,
+    /// Try the same request again later.
+    Retry,
+    /// This request (a DTO, a query, a definition) will not succeed as it is: set it aside.
+    Rejected,
+    /// Unexpected: log it; retrying may or may not help.
+    Bug,
+}
+
+impl RepoError {
+    pub fn action(&self) -> Action {
+        match self {
+            RepoError::Fenced { .. } => Action::Fenced,
+            RepoError::Unavailable(_) | RepoError::Injected(_) => Action::Retry,
+            RepoError::UnknownFamily(_)
+            | RepoError::UnknownMetric { .. }
+            | RepoError::BadQuery(_)
+            | RepoError::Rejected(_) => Action::Rejected,
+            RepoError::Db(_) => Action::Bug,
+        }
+    }
+}
+
 impl From<rusqlite::Error> for RepoError {
     fn from(e: rusqlite::Error) -> Self {
-        RepoError::Db(e.to_string())
+        use rusqlite::ErrorCode::*;
+        match &e {
+            rusqlite::Error::SqliteFailure(f, _)
+                if matches!(
+                    f.code,
+                    DatabaseBusy
+                        | DatabaseLocked
+                        | SystemIoFailure
+                        | DiskFull
+                        | CannotOpen
+                        | OutOfMemory
+                        | FileLockingProtocolFailed
+                ) =>
+            {
+                RepoError::Unavailable(e.to_string())
+            }
+            _ => RepoError::Db(e.to_string()),
+        }
     }
 }
 

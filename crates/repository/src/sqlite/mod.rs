@@ -583,6 +583,26 @@ mod tests {
 
     crate::conformance_tests!(fresh);
 
+    /// A writer that holds the lock (a deposed active frozen inside its transaction) makes a
+    /// load fail as something to retry, not as a bad DTO to set aside.
+    #[test]
+    fn a_locked_repository_is_unavailable_not_a_bad_dto() {
+        use crate::conformance::{dto, T0};
+        use crate::{Action, Repository};
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("repository.sqlite");
+        let options = SqliteOptions { busy_timeout: Duration::from_millis(50), ..SqliteOptions::default() };
+        let repo = SqliteRepository::open(&path, options).unwrap();
+        repo.claim_epoch(1, "t").unwrap();
+        repo.ensure_family(1, pollux_model::Catalog::builtin().get("Interface").unwrap()).unwrap();
+        let other = rusqlite::Connection::open(&path).unwrap();
+        other.execute_batch("BEGIN IMMEDIATE").unwrap();
+        let err = repo.load(1, &[dto("a", T0, &[("r1", "ge-0/0/0", 1.0)])]).unwrap_err();
+        assert_eq!(err.action(), Action::Retry, "{err}");
+        other.execute_batch("ROLLBACK").unwrap();
+        assert_eq!(repo.load(1, &[dto("a", T0, &[("r1", "ge-0/0/0", 1.0)])]).unwrap().loaded, 1);
+    }
+
     /// Past `outbox_max`, the oldest notifications are dropped and counted, never the newest.
     #[test]
     fn a_full_outbox_drops_its_oldest_and_counts_them() {

@@ -64,8 +64,8 @@ pub enum StartError {
 /// Everything the HTTP handlers and worker threads share.
 pub struct App {
     pub config: AggregatorConfig,
-    /// The token of each route class (see `api::auth`).
-    pub tokens: pollux_transport::auth::Tokens,
+    /// The token of each route class (see `api::auth`), read again on SIGHUP.
+    pub tokens: pollux_transport::auth::TokenFiles,
     /// The listener's certificate, when it speaks HTTPS.
     pub tls: Option<pollux_transport::ServerTls>,
     /// What the notifiers trust.
@@ -182,7 +182,7 @@ impl Aggregator {
     /// nothing: the caller hands in the listener (tests bind port 0).
     pub fn build(config: AggregatorConfig, listener: std::net::TcpListener) -> Result<Aggregator, StartError> {
         let security = |(key, problem)| StartError::Security(key, problem);
-        let tokens = pollux_transport::auth::Tokens::load(
+        let tokens = pollux_transport::auth::TokenFiles::load(
             config.ingest_token_file.as_deref(),
             config.admin_token_file.as_deref(),
             config.read_token_file.as_deref(),
@@ -192,7 +192,7 @@ impl Aggregator {
             .map_err(security)?;
         let client_tls =
             pollux_transport::ClientTls::load(config.ca_file.as_deref()).map_err(|e| security(e.into_key_problem()))?;
-        let open = tokens.open_classes();
+        let open = tokens.current().open_classes();
         if !open.is_empty() {
             tracing::warn!("no token for {}: those routes are open to anyone who reaches the port", open.join(", "));
         }
@@ -281,6 +281,7 @@ impl Aggregator {
         }
         let router = router.layer(axum::middleware::from_fn_with_state(app.clone(), api::auth::check));
         let server_stop = CancellationToken::new();
+        tokio::spawn(reload_tokens_on_hangup(app.clone(), server_stop.clone()));
         let open_files = pollux_transport::raise_open_file_limit();
         let limits = app.config.server_limits().fitted(open_files);
         tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
@@ -315,6 +316,25 @@ impl Aggregator {
         server_stop.cancel();
         server.await.expect("server task");
         Ok(())
+    }
+}
+
+/// SIGHUP reads the token files again (the listener's certificate reloads on it too): a leaked
+/// token is replaced without a restart. Files that do not load leave the tokens in force.
+async fn reload_tokens_on_hangup(app: Arc<App>, stop: CancellationToken) {
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hangups.recv() => {}
+        }
+        let app = app.clone();
+        match tokio::task::spawn_blocking(move || app.tokens.reload()).await {
+            Ok(Ok(())) => tracing::info!("token files read again on SIGHUP"),
+            Ok(Err((key, problem))) => tracing::error!("{key}: {problem}; the tokens in force stay"),
+            Err(e) => tracing::error!("token reload: {e}"),
+        }
     }
 }
 

@@ -79,7 +79,7 @@ impl SecurityView {
             cert_not_after: tls.as_ref().and_then(|t| t.not_after),
             cert_error: tls.as_ref().and_then(|t| t.error.clone()),
             cert_reloads: tls.as_ref().map_or(0, |t| t.reloads),
-            open_classes: app.tokens.open_classes().into_iter().map(str::to_owned).collect(),
+            open_classes: app.tokens.current().open_classes().into_iter().map(str::to_owned).collect(),
         }
     }
 }

@@ -185,18 +185,23 @@ impl CollectorConfig {
 /// The configuration's token and TLS files, read.
 #[derive(Debug, Clone)]
 pub struct Security {
-    pub token: Option<pollux_transport::auth::Secret>,
+    pub token: pollux_transport::auth::ClientToken,
     pub client: pollux_transport::ClientTls,
     pub listener: Option<pollux_transport::ServerTls>,
 }
 
 impl CollectorConfig {
+    /// Reads `ingest_token_file`, if set; the error is `(key, problem)`.
+    pub fn ingest_token(&self) -> Result<Option<pollux_transport::auth::Secret>, (String, String)> {
+        self.ingest_token_file
+            .as_deref()
+            .map(|path| pollux_transport::auth::read_token_file("ingest_token_file", path))
+            .transpose()
+    }
+
     /// Reads the token and TLS files; the error is `(key, problem)`.
     pub fn security(&self) -> Result<Security, (String, String)> {
-        let token = match &self.ingest_token_file {
-            Some(path) => Some(pollux_transport::auth::read_token_file("ingest_token_file", path)?),
-            None => None,
-        };
+        let token = pollux_transport::auth::ClientToken::new(self.ingest_token()?);
         let client = pollux_transport::ClientTls::load(self.ca_file.as_deref()).map_err(|e| e.into_key_problem())?;
         let listener = pollux_transport::tls::listener_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         Ok(Security { token, client, listener })

@@ -6,7 +6,7 @@
 //! the spool directory, so a collector restarted during an aggregator outage still polls them.
 
 use pollux_model::{Catalog, MetricFamily};
-use pollux_transport::auth::Secret;
+use pollux_transport::auth::ClientToken;
 use serde::Deserialize;
 use std::path::PathBuf;
 use std::sync::{Arc, RwLock};
@@ -42,13 +42,13 @@ impl FamilyCache {
     }
 
     /// Fetches the families from the first aggregator URL (from `start` on) that answers 200.
-    pub fn refresh(&self, agent: &ureq::Agent, token: Option<&Secret>, urls: &[String], start: usize) {
+    pub fn refresh(&self, agent: &ureq::Agent, token: &ClientToken, urls: &[String], start: usize) {
         for k in 0..urls.len() {
             let url = format!("{}/api/v1/families", urls[(start + k) % urls.len()]);
             let mut request = agent.get(&url);
-            if let Some(token) = token {
+            if let Some(authorization) = token.header() {
                 // Any token reads; a collector has the ingest one.
-                request = request.header("Authorization", token.bearer());
+                request = request.header("Authorization", authorization);
             }
             let Ok(mut response) = request.call() else { continue };
             if response.status().as_u16() != 200 {

@@ -15,7 +15,7 @@ const TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Reporter {
     pub id: String,
     pub urls: Vec<String>,
-    pub token: Option<pollux_transport::auth::Secret>,
+    pub token: pollux_transport::auth::ClientToken,
     pub tls: pollux_transport::ClientTls,
     pub devices: usize,
     pub metrics: Arc<Metrics>,
@@ -58,8 +58,8 @@ impl Reporter {
                 let body = self.body();
                 let delivered = self.urls.iter().any(|url| {
                     let mut request = agent.put(format!("{url}/api/v1/collectors/{}", self.id));
-                    if let Some(token) = &self.token {
-                        request = request.header("Authorization", token.bearer());
+                    if let Some(authorization) = self.token.header() {
+                        request = request.header("Authorization", authorization);
                     }
                     match request.send_json(&body) {
                         Ok(r) if r.status().is_success() => true,

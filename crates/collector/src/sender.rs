@@ -34,7 +34,7 @@ const LISTING_TIMEOUT: Duration = Duration::from_secs(5);
 pub struct Sender {
     pub spool: Arc<Spool>,
     pub urls: Vec<String>,
-    pub token: Option<pollux_transport::auth::Secret>,
+    pub token: pollux_transport::auth::ClientToken,
     pub tls: pollux_transport::ClientTls,
     pub timeout: Duration,
     pub metrics: Arc<Metrics>,
@@ -102,7 +102,7 @@ impl Sender {
         let mut families_due = Instant::now();
         while !self.stop.load(Ordering::Relaxed) {
             if Instant::now() >= families_due {
-                self.families.refresh(&listing_agent, self.token.as_ref(), &self.urls, current);
+                self.families.refresh(&listing_agent, &self.token, &self.urls, current);
                 families_due = Instant::now() + self.families_refresh;
             }
             let Some(entry) = self.spool.oldest(Duration::from_millis(200)) else { continue };
@@ -184,8 +184,8 @@ impl Sender {
         };
         let mut request =
             agent.put(format!("{url}/api/v1/dto/{}", entry.id)).header("Content-Type", BINARY_CONTENT_TYPE);
-        if let Some(token) = &self.token {
-            request = request.header("Authorization", token.bearer());
+        if let Some(authorization) = self.token.header() {
+            request = request.header("Authorization", authorization);
         }
         match request.send(&body[..]) {
             Ok(mut response) => {

@@ -557,3 +557,41 @@ fn notifications_go_over_https_to_receivers_the_ca_file_trusts_and_no_other() {
     assert!(error.contains("UnknownIssuer") || error.contains("certificate"), "{error}");
     assert!(stranger.notifications().is_empty(), "nothing sent to a receiver the CA does not vouch for");
 }
+
+#[test]
+fn tokens_are_replaced_on_sighup_without_a_restart() {
+    let s = secure();
+    let shared = tempdir();
+    // This test's own token files: the harness's are shared with the other tests.
+    let (admin, ingest) = (shared.path().join("admin.token"), shared.path().join("ingest.token"));
+    std::fs::write(&admin, "admin-before-0123456789\n").unwrap();
+    std::fs::write(&ingest, "ingest-before-0123456789\n").unwrap();
+    let config = shared.path().join("aggregator.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "tls_cert = {:?}\ntls_key = {:?}\nadmin_token_file = {admin:?}\ningest_token_file = {ingest:?}\n",
+            s.cert, s.key
+        ),
+    )
+    .unwrap();
+    let da = Aggregator::start(shared.path(), &["--config", config.to_str().unwrap()], &[]);
+    da.wait_active();
+    let rules = format!("{}/api/v1/thresholds", da.url);
+    let as_admin = |token: &str| call("post", &rules, Some(&format!("Bearer {token}")));
+    assert_eq!(as_admin("admin-before-0123456789"), 400, "the old token passes (the empty rule is refused)");
+    std::fs::write(&admin, "admin-after-0123456789\n").unwrap();
+    da.signal("HUP");
+    wait_until(Duration::from_secs(10), "the new admin token in force", || {
+        (as_admin("admin-after-0123456789") == 400 && as_admin("admin-before-0123456789") == 401).then_some(())
+    });
+    // A file that does not load keeps the tokens in force.
+    std::fs::write(&admin, "ingest-before-0123456789\n").unwrap();
+    da.signal("HUP");
+    wait_until(Duration::from_secs(10), "the refused reload logged", || {
+        da.log().contains("the tokens in force stay").then_some(())
+    });
+    assert_eq!(as_admin("admin-after-0123456789"), 400);
+    assert!(da.log().contains("holds the same token as ingest_token_file"), "{}", da.log());
+    assert!(!da.log().contains("ingest-before-0123456789"), "a token in the log");
+}

@@ -110,6 +110,26 @@ pub fn read_token_file(key: &str, path: &Path) -> Result<Secret, (String, String
     Ok(Secret(token.into()))
 }
 
+/// A client's token, replaced when its file is read again (SIGHUP): each request takes the
+/// one in force.
+#[derive(Debug, Clone, Default)]
+pub struct ClientToken(std::sync::Arc<std::sync::RwLock<Option<Secret>>>);
+
+impl ClientToken {
+    pub fn new(token: Option<Secret>) -> ClientToken {
+        ClientToken(std::sync::Arc::new(std::sync::RwLock::new(token)))
+    }
+
+    /// The `Authorization` header value to send, if there is a token.
+    pub fn header(&self) -> Option<String> {
+        self.0.read().expect("token").as_ref().map(Secret::bearer)
+    }
+
+    pub fn replace(&self, token: Option<Secret>) {
+        *self.0.write().expect("token") = token;
+    }
+}
+
 /// Why a request was not let through.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub enum Denied {
@@ -152,7 +172,44 @@ impl Tokens {
         }
         Ok(tokens)
     }
+}
 
+/// The configured tokens with the files they came from, read again on demand (SIGHUP), so a
+/// leaked token is replaced without a restart. A set of files that does not load leaves the
+/// tokens in force unchanged.
+#[derive(Debug)]
+pub struct TokenFiles {
+    files: [Option<std::path::PathBuf>; 3],
+    current: std::sync::RwLock<std::sync::Arc<Tokens>>,
+}
+
+impl TokenFiles {
+    /// Reads the files (ingest, admin, read; each optional). The error is `(key, problem)`.
+    pub fn load(
+        ingest: Option<&Path>,
+        admin: Option<&Path>,
+        read: Option<&Path>,
+    ) -> Result<TokenFiles, (String, String)> {
+        let tokens = Tokens::load(ingest, admin, read)?;
+        let files = [ingest, admin, read].map(|p| p.map(Path::to_path_buf));
+        Ok(TokenFiles { files, current: std::sync::RwLock::new(std::sync::Arc::new(tokens)) })
+    }
+
+    /// The tokens in force.
+    pub fn current(&self) -> std::sync::Arc<Tokens> {
+        self.current.read().expect("tokens").clone()
+    }
+
+    /// Reads the files again; on an error the tokens in force stay.
+    pub fn reload(&self) -> Result<(), (String, String)> {
+        let [ingest, admin, read] = &self.files;
+        let tokens = Tokens::load(ingest.as_deref(), admin.as_deref(), read.as_deref())?;
+        *self.current.write().expect("tokens") = std::sync::Arc::new(tokens);
+        Ok(())
+    }
+}
+
+impl Tokens {
     /// The token a class needs, if the class is closed.
     fn required(&self, class: Class) -> Option<&Secret> {
         match class {

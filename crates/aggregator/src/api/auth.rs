@@ -42,7 +42,7 @@ pub async fn check(State(app): State<Arc<App>>, request: Request, next: Next) ->
             return refused;
         }
     }
-    match app.tokens.check(class, authorization) {
+    match app.tokens.current().check(class, authorization) {
         Ok(()) => next.run(request).await,
         Err(denied) => refusal(class, denied, request.uri().path()),
     }

@@ -37,15 +37,15 @@ pub fn class_of(method: &Method, path: &str) -> Class {
 pub async fn check(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
     let class = class_of(request.method(), request.uri().path());
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
+    if let Err(denied) = app.tokens.current().check(class, authorization) {
+        return refusal(class, denied, request.uri().path());
+    }
     if class != Class::Open && !matches!(*request.method(), Method::GET | Method::HEAD) {
         if let Some(refused) = cross_site_basic(request.headers(), authorization) {
             return refused;
         }
     }
-    match app.tokens.current().check(class, authorization) {
-        Ok(()) => next.run(request).await,
-        Err(denied) => refusal(class, denied, request.uri().path()),
-    }
+    next.run(request).await
 }
 
 /// A browser that logged in to the portal (Basic, the token as password) sends that login with

@@ -176,7 +176,7 @@ pub fn run(app: Arc<App>, term: Arc<Term>) {
             Err(e @ RepoError::Fenced { .. }) => {
                 tracing::warn!(epoch = term.epoch, error = %e, "notifier fenced: the new active sends from here");
                 term.fenced(&e);
-                return;
+                break;
             }
             Err(e) => tracing::warn!(error = %e, "notifier cannot read the outbox; retrying"),
         }
@@ -184,6 +184,7 @@ pub fn run(app: Arc<App>, term: Arc<Term>) {
         let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
         app.notify_wake.wait(wait.max(Duration::from_millis(10)));
     }
+    tracing::info!(epoch = term.epoch, "notifier of this epoch stopped");
 }
 
 /// Sends what `r` has not had yet, batch by batch, until it is up to date or fails.
@@ -191,6 +192,13 @@ fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors
     loop {
         let entries = app.repo.outbox(&r.cursor, BATCH)?;
         let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
+        // A test parks the notifier here, batch in hand, and freezes the process past failwait.
+        pollux_failpoint::hit("notify.before_post");
+        // The delivery record is a fenced write, but the post goes first: a node deposed (or
+        // frozen past failwait and resumed) must not post what its successor now delivers.
+        if app.node.active_epoch() != Some(epoch) {
+            return Ok(());
+        }
         let body = match r.kind {
             Kind::Alertmanager => Value::Array(entries.iter().map(|e| alert(app, &e.event)).collect()),
             Kind::Webhook => webhook_body(app, &entries),

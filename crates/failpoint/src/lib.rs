@@ -40,6 +40,7 @@ pub fn hit(name: &str) -> bool {
 pub const NAMES: &[&str] = &[
     "loader.after_commit",
     "loader.before_load",
+    "notify.before_post",
     "repository.load.before_commit",
     "shared.write",
     "startup.hang",

@@ -197,6 +197,43 @@ fn an_event_opens_and_clears_exactly_once_across_a_kill_9() {
     assert!(metrics.contains("pollux_events_open{severity=\"critical\"} 0"), "{metrics}");
 }
 
+/// A deposed active's notifier posts nothing more. da1's notifier has read an opening from the
+/// outbox and is parked before posting it (crash point `notify.before_post`); da1 is frozen past
+/// failwait, da2 takes over and delivers the opening; da1 resumes with the batch in hand and
+/// must drop it: the webhook hears the opening once.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_frozen_and_resumed_active_posts_nothing_more() {
+    let park = tempdir();
+    let parked = park.path().join("park");
+    std::fs::write(&parked, b"").unwrap();
+    let env = format!("notify.before_post=delay-while:8000:{}", parked.display());
+    let hook = Receiver::start();
+    let config = format!("[[notify.webhook]]\nurl = \"{}\"\n", hook.url);
+    let c = Cluster::start_configured(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", &env)], &[]], &config);
+    c.wait_active(0, TAKEOVER);
+    let base = c.proxy.url.clone();
+    let rule = json!({"family": "Interface", "metric": "in_util", "op": ">", "value": 90, "device": "rtr-0",
+                      "item": "ge-0/0/0"});
+    assert_eq!(send("POST", &format!("{base}/api/v1/thresholds"), Some(&rule)).0, 201);
+    put_acked(&base, &poll("hot", (unix_now() / 300 - 2) * 300, 95.0));
+    wait_until(TAKEOVER, "da1's notifier parked with the opening", || {
+        c.node(0).log().contains("failpoint notify.before_post: delay").then_some(())
+    });
+    c.node(0).signal("STOP");
+    c.wait_active(1, TAKEOVER);
+    let id = wait_until(TAKEOVER, "da2 to deliver the opening", || {
+        hook.notifications().into_iter().find(|(_, t)| t == "open").map(|(id, _)| id)
+    });
+    std::fs::remove_file(&parked).unwrap();
+    c.node(0).signal("CONT");
+    wait_until(Duration::from_secs(30), "da1's notifier to stop", || {
+        c.node(0).log().contains("notifier of this epoch stopped").then_some(())
+    });
+    let opens = hook.notifications().into_iter().filter(|n| *n == (id, "open".to_owned())).count();
+    assert_eq!(opens, 1, "the deposed notifier posted its batch:\n{}", c.logs());
+}
+
 /// Rules are validated whole, name the field at fault, and follow the active.
 #[test]
 fn rules_are_validated_and_kept_by_the_repository() {

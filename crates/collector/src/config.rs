@@ -53,6 +53,8 @@ pub struct CollectorConfig {
     pub ingest_token_file: Option<PathBuf>,
     /// CA certificates trusted for https:// aggregator URLs; the system's roots without it.
     pub ca_file: Option<PathBuf>,
+    /// When set, `/metrics` needs this token (a Prometheus scrape's bearer token).
+    pub read_token_file: Option<PathBuf>,
     /// Certificate and key of the metrics listener; both or neither.
     pub tls_cert: Option<PathBuf>,
     pub tls_key: Option<PathBuf>,
@@ -82,6 +84,7 @@ impl Default for CollectorConfig {
             ingest_token: None,
             ingest_token_file: None,
             ca_file: None,
+            read_token_file: None,
             tls_cert: None,
             tls_key: None,
             send_timeout: DEFAULT_SEND_TIMEOUT,
@@ -186,6 +189,8 @@ impl CollectorConfig {
 #[derive(Debug, Clone)]
 pub struct Security {
     pub token: pollux_transport::auth::ClientToken,
+    /// What `/metrics` requires, if anything.
+    pub metrics_token: Option<pollux_transport::auth::Secret>,
     pub client: pollux_transport::ClientTls,
     pub listener: Option<pollux_transport::ServerTls>,
 }
@@ -202,9 +207,14 @@ impl CollectorConfig {
     /// Reads the token and TLS files; the error is `(key, problem)`.
     pub fn security(&self) -> Result<Security, (String, String)> {
         let token = pollux_transport::auth::ClientToken::new(self.ingest_token()?);
+        let metrics_token = self
+            .read_token_file
+            .as_deref()
+            .map(|path| pollux_transport::auth::read_token_file("read_token_file", path))
+            .transpose()?;
         let client = pollux_transport::ClientTls::load(self.ca_file.as_deref()).map_err(|e| e.into_key_problem())?;
         let listener = pollux_transport::tls::listener_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
-        Ok(Security { token, client, listener })
+        Ok(Security { token, metrics_token, client, listener })
     }
 }
 

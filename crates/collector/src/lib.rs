@@ -207,6 +207,7 @@ impl Collector {
         tasks.spawn(metrics::serve(
             listener,
             self.security.listener.clone(),
+            self.security.metrics_token.clone(),
             metrics.clone(),
             spool.clone(),
             shutdown.clone(),

@@ -3,6 +3,7 @@
 
 use crate::spool::Spool;
 use axum::extract::State;
+use axum::response::IntoResponse;
 use axum::routing::get;
 use axum::Router;
 use std::fmt::Write as _;
@@ -130,16 +131,34 @@ async fn metrics(State((metrics, spool)): State<Shared>) -> String {
     metrics.render(&spool, crate::poll::unix_now() as i64)
 }
 
-/// Serves `/metrics` and `/health` until `shutdown`.
+/// Serves `/metrics` and `/health` until `shutdown`. With `read_token` set, `/metrics` needs it
+/// (`Authorization: Bearer`, as a Prometheus scrape sends it); `/health` stays open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<pollux_transport::ServerTls>,
+    read_token: Option<pollux_transport::auth::Secret>,
     metrics_: Arc<Metrics>,
     spool: Arc<Spool>,
     shutdown: CancellationToken,
 ) {
+    let tokens = Arc::new(pollux_transport::auth::Tokens { read: read_token, ..Default::default() });
     let app = Router::new()
         .route("/metrics", get(metrics))
+        .route_layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
+            let tokens = tokens.clone();
+            async move {
+                let authorization = request.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
+                match tokens.check(pollux_transport::auth::Class::Read, authorization) {
+                    Ok(()) => next.run(request).await,
+                    Err(_) => (
+                        axum::http::StatusCode::UNAUTHORIZED,
+                        [(axum::http::header::WWW_AUTHENTICATE, "Bearer realm=\"pollux\"")],
+                        "this collector's /metrics needs its read token: send Authorization: Bearer <token>\n",
+                    )
+                        .into_response(),
+                }
+            }
+        }))
         .route("/health", get(|| async { "ok\n" }))
         .with_state((metrics_, spool));
     let limits = pollux_transport::ServerLimits { max_connections: 64, ..Default::default() };

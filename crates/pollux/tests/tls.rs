@@ -180,6 +180,7 @@ fn every_route_refuses_a_missing_or_wrong_class_token() {
     assert_eq!(call("post", &format!("{}/api/v1/thresholds", proxy.url), Some(&format!("Bearer {read}"))), 403);
     assert_eq!(call("get", &format!("{}/api/v1/status", proxy.url), Some(&format!("Bearer {read}"))), 200);
     assert_eq!(call("get", &format!("{}/proxy/status", proxy.url), None), 200);
+    assert_eq!(call("post", &format!("{}/proxy/status", proxy.url), None), 405);
 }
 
 fn base64(text: &str) -> String {
@@ -623,10 +624,14 @@ fn an_ingest_token_rotation_loses_no_cycle() {
     wait_until(Duration::from_secs(20), "the simulator's inventory", || inventory.exists().then_some(()));
     let ack_log = dir.path().join("acked.log");
     let collector_config = format!(
-        "ca_file = {:?}\ningest_token_file = {dc_token:?}\ntls_cert = {:?}\ntls_key = {:?}\nack_log = {ack_log:?}\n",
-        s.ca, s.cert, s.key
+        "ca_file = {:?}\ningest_token_file = {dc_token:?}\ntls_cert = {:?}\ntls_key = {:?}\nack_log = {ack_log:?}\n\
+         read_token_file = {:?}\n",
+        s.ca, s.cert, s.key, s.read
     );
     let dc = common::snmp::collector(&dir.path().join("dc1"), &da.url, &inventory, "2s", &collector_config);
+    // The collector's own listener: HTTPS, /metrics behind the read token, /health open.
+    assert_eq!(call("get", &format!("{}/metrics", dc.url), None), 401);
+    assert_eq!(call("get", &format!("{}/health", dc.url), None), 200);
     let acked = || std::fs::read_to_string(&ack_log).unwrap_or_default().lines().map(str::to_owned).collect::<Vec<_>>();
     wait_until(Duration::from_secs(30), "DTOs acknowledged with the old token", || (acked().len() >= 4).then_some(()));
 

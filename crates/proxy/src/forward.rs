@@ -58,6 +58,9 @@ pub async fn serve(
 
 async fn handle(req: Request<TimedBody>, backends: &Backends, client: &Client<Connector, TimedBody>) -> Response<Body> {
     if req.uri().path() == "/proxy/status" {
+        if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
+            return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "/proxy/status is read with GET"}));
+        }
         return proxy_status(backends);
     }
     let Some(target) = backends.active() else {

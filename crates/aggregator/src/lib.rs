@@ -281,7 +281,12 @@ impl Aggregator {
         }
         let router = router.layer(axum::middleware::from_fn_with_state(app.clone(), api::auth::check));
         let server_stop = CancellationToken::new();
-        tokio::spawn(reload_tokens_on_hangup(app.clone(), server_stop.clone()));
+        // SIGHUP reads the token files again: a leaked token is replaced without a restart.
+        let tokens_app = app.clone();
+        tokio::spawn(pollux_transport::on_hangup(server_stop.clone(), move || match tokens_app.tokens.reload() {
+            Ok(()) => tracing::info!("token files read again on SIGHUP"),
+            Err((key, problem)) => tracing::error!("{key}: {problem}; the tokens in force stay"),
+        }));
         let open_files = pollux_transport::raise_open_file_limit();
         let limits = app.config.server_limits().fitted(open_files);
         tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
@@ -316,25 +321,6 @@ impl Aggregator {
         server_stop.cancel();
         server.await.expect("server task");
         Ok(())
-    }
-}
-
-/// SIGHUP reads the token files again (the listener's certificate reloads on it too): a leaked
-/// token is replaced without a restart. Files that do not load leave the tokens in force.
-async fn reload_tokens_on_hangup(app: Arc<App>, stop: CancellationToken) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = hangups.recv() => {}
-        }
-        let app = app.clone();
-        match tokio::task::spawn_blocking(move || app.tokens.reload()).await {
-            Ok(Ok(())) => tracing::info!("token files read again on SIGHUP"),
-            Ok(Err((key, problem))) => tracing::error!("{key}: {problem}; the tokens in force stay"),
-            Err(e) => tracing::error!("token reload: {e}"),
-        }
     }
 }
 

@@ -69,32 +69,6 @@ pub struct Collector {
     metrics_listener: std::net::TcpListener,
 }
 
-/// SIGHUP reads `ingest_token_file` again, so a token is replaced without a restart (the
-/// metrics listener's certificate reloads on it too). A file that does not load keeps the token.
-async fn reload_token_on_hangup(
-    config: Arc<CollectorConfig>,
-    token: pollux_transport::auth::ClientToken,
-    stop: CancellationToken,
-) {
-    use tokio::signal::unix::{signal, SignalKind};
-    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
-    loop {
-        tokio::select! {
-            _ = stop.cancelled() => return,
-            _ = hangups.recv() => {}
-        }
-        let config = config.clone();
-        match tokio::task::spawn_blocking(move || config.ingest_token()).await {
-            Ok(Ok(new)) => {
-                token.replace(new);
-                tracing::info!("ingest_token_file read again on SIGHUP");
-            }
-            Ok(Err((key, problem))) => tracing::error!("{key}: {problem}; the token in force stays"),
-            Err(e) => tracing::error!("token reload: {e}"),
-        }
-    }
-}
-
 /// The first second of the cycle holding `now`.
 pub fn cycle_of(now: UnixSeconds, interval: u32) -> UnixSeconds {
     now - now.rem_euclid(i64::from(interval))
@@ -213,7 +187,15 @@ impl Collector {
             shutdown.clone(),
         ));
 
-        tasks.spawn(reload_token_on_hangup(config.clone(), self.security.token.clone(), shutdown.clone()));
+        // SIGHUP reads ingest_token_file again: a token is replaced without a restart.
+        let (reload_config, token) = (config.clone(), self.security.token.clone());
+        tasks.spawn(pollux_transport::on_hangup(shutdown.clone(), move || match reload_config.ingest_token() {
+            Ok(new) => {
+                token.replace(new);
+                tracing::info!("ingest_token_file read again on SIGHUP");
+            }
+            Err((key, problem)) => tracing::error!("{key}: {problem}; the token in force stays"),
+        }));
 
         let mut groups: BTreeMap<u32, Vec<Arc<DeviceSpec>>> = BTreeMap::new();
         for device in &self.devices {

@@ -235,24 +235,15 @@ fn https_makes_certificates_and_tokens_that_serve() {
     let (etc, shared) = (dir.path().join("etc"), dir.path().join("shared"));
     std::fs::create_dir(&shared).unwrap();
     let port = free_port("127.0.0.5");
-    let flags = [
-        "--role",
-        "aggregator",
-        "--config-dir",
-        &path(&etc),
-        "--node-id",
-        "da1",
-        "--bind-address",
-        "127.0.0.5",
-        "--port",
-        &port.to_string(),
-        "--shared-dir",
-        &path(&shared),
-        "--https",
-        "2",
-        "--yes",
-    ];
-    let (code, out) = init(&flags, "");
+    // An HTTPS aggregator on 127.0.0.5, configured in `dir`, answering with flags alone.
+    let https_aggregator = |dir: &Path, node: &str| -> Vec<String> {
+        let flags =
+            ["--role", "aggregator", "--config-dir", &path(dir), "--node-id", node, "--bind-address", "127.0.0.5"];
+        let more = ["--port", &port.to_string(), "--shared-dir", &path(&shared), "--https", "2", "--yes"];
+        flags.iter().chain(more.iter()).map(|s| s.to_string()).collect()
+    };
+    let flags = https_aggregator(&etc, "da1");
+    let (code, out) = init(&flags.iter().map(String::as_str).collect::<Vec<_>>(), "");
     assert_eq!(code, 0, "{out}");
     assert!(out.contains("made a new CA") && out.contains("ingest.token"), "{out}");
     let config = std::fs::read_to_string(etc.join("aggregator.toml")).unwrap();
@@ -301,23 +292,8 @@ fn https_makes_certificates_and_tokens_that_serve() {
     assert!(config.contains("ca_file") && config.contains("ingest_token_file"), "{config}");
     // The second aggregator must be given the first one's CA and tokens before its init.
     let second = dir.path().join("da2");
-    let da2 = [
-        "--role",
-        "aggregator",
-        "--config-dir",
-        &path(&second),
-        "--node-id",
-        "da2",
-        "--bind-address",
-        "127.0.0.5",
-        "--port",
-        &port.to_string(),
-        "--shared-dir",
-        &path(&shared),
-        "--https",
-        "2",
-        "--yes",
-    ];
+    let da2 = https_aggregator(&second, "da2");
+    let da2: Vec<&str> = da2.iter().map(String::as_str).collect();
     let (code, out) = init(&da2, "");
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("tls_ca: not copied here yet") && out.contains("tokens: not copied here yet"), "{out}");

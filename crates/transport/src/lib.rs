@@ -351,6 +351,24 @@ async fn serve_connection<IO, S, B>(
     }
 }
 
+/// Runs `reload` on the blocking pool at every SIGHUP until `stop` (the token files; the
+/// listener's certificate watches SIGHUP on its own). Returns at once if SIGHUP cannot be
+/// watched.
+pub async fn on_hangup<F>(stop: CancellationToken, reload: F)
+where
+    F: Fn() + Clone + Send + 'static,
+{
+    use tokio::signal::unix::{signal, SignalKind};
+    let Ok(mut hangups) = signal(SignalKind::hangup()) else { return };
+    loop {
+        tokio::select! {
+            _ = stop.cancelled() => return,
+            _ = hangups.recv() => {}
+        }
+        let _ = tokio::task::spawn_blocking(reload.clone()).await;
+    }
+}
+
 /// Waits between failed accepts: 10 ms doubling to 1 s while they keep failing for want of
 /// resources, so a process out of file handles neither spins nor floods its log.
 struct AcceptBackoff {

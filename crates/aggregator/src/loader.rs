@@ -160,8 +160,11 @@ pub fn run(app: &Arc<App>, term: &Term) {
             app.progress.begin(RECOVERY, "DTOs", Some(backlog as u64));
         }
     }
+    // A batch the repository could not take now (Retry): loaded first next time, so newer
+    // DTOs never overtake it (their polls would make its own count as late for the rules).
+    let mut carried = Carried::default();
     while !term.stop.is_cancelled() {
-        match load_once(app, term.epoch, &mut ensured) {
+        match load_once(app, term.epoch, &mut ensured, &mut carried) {
             Ok(0) => {
                 app.progress.end(RECOVERY);
                 app.loader_wake.wait(IDLE_WAIT)
@@ -176,14 +179,44 @@ pub fn run(app: &Arc<App>, term: &Term) {
                 app.load_health.failed(&e);
                 Metrics::add(&app.metrics.load_errors, 1);
                 tracing::warn!(error = %e, "load failed; the DTO files stay and are retried");
-                app.loader_wake.wait(RETRY_DELAY);
+                // A full second, whatever arrives meanwhile: a failing disk is not asked again
+                // at the rate of ingest.
+                let until = std::time::Instant::now() + RETRY_DELAY;
+                while !term.stop.is_cancelled() && std::time::Instant::now() < until {
+                    std::thread::sleep(Duration::from_millis(50));
+                }
             }
         }
     }
 }
 
+/// The batch kept for the next pass after a Retry, and how many passes it has failed.
+#[derive(Default)]
+struct Carried {
+    dtos: Vec<Dto>,
+    failures: u32,
+}
+
+/// After this many retries of the same batch, it is loaded one DTO at a time: an error that
+/// depends on the batch's size (a WAL that needs room for all of it) must not stop loading.
+const SPLIT_AFTER_RETRIES: u32 = 3;
+
 /// Loads one batch; returns how many DTOs it consumed.
-fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<usize, RepoError> {
+fn load_once(
+    app: &App,
+    epoch: Epoch,
+    ensured: &mut HashSet<String>,
+    carried: &mut Carried,
+) -> Result<usize, RepoError> {
+    if !carried.dtos.is_empty() {
+        let batch = std::mem::take(&mut carried.dtos);
+        if carried.failures >= SPLIT_AFTER_RETRIES && batch.len() > 1 {
+            tracing::warn!(dtos = batch.len(), "a batch failed {} times; loading it one by one", carried.failures);
+            carried.failures = 0;
+            return load_one_by_one(app, epoch, batch);
+        }
+        return load_batch(app, epoch, batch, carried);
+    }
     let mut batch = app.handoff.take(app.config.load_batch_values);
     if batch.is_empty() || app.handoff.take_overflow() {
         // The store holds what did not fit in the handoff and what a predecessor left. A DTO
@@ -200,6 +233,11 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
         app.load_health.ok();
         return Ok(0);
     }
+    load_batch(app, epoch, ready, carried)
+}
+
+/// Loads `ready` in one transaction; on a Retry error keeps it in `carried`.
+fn load_batch(app: &App, epoch: Epoch, ready: Vec<Dto>, carried: &mut Carried) -> Result<usize, RepoError> {
     // A test parks the loader here, batch in hand, and freezes the process (SIGSTOP), so that
     // the load it then attempts belongs to a deposed epoch.
     pollux_failpoint::hit("loader.before_load");
@@ -208,7 +246,12 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
         // Fenced, or the repository cannot serve now (locked by a frozen deposed writer, out of
         // space, an I/O error): the whole batch waits and is retried; one DTO at a time would
         // only fail as many times more slowly.
-        Err(e) if matches!(e.action(), Action::Fenced | Action::Retry) => return Err(e),
+        Err(e) if e.action() == Action::Fenced => return Err(e),
+        Err(e) if e.action() == Action::Retry => {
+            carried.failures += 1;
+            carried.dtos = ready;
+            return Err(e);
+        }
         Err(e) if ready.len() > 1 => {
             // One bad DTO must not hold the others back: load them one at a time.
             tracing::warn!(error = %e, dtos = ready.len(), "batch load failed; loading one by one");
@@ -216,6 +259,7 @@ fn load_once(app: &App, epoch: Epoch, ensured: &mut HashSet<String>) -> Result<u
         }
         Err(e) => return Err(e),
     };
+    carried.failures = 0;
     finish(app, &ready, &report)?;
     Ok(ready.len())
 }

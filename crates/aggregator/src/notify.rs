@@ -197,6 +197,7 @@ fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors
         // The delivery record is a fenced write, but the post goes first: a node deposed (or
         // frozen past failwait and resumed) must not post what its successor now delivers.
         if app.node.active_epoch() != Some(epoch) {
+            r.next_try = Instant::now() + IDLE_WAIT;
             return Ok(());
         }
         let body = match r.kind {

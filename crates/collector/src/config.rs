@@ -189,8 +189,8 @@ impl CollectorConfig {
 #[derive(Debug, Clone)]
 pub struct Security {
     pub token: pollux_transport::auth::ClientToken,
-    /// What `/metrics` requires, if anything.
-    pub metrics_token: Option<pollux_transport::auth::Secret>,
+    /// What `/metrics` requires, if anything (read again on SIGHUP).
+    pub metrics_token: std::sync::Arc<pollux_transport::auth::TokenFiles>,
     pub client: pollux_transport::ClientTls,
     pub listener: Option<pollux_transport::ServerTls>,
 }
@@ -207,11 +207,8 @@ impl CollectorConfig {
     /// Reads the token and TLS files; the error is `(key, problem)`.
     pub fn security(&self) -> Result<Security, (String, String)> {
         let token = pollux_transport::auth::ClientToken::new(self.ingest_token()?);
-        let metrics_token = self
-            .read_token_file
-            .as_deref()
-            .map(|path| pollux_transport::auth::read_token_file("read_token_file", path))
-            .transpose()?;
+        let metrics_token =
+            std::sync::Arc::new(pollux_transport::auth::TokenFiles::load(None, None, self.read_token_file.as_deref())?);
         let client = pollux_transport::ClientTls::load(self.ca_file.as_deref()).map_err(|e| e.into_key_problem())?;
         let listener = pollux_transport::tls::listener_tls(self.tls_cert.as_deref(), self.tls_key.as_deref())?;
         Ok(Security { token, metrics_token, client, listener })

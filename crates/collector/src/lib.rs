@@ -189,12 +189,18 @@ impl Collector {
 
         // SIGHUP reads ingest_token_file again: a token is replaced without a restart.
         let (reload_config, token) = (config.clone(), self.security.token.clone());
-        tasks.spawn(pollux_transport::on_hangup(shutdown.clone(), move || match reload_config.ingest_token() {
-            Ok(new) => {
-                token.replace(new);
-                tracing::info!("ingest_token_file read again on SIGHUP");
+        let metrics_token = self.security.metrics_token.clone();
+        tasks.spawn(pollux_transport::on_hangup(shutdown.clone(), move || {
+            match reload_config.ingest_token() {
+                Ok(new) => {
+                    token.replace(new);
+                    tracing::info!("ingest_token_file read again on SIGHUP");
+                }
+                Err((key, problem)) => tracing::error!("{key}: {problem}; the token in force stays"),
             }
-            Err((key, problem)) => tracing::error!("{key}: {problem}; the token in force stays"),
+            if let Err((key, problem)) = metrics_token.reload() {
+                tracing::error!("{key}: {problem}; the token in force stays");
+            }
         }));
 
         let mut groups: BTreeMap<u32, Vec<Arc<DeviceSpec>>> = BTreeMap::new();

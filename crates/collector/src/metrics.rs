@@ -131,24 +131,23 @@ async fn metrics(State((metrics, spool)): State<Shared>) -> String {
     metrics.render(&spool, crate::poll::unix_now() as i64)
 }
 
-/// Serves `/metrics` and `/health` until `shutdown`. With `read_token` set, `/metrics` needs it
+/// Serves `/metrics` and `/health` until `shutdown`. With a read token, `/metrics` needs it
 /// (`Authorization: Bearer`, as a Prometheus scrape sends it); `/health` stays open.
 pub async fn serve(
     listener: tokio::net::TcpListener,
     tls: Option<pollux_transport::ServerTls>,
-    read_token: Option<pollux_transport::auth::Secret>,
+    tokens: Arc<pollux_transport::auth::TokenFiles>,
     metrics_: Arc<Metrics>,
     spool: Arc<Spool>,
     shutdown: CancellationToken,
 ) {
-    let tokens = Arc::new(pollux_transport::auth::Tokens { read: read_token, ..Default::default() });
     let app = Router::new()
         .route("/metrics", get(metrics))
         .route_layer(axum::middleware::from_fn(move |request: axum::extract::Request, next: axum::middleware::Next| {
             let tokens = tokens.clone();
             async move {
                 let authorization = request.headers().get(axum::http::header::AUTHORIZATION).map(|v| v.as_bytes());
-                match tokens.check(pollux_transport::auth::Class::Read, authorization) {
+                match tokens.current().check(pollux_transport::auth::Class::Read, authorization) {
                     Ok(()) => next.run(request).await,
                     Err(_) => (
                         axum::http::StatusCode::UNAUTHORIZED,

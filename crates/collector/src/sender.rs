@@ -197,10 +197,11 @@ impl Sender {
         }
     }
 
-    /// Sleeps, waking early when asked to stop.
+    /// Sleeps, waking early when asked to stop or when the token is replaced (SIGHUP).
     fn sleep(&self, total: Duration) {
         let until = Instant::now() + total;
-        while !self.stop.load(Ordering::Relaxed) && Instant::now() < until {
+        let token = self.token.version();
+        while !self.stop.load(Ordering::Relaxed) && Instant::now() < until && self.token.version() == token {
             std::thread::sleep((until - Instant::now()).min(Duration::from_millis(100)));
         }
     }

@@ -59,7 +59,10 @@ pub async fn serve(
 async fn handle(req: Request<TimedBody>, backends: &Backends, client: &Client<Connector, TimedBody>) -> Response<Body> {
     if req.uri().path() == "/proxy/status" {
         if !matches!(*req.method(), hyper::Method::GET | hyper::Method::HEAD) {
-            return json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "/proxy/status is read with GET"}));
+            let mut refused =
+                json_response(StatusCode::METHOD_NOT_ALLOWED, json!({"error": "/proxy/status is read with GET"}));
+            refused.headers_mut().insert(hyper::header::ALLOW, HeaderValue::from_static("GET, HEAD"));
+            return refused;
         }
         return proxy_status(backends);
     }

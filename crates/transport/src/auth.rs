@@ -113,20 +113,27 @@ pub fn read_token_file(key: &str, path: &Path) -> Result<Secret, (String, String
 /// A client's token, replaced when its file is read again (SIGHUP): each request takes the
 /// one in force.
 #[derive(Debug, Clone, Default)]
-pub struct ClientToken(std::sync::Arc<std::sync::RwLock<Option<Secret>>>);
+pub struct ClientToken(std::sync::Arc<(std::sync::RwLock<Option<Secret>>, std::sync::atomic::AtomicU64)>);
 
 impl ClientToken {
     pub fn new(token: Option<Secret>) -> ClientToken {
-        ClientToken(std::sync::Arc::new(std::sync::RwLock::new(token)))
+        ClientToken(std::sync::Arc::new((std::sync::RwLock::new(token), std::sync::atomic::AtomicU64::new(0))))
     }
 
     /// The `Authorization` header value to send, if there is a token.
     pub fn header(&self) -> Option<String> {
-        self.0.read().expect("token").as_ref().map(Secret::bearer)
+        self.0 .0.read().expect("token").as_ref().map(Secret::bearer)
     }
 
     pub fn replace(&self, token: Option<Secret>) {
-        *self.0.write().expect("token") = token;
+        *self.0 .0.write().expect("token") = token;
+        self.0 .1.fetch_add(1, std::sync::atomic::Ordering::Release);
+    }
+
+    /// Grows at each [`replace`](Self::replace): a sender backing off after refusals of the
+    /// old token tries again at once with the new one.
+    pub fn version(&self) -> u64 {
+        self.0 .1.load(std::sync::atomic::Ordering::Acquire)
     }
 }
 

@@ -212,8 +212,7 @@ fn load_once(
         let batch = std::mem::take(&mut carried.dtos);
         if carried.failures >= SPLIT_AFTER_RETRIES && batch.len() > 1 {
             tracing::warn!(dtos = batch.len(), "a batch failed {} times; loading it one by one", carried.failures);
-            carried.failures = 0;
-            return load_one_by_one(app, epoch, batch);
+            return load_one_by_one(app, epoch, batch, carried);
         }
         return load_batch(app, epoch, batch, carried);
     }
@@ -255,7 +254,7 @@ fn load_batch(app: &App, epoch: Epoch, ready: Vec<Dto>, carried: &mut Carried) -
         Err(e) if ready.len() > 1 => {
             // One bad DTO must not hold the others back: load them one at a time.
             tracing::warn!(error = %e, dtos = ready.len(), "batch load failed; loading one by one");
-            return load_one_by_one(app, epoch, ready);
+            return load_one_by_one(app, epoch, ready, carried);
         }
         Err(e) => return Err(e),
     };
@@ -264,16 +263,24 @@ fn load_batch(app: &App, epoch: Epoch, ready: Vec<Dto>, carried: &mut Carried) -
     Ok(ready.len())
 }
 
-/// Loads each DTO in its own transaction, leaving the ones that fail in the store.
-fn load_one_by_one(app: &App, epoch: Epoch, dtos: Vec<Dto>) -> Result<usize, RepoError> {
+/// Loads each DTO in its own transaction, leaving the ones that fail in the store. On a Retry
+/// error the DTO and those after it are carried to the next pass, still ahead of newer ones.
+fn load_one_by_one(app: &App, epoch: Epoch, dtos: Vec<Dto>, carried: &mut Carried) -> Result<usize, RepoError> {
     let mut loaded = 0;
-    for dto in dtos {
+    let mut dtos = dtos.into_iter();
+    while let Some(dto) = dtos.next() {
         match app.repo.load(epoch, std::slice::from_ref(&dto)) {
             Ok(report) => {
                 finish(app, std::slice::from_ref(&dto), &report)?;
                 loaded += 1;
+                carried.failures = 0;
             }
-            Err(e) if matches!(e.action(), Action::Fenced | Action::Retry) => return Err(e),
+            Err(e) if e.action() == Action::Fenced => return Err(e),
+            Err(e) if e.action() == Action::Retry => {
+                carried.failures += 1;
+                carried.dtos = std::iter::once(dto).chain(dtos).collect();
+                return Err(e);
+            }
             Err(e) => {
                 app.load_health.failed(&e);
                 Metrics::add(&app.metrics.load_errors, 1);

@@ -234,6 +234,39 @@ fn a_frozen_and_resumed_active_posts_nothing_more() {
     assert_eq!(opens, 1, "the deposed notifier posted its batch:\n{}", c.logs());
 }
 
+/// A batch the repository cannot take for a while (crash point `repository.load.before_commit`
+/// failing until a file is removed) is retried before anything newer: a violating poll stored
+/// during the outage is evaluated in its turn, and the calm poll sent after it does not make it
+/// late. Without the kept batch, the newer poll (in the loader's handoff) would load first.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_poll_the_repository_could_not_take_is_evaluated_before_newer_ones() {
+    let dir = tempdir();
+    let outage = dir.path().join("outage");
+    let env = format!("repository.load.before_commit=error-while:{}", outage.display());
+    let da = Aggregator::start(dir.path(), &["--failwait", "2s", "--startwait", "6s"], &[("POLLUX_FAILPOINTS", &env)]);
+    da.wait_active();
+    let rule = json!({"family": "Interface", "metric": "in_util", "op": ">", "value": 90, "device": "rtr-0",
+                      "item": "ge-0/0/0"});
+    assert_eq!(send("POST", &format!("{}/api/v1/thresholds", da.url), Some(&rule)).0, 201);
+    let first = (unix_now() / 300 - 10) * 300;
+    let loaded = |id: &str| get(&format!("{}/api/v1/dto/{id}", da.url)).1["state"] == "loaded";
+    put_acked(&da.url, &poll("calm0", first, 10.0));
+    wait_until(TAKEOVER, "the first poll loaded", || loaded("calm0").then_some(()));
+    std::fs::write(&outage, b"").unwrap();
+    put_acked(&da.url, &poll("hot1", first + 300, 95.0));
+    wait_until(TAKEOVER, "four refusals", || (da.log().matches("load failed").count() >= 4).then_some(()));
+    // The newer poll arrives (into the loader's in-memory handoff) just as the outage ends.
+    put_acked(&da.url, &poll("calm2", first + 600, 10.0));
+    std::fs::remove_file(&outage).unwrap();
+    wait_until(TAKEOVER, "both polls loaded", || (loaded("hot1") && loaded("calm2")).then_some(()));
+    let events = events(&da.url);
+    assert_eq!(events.len(), 1, "the violating poll was evaluated: {events:?}\n{}", da.log());
+    assert_eq!(events[0]["opened_cycle"], first + 300);
+    assert_eq!(events[0]["state"], "cleared", "and the calm poll after it cleared it: {}", events[0]);
+    assert!(!da.log().contains("late DTOs loaded"), "nothing was late:\n{}", da.log());
+}
+
 /// Rules are validated whole, name the field at fault, and follow the active.
 #[test]
 fn rules_are_validated_and_kept_by_the_repository() {

@@ -120,10 +120,7 @@ fn questions() -> Vec<Question> {
             roles: &[RoleArg::Aggregator, RoleArg::Collector],
             fault_tolerant_only: false,
             default: |_| Some("1".into()),
-            check: |a, _| match a {
-                "1" | "2" => Ok(a.to_owned()),
-                _ => Err(format!("{a:?} is not 1 or 2")),
-            },
+            check: |a, _| one_or_two(a),
         },
         Question {
             key: "node_id",
@@ -261,10 +258,15 @@ fn https_question() -> Question {
         roles: &[],
         fault_tolerant_only: false,
         default: |_| Some("1".into()),
-        check: |a, _| match a {
-            "1" | "2" => Ok(a.to_owned()),
-            _ => Err(format!("{a:?} is not 1 or 2")),
-        },
+        check: |a, _| one_or_two(a),
+    }
+}
+
+/// The original's answers to a yes-or-no question: 1 = no, 2 = yes.
+fn one_or_two(a: &str) -> Result<String, String> {
+    match a {
+        "1" | "2" => Ok(a.to_owned()),
+        _ => Err(format!("{a:?} is not 1 or 2")),
     }
 }
 

@@ -37,16 +37,20 @@ fn token(path: &Path) -> String {
     std::fs::read_to_string(path).unwrap().trim().to_owned()
 }
 
-/// A request with an optional Authorization header; the status (0: no answer).
-fn call(method: &str, url: &str, authorization: Option<&str>) -> u16 {
-    let s = secure();
-    let agent = ureq::Agent::new_with_config(
+/// A client that trusts the harness's CA and sends no token of its own.
+fn trusting_agent() -> ureq::Agent {
+    ureq::Agent::new_with_config(
         ureq::Agent::config_builder()
             .timeout_global(Some(Duration::from_secs(10)))
-            .tls_config(pollux_transport::ClientTls::load(Some(&s.ca)).unwrap().ureq())
+            .tls_config(pollux_transport::ClientTls::load(Some(&secure().ca)).unwrap().ureq())
             .http_status_as_error(false)
             .build(),
-    );
+    )
+}
+
+/// A request with an optional Authorization header; the status (0: no answer).
+fn call(method: &str, url: &str, authorization: Option<&str>) -> u16 {
+    let agent = trusting_agent();
     let with = |r: ureq::RequestBuilder<ureq::typestate::WithoutBody>| match authorization {
         Some(a) => r.header("authorization", a),
         None => r,
@@ -139,12 +143,7 @@ fn every_route_refuses_a_missing_or_wrong_class_token() {
 
     // A collector that reported (ingest token) is forgotten with the admin token.
     let report = serde_json::json!({"id": "gone", "devices": 3});
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .tls_config(pollux_transport::ClientTls::load(Some(&s.ca)).unwrap().ureq())
-            .http_status_as_error(false)
-            .build(),
-    );
+    let agent = trusting_agent();
     let reported = agent
         .put(&format!("{}/api/v1/collectors/gone", da.url))
         .header("authorization", s.bearer(&s.ingest))
@@ -331,6 +330,9 @@ fn clients_refuse_what_they_must_and_the_server_refuses_old_tls_and_plain_http()
     assert!(status["problems"].to_string().contains("certificate has expired"), "{status}");
 
     // Files that cannot serve stop the start with the key named (exit 64).
+    // A FIFO where a file should be is refused without waiting for a writer.
+    let fifo = shared2.path().join("fifo");
+    nix::unistd::mkfifo(&fifo, nix::sys::stat::Mode::S_IRWXU).unwrap();
     let garbage = shared2.path().join("garbage.pem");
     std::fs::write(&garbage, "not a certificate\n").unwrap();
     for (toml, key) in [
@@ -342,6 +344,8 @@ fn clients_refuse_what_they_must_and_the_server_refuses_old_tls_and_plain_http()
         (format!("tls_cert = {:?}\n", tls.join("127.0.0.1.pem")), "tls_key"),
         (format!("ca_file = {garbage:?}\n"), "ca_file"),
         (format!("read_token_file = {:?}\n", shared2.path()), "read_token_file"),
+        (format!("tls_cert = {fifo:?}\ntls_key = {:?}\n", tls.join("expired.test.key")), "tls_cert"),
+        (format!("ingest_token_file = {fifo:?}\n"), "ingest_token_file"),
     ] {
         std::fs::write(&config, &toml).unwrap();
         let (code, out) = pollux(&[
@@ -529,12 +533,7 @@ fn notifications_go_over_https_to_receivers_the_ca_file_trusts_and_no_other() {
     let da = secured_aggregator(shared.path(), &notify);
     let rule = serde_json::json!({"name": "hot", "family": "Interface", "metric": "in_util", "op": ">", "value": 90,
                                   "for_polls": 1});
-    let agent = ureq::Agent::new_with_config(
-        ureq::Agent::config_builder()
-            .tls_config(pollux_transport::ClientTls::load(Some(&s.ca)).unwrap().ureq())
-            .http_status_as_error(false)
-            .build(),
-    );
+    let agent = trusting_agent();
     let created = agent
         .post(&format!("{}/api/v1/thresholds", da.url))
         .header("authorization", s.bearer(&s.admin))

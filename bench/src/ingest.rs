@@ -2,7 +2,7 @@
 //! (the backend's limit) and VictoriaMetrics' Prometheus import of the same samples; and the
 //! answer latency of one PUT.
 
-use crate::util::{self, agent, median, metric, percentile, start_aggregator, wait_for, Rng};
+use crate::util::{self, agent, median, metric, percentile, wait_for, Rng};
 use anyhow::{bail, Context};
 use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE};
 use pollux_model::{Dto, Record};
@@ -72,9 +72,10 @@ struct Put {
 pub(crate) fn pollux_run(
     bodies: &Arc<Vec<(String, Vec<u8>)>>,
     content_type: &'static str,
+    extra: &[String],
 ) -> anyhow::Result<(f64, f64)> {
     let shared = tempfile::tempdir()?;
-    let (_proc, url) = start_aggregator(shared.path())?;
+    let (_proc, url) = util::start_aggregator_with(shared.path(), extra)?;
     let agent = agent();
     for (id, body) in &bodies[..NETWORK_DTOS_PER_CYCLE] {
         agent.put(&format!("{url}/api/v1/dto/{id}")).header("content-type", content_type).send(&body[..])?;
@@ -216,7 +217,7 @@ pub fn throughput(n: usize, runs: usize) -> anyhow::Result<()> {
         let (mut acked, mut loaded) = (Vec::new(), Vec::new());
         let timed_values = values as f64 * (n - NETWORK_DTOS_PER_CYCLE) as f64 / n as f64;
         for _ in 0..runs {
-            let (a, l) = pollux_run(&bodies, content_type)?;
+            let (a, l) = pollux_run(&bodies, content_type, &[])?;
             acked.push(timed_values / a);
             loaded.push(timed_values / l);
         }
@@ -259,7 +260,7 @@ pub fn throughput(n: usize, runs: usize) -> anyhow::Result<()> {
 
 pub fn latency(runs: usize) -> anyhow::Result<()> {
     let shared = tempfile::tempdir()?;
-    let (_proc, url) = start_aggregator(shared.path())?;
+    let (_proc, url) = util::start_aggregator(shared.path())?;
     let agent = agent();
     let mut rng = Rng::new(11);
     let first = (util::unix_now() / 300 - 3) * 300;

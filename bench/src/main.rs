@@ -10,6 +10,7 @@
 //! target/release/pollux-bench collector   # items polled/s vs snmpbulkwalk; 100,000 interfaces per cycle
 //! target/release/pollux-bench alerts      # loader with 1,000 rules vs none; 201 -> webhook POST p50
 //! target/release/pollux-bench tls         # HTTPS with tokens vs plain: ingest, latency, failover, proxy
+//! target/release/pollux-bench postgres    # PostgreSQL: PUT -> loaded vs bare COPY and SQLite; queries
 //! target/release/pollux-bench all
 //! ```
 //!
@@ -24,6 +25,7 @@ mod browser;
 mod collector;
 mod failover;
 mod ingest;
+mod postgres;
 mod query;
 mod tls;
 mod util;
@@ -46,6 +48,9 @@ fn main() -> anyhow::Result<()> {
         "collector" => collector::run(flag("--rate-devices", 1_000), flag("--devices", 10_000)),
         "alerts" => alerts::run(flag("--cycles", 6), flag("--runs", 5), flag("--events", 30)),
         "tls" => tls::run(flag("--dtos", 40), flag("--runs", 3), flag("--rounds", 5)),
+        "postgres" => {
+            postgres::run(flag("--dtos", 40), flag("--runs", 3), flag("--items", 100_000), flag("--hours", 24))
+        }
         "all" => {
             ingest::throughput(60, 3)?;
             ingest::latency(40)?;

@@ -228,7 +228,7 @@ fn portal_pages(url: &str, devices: usize, timed: &dyn Fn(String) -> anyhow::Res
 }
 
 /// p50 and p99 of 300 raw 24-hour series of random items, through the repository API.
-fn time_series(repo: &SqliteRepository, devices: usize, end: i64) -> anyhow::Result<(f64, f64)> {
+pub(crate) fn time_series(repo: &dyn Repository, devices: usize, end: i64) -> anyhow::Result<(f64, f64)> {
     let mut rng = Rng::new(9);
     let mut times = Vec::with_capacity(300);
     for _ in 0..300 {

@@ -24,7 +24,7 @@ pub fn run(n: usize, runs: usize, rounds: usize) -> anyhow::Result<()> {
     for _ in 0..runs {
         for (m, (_, on)) in MODES.iter().enumerate() {
             set_tls(*on)?;
-            let (acked, loaded) = pollux_run(&bodies, BINARY_CONTENT_TYPE)?;
+            let (acked, loaded) = pollux_run(&bodies, BINARY_CONTENT_TYPE, &[])?;
             rates[m].0.push(values as f64 / acked);
             rates[m].1.push(values as f64 / loaded);
         }

@@ -131,11 +131,17 @@ pub fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
 
 /// Starts `pollux aggregator` on an ephemeral port; returns it with its base URL once active.
 pub fn start_aggregator(shared: &Path) -> anyhow::Result<(Proc, String)> {
+    start_aggregator_with(shared, &[])
+}
+
+/// As [`start_aggregator`], with `extra` arguments (`--repository URL`).
+pub fn start_aggregator_with(shared: &Path, extra: &[String]) -> anyhow::Result<(Proc, String)> {
     let args: Vec<String> = ["aggregator", "--listen", "127.0.0.1:0", "--node-id", "bench", "--shared-dir"]
         .iter()
         .map(|s| s.to_string())
         .chain([shared.display().to_string()])
         .chain(security_args("aggregator", shared)?)
+        .chain(extra.iter().cloned())
         .collect();
     let (proc, url) = spawn(&args)?;
     wait_for(Duration::from_secs(120), || Ok(get_status(&format!("{url}/health/active"))? == 200))?;

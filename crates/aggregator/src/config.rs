@@ -15,6 +15,8 @@ use std::time::Duration;
 /// The DA and proxy HTTP port of the contract.
 pub const DEFAULT_LISTEN: &str = "0.0.0.0:8581";
 pub const DEFAULT_SHARED_DIR: &str = "/var/lib/pollux/shared";
+/// The embedded repository, `<shared>/repository.sqlite`.
+pub const DEFAULT_REPOSITORY: &str = "sqlite";
 /// The original product's default: how long the active may miss heartbeats before a takeover.
 pub const DEFAULT_FAILWAIT: Duration = Duration::from_secs(5 * 60);
 /// The original product's default: how long a new leader may take to become ready.
@@ -101,7 +103,7 @@ impl Default for NotifyConfig {
             webhook: Vec::new(),
             resend_interval: Duration::from_secs(60),
             timeout: Duration::from_secs(10),
-            outbox_max: pollux_repository::sqlite::DEFAULT_OUTBOX_MAX,
+            outbox_max: pollux_repository::DEFAULT_OUTBOX_MAX,
         }
     }
 }
@@ -122,6 +124,8 @@ pub struct AggregatorConfig {
     /// The URL other parts use to reach this node; defaults to `http://<listen>`.
     pub advertise: Option<String>,
     pub shared_dir: PathBuf,
+    /// `sqlite` (the file in the shared directory), `sqlite:PATH`, or a `postgresql://` URL.
+    pub repository: String,
     #[serde(with = "duration::serde_str")]
     pub failwait: Duration,
     #[serde(with = "duration::serde_str")]
@@ -171,6 +175,7 @@ impl Default for AggregatorConfig {
             listen: DEFAULT_LISTEN.parse().expect("valid default"),
             advertise: None,
             shared_dir: PathBuf::from(DEFAULT_SHARED_DIR),
+            repository: DEFAULT_REPOSITORY.to_owned(),
             failwait: DEFAULT_FAILWAIT,
             startwait: DEFAULT_STARTWAIT,
             poll_interval: None,
@@ -221,6 +226,7 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     pub advertise: Option<String>,
     pub shared_dir: Option<PathBuf>,
+    pub repository: Option<String>,
     pub failwait: Option<Duration>,
     pub startwait: Option<Duration>,
 }
@@ -237,6 +243,7 @@ impl AggregatorConfig {
         config.listen = o.listen.unwrap_or(config.listen);
         config.advertise = o.advertise.or(config.advertise);
         config.shared_dir = o.shared_dir.unwrap_or(config.shared_dir);
+        config.repository = o.repository.unwrap_or(config.repository);
         config.failwait = o.failwait.unwrap_or(config.failwait);
         config.startwait = o.startwait.unwrap_or(config.startwait);
         let name = file.map_or_else(|| "command line".to_owned(), |p| p.display().to_string());
@@ -247,6 +254,11 @@ impl AggregatorConfig {
     /// Parses the TOML text; an error is `(key, problem)`.
     pub fn from_toml(text: &str) -> Result<AggregatorConfig, (String, String)> {
         pollux_model::config::from_toml(text)
+    }
+
+    /// Where the repository is (the `repository` key, relative to the shared directory).
+    pub fn repository_location(&self) -> Result<pollux_repository::Location, String> {
+        pollux_repository::Location::parse(&self.repository, &self.shared_dir)
     }
 
     /// Cross-field rules, checked before anything starts.
@@ -266,6 +278,7 @@ impl AggregatorConfig {
                 "tokens are read from files now: write it to a file (mode 600) and set ingest_token_file".into(),
             );
         }
+        self.repository_location().map_err(|problem| ("repository".to_owned(), problem))?;
         if self.tls_cert.is_some() != self.tls_key.is_some() {
             let missing = if self.tls_cert.is_some() { "tls_key" } else { "tls_cert" };
             return err(missing, "is needed too: HTTPS takes both tls_cert and tls_key".into());

@@ -37,7 +37,7 @@ use metrics::Metrics;
 use node::{Node, Wake};
 use pollux_election::{FileLeaseStore, Timing};
 use pollux_model::{Catalog, Limits};
-use pollux_repository::{JournalMode, RepoError, Repository, SqliteOptions, SqliteRepository};
+use pollux_repository::{JournalMode, OpenOptions, RepoError, Repository};
 use shared::{FamilyFiles, SharedDir, SharedDirError, SharedDirReport};
 use std::sync::mpsc::{Receiver, Sender};
 use std::sync::{Arc, Mutex, RwLock};
@@ -56,7 +56,7 @@ pub enum StartError {
     Repository { path: String, source: RepoError },
     #[error("http: {0}")]
     Http(std::io::Error),
-    /// A TLS or token file named by the configuration cannot be used.
+    /// A TLS or token file, or the repository, named by the configuration cannot be used.
     #[error("{0}: {1}")]
     Security(String, String),
 }
@@ -75,6 +75,8 @@ pub struct App {
     pub shared_report: SharedDirReport,
     pub store: DtoStore,
     pub repo: Arc<dyn Repository>,
+    /// Where the repository is, for the status (a URL's password hidden).
+    pub repo_location: pollux_repository::Location,
     pub limits: Limits,
     pub metrics: Metrics,
     pub loader_wake: Wake,
@@ -208,14 +210,12 @@ impl Aggregator {
             JournalChoice::Auto if shared_report.nfs => JournalMode::Truncate,
             JournalChoice::Auto => JournalMode::Wal,
         };
-        let repo_path = shared.repository_path();
-        let repo = SqliteRepository::open(
-            &repo_path,
-            SqliteOptions { journal, outbox_max: config.notify.outbox_max, ..SqliteOptions::default() },
-        )
-        .map_err(|source| StartError::Repository { path: repo_path.display().to_string(), source })?;
+        let location = config.repository_location().map_err(|problem| security(("repository".to_owned(), problem)))?;
+        let options = OpenOptions { journal, outbox_max: config.notify.outbox_max, ..OpenOptions::default() };
+        let repo = pollux_repository::open(&location, &options)
+            .map_err(|source| StartError::Repository { path: location.to_string(), source })?;
         tracing::info!(
-            shared = %shared.root().display(), nfs = shared_report.nfs, ?journal,
+            shared = %shared.root().display(), nfs = shared_report.nfs, repository = %location, ?journal,
             free_mib = shared_report.free_bytes >> 20, families = families.catalog.len(), "shared dir checked"
         );
         let limits = Limits {
@@ -239,7 +239,8 @@ impl Aggregator {
                 .map_err(|e| SharedDirError::Unusable { path: shared.dto_dir(), problem: e.to_string() })?,
             shared,
             shared_report,
-            repo: Arc::new(repo),
+            repo: Arc::from(repo),
+            repo_location: location,
             limits,
             metrics: Metrics::default(),
             loader_wake: Wake::default(),

@@ -55,9 +55,6 @@ impl SharedDir {
     pub fn families_dir(&self) -> PathBuf {
         self.root.join("metric-families")
     }
-    pub fn repository_path(&self) -> PathBuf {
-        self.root.join("repository.sqlite")
-    }
     pub fn election_dir(&self) -> PathBuf {
         self.root.join("election")
     }

@@ -145,6 +145,9 @@ pub struct SharedDirView {
 #[serde(default)]
 pub struct RepositoryView {
     pub ok: bool,
+    /// `sqlite` or `postgresql`, and where (a URL's password hidden).
+    pub backend: String,
+    pub location: String,
     pub epoch: u64,
     pub bytes: u64,
     pub loaded_dtos: u64,
@@ -283,9 +286,12 @@ impl SystemStatus {
             problems.push("the HTTPS certificate has expired: clients refuse every request".to_owned());
         }
         let active = active.map(|n| n.node.clone());
+        let (backend, location) = (app.repo_location.backend().to_owned(), app.repo_location.to_string());
         let repository = match &repo {
             Ok(s) => RepositoryView {
                 ok: true,
+                backend,
+                location,
                 epoch: s.epoch,
                 bytes: s.bytes,
                 loaded_dtos: s.loaded_dtos,
@@ -294,7 +300,7 @@ impl SystemStatus {
                 replaced_records: s.replaced_records,
                 error: None,
             },
-            Err(e) => RepositoryView { error: Some(e.to_string()), ..RepositoryView::default() },
+            Err(e) => RepositoryView { backend, location, error: Some(e.to_string()), ..RepositoryView::default() },
         };
         let alerting = repo.as_ref().ok().map(|s| AlertingView {
             open_events: s.open_events.clone(),
@@ -387,13 +393,14 @@ impl SystemStatus {
         let (shared, repo) = (&self.shared_dir, &self.repository);
         let _ = writeln!(
             out,
-            "DTO backlog {} (oldest {:.1}s); shared dir {} {} ({:.1} GiB free{}); repository {} ({:.1} MiB, {} DTOs loaded, {} rollups pending{})",
+            "DTO backlog {} (oldest {:.1}s); shared dir {} {} ({:.1} GiB free{}); repository {} {} ({:.1} MiB, {} DTOs loaded, {} rollups pending{})",
             self.dto_backlog,
             self.loader_lag_seconds,
             shared.path,
             if shared.ok { "ok" } else { "FAILING" },
             shared.free_bytes.unwrap_or(0) as f64 / (1u64 << 30) as f64,
             if shared.nfs { ", NFS" } else { "" },
+            repo.backend,
             if repo.ok { "ok" } else { "FAILING" },
             repo.bytes as f64 / (1u64 << 20) as f64,
             repo.loaded_dtos,

@@ -8,6 +8,7 @@ mod demo;
 mod failover;
 mod init;
 mod maintenance;
+mod repository;
 mod status;
 mod waiting;
 
@@ -23,6 +24,8 @@ use tokio_util::sync::CancellationToken;
 
 /// The exit status of a usage or configuration error (sysexits.h EX_USAGE).
 const EXIT_USAGE: u8 = 64;
+/// sysexits EX_UNAVAILABLE: a service this one needs (the repository server) is down.
+const EXIT_UNAVAILABLE: u8 = 69;
 
 #[derive(Parser)]
 #[command(name = "pollux", version, about = "A fault-tolerant network performance data pipeline")]
@@ -56,6 +59,9 @@ enum Command {
     Init(init::InitArgs),
     /// Make a private CA (first run) and a certificate for the given host names and addresses.
     Certs(certs::CertsArgs),
+    /// Work on a Data Repository offline: `copy` an installation's SQLite repository into
+    /// PostgreSQL.
+    Repository(repository::RepositoryArgs),
 }
 
 #[derive(clap::Args)]
@@ -141,6 +147,10 @@ struct AggregatorArgs {
     /// The shared directory (default /var/lib/pollux/shared).
     #[arg(long)]
     shared_dir: Option<PathBuf>,
+    /// Where the Data Repository is: sqlite (default, in the shared directory), sqlite:PATH,
+    /// or a postgresql:// URL. Both aggregators must name the same one.
+    #[arg(long)]
+    repository: Option<String>,
     /// How long the active may miss heartbeats before a takeover (default 5m).
     #[arg(long, value_parser = parse_duration)]
     failwait: Option<Duration>,
@@ -183,6 +193,7 @@ fn main() -> ExitCode {
         Command::Maintenance(args) => maintenance::run(args),
         Command::Init(args) => init::run(args),
         Command::Certs(args) => certs::run(args),
+        Command::Repository(args) => repository::run(args),
     }
 }
 
@@ -203,14 +214,23 @@ fn start_aggregator(args: AggregatorArgs) -> Result<Aggregator, ExitCode> {
         listen: args.listen,
         advertise: args.advertise,
         shared_dir: args.shared_dir,
+        repository: args.repository,
         failwait: args.failwait,
         startwait: args.startwait,
     };
     let config = AggregatorConfig::load(args.config.as_deref(), overrides).map_err(|e| refuse("aggregator", e))?;
     let listener = bind("aggregator", config.listen)?;
-    Aggregator::build(config, listener)
-        .map(|a| a.with_routes(pollux_portal::router))
-        .map_err(|e| refuse("aggregator", e))
+    Aggregator::build(config, listener).map(|a| a.with_routes(pollux_portal::router)).map_err(|e| match &e {
+        // A repository server that is down is not a mistake in the configuration: EX_UNAVAILABLE,
+        // so a supervisor tries again.
+        pollux_aggregator::StartError::Repository { source, .. }
+            if source.action() == pollux_repository::Action::Retry =>
+        {
+            eprintln!("pollux aggregator: {e}");
+            ExitCode::from(EXIT_UNAVAILABLE)
+        }
+        _ => refuse("aggregator", e),
+    })
 }
 
 fn run_proxy(args: ProxyArgs) -> ExitCode {

@@ -7,7 +7,8 @@
 mod common;
 
 use common::cluster::{
-    check_nothing_lost, kill_9_of_the_active_under_load, switchover_under_load, wait_role, Cluster, Load,
+    check_nothing_lost, kill_9_of_the_active_under_load, sigstop_of_the_active_past_failwait, switchover_under_load,
+    wait_role, Cluster, Load,
 };
 use common::*;
 use std::time::Duration;
@@ -23,21 +24,7 @@ fn kill_9_of_the_active_hands_over_and_the_restarted_node_rejoins_as_standby() {
 
 #[test]
 fn sigstop_past_failwait_then_sigcont_the_old_active_fences_itself() {
-    let c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
-    c.wait_active(0, TAKEOVER);
-    let load = Load::start(&c.proxy.url, 2);
-    load.wait_progress(20, TAKEOVER);
-    c.node(0).signal("STOP");
-    let second = c.wait_active(1, TAKEOVER);
-    load.wait_progress(20, TAKEOVER);
-    c.node(0).signal("CONT");
-    let role = wait_role(&c, 0, &["fenced", "standby"]);
-    assert_ne!(role, "active");
-    load.wait_progress(20, TAKEOVER);
-    assert_eq!(c.active(), Some(1));
-    assert_eq!(c.role(1).unwrap().1, second);
-    assert!(c.node(0).log().contains("fenced"), "{}", c.node(0).log());
-    check_nothing_lost(&c, &load.stop());
+    sigstop_of_the_active_past_failwait(Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]));
 }
 
 #[test]
@@ -64,56 +51,18 @@ fn planned_switchover_under_load_loses_nothing() {
 #[cfg(feature = "failpoints")]
 mod with_failpoints {
     use super::*;
+    use common::cluster::{crash_of_the_active, stale_active_load_rejected, Backend};
 
     fn crash_of_the_active_at(point: &str) {
         let env = format!("{point}=abort");
-        let mut c = Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", &env)], &[]]);
-        c.wait_active(0, TAKEOVER);
-        let load = Load::start(&c.proxy.url, 2);
-        // da1 dies at the first write or load; da2 takes over and the load goes on.
-        c.wait_active(1, TAKEOVER);
-        load.wait_progress(30, TAKEOVER);
-        c.kill9(0);
-        c.start_node(0, &[]);
-        wait_role(&c, 0, &["standby"]);
-        load.wait_progress(10, TAKEOVER);
-        check_nothing_lost(&c, &load.stop());
+        crash_of_the_active(Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", &env)], &[]]));
     }
 
-    /// The deposed active's write is refused, not merely absent: its loader is parked with a
-    /// batch in hand (crash point `loader.before_load`), the process is frozen past failwait,
-    /// the standby takes over and claims the repository, and the resumed loader's load is
-    /// rejected by the repository's epoch check.
+    /// The deposed active's write is refused, not merely absent (see
+    /// [`stale_active_load_rejected`]).
     #[test]
     fn a_resumed_stale_active_has_its_load_rejected() {
-        let dir = tempdir();
-        let park = dir.path().join("park");
-        let env = format!("loader.before_load=delay-while:8000:{}", park.display());
-        let c = Cluster::start(FAILWAIT, STARTWAIT, [&[("POLLUX_FAILPOINTS", &env)], &[]]);
-        let first = c.wait_active(0, TAKEOVER);
-        let load = Load::start(&c.proxy.url, 2);
-        load.wait_progress(10, TAKEOVER);
-        std::fs::write(&park, b"").unwrap();
-        wait_until(Duration::from_secs(20), "the loader parked with a batch", || {
-            c.node(0).log().contains("failpoint loader.before_load: delay").then_some(())
-        });
-        c.node(0).signal("STOP");
-        let second = c.wait_active(1, TAKEOVER);
-        assert!(second > first);
-        load.wait_progress(10, TAKEOVER);
-        std::fs::remove_file(&park).unwrap();
-        c.node(0).signal("CONT");
-        let log = wait_until(Duration::from_secs(30), "the stale load refused", || {
-            let log = c.node(0).log();
-            log.contains("load refused by the repository").then_some(log)
-        });
-        assert!(
-            log.contains(&format!("the repository is at epoch {second}, this writer holds epoch {first}")),
-            "{log}"
-        );
-        wait_role(&c, 0, &["fenced", "standby"]);
-        load.wait_progress(10, TAKEOVER);
-        check_nothing_lost(&c, &load.stop());
+        stale_active_load_rejected(Backend::Sqlite);
     }
 
     #[test]

@@ -8,6 +8,10 @@
 //!                                 └──────────────────────────────────┘
 //! ```
 //!
+//! The aggregator opens a repository by value with [`open`] and a [`Location`] (`sqlite`, or a
+//! `postgresql://` URL): it never names a backend type. Each backend is a module behind a cargo
+//! feature of the same name, both on by default.
+//!
 //! Every write runs in one transaction that first checks the repository's epoch row against the
 //! writer's epoch and fails with [`RepoError::Fenced`] on a mismatch: a deposed aggregator can
 //! never write after a newer one has claimed the repository. A DTO's data, its entry in the
@@ -18,14 +22,151 @@
 //! suite every backend must pass.
 #![forbid(unsafe_code)]
 
+mod alerting;
 pub mod conformance;
+#[cfg(all(feature = "sqlite", feature = "postgres"))]
+pub mod copy;
+#[cfg(feature = "postgres")]
+pub mod postgres;
+#[cfg(feature = "sqlite")]
 pub mod sqlite;
 
 use pollux_model::{Dto, MetricFamily, Resolution, UnixSeconds};
 pub use pollux_thresholds::{Rule, RuleSpec, Severity};
+use std::path::{Path, PathBuf};
 use std::time::Duration;
 
-pub use sqlite::{JournalMode, SqliteOptions, SqliteRepository};
+#[cfg(feature = "postgres")]
+pub use postgres::PostgresRepository;
+#[cfg(feature = "sqlite")]
+pub use sqlite::{SqliteOptions, SqliteRepository};
+
+/// Notifications kept for receivers that are down: at one alert a second, more than a day.
+pub const DEFAULT_OUTBOX_MAX: u64 = 100_000;
+
+/// Where the repository lives: the configuration key `repository`.
+#[derive(Clone, PartialEq, Eq)]
+pub enum Location {
+    /// The embedded SQLite file.
+    Sqlite(PathBuf),
+    /// A PostgreSQL server, by connection URL (`postgresql://user:password@host:port/db`).
+    Postgres(String),
+}
+
+impl Location {
+    /// `sqlite` (the file `repository.sqlite` in `shared`), `sqlite:PATH`, or a `postgresql://`
+    /// (or `postgres://`) URL. The error says what is accepted.
+    pub fn parse(value: &str, shared: &Path) -> Result<Location, String> {
+        let value = value.trim();
+        if value == "sqlite" {
+            return Ok(Location::Sqlite(shared.join("repository.sqlite")));
+        }
+        if let Some(path) = value.strip_prefix("sqlite:") {
+            if path.is_empty() {
+                return Err("sqlite: needs a path (sqlite:/var/lib/pollux/repository.sqlite)".into());
+            }
+            return Ok(Location::Sqlite(PathBuf::from(path)));
+        }
+        if value.starts_with("postgresql://") || value.starts_with("postgres://") {
+            #[cfg(feature = "postgres")]
+            postgres::check_url(value)?;
+            return Ok(Location::Postgres(value.to_owned()));
+        }
+        Err(format!("{:?} is neither \"sqlite\", sqlite:PATH nor a postgresql:// URL", Location::redact(value)))
+    }
+
+    /// A URL with its password (in the user part or as a `password=` parameter) replaced by
+    /// `***`, for logs and the status page.
+    fn redact(url: &str) -> String {
+        let mut out = url.to_owned();
+        if let Some((scheme, rest)) = url.split_once("://") {
+            let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
+            if let Some((user, host)) = authority.rsplit_once('@') {
+                let user = user.split_once(':').map_or_else(|| user.to_owned(), |(name, _)| format!("{name}:***"));
+                out = format!("{scheme}://{user}@{host}{tail}");
+            }
+        }
+        if let Some(start) = out.find("password=") {
+            let from = start + "password=".len();
+            let to = out[from..].find('&').map_or(out.len(), |i| from + i);
+            out.replace_range(from..to, "***");
+        }
+        out
+    }
+
+    /// `sqlite` or `postgresql`.
+    pub fn backend(&self) -> &'static str {
+        match self {
+            Location::Sqlite(_) => "sqlite",
+            Location::Postgres(_) => "postgresql",
+        }
+    }
+}
+
+/// Shows where the repository is, never a password.
+impl std::fmt::Display for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Location::Sqlite(path) => write!(f, "{}", path.display()),
+            Location::Postgres(url) => f.write_str(&Location::redact(url)),
+        }
+    }
+}
+
+impl std::fmt::Debug for Location {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        std::fmt::Display::fmt(self, f)
+    }
+}
+
+/// SQLite's journal, chosen by where the repository file lives.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum JournalMode {
+    /// Write-ahead log: readers never block the writer. Needs shared memory between the
+    /// processes using the file, so only on a local filesystem.
+    Wal,
+    /// Rollback journal, truncated after each transaction: works on NFSv4.
+    Truncate,
+}
+
+/// Settings every backend takes (each ignores what does not apply to it).
+#[derive(Debug, Clone)]
+pub struct OpenOptions {
+    /// SQLite only.
+    pub journal: JournalMode,
+    /// How long a write waits for a lock another node holds (during a takeover) before it
+    /// fails as something to retry.
+    pub lock_timeout: Duration,
+    /// Most notifications the outbox keeps for receivers that are down; past it the oldest are
+    /// dropped and counted.
+    pub outbox_max: u64,
+}
+
+impl Default for OpenOptions {
+    fn default() -> Self {
+        OpenOptions { journal: JournalMode::Wal, lock_timeout: Duration::from_secs(5), outbox_max: DEFAULT_OUTBOX_MAX }
+    }
+}
+
+/// Opens (creating or migrating its schema if needed) the repository at `location`.
+pub fn open(location: &Location, options: &OpenOptions) -> Result<Box<dyn Repository>> {
+    match location {
+        #[cfg(feature = "sqlite")]
+        Location::Sqlite(path) => {
+            let options = SqliteOptions {
+                journal: options.journal,
+                busy_timeout: options.lock_timeout,
+                outbox_max: options.outbox_max,
+                ..SqliteOptions::default()
+            };
+            Ok(Box::new(SqliteRepository::open(path, options)?))
+        }
+        #[cfg(feature = "postgres")]
+        Location::Postgres(url) => Ok(Box::new(PostgresRepository::open(url, options)?)),
+        #[allow(unreachable_patterns)]
+        other => Err(RepoError::Rejected(format!("this build has no {} backend", other.backend()))),
+    }
+}
 
 /// A leadership term. Strictly increasing; the active aggregator's epoch is the repository's.
 pub type Epoch = u64;
@@ -84,6 +225,7 @@ impl RepoError {
     }
 }
 
+#[cfg(feature = "sqlite")]
 impl From<rusqlite::Error> for RepoError {
     fn from(e: rusqlite::Error) -> Self {
         use rusqlite::ErrorCode::*;
@@ -138,6 +280,27 @@ pub struct LoadedDto {
     pub loaded_at: UnixSeconds,
     /// The content's fingerprint; `None` for DTOs loaded by a release that kept none.
     pub digest: Option<pollux_model::Digest>,
+}
+
+/// A claim of the repository by a new epoch.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Claim {
+    pub epoch: Epoch,
+    pub node: String,
+    pub claimed_at: UnixSeconds,
+    /// The last registry entry when this epoch took over: a load of an older epoch registered
+    /// after it would be a deposed writer that got through.
+    pub after_seq: Option<i64>,
+}
+
+/// One stored raw record (see [`Repository::raw_records`]).
+#[derive(Debug, Clone, PartialEq)]
+pub struct RawRecord {
+    pub device: String,
+    pub item: String,
+    pub cycle: UnixSeconds,
+    pub ts: UnixSeconds,
+    pub values: Vec<Option<f64>>,
 }
 
 /// What the roller, compactor or retention pass did.
@@ -280,7 +443,7 @@ pub struct RepoStats {
     /// Notifications not yet delivered to every receiver, and the age of the oldest.
     pub outbox_depth: u64,
     pub outbox_oldest: Option<UnixSeconds>,
-    /// Notifications dropped because the outbox was full (see [`SqliteOptions::outbox_max`]).
+    /// Notifications dropped because the outbox was full (see [`OpenOptions::outbox_max`]).
     pub outbox_dropped: u64,
 }
 
@@ -367,6 +530,16 @@ pub trait Repository: Send + Sync {
     fn load(&self, epoch: Epoch, dtos: &[Dto]) -> Result<LoadReport>;
     /// The registry entry of a loaded DTO.
     fn loaded_dto(&self, id: &str) -> Result<Option<LoadedDto>>;
+    /// Registry entries in load order, after sequence number `after`, at most `limit`, each
+    /// with its sequence number (for audits and copies).
+    fn registry(&self, after: i64, limit: usize) -> Result<Vec<(i64, LoadedDto)>>;
+    /// Every claim of the repository, oldest first.
+    fn claims(&self) -> Result<Vec<Claim>>;
+    /// Every stored raw record of a family, in no particular order, with values in the order
+    /// of [`Repository::family_columns`]. Reads the whole family: for audits and copies.
+    fn raw_records(&self, family: &str, each: &mut dyn FnMut(RawRecord)) -> Result<()>;
+    /// The metric columns the repository holds for a family, in its order.
+    fn family_columns(&self, family: &str) -> Result<Vec<String>>;
 
     /// Recomputes the pending rollup periods that `policy` says are due at `now`, finest
     /// resolution first, at most `budget` periods per call.

@@ -73,8 +73,16 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
         }
         dto.validate(&catalog, &app2.limits, crate::unix_now()).map_err(refused)?;
         drop(decoding);
-        if let Some(loaded) = app2.repo.loaded_dto(&dto.id)? {
-            return repeat(loaded.digest, &dto);
+        match app2.repo.loaded_dto(&dto.id) {
+            Ok(Some(loaded)) => return repeat(loaded.digest, &dto),
+            Ok(None) => {}
+            // The repository is away (its server restarting): acknowledge from the shared
+            // directory alone. Should the id be loaded already, the loader finds it registered
+            // and drops this copy; only a resend with other content misses its 409.
+            Err(e) if e.action() == pollux_repository::Action::Retry => {
+                tracing::debug!(id = %dto.id, error = %e, "registry not checked: the repository is unavailable");
+            }
+            Err(e) => return Err(e.into()),
         }
         // The epoch may have changed while we decoded: store under the one we hold now.
         let epoch = require_active(&app2)?;

@@ -20,6 +20,16 @@ pub struct Cluster {
     startwait: String,
     /// A configuration file both aggregators read, when the test gave one.
     config: Option<std::path::PathBuf>,
+    /// The PostgreSQL server holding the repository, when the test chose it (dropped last,
+    /// after the aggregators).
+    pub postgres: Option<pollux_repository::postgres::scratch::ScratchServer>,
+}
+
+/// Where a cluster keeps its repository.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+pub enum Backend {
+    Sqlite,
+    Postgres,
 }
 
 fn free_port(host: &str) -> u16 {
@@ -34,7 +44,23 @@ impl Cluster {
 
     /// As [`Cluster::start`], with `config` (TOML) as both aggregators' configuration file.
     pub fn start_configured(failwait: &str, startwait: &str, env: [&[(&str, &str)]; 2], config: &str) -> Cluster {
+        Cluster::start_on(Backend::Sqlite, failwait, startwait, env, config).expect("SQLite is always there")
+    }
+
+    /// As [`Cluster::start_configured`], with the repository on `backend`; `None` (said
+    /// loudly) when that is PostgreSQL and no PostgreSQL binaries exist.
+    pub fn start_on(
+        backend: Backend,
+        failwait: &str,
+        startwait: &str,
+        env: [&[(&str, &str)]; 2],
+        config: &str,
+    ) -> Option<Cluster> {
         let shared = tempdir();
+        let postgres = match backend {
+            Backend::Sqlite => None,
+            Backend::Postgres => Some(use_postgres(shared.path())?),
+        };
         let config = match secured() {
             Some(s) => format!("{}{config}", s.aggregator_toml()),
             None => config.to_owned(),
@@ -65,13 +91,14 @@ impl Cluster {
             failwait: failwait.into(),
             startwait: startwait.into(),
             config,
+            postgres,
         };
         cluster.start_node(0, env[0]);
         wait_until(Duration::from_secs(30), "da1 to hold the lease", || {
             std::fs::read_to_string(cluster.shared.path().join("election/lease")).ok().filter(|l| l.contains("\"da1\""))
         });
         cluster.start_node(1, env[1]);
-        cluster
+        Some(cluster)
     }
 
     pub fn url(&self, i: usize) -> String {
@@ -95,6 +122,7 @@ impl Cluster {
         .iter()
         .map(|s| s.to_string())
         .chain(self.config.iter().flat_map(|c| ["--config".to_owned(), c.display().to_string()]))
+        .chain(repository_args(self.shared.path()))
         .collect();
         self.nodes[i] = Some(Aggregator::spawn(&args, env));
     }
@@ -325,6 +353,73 @@ pub fn kill_9_of_the_active_under_load(mut c: Cluster) {
         assert_eq!(status["lease"]["holder"], "da2");
         assert_eq!(status["lease"]["epoch"], second);
     }
+    check_nothing_lost(&c, &load.stop());
+}
+
+/// SIGSTOP of the active past failwait: the standby takes over; SIGCONT: the old active fences
+/// itself and the load goes on through the new one; nothing lost.
+pub fn sigstop_of_the_active_past_failwait(c: Cluster) {
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(20, TAKEOVER);
+    c.node(0).signal("STOP");
+    let second = c.wait_active(1, TAKEOVER);
+    load.wait_progress(20, TAKEOVER);
+    c.node(0).signal("CONT");
+    let role = wait_role(&c, 0, &["fenced", "standby"]);
+    assert_ne!(role, "active");
+    load.wait_progress(20, TAKEOVER);
+    assert_eq!(c.active(), Some(1));
+    assert_eq!(c.role(1).unwrap().1, second);
+    assert!(c.node(0).log().contains("fenced"), "{}", c.node(0).log());
+    check_nothing_lost(&c, &load.stop());
+}
+
+/// da1 was started with a crash point that aborts it at its first write or load: da2 takes
+/// over, da1 comes back as standby, nothing lost.
+pub fn crash_of_the_active(mut c: Cluster) {
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    c.wait_active(1, TAKEOVER);
+    load.wait_progress(30, TAKEOVER);
+    c.kill9(0);
+    c.start_node(0, &[]);
+    wait_role(&c, 0, &["standby"]);
+    load.wait_progress(10, TAKEOVER);
+    check_nothing_lost(&c, &load.stop());
+}
+
+/// The deposed active's write is refused, not merely absent: its loader is parked with a
+/// batch in hand (crash point `loader.before_load`), the process is frozen past failwait,
+/// the standby takes over and claims the repository, and the resumed loader's load is
+/// rejected by the repository's epoch check.
+pub fn stale_active_load_rejected(backend: Backend) {
+    let dir = tempdir();
+    let park = dir.path().join("park");
+    let env = format!("loader.before_load=delay-while:8000:{}", park.display());
+    let Some(c) = Cluster::start_on(backend, "2s", "6s", [&[("POLLUX_FAILPOINTS", &env)], &[]], "") else {
+        return;
+    };
+    let first = c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(10, TAKEOVER);
+    std::fs::write(&park, b"").unwrap();
+    wait_until(Duration::from_secs(20), "the loader parked with a batch", || {
+        c.node(0).log().contains("failpoint loader.before_load: delay").then_some(())
+    });
+    c.node(0).signal("STOP");
+    let second = c.wait_active(1, TAKEOVER);
+    assert!(second > first);
+    load.wait_progress(10, TAKEOVER);
+    std::fs::remove_file(&park).unwrap();
+    c.node(0).signal("CONT");
+    let log = wait_until(Duration::from_secs(30), "the stale load refused", || {
+        let log = c.node(0).log();
+        log.contains("load refused by the repository").then_some(log)
+    });
+    assert!(log.contains(&format!("the repository is at epoch {second}, this writer holds epoch {first}")), "{log}");
+    wait_role(&c, 0, &["fenced", "standby"]);
+    load.wait_progress(10, TAKEOVER);
     check_nothing_lost(&c, &load.stop());
 }
 

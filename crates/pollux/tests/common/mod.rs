@@ -62,6 +62,7 @@ impl Aggregator {
             .map(|s| s.to_string())
             .collect();
         args.push(shared.display().to_string());
+        args.extend(repository_args(shared));
         args.extend(extra.iter().map(|s| s.to_string()));
         Aggregator::spawn(&args, env)
     }
@@ -341,71 +342,105 @@ pub fn dto_files(shared: &Path) -> Vec<String> {
     names
 }
 
-/// Read-only view of the repository a test's aggregators wrote.
+/// Where a test's aggregators keep the repository: the SQLite file in the shared directory,
+/// unless the test put a PostgreSQL URL in `<shared>/.repository` (see [`use_postgres`]).
+pub fn repository_of(shared: &Path) -> pollux_repository::Location {
+    match std::fs::read_to_string(shared.join(".repository")) {
+        Ok(url) => pollux_repository::Location::Postgres(url.trim().to_owned()),
+        Err(_) => pollux_repository::Location::Sqlite(shared.join("repository.sqlite")),
+    }
+}
+
+/// The `--repository` arguments for an aggregator of `shared`.
+pub fn repository_args(shared: &Path) -> Vec<String> {
+    match repository_of(shared) {
+        pollux_repository::Location::Postgres(url) => vec!["--repository".into(), url],
+        pollux_repository::Location::Sqlite(_) => Vec::new(),
+    }
+}
+
+/// Makes the aggregators of `shared` use a database of a throwaway PostgreSQL server, which the
+/// caller keeps until the test ends. `None`, said loudly, when no PostgreSQL binaries exist.
+pub fn use_postgres(shared: &Path) -> Option<pollux_repository::postgres::scratch::ScratchServer> {
+    use pollux_repository::postgres::scratch;
+    let server = match scratch::ScratchServer::start() {
+        Ok(server) => server,
+        Err(e) if scratch::binaries().is_none() => {
+            eprintln!("SKIPPED: this test needs PostgreSQL: {e}");
+            return None;
+        }
+        Err(e) => panic!("{e}"),
+    };
+    let url = server.database("pollux").unwrap();
+    std::fs::write(shared.join(".repository"), &url).unwrap();
+    Some(server)
+}
+
+/// A view of the repository a test's aggregators wrote, through the repository API only, so
+/// every check runs on every backend.
 pub struct RepoCheck {
-    conn: rusqlite::Connection,
+    repo: Box<dyn pollux_repository::Repository>,
 }
 
 impl RepoCheck {
     pub fn open(shared: &Path) -> RepoCheck {
-        let conn = rusqlite::Connection::open_with_flags(
-            shared.join("repository.sqlite"),
-            rusqlite::OpenFlags::SQLITE_OPEN_READ_ONLY,
-        )
-        .unwrap();
-        conn.busy_timeout(Duration::from_secs(5)).unwrap();
-        RepoCheck { conn }
+        let options = pollux_repository::OpenOptions::default();
+        RepoCheck { repo: pollux_repository::open(&repository_of(shared), &options).unwrap() }
+    }
+
+    pub fn repository(&self) -> &dyn pollux_repository::Repository {
+        &*self.repo
     }
 
     /// How many times the registry holds `id` (must be 0 or 1).
     pub fn registered(&self, id: &str) -> i64 {
-        self.conn.query_row("SELECT count(*) FROM loaded_dtos WHERE id = ?1", [id], |r| r.get(0)).unwrap()
+        self.registry().iter().filter(|(_, e)| e.id == id).count() as i64
+    }
+
+    /// The whole registry in load order.
+    fn registry(&self) -> Vec<(i64, pollux_repository::LoadedDto)> {
+        let mut all = Vec::new();
+        loop {
+            let after = all.last().map_or(0, |(seq, _)| *seq);
+            let page = self.repo.registry(after, 10_000).unwrap();
+            if page.is_empty() {
+                return all;
+            }
+            all.extend(page);
+        }
     }
 
     pub fn loaded_ids(&self) -> Vec<String> {
-        let mut stmt = self.conn.prepare("SELECT id FROM loaded_dtos ORDER BY seq").unwrap();
-        stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap()
+        self.registry().into_iter().map(|(_, e)| e.id).collect()
     }
 
-    /// The tables of a family: `f<number>`, as the repository numbers them.
-    pub fn family_tables(&self, family: &str) -> Option<String> {
-        self.conn
-            .query_row("SELECT number FROM family_state WHERE family = ?1", [family], |r| r.get::<_, i64>(0))
-            .ok()
-            .map(|n| format!("f{n}"))
+    /// Every stored record of a family as `(device, item, cycle, ts, values)`.
+    fn records(&self, family: &str) -> Vec<pollux_repository::RawRecord> {
+        let mut all = Vec::new();
+        match self.repo.raw_records(family, &mut |r| all.push(r)) {
+            Ok(()) => all,
+            // The family's tables appear with its first load.
+            Err(pollux_repository::RepoError::UnknownFamily(_)) => Vec::new(),
+            Err(e) => panic!("{e}"),
+        }
     }
 
-    /// Raw Interface rows, recent and compacted, as `(device, item, ts)` with their count.
+    /// Raw Interface records as `(device, item, ts)` with their count.
     pub fn interface_rows(&self) -> Vec<(String, String, i64, i64)> {
-        let t = self.family_tables("Interface").expect("Interface tables");
-        let mut stmt = self
-            .conn
-            .prepare(&format!(
-                "SELECT i.device, i.item, r.ts, count(*) FROM (
-                    SELECT item_id, ts FROM {t}_recent UNION ALL SELECT item_id, ts FROM {t}_raw) r
-                 JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.ts ORDER BY 1, 2, 3"
-            ))
-            .unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        let mut counts: std::collections::BTreeMap<(String, String, i64), i64> = Default::default();
+        for r in self.records("Interface") {
+            *counts.entry((r.device, r.item, r.ts)).or_default() += 1;
+        }
+        counts.into_iter().map(|((d, i, ts), n)| (d, i, ts, n)).collect()
     }
 
-    /// Raw rows of a family, recent and compacted, as `(device, item, cycle)` with their count.
+    /// Raw records of a family as `(device, item, cycle)` with their count.
     pub fn family_cycles(&self, family: &str) -> Vec<(String, String, i64, i64)> {
-        // The family's tables appear with its first load.
-        let Some(t) = self.family_tables(family) else { return Vec::new() };
-        let sql = format!(
-            "SELECT i.device, i.item, r.cycle, count(*) FROM (
-                SELECT item_id, cycle FROM {t}_recent UNION ALL SELECT item_id, cycle FROM {t}_raw) r
-             JOIN items i ON i.id = r.item_id GROUP BY r.item_id, r.cycle ORDER BY 1, 2, 3"
-        );
-        let Ok(mut stmt) = self.conn.prepare(&sql) else { return Vec::new() };
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?)))
-            .unwrap()
-            .collect::<Result<_, _>>()
-            .unwrap()
+        let mut counts: std::collections::BTreeMap<(String, String, i64), i64> = Default::default();
+        for r in self.records(family) {
+            *counts.entry((r.device, r.item, r.cycle)).or_default() += 1;
+        }
+        counts.into_iter().map(|((d, i, c), n)| (d, i, c, n)).collect()
     }
 
     /// Epochs of the loaded DTOs in load order never go down, and no load of an epoch was
@@ -413,56 +448,41 @@ impl RepoCheck {
     /// registry entry before it): a stale writer that committed between a newer epoch's claim
     /// and that epoch's first load is caught too.
     pub fn epochs_never_go_back(&self) -> bool {
-        let mut stmt = self.conn.prepare("SELECT epoch FROM loaded_dtos ORDER BY seq").unwrap();
-        let epochs: Vec<i64> = stmt.query_map([], |r| r.get(0)).unwrap().collect::<Result<_, _>>().unwrap();
+        let epochs: Vec<u64> = self.registry().iter().map(|(_, e)| e.epoch).collect();
         epochs.windows(2).all(|w| w[0] <= w[1]) && self.stale_loads_after_a_claim() == 0
     }
 
     /// Loads registered after a newer epoch's claim (must be 0).
     pub fn stale_loads_after_a_claim(&self) -> i64 {
-        self.conn
-            .query_row(
-                "SELECT count(*) FROM loaded_dtos l JOIN epochs e
-                   ON l.epoch < e.epoch AND e.after_seq IS NOT NULL AND l.seq > e.after_seq",
-                [],
-                |r| r.get(0),
-            )
-            .unwrap()
+        let claims = self.repo.claims().unwrap();
+        let registry = self.registry();
+        registry
+            .iter()
+            .filter(|(seq, entry)| {
+                claims.iter().any(|c| entry.epoch < c.epoch && c.after_seq.is_some_and(|after| *seq > after))
+            })
+            .count() as i64
     }
 
     /// Every stored Interface value against what [`interface_dto`] sent for its device, item
     /// and cycle, bit for bit (devices renamed by a prefix keep their `rtr-<d>` suffix).
     /// Returns the values compared, or the first that differs.
     pub fn values_as_sent(&self, items_per_device: usize) -> Result<usize, String> {
-        let t = self.family_tables("Interface").expect("Interface tables");
-        let sql = format!(
-            "SELECT i.device, i.item, r.cycle, r.in_bps, r.out_bps, r.in_util FROM (
-                SELECT item_id, cycle, in_bps, out_bps, in_util FROM {t}_recent
-                UNION ALL SELECT item_id, cycle, in_bps, out_bps, in_util FROM {t}_raw) r
-             JOIN items i ON i.id = r.item_id"
-        );
-        let mut stmt = self.conn.prepare(&sql).unwrap();
-        let rows = stmt
-            .query_map([], |r| {
-                Ok((
-                    r.get::<_, String>(0)?,
-                    r.get::<_, String>(1)?,
-                    r.get::<_, i64>(2)?,
-                    [r.get::<_, Option<f64>>(3)?, r.get::<_, Option<f64>>(4)?, r.get::<_, Option<f64>>(5)?],
-                ))
-            })
-            .unwrap();
+        let columns = self.repo.family_columns("Interface").unwrap();
+        let metrics = ["in_bps", "out_bps", "in_util"];
+        let at: Vec<usize> = metrics.iter().map(|m| columns.iter().position(|c| c == m).unwrap()).collect();
         let mut compared = 0;
-        for row in rows {
-            let (device, item, cycle, got) = row.unwrap();
+        for r in self.records("Interface") {
+            let (device, item, cycle) = (&r.device, &r.item, r.cycle);
             let d: usize =
                 device.rsplit("rtr-").next().and_then(|n| n.parse().ok()).ok_or(format!("device {device}"))?;
             let i: usize = item.rsplit('/').next().and_then(|n| n.parse().ok()).ok_or(format!("item {item}"))?;
             let base = ((cycle / 300) % 1000) as f64 + (d * items_per_device + i) as f64;
             let sent = [base * 1000.0, base * 500.0, base % 100.0];
-            for (metric, (got, sent)) in ["in_bps", "out_bps", "in_util"].iter().zip(got.iter().zip(sent)) {
-                if got.map(f64::to_bits) != Some(sent.to_bits()) {
-                    return Err(format!("{device} {item} cycle {cycle} {metric}: stored {got:?}, sent {sent:?}"));
+            for (k, metric) in metrics.iter().enumerate() {
+                let got = r.values[at[k]];
+                if got.map(f64::to_bits) != Some(sent[k].to_bits()) {
+                    return Err(format!("{device} {item} cycle {cycle} {metric}: stored {got:?}, sent {:?}", sent[k]));
                 }
                 compared += 1;
             }
@@ -472,22 +492,23 @@ impl RepoCheck {
 
     /// Every (device, item) of the Interface family.
     pub fn interface_items(&self) -> Vec<(String, String)> {
-        let mut stmt =
-            self.conn.prepare("SELECT device, item FROM items WHERE family = 'Interface' ORDER BY 1, 2").unwrap();
-        stmt.query_map([], |r| Ok((r.get(0)?, r.get(1)?))).unwrap().collect::<Result<_, _>>().unwrap()
+        let filter = pollux_repository::ItemFilter {
+            family: Some("Interface".into()),
+            limit: usize::MAX >> 1,
+            ..Default::default()
+        };
+        self.repo.items(&filter).unwrap().into_iter().map(|i| (i.device, i.item)).collect()
     }
 
     /// Records that replaced a stored one for the same item and cycle under another DTO id
     /// (must be 0: the schema's key would otherwise overwrite such a duplicate unseen).
     pub fn replaced_records(&self) -> i64 {
-        self.conn
-            .query_row("SELECT coalesce((SELECT value FROM meta WHERE key = 'replaced_records'), 0)", [], |r| r.get(0))
-            .unwrap()
+        self.repo.stats().unwrap().replaced_records as i64
     }
 
     /// How many epochs claimed the repository.
     pub fn claims(&self) -> i64 {
-        self.conn.query_row("SELECT count(*) FROM epochs", [], |r| r.get(0)).unwrap()
+        self.repo.claims().unwrap().len() as i64
     }
 }
 
@@ -510,16 +531,13 @@ pub fn week_range_end(base: i64) -> i64 {
 /// day, week); `None` while some rollup is still off (the caller waits for pending rollups).
 pub fn rollups_of_every_item(shared: &Path, from: i64, to: i64) -> Option<[usize; 3]> {
     use pollux_repository::conformance::rollups_match_raw_by_resolution;
-    let items = RepoCheck::open(shared).interface_items();
-    let repo = pollux_repository::SqliteRepository::open(
-        &shared.join("repository.sqlite"),
-        pollux_repository::SqliteOptions::default(),
-    )
-    .ok()?;
+    let check = RepoCheck::open(shared);
+    let items = check.interface_items();
     let mut compared = [0; 3];
     for (device, item) in &items {
         for metric in ["in_bps", "out_bps", "in_util"] {
-            let c = rollups_match_raw_by_resolution(&repo, "Interface", metric, device, item, from, to).ok()?;
+            let c = rollups_match_raw_by_resolution(check.repository(), "Interface", metric, device, item, from, to)
+                .ok()?;
             for r in 0..3 {
                 compared[r] += c[r];
             }

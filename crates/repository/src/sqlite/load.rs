@@ -1,7 +1,8 @@
 //! Loading DTOs: the data, the registry entry and the pending rollups in one transaction.
 
-use super::alerts::{self, Overlay};
+use super::alerts::{self, SqliteAlerts};
 use super::{check_epoch, FamilyTables, ItemCache, SqliteRepository};
+use crate::alerting::{self as alerting, Overlay};
 use crate::{Epoch, LoadReport, RepoError, Result};
 use pollux_model::{Dto, Resolution};
 use rusqlite::{OptionalExtension, Transaction};
@@ -19,7 +20,6 @@ impl SqliteRepository {
         check_epoch(&tx, epoch)?;
         let mut report = LoadReport::default();
         let mut new_items = NewItems::new();
-        writer.alerting.refresh(&tx)?;
         let mut overlay = Overlay::default();
         for (dto, family) in dtos.iter().zip(&families) {
             let known: Option<i64> =
@@ -31,11 +31,13 @@ impl SqliteRepository {
             let inserted = insert_dto(&tx, family, dto, &writer.items, &mut new_items, now)?;
             report.values += inserted.values;
             report.replaced += inserted.replaced;
-            alerts::evaluate_dto(
-                &tx,
+            let mut store = SqliteAlerts { tx: &tx, family };
+            writer.alerting.refresh(&mut store)?;
+            alerting::evaluate_dto(
+                &mut store,
                 &mut writer.alerting,
                 &mut overlay,
-                family,
+                &family.columns,
                 dto,
                 &inserted.rows,
                 epoch,

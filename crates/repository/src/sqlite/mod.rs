@@ -45,18 +45,7 @@ use std::path::{Path, PathBuf};
 use std::sync::{Arc, Mutex, RwLock};
 use std::time::Duration;
 
-/// Notifications kept for receivers that are down: at one alert a second, more than a day.
-pub const DEFAULT_OUTBOX_MAX: u64 = 100_000;
-
-/// SQLite's journal, chosen by where the repository file lives.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum JournalMode {
-    /// Write-ahead log: readers never block the writer. Needs shared memory between the
-    /// processes using the file, so only on a local filesystem.
-    Wal,
-    /// Rollback journal, truncated after each transaction: works on NFSv4.
-    Truncate,
-}
+pub use crate::{JournalMode, DEFAULT_OUTBOX_MAX};
 
 #[derive(Debug, Clone)]
 pub struct SqliteOptions {
@@ -132,7 +121,7 @@ type ItemCache = HashMap<String, HashMap<String, HashMap<String, i64>>>;
 pub(crate) struct Writer {
     pub conn: Connection,
     pub items: ItemCache,
-    pub alerting: alerts::Alerting,
+    pub alerting: crate::alerting::Alerting,
 }
 
 pub struct SqliteRepository {
@@ -513,6 +502,19 @@ impl crate::Repository for SqliteRepository {
     }
     fn loaded_dto(&self, id: &str) -> Result<Option<crate::LoadedDto>> {
         self.read(|c| query::loaded_dto(c, id))
+    }
+    fn registry(&self, after: i64, limit: usize) -> Result<Vec<(i64, crate::LoadedDto)>> {
+        self.read(|c| query::registry(c, after, limit))
+    }
+    fn claims(&self) -> Result<Vec<crate::Claim>> {
+        self.read(query::claims)
+    }
+    fn raw_records(&self, family: &str, each: &mut dyn FnMut(crate::RawRecord)) -> Result<()> {
+        let family = self.family(family)?;
+        self.read(|c| query::raw_records(c, &family, each))
+    }
+    fn family_columns(&self, family: &str) -> Result<Vec<String>> {
+        Ok(self.family(family)?.columns.clone())
     }
     fn roll_up(&self, epoch: Epoch, now: i64, policy: &crate::RollupPolicy, budget: usize) -> Result<crate::Progress> {
         self.roll_up_due(epoch, now, policy, budget)

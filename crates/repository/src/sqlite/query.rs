@@ -9,23 +9,62 @@ use pollux_model::Digest;
 use pollux_model::Resolution;
 use rusqlite::{params, params_from_iter, Connection, OptionalExtension};
 
-pub(crate) fn loaded_dto(c: &Connection, id: &str) -> Result<Option<LoadedDto>> {
-    Ok(c.prepare_cached(
-        "SELECT id, epoch, family, collector, cycle, records, loaded_at, digest FROM loaded_dtos WHERE id = ?1",
-    )?
-    .query_row([id], |r| {
-        Ok(LoadedDto {
-            id: r.get(0)?,
-            epoch: r.get::<_, i64>(1)? as Epoch,
-            family: r.get(2)?,
-            collector: r.get(3)?,
-            cycle: r.get(4)?,
-            records: r.get::<_, i64>(5)? as u64,
-            loaded_at: r.get(6)?,
-            digest: r.get::<_, Option<Vec<u8>>>(7)?.and_then(|d| Some(Digest(d.try_into().ok()?))),
-        })
+const REGISTRY_COLUMNS: &str = "id, epoch, family, collector, cycle, records, loaded_at, digest, seq";
+
+fn registry_entry(r: &rusqlite::Row<'_>) -> rusqlite::Result<LoadedDto> {
+    Ok(LoadedDto {
+        id: r.get(0)?,
+        epoch: r.get::<_, i64>(1)? as Epoch,
+        family: r.get(2)?,
+        collector: r.get(3)?,
+        cycle: r.get(4)?,
+        records: r.get::<_, i64>(5)? as u64,
+        loaded_at: r.get(6)?,
+        digest: r.get::<_, Option<Vec<u8>>>(7)?.and_then(|d| Some(Digest(d.try_into().ok()?))),
     })
-    .optional()?)
+}
+
+pub(crate) fn loaded_dto(c: &Connection, id: &str) -> Result<Option<LoadedDto>> {
+    Ok(c.prepare_cached(&format!("SELECT {REGISTRY_COLUMNS} FROM loaded_dtos WHERE id = ?1"))?
+        .query_row([id], registry_entry)
+        .optional()?)
+}
+
+pub(crate) fn registry(c: &Connection, after: i64, limit: usize) -> Result<Vec<(i64, LoadedDto)>> {
+    let mut stmt =
+        c.prepare_cached(&format!("SELECT {REGISTRY_COLUMNS} FROM loaded_dtos WHERE seq > ?1 ORDER BY seq LIMIT ?2"))?;
+    let rows = stmt.query_map(params![after, limit as i64], |r| Ok((r.get(8)?, registry_entry(r)?)))?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn claims(c: &Connection) -> Result<Vec<crate::Claim>> {
+    let mut stmt = c.prepare("SELECT epoch, node, claimed_at, after_seq FROM epochs ORDER BY epoch")?;
+    let rows = stmt.query_map([], |r| {
+        Ok(crate::Claim {
+            epoch: r.get::<_, i64>(0)? as Epoch,
+            node: r.get(1)?,
+            claimed_at: r.get(2)?,
+            after_seq: r.get(3)?,
+        })
+    })?;
+    Ok(rows.collect::<Result<_, _>>()?)
+}
+
+pub(crate) fn raw_records(c: &Connection, family: &FamilyTables, each: &mut dyn FnMut(crate::RawRecord)) -> Result<()> {
+    let cols: String = family.columns.iter().map(|c| format!(", \"{c}\"")).collect();
+    let mut stmt = c.prepare(&format!(
+        "SELECT i.device, i.item, r.cycle, r.ts{cols} FROM (
+            SELECT item_id, cycle, ts{cols} FROM {recent} UNION ALL SELECT item_id, cycle, ts{cols} FROM {raw}) r
+         JOIN items i ON i.id = r.item_id",
+        recent = family.recent(),
+        raw = family.raw()
+    ))?;
+    let mut rows = stmt.query([])?;
+    while let Some(r) = rows.next()? {
+        let values = (0..family.columns.len()).map(|i| r.get(4 + i)).collect::<rusqlite::Result<_>>()?;
+        each(crate::RawRecord { device: r.get(0)?, item: r.get(1)?, cycle: r.get(2)?, ts: r.get(3)?, values });
+    }
+    Ok(())
 }
 
 pub(crate) fn devices(c: &Connection) -> Result<Vec<DeviceInfo>> {

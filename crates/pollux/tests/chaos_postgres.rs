@@ -1,0 +1,121 @@
+//! The chaos suite with the repository on PostgreSQL: a real server (a throwaway cluster made
+//! with initdb on a free loopback port), both aggregators pointing at it. The same scenarios as
+//! on SQLite, plus the server itself crashing under load and a connection cut in the middle
+//! of a COPY. The checker reads the repository through its API, as on SQLite.
+//!
+//! Without PostgreSQL binaries these tests say SKIPPED and pass; `.ci/run` installs them.
+
+mod common;
+
+use common::cluster::{
+    check_nothing_lost, crash_of_the_active, kill_9_of_the_active_under_load, sigstop_of_the_active_past_failwait,
+    switchover_under_load, Backend, Cluster, Load,
+};
+use common::*;
+use std::time::Duration;
+
+const FAILWAIT: &str = "2s";
+const STARTWAIT: &str = "6s";
+const TAKEOVER: Duration = Duration::from_secs(20);
+
+fn cluster(env: [&[(&str, &str)]; 2]) -> Option<Cluster> {
+    Cluster::start_on(Backend::Postgres, FAILWAIT, STARTWAIT, env, "")
+}
+
+#[test]
+fn kill_9_of_the_active_on_postgresql() {
+    let Some(c) = cluster([&[], &[]]) else { return };
+    kill_9_of_the_active_under_load(c);
+}
+
+#[test]
+fn sigstop_of_the_active_on_postgresql() {
+    let Some(c) = cluster([&[], &[]]) else { return };
+    sigstop_of_the_active_past_failwait(c);
+}
+
+#[test]
+fn planned_switchover_on_postgresql() {
+    let Some(c) = cluster([&[], &[]]) else { return };
+    switchover_under_load(c);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn crash_inside_the_load_transaction_on_postgresql() {
+    let Some(c) = cluster([&[("POLLUX_FAILPOINTS", "repository.load.before_commit=abort")], &[]]) else { return };
+    crash_of_the_active(c);
+}
+
+#[cfg(feature = "failpoints")]
+#[test]
+fn crash_after_the_commit_on_postgresql() {
+    let Some(c) = cluster([&[("POLLUX_FAILPOINTS", "loader.after_commit=abort")], &[]]) else { return };
+    crash_of_the_active(c);
+}
+
+/// The fencing proof on PostgreSQL: a deposed active resumed with a batch in hand has its load
+/// refused by the epoch row it must lock.
+#[cfg(feature = "failpoints")]
+#[test]
+fn a_resumed_stale_active_has_its_load_rejected_on_postgresql() {
+    common::cluster::stale_active_load_rejected(Backend::Postgres);
+}
+
+/// The status of the active, as JSON.
+fn status(c: &Cluster) -> serde_json::Value {
+    get(&format!("{}/api/v1/status", c.proxy.url)).1
+}
+
+/// PostgreSQL crashes (SIGKILL of the postmaster) under load: ingest goes on (DTOs are durable
+/// in the shared directory), the status says the repository is down, and once the server is
+/// back the loads resume and nothing is lost.
+#[test]
+fn postgresql_crashes_and_restarts_under_load() {
+    let Some(mut c) = cluster([&[], &[]]) else { return };
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(20, TAKEOVER);
+    c.postgres.as_mut().unwrap().kill(nix::sys::signal::Signal::SIGKILL);
+    // Acknowledgements go on while the repository is away.
+    load.wait_progress(20, TAKEOVER);
+    let down = wait_until(Duration::from_secs(20), "the status to say the repository is down", || {
+        let s = status(&c);
+        (s["repository"]["ok"] == false).then_some(s)
+    });
+    assert_eq!(down["repository"]["backend"], "postgresql", "{down}");
+    assert!(down["repository"]["error"].as_str().unwrap_or("").contains("unavailable"), "{down}");
+    assert!(c.node(0).log().contains("repository"), "{}", c.node(0).log());
+    c.postgres.as_mut().unwrap().restart().unwrap();
+    wait_until(Duration::from_secs(30), "the repository to be back in the status", || {
+        (status(&c)["repository"]["ok"] == true).then_some(())
+    });
+    load.wait_progress(20, TAKEOVER);
+    assert_eq!(c.active(), Some(0), "a repository outage is not a reason to fail over");
+    check_nothing_lost(&c, &load.stop());
+}
+
+/// The writer's connection is cut (pg_terminate_backend) while it streams a COPY: that load
+/// fails as something to retry, the loader reconnects, and nothing is lost or loaded twice.
+#[test]
+fn a_connection_cut_in_the_middle_of_a_copy() {
+    let Some(c) = cluster([&[], &[]]) else { return };
+    c.wait_active(0, TAKEOVER);
+    let load = Load::start(&c.proxy.url, 2);
+    load.wait_progress(10, TAKEOVER);
+    let server = c.postgres.as_ref().unwrap();
+    wait_until(Duration::from_secs(60), "a COPY of the loader to cut", || {
+        let cut = server
+            .admin_query(
+                "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+                 WHERE application_name = 'pollux' AND query LIKE 'COPY%' AND state = 'active'",
+            )
+            .unwrap();
+        cut.iter().any(|t| t.as_deref() == Some("t")).then_some(())
+    });
+    load.wait_progress(20, TAKEOVER);
+    wait_until(Duration::from_secs(30), "the loader to say the repository was unavailable", || {
+        c.node(0).log().contains("repository unavailable").then_some(())
+    });
+    check_nothing_lost(&c, &load.stop());
+}

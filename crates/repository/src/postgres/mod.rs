@@ -1,0 +1,616 @@
+//! The Data Repository on PostgreSQL (or Citus), for large installations.
+//!
+//! # Layout
+//!
+//! ```text
+//!   load ──▶ f<N>_raw            PARTITION BY RANGE (cycle), one partition per UTC day
+//!              │                 PRIMARY KEY (item_id, cycle): a 24 h series is one index range
+//!              │                 BRIN (cycle): an hour's rollup or a top-N reads one day's pages
+//!   roll_up(): f<N>_hour ◀─ raw;  f<N>_day ◀─ hour;  f<N>_week ◀─ day     (computed in SQL)
+//!              each PRIMARY KEY (item_id, period) and an index on (period)
+//!   expire():  DROP TABLE of whole days past retention; rows are deleted only in the day
+//!              that straddles the cutoff
+//! ```
+//!
+//! A load writes each DTO's records with a binary `COPY` straight into the day's partition. A
+//! record for an item and cycle already stored (sent again under another DTO id) is found first
+//! and replaces the stored one, counted, as in SQLite; `loaded_cycles` tells a cycle seen for the
+//! first time, which needs no such check.
+//!
+//! # Fencing
+//!
+//! Every write transaction starts with `SELECT ... FROM meta WHERE key = 'epoch' FOR UPDATE`:
+//! writers queue on that one row, and a deposed writer that gets it after a newer epoch's claim
+//! reads the new epoch and fails with [`RepoError::Fenced`]. A writer frozen inside its
+//! transaction cannot hold the row for long: the session's `idle_in_transaction_session_timeout`
+//! and the load's `statement_timeout` make the server abort it.
+//!
+//! # Connections
+//!
+//! One writer connection behind a mutex and a small pool of readers, each reopened on its next
+//! use after the server went away. A lost connection is [`RepoError::Unavailable`]: the loader
+//! keeps its batch (the DTOs stay in the shared directory) and retries.
+
+mod alerts;
+mod load;
+mod query;
+mod rollup;
+pub mod scratch;
+
+use crate::alerting::Alerting;
+use crate::{Epoch, OpenOptions, RepoError, RepoStats, Result};
+use pollux_model::{MetricFamily, Resolution};
+use postgres::{Client, NoTls, Transaction};
+use std::collections::{HashMap, HashSet};
+use std::sync::{Arc, Mutex, RwLock};
+use std::time::Duration;
+
+/// The schema this release writes. A repository at a higher version was written by a newer
+/// release and is refused.
+const SCHEMA_VERSION: i64 = 1;
+
+/// Read connections kept open between queries.
+const MAX_IDLE_READERS: usize = 8;
+
+/// After a failed connection attempt, the next waits this long.
+const RECONNECT_PAUSE: Duration = Duration::from_secs(1);
+
+/// A transaction of the server's that waits on a frozen client is aborted after this.
+const IDLE_IN_TRANSACTION_TIMEOUT: Duration = Duration::from_secs(10);
+/// A load's statements (a COPY whose client froze is one) are aborted after this.
+const LOAD_STATEMENT_TIMEOUT: Duration = Duration::from_secs(60);
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL);
+INSERT INTO meta (key, value) VALUES ('epoch', 0), ('families', 0), ('rules_version', 0),
+    ('replaced_records', 0), ('outbox_dropped', 0) ON CONFLICT DO NOTHING;
+CREATE TABLE IF NOT EXISTS epochs (
+    epoch bigint PRIMARY KEY, node text NOT NULL, claimed_at bigint NOT NULL, after_seq bigint);
+CREATE TABLE IF NOT EXISTS family_state (
+    family text PRIMARY KEY, number bigint NOT NULL UNIQUE, columns text NOT NULL,
+    max_interval bigint NOT NULL DEFAULT 0);
+CREATE TABLE IF NOT EXISTS items (
+    id bigserial PRIMARY KEY, family text NOT NULL, device text NOT NULL, item text NOT NULL,
+    first_seen bigint NOT NULL, UNIQUE (family, device, item));
+CREATE INDEX IF NOT EXISTS items_by_device ON items (device);
+CREATE TABLE IF NOT EXISTS loaded_dtos (
+    seq bigserial PRIMARY KEY, id text NOT NULL UNIQUE, epoch bigint NOT NULL, family text NOT NULL,
+    collector text NOT NULL, cycle bigint NOT NULL, records bigint NOT NULL, loaded_at bigint NOT NULL,
+    digest bytea);
+CREATE INDEX IF NOT EXISTS loaded_dtos_by_cycle ON loaded_dtos (cycle);
+CREATE TABLE IF NOT EXISTS loaded_cycles (family text NOT NULL, cycle bigint NOT NULL, PRIMARY KEY (family, cycle));
+CREATE TABLE IF NOT EXISTS rollup_pending (
+    resolution text NOT NULL, family text NOT NULL, period bigint NOT NULL,
+    marked_at bigint NOT NULL, touched_at bigint NOT NULL, PRIMARY KEY (resolution, period, family));
+CREATE TABLE IF NOT EXISTS rules (
+    id bigserial PRIMARY KEY, family text NOT NULL, spec text NOT NULL,
+    created_at bigint NOT NULL, updated_at bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS rule_state (
+    rule_id bigint NOT NULL, item_id bigint NOT NULL, last_cycle bigint NOT NULL, history bigint NOT NULL,
+    event_id bigint, peak double precision, clear_run bigint NOT NULL, PRIMARY KEY (rule_id, item_id));
+CREATE TABLE IF NOT EXISTS eval_watermark (
+    family text NOT NULL, collector text NOT NULL, interval bigint NOT NULL, cycle bigint NOT NULL,
+    PRIMARY KEY (family, collector, interval));
+CREATE TABLE IF NOT EXISTS events (
+    id bigserial PRIMARY KEY, rule_id bigint NOT NULL, rule_name text NOT NULL, severity text NOT NULL,
+    family text NOT NULL, metric text NOT NULL, device text NOT NULL, item text NOT NULL, state text NOT NULL,
+    opened_at bigint NOT NULL, opened_cycle bigint NOT NULL, value double precision NOT NULL, op text NOT NULL,
+    threshold double precision NOT NULL, peak double precision NOT NULL, cleared_at bigint,
+    clear_value double precision, cleared_by text, acked_by text, acked_at bigint, epoch bigint NOT NULL);
+CREATE INDEX IF NOT EXISTS events_by_state ON events (state, severity);
+CREATE INDEX IF NOT EXISTS events_by_rule ON events (rule_id, state);
+CREATE TABLE IF NOT EXISTS outbox (
+    seq bigserial PRIMARY KEY, event_id bigint NOT NULL, transition text NOT NULL, created_at bigint NOT NULL);
+CREATE TABLE IF NOT EXISTS notify_cursors (receiver text PRIMARY KEY, seq bigint NOT NULL);
+";
+
+/// The tables of one family. Names never contain the family's name: a family gets a number
+/// when its tables are created (`f7_raw`, `f7_hour`, ...).
+#[derive(Debug)]
+pub(crate) struct FamilyTables {
+    pub name: String,
+    pub number: i64,
+    /// Metric columns, in table order. Only ever grows.
+    pub columns: Vec<String>,
+}
+
+impl FamilyTables {
+    pub fn raw(&self) -> String {
+        format!("f{}_raw", self.number)
+    }
+    /// The partition of the raw table holding cycles of UTC day `day` (days since 1970).
+    pub fn raw_day(&self, day: i64) -> String {
+        format!("f{}_raw_d{day}", self.number)
+    }
+    pub fn rollup(&self, resolution: Resolution) -> String {
+        format!("f{}_{}", self.number, resolution.name())
+    }
+    pub fn column(&self, metric: &str) -> Result<&str> {
+        self.columns
+            .iter()
+            .find(|c| *c == metric)
+            .map(String::as_str)
+            .ok_or_else(|| RepoError::UnknownMetric { family: self.name.clone(), metric: metric.to_owned() })
+    }
+}
+
+/// Item ids already committed, by family, device and item.
+pub(crate) type ItemCache = HashMap<String, HashMap<String, HashMap<String, i64>>>;
+
+pub(crate) struct Writer {
+    client: Option<Client>,
+    pub items: ItemCache,
+    pub alerting: Alerting,
+    /// Raw partitions known to exist: (family number, day).
+    pub partitions: HashSet<(i64, i64)>,
+}
+
+pub struct PostgresRepository {
+    config: postgres::Config,
+    options: OpenOptions,
+    writer: Mutex<Writer>,
+    readers: Mutex<Vec<Client>>,
+    families: RwLock<HashMap<String, Arc<FamilyTables>>>,
+    /// When a connection attempt last failed, and why.
+    connect_failed: Mutex<Option<(std::time::Instant, String)>>,
+}
+
+/// Checks that `url` is a connection string this backend can use; the error says why not.
+pub fn check_url(url: &str) -> std::result::Result<(), String> {
+    let config: postgres::Config = url.parse().map_err(|e| format!("not a usable postgresql:// URL: {e}"))?;
+    if config.get_hosts().is_empty() {
+        return Err("the postgresql:// URL names no host".into());
+    }
+    Ok(())
+}
+
+impl From<postgres::Error> for RepoError {
+    fn from(e: postgres::Error) -> Self {
+        use postgres::error::SqlState;
+        let text = match e.as_db_error() {
+            Some(db) => format!("{}: {}", db.code().code(), db.message()),
+            None => e.to_string(),
+        };
+        let retry = e.is_closed()
+            || match e.code() {
+                // No SQLSTATE: the connection failed or broke.
+                None => std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>()) || e.is_closed(),
+                Some(code) => {
+                    let class = &code.code()[..2];
+                    // 08 connection, 53 resources, 57 operator intervention (shutdown, statement
+                    // timeout), 58 system error; serialization failures and lock timeouts.
+                    matches!(class, "08" | "53" | "57" | "58")
+                        || [
+                            SqlState::T_R_SERIALIZATION_FAILURE,
+                            SqlState::T_R_DEADLOCK_DETECTED,
+                            SqlState::LOCK_NOT_AVAILABLE,
+                        ]
+                        .contains(code)
+                }
+            };
+        if retry {
+            RepoError::Unavailable(text)
+        } else {
+            RepoError::Db(text)
+        }
+    }
+}
+
+impl PostgresRepository {
+    /// Connects to the server at `url`, creating or migrating the schema.
+    pub fn open(url: &str, options: &OpenOptions) -> Result<PostgresRepository> {
+        let mut config: postgres::Config = url.parse().map_err(|e| RepoError::Rejected(format!("{e}")))?;
+        if config.get_connect_timeout().is_none() {
+            config.connect_timeout(Duration::from_secs(5));
+        }
+        config.keepalives_idle(Duration::from_secs(30));
+        config.application_name("pollux");
+        config.options(&format!(
+            "-c lock_timeout={} -c idle_in_transaction_session_timeout={}",
+            options.lock_timeout.as_millis(),
+            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+        ));
+        let mut client = config.connect(NoTls)?;
+        create_schema(&mut client)?;
+        let repo = PostgresRepository {
+            config,
+            options: options.clone(),
+            writer: Mutex::new(Writer {
+                client: Some(client),
+                items: HashMap::new(),
+                alerting: Alerting::default(),
+                partitions: HashSet::new(),
+            }),
+            readers: Mutex::new(Vec::new()),
+            families: RwLock::new(HashMap::new()),
+            connect_failed: Mutex::new(None),
+        };
+        repo.reload_families()?;
+        Ok(repo)
+    }
+
+    /// Opens a connection; within [`RECONNECT_PAUSE`] of a failed attempt, fails at once
+    /// rather than make every caller (an ingest's registry check) wait for the server.
+    fn connect(&self) -> Result<Client> {
+        let mut failed = self.connect_failed.lock().unwrap_or_else(|p| p.into_inner());
+        if let Some((at, why)) = failed.as_ref().filter(|(at, _)| at.elapsed() < RECONNECT_PAUSE) {
+            return Err(RepoError::Unavailable(format!(
+                "{why} ({:.1}s ago; tried again soon)",
+                at.elapsed().as_secs_f64()
+            )));
+        }
+        match self.config.connect(NoTls) {
+            Ok(client) => {
+                *failed = None;
+                Ok(client)
+            }
+            Err(e) => {
+                let e = RepoError::from(e);
+                *failed = Some((std::time::Instant::now(), e.to_string()));
+                Err(e)
+            }
+        }
+    }
+
+    pub(crate) fn writer(&self) -> std::sync::MutexGuard<'_, Writer> {
+        self.writer.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+    }
+
+    /// Runs `f` in a write transaction that holds the epoch row and checks it is `epoch`. The
+    /// writer connection is reopened first if the server went away since its last use.
+    pub(crate) fn write<T>(
+        &self,
+        epoch: Epoch,
+        f: impl FnOnce(&mut Transaction<'_>, &mut WriterState<'_>) -> Result<T>,
+    ) -> Result<T> {
+        let mut guard = self.writer();
+        let writer = &mut *guard;
+        if writer.client.as_ref().is_none_or(Client::is_closed) {
+            writer.client = None;
+            writer.client = Some(self.connect()?);
+        }
+        let client = writer.client.as_mut().expect("connected above");
+        let mut tx = client.transaction()?;
+        check_epoch(&mut tx, epoch)?;
+        let mut state = WriterState {
+            items: &mut writer.items,
+            alerting: &mut writer.alerting,
+            partitions: &mut writer.partitions,
+        };
+        let value = f(&mut tx, &mut state)?;
+        tx.commit()?;
+        Ok(value)
+    }
+
+    /// Runs `f` on a pooled read connection.
+    pub(crate) fn read<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let pooled = self.readers.lock().expect("reader pool").pop();
+        let mut client = match pooled {
+            Some(c) if !c.is_closed() => c,
+            _ => self.connect()?,
+        };
+        let result = f(&mut client);
+        if !client.is_closed() {
+            let mut pool = self.readers.lock().expect("reader pool");
+            if pool.len() < MAX_IDLE_READERS {
+                pool.push(client);
+            }
+        }
+        result
+    }
+
+    fn reload_families(&self) -> Result<()> {
+        let rows = self.read(|c| Ok(c.query("SELECT family, number, columns FROM family_state", &[])?))?;
+        let mut families = self.families.write().expect("families lock");
+        for row in rows {
+            let name: String = row.get(0);
+            let tables = FamilyTables { name: name.clone(), number: row.get(1), columns: split_columns(row.get(2)) };
+            families.insert(name, Arc::new(tables));
+        }
+        Ok(())
+    }
+
+    pub(crate) fn family(&self, name: &str) -> Result<Arc<FamilyTables>> {
+        if let Some(f) = self.families.read().expect("families lock").get(name) {
+            return Ok(f.clone());
+        }
+        self.reload_families()?;
+        self.families
+            .read()
+            .expect("families lock")
+            .get(name)
+            .cloned()
+            .ok_or_else(|| RepoError::UnknownFamily(name.to_owned()))
+    }
+
+    fn claim(&self, epoch: Epoch, node: &str, now: i64) -> Result<()> {
+        let mut guard = self.writer();
+        let writer = &mut *guard;
+        if writer.client.as_ref().is_none_or(Client::is_closed) {
+            writer.client = None;
+            writer.client = Some(self.connect()?);
+        }
+        let mut tx = writer.client.as_mut().expect("connected above").transaction()?;
+        let current = lock_epoch(&mut tx)?;
+        if current >= epoch {
+            return Err(RepoError::Fenced { ours: epoch, current });
+        }
+        tx.execute("UPDATE meta SET value = $1 WHERE key = 'epoch'", &[&(epoch as i64)])?;
+        // after_seq: the last registry entry when this epoch took over (see the checkers).
+        tx.execute(
+            "INSERT INTO epochs (epoch, node, claimed_at, after_seq)
+             VALUES ($1, $2, $3, (SELECT coalesce(max(seq), 0) FROM loaded_dtos))
+             ON CONFLICT (epoch) DO UPDATE SET node = excluded.node, claimed_at = excluded.claimed_at,
+                after_seq = excluded.after_seq",
+            &[&(epoch as i64), &node, &now],
+        )?;
+        tx.commit()?;
+        // Another node may have written while we were not the leader: forget what we cached.
+        writer.items.clear();
+        writer.alerting = Alerting::default();
+        writer.partitions.clear();
+        drop(guard);
+        self.reload_families()
+    }
+
+    fn ensure(&self, epoch: Epoch, family: &MetricFamily) -> Result<()> {
+        let metrics: Vec<String> = family.metrics.iter().map(|m| m.name.clone()).collect();
+        let tables = self.write(epoch, |tx, _| ensure_tables(tx, &family.name, &metrics))?;
+        self.families.write().expect("families lock").insert(family.name.clone(), Arc::new(tables));
+        Ok(())
+    }
+
+    fn stats_now(&self) -> Result<RepoStats> {
+        self.read(|c| {
+            let meta = |c: &mut Client, key: &str| -> Result<u64> {
+                Ok(c.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?
+                    .map_or(0, |r| r.get::<_, i64>(0) as u64))
+            };
+            let count =
+                |c: &mut Client, sql: &str| -> Result<u64> { Ok(c.query_one(sql, &[])?.get::<_, i64>(0) as u64) };
+            Ok(RepoStats {
+                epoch: meta(c, "epoch")?,
+                bytes: count(c, "SELECT pg_database_size(current_database())")?,
+                loaded_dtos: count(c, "SELECT count(*) FROM loaded_dtos")?,
+                pending_rollups: count(c, "SELECT count(*) FROM rollup_pending")?,
+                items: count(c, "SELECT count(*) FROM items")?,
+                replaced_records: meta(c, "replaced_records")?,
+                open_events: alerts::open_by_severity(c)?,
+                outbox_depth: count(c, "SELECT count(*) FROM outbox")?,
+                outbox_oldest: c.query_one("SELECT min(created_at) FROM outbox", &[])?.get(0),
+                outbox_dropped: meta(c, "outbox_dropped")?,
+            })
+        })
+    }
+}
+
+/// The mutable state a write transaction may use; it must only keep what a committed
+/// transaction wrote (see `load`).
+pub(crate) struct WriterState<'a> {
+    pub items: &'a mut ItemCache,
+    pub alerting: &'a mut Alerting,
+    pub partitions: &'a mut HashSet<(i64, i64)>,
+}
+
+/// Creates the schema, or checks it is one this release knows. Two aggregators starting at once
+/// take turns on an advisory lock.
+fn create_schema(client: &mut Client) -> Result<()> {
+    let mut tx = client.transaction()?;
+    tx.execute("SELECT pg_advisory_xact_lock(7766001)", &[])?;
+    tx.batch_execute(SCHEMA)?;
+    tx.execute("INSERT INTO meta (key, value) VALUES ('schema', $1) ON CONFLICT DO NOTHING", &[&SCHEMA_VERSION])?;
+    let version: i64 = tx.query_one("SELECT value FROM meta WHERE key = 'schema'", &[])?.get(0);
+    if version > SCHEMA_VERSION {
+        return Err(RepoError::Rejected(format!(
+            "the repository's schema is version {version}, written by a newer release; this one knows {SCHEMA_VERSION}"
+        )));
+    }
+    tx.commit()?;
+    Ok(())
+}
+
+/// Creates or widens the tables of family `name` for `metrics` (in order).
+pub(crate) fn ensure_tables(tx: &mut Transaction<'_>, name: &str, metrics: &[String]) -> Result<FamilyTables> {
+    let known = tx.query_opt("SELECT number, columns FROM family_state WHERE family = $1", &[&name])?;
+    if known.is_none() {
+        // Family names are case-sensitive, but two that differ only by case are a mistake.
+        let twin =
+            tx.query_opt("SELECT family FROM family_state WHERE lower(family) = lower($1) AND family <> $1", &[&name])?;
+        if let Some(twin) = twin {
+            return Err(RepoError::Rejected(format!(
+                "family {:?} differs from the existing family {:?} only by letter case",
+                name,
+                twin.get::<_, String>(0)
+            )));
+        }
+    }
+    let mut columns = known.as_ref().map(|k| split_columns(k.get(1))).unwrap_or_default();
+    let added: Vec<String> = metrics.iter().filter(|m| !columns.contains(m)).cloned().collect();
+    let number: i64 = match &known {
+        Some(row) => row.get(0),
+        None => tx.query_one("UPDATE meta SET value = value + 1 WHERE key = 'families' RETURNING value", &[])?.get(0),
+    };
+    let mut tables = FamilyTables { name: name.to_owned(), number, columns: columns.clone() };
+    if known.is_some() && added.is_empty() {
+        return Ok(tables);
+    }
+    if known.is_none() {
+        let rollup_key = "item_id bigint NOT NULL, period bigint NOT NULL, PRIMARY KEY (item_id, period)";
+        tx.batch_execute(&format!(
+            "CREATE TABLE {raw} (item_id bigint NOT NULL, cycle bigint NOT NULL, ts bigint NOT NULL,
+                PRIMARY KEY (item_id, cycle)) PARTITION BY RANGE (cycle);
+             CREATE INDEX {raw}_by_cycle ON {raw} USING brin (cycle);
+             CREATE TABLE {hour} ({rollup_key}); CREATE INDEX {hour}_by_period ON {hour} (period);
+             CREATE TABLE {day} ({rollup_key}); CREATE INDEX {day}_by_period ON {day} (period);
+             CREATE TABLE {week} ({rollup_key}); CREATE INDEX {week}_by_period ON {week} (period);",
+            raw = tables.raw(),
+            hour = tables.rollup(Resolution::Hour),
+            day = tables.rollup(Resolution::Day),
+            week = tables.rollup(Resolution::Week),
+        ))?;
+    }
+    for m in &added {
+        let mut sql = format!("ALTER TABLE {} ADD COLUMN \"{m}\" double precision;", tables.raw());
+        for r in Resolution::ROLLUPS {
+            sql.push_str(&format!(
+                "ALTER TABLE {t} ADD COLUMN \"{m}_min\" double precision, ADD COLUMN \"{m}_max\" double precision,
+                    ADD COLUMN \"{m}_sum\" double precision, ADD COLUMN \"{m}_count\" bigint,
+                    ADD COLUMN \"{m}_sq\" double precision;",
+                t = tables.rollup(r)
+            ));
+        }
+        tx.batch_execute(&sql)?;
+    }
+    columns.extend(added);
+    tx.execute(
+        "INSERT INTO family_state (family, number, columns) VALUES ($1, $2, $3)
+         ON CONFLICT (family) DO UPDATE SET columns = excluded.columns",
+        &[&name, &number, &columns.join(",")],
+    )?;
+    tables.columns = columns;
+    Ok(tables)
+}
+
+fn split_columns(columns: &str) -> Vec<String> {
+    columns.split(',').filter(|c| !c.is_empty()).map(str::to_owned).collect()
+}
+
+/// Takes the epoch row for the rest of the transaction; returns its value.
+fn lock_epoch(tx: &mut Transaction<'_>) -> Result<Epoch> {
+    Ok(tx.query_one("SELECT value FROM meta WHERE key = 'epoch' FOR UPDATE", &[])?.get::<_, i64>(0) as Epoch)
+}
+
+/// The fencing check every write transaction starts with.
+fn check_epoch(tx: &mut Transaction<'_>, ours: Epoch) -> Result<()> {
+    let current = lock_epoch(tx)?;
+    if current != ours {
+        return Err(RepoError::Fenced { ours, current });
+    }
+    Ok(())
+}
+
+fn unix_now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map(|d| d.as_secs() as i64).unwrap_or(0)
+}
+
+impl crate::Repository for PostgresRepository {
+    fn epoch(&self) -> Result<Epoch> {
+        self.read(|c| Ok(c.query_one("SELECT value FROM meta WHERE key = 'epoch'", &[])?.get::<_, i64>(0) as Epoch))
+    }
+    fn claim_epoch(&self, epoch: Epoch, node: &str) -> Result<()> {
+        self.claim(epoch, node, unix_now())
+    }
+    fn ensure_family(&self, epoch: Epoch, family: &MetricFamily) -> Result<()> {
+        self.ensure(epoch, family)
+    }
+    fn load(&self, epoch: Epoch, dtos: &[pollux_model::Dto]) -> Result<crate::LoadReport> {
+        self.load_batch(epoch, dtos, unix_now())
+    }
+    fn loaded_dto(&self, id: &str) -> Result<Option<crate::LoadedDto>> {
+        self.read(|c| query::loaded_dto(c, id))
+    }
+    fn registry(&self, after: i64, limit: usize) -> Result<Vec<(i64, crate::LoadedDto)>> {
+        self.read(|c| query::registry(c, after, limit))
+    }
+    fn claims(&self) -> Result<Vec<crate::Claim>> {
+        self.read(query::claims)
+    }
+    fn raw_records(&self, family: &str, each: &mut dyn FnMut(crate::RawRecord)) -> Result<()> {
+        let family = self.family(family)?;
+        self.read(|c| query::raw_records(c, &family, each))
+    }
+    fn family_columns(&self, family: &str) -> Result<Vec<String>> {
+        Ok(self.family(family)?.columns.clone())
+    }
+    fn roll_up(&self, epoch: Epoch, now: i64, policy: &crate::RollupPolicy, budget: usize) -> Result<crate::Progress> {
+        self.roll_up_due(epoch, now, policy, budget)
+    }
+    fn compact(&self, epoch: Epoch, _before: i64, _budget: usize) -> Result<crate::Progress> {
+        // One raw table, clustered by item within each day's partition: nothing to move. The
+        // epoch is still checked, as for every write.
+        self.write(epoch, |_, _| Ok(crate::Progress::default()))
+    }
+    fn expire(&self, epoch: Epoch, now: i64, retention: &crate::Retention) -> Result<crate::Progress> {
+        self.expire_old(epoch, now, retention)
+    }
+    fn devices(&self) -> Result<Vec<crate::DeviceInfo>> {
+        self.read(query::devices)
+    }
+    fn items(&self, filter: &crate::ItemFilter) -> Result<Vec<crate::ItemInfo>> {
+        self.read(|c| query::items(c, filter))
+    }
+    fn series(&self, q: &crate::SeriesQuery) -> Result<crate::Series> {
+        let family = self.family(&q.family)?;
+        self.read(|c| query::series(c, &family, q))
+    }
+    fn top(&self, q: &crate::TopQuery) -> Result<Vec<crate::TopEntry>> {
+        let family = self.family(&q.family)?;
+        self.read(|c| query::top(c, &family, q))
+    }
+    fn stats(&self) -> Result<RepoStats> {
+        self.stats_now()
+    }
+    fn rules(&self) -> Result<Vec<crate::Rule>> {
+        self.read(alerts::read_rules)
+    }
+    fn rule(&self, id: i64) -> Result<Option<crate::Rule>> {
+        self.read(|c| alerts::get_rule(c, id))
+    }
+    fn create_rule(&self, epoch: Epoch, spec: &crate::RuleSpec) -> Result<crate::Rule> {
+        self.insert_rule(epoch, spec)
+    }
+    fn update_rule(&self, epoch: Epoch, id: i64, spec: &crate::RuleSpec) -> Result<Option<crate::Rule>> {
+        Ok(self.change_rule(epoch, id, Some(spec))?.then(|| crate::Rule { id, spec: spec.clone() }))
+    }
+    fn delete_rule(&self, epoch: Epoch, id: i64) -> Result<bool> {
+        self.change_rule(epoch, id, None)
+    }
+    fn events(&self, filter: &crate::EventFilter) -> Result<Vec<crate::Event>> {
+        self.read(|c| alerts::list_events(c, filter))
+    }
+    fn event(&self, id: i64) -> Result<Option<crate::Event>> {
+        self.read(|c| alerts::get_event(c, id))
+    }
+    fn ack_event(&self, epoch: Epoch, id: i64, by: &str) -> Result<Option<crate::Event>> {
+        self.write(epoch, |tx, _| {
+            tx.execute(
+                "UPDATE events SET acked_by = $2, acked_at = $3 WHERE id = $1 AND acked_by IS NULL",
+                &[&id, &by, &unix_now()],
+            )?;
+            Ok(())
+        })?;
+        self.event(id)
+    }
+    fn outbox(&self, receiver: &str, limit: usize) -> Result<Vec<crate::OutboxEntry>> {
+        self.read(|c| alerts::pending_for(c, receiver, limit))
+    }
+    fn delivered(&self, epoch: Epoch, receiver: Option<(&str, i64)>, receivers: &[String]) -> Result<()> {
+        self.write(epoch, |tx, _| alerts::mark_delivered(tx, receiver, receivers))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::scratch::ScratchServer;
+    use super::*;
+    use std::sync::atomic::{AtomicUsize, Ordering};
+    use std::sync::OnceLock;
+
+    /// One server for the test binary, a fresh database per test; `None` without binaries.
+    fn fresh() -> Option<Box<PostgresRepository>> {
+        static SERVER: OnceLock<Option<ScratchServer>> = OnceLock::new();
+        static NEXT: AtomicUsize = AtomicUsize::new(0);
+        let server = SERVER.get_or_init(|| match ScratchServer::start() {
+            Ok(server) => Some(server),
+            Err(e) if scratch::binaries().is_none() => {
+                eprintln!("SKIPPING the PostgreSQL conformance suite: {e}");
+                None
+            }
+            Err(e) => panic!("{e}"),
+        });
+        let url = server.as_ref()?.database(&format!("t{}", NEXT.fetch_add(1, Ordering::Relaxed))).unwrap();
+        Some(Box::new(PostgresRepository::open(&url, &OpenOptions::default()).unwrap()))
+    }
+
+    crate::conformance_tests!(optional fresh);
+}

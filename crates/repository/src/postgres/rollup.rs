@@ -1,0 +1,209 @@
+//! Background work on loaded data: rollups computed in SQL, and retention by dropping days.
+//!
+//! Each unit of work (one rollup period, one family's expiry) is its own transaction with the
+//! epoch check, so loading interleaves with it and a takeover finds every unit done or pending.
+
+use super::{FamilyTables, PostgresRepository};
+use crate::{Epoch, Progress, Result, Retention, RollupPolicy};
+use pollux_model::Resolution;
+use postgres::Transaction;
+use std::time::Duration;
+
+const DAY: i64 = 86_400;
+
+impl PostgresRepository {
+    pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, policy: &RollupPolicy, budget: usize) -> Result<Progress> {
+        let settled = now - policy.settle.as_secs() as i64;
+        let overdue = now - policy.max_delay.as_secs() as i64;
+        let wait_for_settling = !policy.settle.is_zero();
+        let mut progress = Progress::default();
+        for resolution in Resolution::ROLLUPS {
+            let length = resolution.length().expect("rollups have periods");
+            // Due once the period ended `grace` ago; coarser periods wait for the finer ones.
+            let due_before = now - policy.grace.as_secs() as i64 - length;
+            if let Some(retention) = &policy.retention {
+                let finer = match resolution.child() {
+                    Some(Resolution::Hour) => retention.hour,
+                    Some(Resolution::Day) => retention.day,
+                    _ => retention.raw,
+                };
+                let cutoff = now - finer.as_secs() as i64;
+                let dropped = self.write(epoch, |tx, _| {
+                    Ok(tx.execute(
+                        "DELETE FROM rollup_pending WHERE resolution = $1 AND period < $2",
+                        &[&resolution.name(), &cutoff],
+                    )?)
+                })?;
+                if dropped > 0 {
+                    tracing::warn!(resolution = resolution.name(), dropped, "pending rollups past retention dropped");
+                }
+            }
+            loop {
+                let due: Vec<(String, i64)> = self.read(|c| {
+                    let rows = c.query(
+                        "SELECT family, period FROM rollup_pending
+                         WHERE resolution = $1 AND period <= $2 AND (NOT $4 OR touched_at <= $5 OR marked_at <= $6)
+                         ORDER BY period, family LIMIT $3",
+                        &[
+                            &resolution.name(),
+                            &due_before,
+                            &((budget + 1) as i64),
+                            &wait_for_settling,
+                            &settled,
+                            &overdue,
+                        ],
+                    )?;
+                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+                })?;
+                if due.is_empty() {
+                    break;
+                }
+                for (family, period) in due {
+                    if progress.done == budget {
+                        progress.more = true;
+                        return Ok(progress);
+                    }
+                    self.roll_period(epoch, &family, resolution, period, now)?;
+                    progress.done += 1;
+                }
+            }
+        }
+        Ok(progress)
+    }
+
+    /// Recomputes one period of one family from the next finer resolution, replacing what was
+    /// there, and marks the enclosing coarser period pending.
+    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
+        let family = self.family(family)?;
+        self.write(epoch, |tx, _| {
+            let end = period + resolution.length().expect("rollups have periods");
+            let table = family.rollup(resolution);
+            tx.execute(&format!("DELETE FROM {table} WHERE period = $1"), &[&period])?;
+            let targets: String = family
+                .columns
+                .iter()
+                .map(|c| format!(", \"{c}_min\", \"{c}_max\", \"{c}_sum\", \"{c}_count\", \"{c}_sq\""))
+                .collect();
+            let sql = match resolution.child().expect("rollups have a finer resolution") {
+                Resolution::Raw => raw_rollup_sql(tx, &family, &table, &targets)?,
+                finer => {
+                    let stats: String = family
+                        .columns
+                        .iter()
+                        .map(|c| {
+                            format!(
+                                ", min(\"{c}_min\"), max(\"{c}_max\"), sum(\"{c}_sum\"), sum(\"{c}_count\")::bigint, sum(\"{c}_sq\")"
+                            )
+                        })
+                        .collect();
+                    format!(
+                        "INSERT INTO {table} (period, item_id{targets})
+                         SELECT $1::bigint, item_id{stats} FROM {finer_table}
+                         WHERE period >= $1::bigint AND period < $2::bigint GROUP BY item_id",
+                        finer_table = family.rollup(finer)
+                    )
+                }
+            };
+            tx.execute(&sql, &[&period, &end])?;
+            tx.execute(
+                "DELETE FROM rollup_pending WHERE resolution = $1 AND family = $2 AND period = $3",
+                &[&resolution.name(), &family.name, &period],
+            )?;
+            if let Some(parent) = resolution.parent() {
+                tx.execute(
+                    "INSERT INTO rollup_pending (resolution, family, period, marked_at, touched_at)
+                     VALUES ($1, $2, $3, $4, $4)
+                     ON CONFLICT (resolution, period, family) DO UPDATE SET touched_at = excluded.touched_at",
+                    &[&parent.name(), &family.name, &parent.period_start(period), &now],
+                )?;
+            }
+            Ok(())
+        })?;
+        if resolution == Resolution::Hour {
+            // Baselines are read from hourly rollups: one was just recomputed.
+            self.writer().alerting.forget_baselines();
+        }
+        Ok(())
+    }
+
+    pub(crate) fn expire_old(&self, epoch: Epoch, now: i64, retention: &Retention) -> Result<Progress> {
+        let cutoff = |d: Duration| now.saturating_sub(d.as_secs() as i64);
+        let raw_cutoff = cutoff(retention.raw);
+        let names: Vec<String> =
+            self.read(|c| Ok(c.query("SELECT family FROM family_state", &[])?.iter().map(|r| r.get(0)).collect()))?;
+        let mut progress = Progress::default();
+        for name in names {
+            let family = self.family(&name)?;
+            progress.done += self.write(epoch, |tx, state| {
+                let mut done = 0;
+                let max_interval: i64 =
+                    tx.query_one("SELECT max_interval FROM family_state WHERE family = $1", &[&name])?.get(0);
+                // A day whose every record is older than the cutoff goes whole.
+                let stale_cycle = raw_cutoff - 2 * max_interval;
+                for day in raw_days(tx, &family)? {
+                    if (day + 1) * DAY <= stale_cycle {
+                        done += tx
+                            .query_one(&format!("SELECT count(*) FROM {}", family.raw_day(day)), &[])?
+                            .get::<_, i64>(0) as usize;
+                        tx.batch_execute(&format!("DROP TABLE {}", family.raw_day(day)))?;
+                        state.partitions.remove(&(family.number, day));
+                    }
+                }
+                done += tx
+                    .execute(&format!("DELETE FROM {} WHERE cycle < $1 AND ts < $1", family.raw()), &[&raw_cutoff])?
+                    as usize;
+                tx.execute("DELETE FROM loaded_cycles WHERE family = $1 AND cycle < $2", &[&name, &stale_cycle])?;
+                for (resolution, keep) in [
+                    (Resolution::Hour, retention.hour),
+                    (Resolution::Day, retention.day),
+                    (Resolution::Week, retention.week),
+                ] {
+                    done += tx.execute(
+                        &format!("DELETE FROM {} WHERE period < $1", family.rollup(resolution)),
+                        &[&cutoff(keep)],
+                    )? as usize;
+                }
+                Ok(done)
+            })?;
+        }
+        // The registry is kept as long as raw data (a resend older would reload expired data).
+        progress.done += self
+            .write(epoch, |tx, _| Ok(tx.execute("DELETE FROM loaded_dtos WHERE cycle < $1", &[&raw_cutoff])?))?
+            as usize;
+        Ok(progress)
+    }
+}
+
+/// The days the raw table has a partition for, oldest first.
+fn raw_days(tx: &mut Transaction<'_>, family: &FamilyTables) -> Result<Vec<i64>> {
+    let prefix = format!("{}_d", family.raw());
+    let rows = tx.query(
+        "SELECT c.relname::text FROM pg_inherits i JOIN pg_class c ON c.oid = i.inhrelid
+         WHERE i.inhparent = $1::text::regclass",
+        &[&family.raw()],
+    )?;
+    let mut days: Vec<i64> =
+        rows.iter().filter_map(|r| r.get::<_, String>(0).strip_prefix(&prefix).and_then(|d| d.parse().ok())).collect();
+    days.sort_unstable();
+    Ok(days)
+}
+
+/// The statement computing an hour from raw data: `$1` the period, `$2` its end.
+fn raw_rollup_sql(tx: &mut Transaction<'_>, family: &FamilyTables, table: &str, targets: &str) -> Result<String> {
+    let max_interval: i64 =
+        tx.query_one("SELECT max_interval FROM family_state WHERE family = $1", &[&family.name])?.get(0);
+    // A record with ts in [period, end) belongs to a cycle in (period - 2 * interval, end).
+    let span = 2 * max_interval;
+    let stats: String = family
+        .columns
+        .iter()
+        .map(|c| format!(", min(\"{c}\"), max(\"{c}\"), sum(\"{c}\"), count(\"{c}\"), sum(\"{c}\" * \"{c}\")"))
+        .collect();
+    Ok(format!(
+        "INSERT INTO {table} (period, item_id{targets})
+         SELECT $1::bigint, item_id{stats} FROM {raw}
+         WHERE cycle > $1::bigint - {span} AND cycle < $2::bigint AND ts >= $1::bigint AND ts < $2::bigint
+         GROUP BY item_id",
+        raw = family.raw()
+    ))
+}

@@ -62,7 +62,7 @@ fn main() -> anyhow::Result<()> {
         }
         other => {
             anyhow::bail!(
-                "unknown benchmark {other:?}: ingest, latency, failover, collector, alerts, tls, query or all"
+                "unknown benchmark {other:?}: ingest, latency, failover, collector, alerts, tls, postgres, query or all"
             )
         }
     }

@@ -68,6 +68,11 @@ fn source(path: &std::path::Path) -> (i64, i64) {
     while repo.compact(3, end - 86_400, 1000).unwrap().more {}
     let policy = RollupPolicy::immediate(Duration::ZERO);
     while repo.roll_up(3, unix_now(), &policy, 10_000).unwrap().more {}
+    // Every notification delivered: the outbox is empty, the receiver's place far from 0.
+    let sent = repo.outbox("am", 100_000).unwrap();
+    assert!(!sent.is_empty());
+    repo.delivered(3, Some(("am", sent.last().unwrap().seq)), &["am".to_owned()]).unwrap();
+    assert_eq!(repo.stats().unwrap().outbox_depth, 0);
     (start, end)
 }
 
@@ -141,6 +146,7 @@ fn a_copy_interrupted_and_resumed_reads_the_same_as_its_source() {
     assert_eq!(series, DEVICES * INTERFACES * 8 * 4);
     assert!(points > DEVICES * INTERFACES * 8 * 576, "every raw point and rollup compared: {points}");
 
+    drop(from);
     // Run again, a finished copy is left alone (it may be in service by then).
     let out = copy(&path, &url).output().unwrap();
     assert_eq!(out.status.code(), Some(64), "{}", String::from_utf8_lossy(&out.stderr));
@@ -151,7 +157,12 @@ fn a_copy_interrupted_and_resumed_reads_the_same_as_its_source() {
     let mut seed = 7;
     let mut dto = bench_dto("after-the-copy", end, &mut seed);
     dto.records[0].device = "new-router".into();
-    assert_eq!(to.load(4, &[dto]).unwrap().loaded, 1);
+    dto.records[1].device = "another-new-router".into();
+    dto.records[1].values[0] = Some(999_999_999.0);
+    let report = to.load(4, &[dto]).unwrap();
+    assert_eq!((report.loaded, report.transitions > 0), (1, true));
+    // Numbered past what the receiver had before the copy, so it is sent.
+    assert_eq!(to.outbox("am", 100).unwrap().len(), 1, "a notification made after the copy reaches the receiver");
     let new = ItemFilter { device: Some("new-router".into()), limit: 10, ..Default::default() };
     assert_eq!(to.items(&new).unwrap().len(), 1);
 

@@ -15,7 +15,7 @@
 //!
 //! Both aggregators must be stopped: the copy reads a repository nobody writes.
 
-use crate::postgres::{ensure_tables, PostgresRepository};
+use crate::postgres::{create_partition, ensure_tables, PostgresRepository};
 use crate::sqlite::{FamilyTables as SqliteTables, SqliteOptions, SqliteRepository};
 use crate::{OpenOptions, RepoError, Result};
 use pollux_model::Resolution;
@@ -43,10 +43,10 @@ pub fn sqlite_to_postgres(from: &Path, to: &str, progress: Progress<'_>) -> Resu
     if !from.is_file() {
         return Err(RepoError::Rejected(format!("{}: no SQLite repository there", from.display())));
     }
-    let source = SqliteRepository::open(from, SqliteOptions::default())?;
     // Makes the schema; then the copy writes with its own connection.
     drop(PostgresRepository::open(to, &OpenOptions::default())?);
     let mut pg = Client::connect(to, NoTls)?;
+    pg.batch_execute("SET client_min_messages = warning")?;
     pg.batch_execute(
         "CREATE TABLE IF NOT EXISTS copy_progress (step text PRIMARY KEY, position bigint NOT NULL, done boolean NOT NULL)",
     )?;
@@ -56,13 +56,22 @@ pub fn sqlite_to_postgres(from: &Path, to: &str, progress: Progress<'_>) -> Resu
         return Err(RepoError::Rejected("the destination holds a finished copy already; nothing done".into()));
     }
     let resuming = pg.query_one("SELECT count(*) FROM copy_progress", &[])?.get::<_, i64>(0) > 0;
-    let holds = pg.query_one("SELECT count(*) FROM loaded_dtos", &[])?.get::<_, i64>(0)
-        + pg.query_one("SELECT count(*) FROM items", &[])?.get::<_, i64>(0);
+    let holds: i64 = pg
+        .query_one(
+            "SELECT (SELECT count(*) FROM loaded_dtos) + (SELECT count(*) FROM items) + (SELECT count(*) FROM epochs)
+                  + (SELECT count(*) FROM family_state) + (SELECT count(*) FROM rules)",
+            &[],
+        )?
+        .get(0);
     if !resuming && holds > 0 {
         return Err(RepoError::Rejected(
             "the destination already holds a repository; copy into an empty database".into(),
         ));
     }
+    // The rollback journal: safe wherever the file lives (WAL is not, on NFS); the aggregator
+    // sets its own journal when it opens the file again.
+    let options = SqliteOptions { journal: crate::JournalMode::Truncate, ..SqliteOptions::default() };
+    let source = SqliteRepository::open(from, options)?;
     let families: Vec<(String, Vec<String>)> = source.read(|c| {
         let mut stmt = c.prepare("SELECT family, columns FROM family_state ORDER BY family")?;
         let rows = stmt.query_map([], |r| Ok((r.get::<_, String>(0)?, r.get::<_, String>(1)?)))?;
@@ -300,13 +309,7 @@ impl Copy<'_, '_> {
         ))?;
         if let Some((first, last)) = days {
             for day in first..=last {
-                self.pg.batch_execute(&format!(
-                    "CREATE TABLE IF NOT EXISTS {} PARTITION OF {} FOR VALUES FROM ({}) TO ({})",
-                    dst.raw_day(day),
-                    dst.raw(),
-                    day * 86_400,
-                    (day + 1) * 86_400
-                ))?;
+                create_partition(self.pg, dst, day)?;
             }
         }
         let target = format!("{} (item_id, cycle, ts{cols})", dst.raw());
@@ -329,14 +332,6 @@ impl Copy<'_, '_> {
             range: raw_range,
             width: 2_000,
         })?;
-        // Cycles with data need no conflict probe only while they are new: mark them seen.
-        self.pg.execute(
-            &format!(
-                "INSERT INTO loaded_cycles (family, cycle) SELECT DISTINCT $1::text, cycle FROM {} ON CONFLICT DO NOTHING",
-                dst.raw()
-            ),
-            &[&src.name],
-        )?;
         Ok(())
     }
 
@@ -384,19 +379,38 @@ impl Copy<'_, '_> {
         })?;
         let mut tx = self.pg.transaction()?;
         for (key, value) in meta {
-            tx.execute("UPDATE meta SET value = $2 WHERE key = $1", &[&key, &value])?;
+            // Never lower: the epoch only ever rises.
+            tx.execute("UPDATE meta SET value = greatest(value, $2) WHERE key = $1", &[&key, &value])?;
         }
         for (family, interval) in intervals {
             tx.execute("UPDATE family_state SET max_interval = $2 WHERE family = $1", &[&family, &interval])?;
         }
-        for (table, column) in
-            [("items", "id"), ("loaded_dtos", "seq"), ("rules", "id"), ("events", "id"), ("outbox", "seq")]
-        {
+        // Past every number ever handed out, not only those still held: SQLite's AUTOINCREMENT
+        // high-water marks, and the receivers' places in the outbox (an emptied outbox would
+        // otherwise number new notifications below what the receivers have had, and they
+        // would never be sent).
+        let high = |table: &str| -> Result<i64> {
+            self.source.read(|c| {
+                let sql = "SELECT coalesce(max(seq), 0) FROM sqlite_sequence WHERE name = ?1";
+                Ok(c.query_row(sql, [table], |r| r.get(0))?)
+            })
+        };
+        let cursors: i64 = self
+            .source
+            .read(|c| Ok(c.query_row("SELECT coalesce(max(seq), 0) FROM notify_cursors", [], |r| r.get(0))?))?;
+        for (table, column, floor) in [
+            ("items", "id", 0),
+            ("loaded_dtos", "seq", 0),
+            ("rules", "id", high("rules")?),
+            ("events", "id", high("events")?),
+            ("outbox", "seq", high("outbox")?.max(cursors)),
+        ] {
             tx.execute(
                 &format!(
-                    "SELECT setval(pg_get_serial_sequence('{table}', '{column}'), greatest(1, (SELECT max({column}) FROM {table})))"
+                    "SELECT setval(pg_get_serial_sequence('{table}', '{column}'),
+                                   greatest(1, $1::bigint, (SELECT max({column}) FROM {table})))"
                 ),
-                &[],
+                &[&floor],
             )?;
         }
         tx.commit()?;

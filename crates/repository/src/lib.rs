@@ -80,10 +80,13 @@ impl Location {
     fn redact(url: &str) -> String {
         let mut out = url.to_owned();
         if let Some((scheme, rest)) = url.split_once("://") {
-            let (authority, tail) = rest.split_at(rest.find(['/', '?']).unwrap_or(rest.len()));
-            if let Some((user, host)) = authority.rsplit_once('@') {
+            // The user part ends at the last '@' before any query: a password may hold '/'
+            // (the client accepts it unencoded), so '/' does not end it.
+            let query = rest.find('?').unwrap_or(rest.len());
+            if let Some(at) = rest[..query].rfind('@') {
+                let (user, host) = (&rest[..at], &rest[at + 1..]);
                 let user = user.split_once(':').map_or_else(|| user.to_owned(), |(name, _)| format!("{name}:***"));
-                out = format!("{scheme}://{user}@{host}{tail}");
+                out = format!("{scheme}://{user}@{host}");
             }
         }
         if let Some(start) = out.find("password=") {
@@ -100,6 +103,35 @@ impl Location {
             Location::Sqlite(_) => "sqlite",
             Location::Postgres(_) => "postgresql",
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::Location;
+
+    #[test]
+    fn a_password_never_shows() {
+        let shared = std::path::Path::new("/s");
+        for (url, shown) in [
+            ("postgresql://pollux:s3cr3t@db:5432/pollux", "postgresql://pollux:***@db:5432/pollux"),
+            ("postgresql://pollux:s3/cr3t@db/pollux", "postgresql://pollux:***@db/pollux"),
+            ("postgres://db/pollux?user=p&password=s3cr3t&x=1", "postgres://db/pollux?user=p&password=***&x=1"),
+            ("postgresql://pollux@db/pollux", "postgresql://pollux@db/pollux"),
+        ] {
+            match Location::parse(url, shared) {
+                Ok(location) => {
+                    assert_eq!(location.to_string(), shown);
+                    assert_eq!(format!("{location:?}"), shown);
+                }
+                // Refused URLs are not repeated in the error.
+                Err(e) => assert!(!e.contains("cr3t"), "{e}"),
+            }
+        }
+        assert_eq!(Location::parse("sqlite", shared).unwrap(), Location::Sqlite(shared.join("repository.sqlite")));
+        let refused = Location::parse("mysql://u:s3cr3t@db/x", shared).unwrap_err();
+        assert!(!refused.contains("cr3t"), "{refused}");
+        assert!(Location::parse("sqlite:", shared).is_err());
     }
 }
 

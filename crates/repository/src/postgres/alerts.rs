@@ -298,18 +298,24 @@ pub(crate) fn mark_delivered(
 impl PostgresRepository {
     pub(crate) fn insert_rule(&self, epoch: Epoch, spec: &RuleSpec) -> Result<Rule> {
         let text = serde_json::to_string(spec).map_err(|e| RepoError::BadQuery(e.to_string()))?;
-        let id = self.write(epoch, |tx, _| {
-            let now = super::unix_now();
-            let id: i64 = tx
-                .query_one(
-                    "INSERT INTO rules (family, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) RETURNING id",
-                    &[&spec.family, &text, &now],
-                )?
-                .get(0);
-            bump_rules_version(tx)?;
-            Ok(id)
-        })?;
-        self.writer().alerting.forget_rules();
+        let id = self.write_then(
+            epoch,
+            |tx, _| {
+                let now = super::unix_now();
+                let id: i64 = tx
+                    .query_one(
+                        "INSERT INTO rules (family, spec, created_at, updated_at) VALUES ($1, $2, $3, $3) RETURNING id",
+                        &[&spec.family, &text, &now],
+                    )?
+                    .get(0);
+                bump_rules_version(tx)?;
+                Ok(id)
+            },
+            |state, id| {
+                state.alerting.forget_rules();
+                id
+            },
+        )?;
         Ok(Rule { id, spec: spec.clone() })
     }
 
@@ -317,44 +323,49 @@ impl PostgresRepository {
     /// states go. False when there is no such rule.
     pub(crate) fn change_rule(&self, epoch: Epoch, id: i64, spec: Option<&RuleSpec>) -> Result<bool> {
         let outbox_max = self.options.outbox_max;
-        let found = self.write(epoch, |tx, _| {
-            let now = super::unix_now();
-            let found = match spec {
-                Some(spec) => {
-                    let text = serde_json::to_string(spec).map_err(|e| RepoError::BadQuery(e.to_string()))?;
-                    tx.execute(
-                        "UPDATE rules SET family = $2, spec = $3, updated_at = $4 WHERE id = $1",
-                        &[&id, &spec.family, &text, &now],
-                    )?
+        self.write_then(
+            epoch,
+            |tx, _| {
+                let now = super::unix_now();
+                let found = match spec {
+                    Some(spec) => {
+                        let text = serde_json::to_string(spec).map_err(|e| RepoError::BadQuery(e.to_string()))?;
+                        tx.execute(
+                            "UPDATE rules SET family = $2, spec = $3, updated_at = $4 WHERE id = $1",
+                            &[&id, &spec.family, &text, &now],
+                        )?
+                    }
+                    None => tx.execute("DELETE FROM rules WHERE id = $1", &[&id])?,
+                };
+                if found == 0 {
+                    return Ok(false);
                 }
-                None => tx.execute("DELETE FROM rules WHERE id = $1", &[&id])?,
-            };
-            if found == 0 {
-                return Ok(false);
-            }
-            let reason = if spec.is_some() { "rule changed" } else { "rule deleted" };
-            let open: Vec<i64> = tx
-                .query("SELECT id FROM events WHERE rule_id = $1 AND state = 'open' ORDER BY id", &[&id])?
-                .iter()
-                .map(|r| r.get(0))
-                .collect();
-            for event in &open {
-                tx.execute(
-                    "UPDATE events SET state = 'cleared', cleared_at = $2, cleared_by = $3 WHERE id = $1",
-                    &[event, &now, &reason],
-                )?;
-                enqueue(tx, *event, EventState::Cleared)?;
-            }
-            if !open.is_empty() {
-                bound_outbox(tx, outbox_max)?;
-            }
-            tx.execute("DELETE FROM rule_state WHERE rule_id = $1", &[&id])?;
-            bump_rules_version(tx)?;
-            Ok(true)
-        })?;
-        if found {
-            self.writer().alerting.forget_rule(id);
-        }
-        Ok(found)
+                let reason = if spec.is_some() { "rule changed" } else { "rule deleted" };
+                let open: Vec<i64> = tx
+                    .query("SELECT id FROM events WHERE rule_id = $1 AND state = 'open' ORDER BY id", &[&id])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                for event in &open {
+                    tx.execute(
+                        "UPDATE events SET state = 'cleared', cleared_at = $2, cleared_by = $3 WHERE id = $1",
+                        &[event, &now, &reason],
+                    )?;
+                    enqueue(tx, *event, EventState::Cleared)?;
+                }
+                if !open.is_empty() {
+                    bound_outbox(tx, outbox_max)?;
+                }
+                tx.execute("DELETE FROM rule_state WHERE rule_id = $1", &[&id])?;
+                bump_rules_version(tx)?;
+                Ok(true)
+            },
+            |state, found| {
+                if found {
+                    state.alerting.forget_rule(id);
+                }
+                found
+            },
+        )
     }
 }

@@ -2,7 +2,7 @@
 //! evaluation in one transaction.
 
 use super::alerts::{self, PgAlerts};
-use super::{FamilyTables, ItemCache, PostgresRepository, LOAD_STATEMENT_TIMEOUT};
+use super::{FamilyTables, ItemCache, PostgresRepository, WriterState, DAY, LOAD_STATEMENT_TIMEOUT};
 use crate::alerting::{self, Overlay};
 use crate::{Epoch, LoadReport, RepoError, Result};
 use pollux_model::{Dto, Resolution};
@@ -10,8 +10,6 @@ use postgres::binary_copy::BinaryCopyInWriter;
 use postgres::types::{ToSql, Type};
 use postgres::Transaction;
 use std::collections::{BTreeSet, HashMap, HashSet};
-
-const DAY: i64 = 86_400;
 
 /// What a transaction created: it joins the writer's caches only if it commits.
 #[derive(Default)]
@@ -24,76 +22,86 @@ impl PostgresRepository {
     pub(crate) fn load_batch(&self, epoch: Epoch, dtos: &[Dto], now: i64) -> Result<LoadReport> {
         let families: Vec<_> = dtos.iter().map(|d| self.family(&d.family)).collect::<Result<_>>()?;
         let outbox_max = self.options.outbox_max;
-        let mut created = Created::default();
-        let mut overlay = Overlay::default();
-        let report = self.write(epoch, |tx, state| {
-            tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", LOAD_STATEMENT_TIMEOUT.as_millis()))?;
-            let ids: Vec<&str> = dtos.iter().map(|d| d.id.as_str()).collect();
-            let mut seen: HashSet<String> =
-                tx.query("SELECT id FROM loaded_dtos WHERE id = ANY($1)", &[&ids])?.iter().map(|r| r.get(0)).collect();
-            let mut report = LoadReport::default();
-            for (dto, family) in dtos.iter().zip(&families) {
-                if !seen.insert(dto.id.clone()) {
-                    report.already_loaded += 1;
-                    continue;
+        self.write_then(
+            epoch,
+            |tx, state| {
+                let mut created = Created::default();
+                let mut overlay = Overlay::default();
+                tx.batch_execute(&format!("SET LOCAL statement_timeout = {}", LOAD_STATEMENT_TIMEOUT.as_millis()))?;
+                let ids: Vec<&str> = dtos.iter().map(|d| d.id.as_str()).collect();
+                let mut seen: HashSet<String> = tx
+                    .query("SELECT id FROM loaded_dtos WHERE id = ANY($1)", &[&ids])?
+                    .iter()
+                    .map(|r| r.get(0))
+                    .collect();
+                let mut report = LoadReport::default();
+                if let Some(family) = families.first() {
+                    state.alerting.refresh(&mut PgAlerts { tx: &mut *tx, family })?;
                 }
-                let rows = insert_dto(tx, family, dto, state.items, state.partitions, &mut created, now, &mut report)?;
-                let mut store = PgAlerts { tx: &mut *tx, family };
-                state.alerting.refresh(&mut store)?;
-                alerting::evaluate_dto(
-                    &mut store,
-                    state.alerting,
-                    &mut overlay,
-                    &family.columns,
-                    dto,
-                    &rows,
-                    epoch,
-                    &mut report,
-                )?;
-                tx.execute(
+                let register = state.prepared(
+                    tx,
                     "INSERT INTO loaded_dtos (id, epoch, family, collector, cycle, records, loaded_at, digest)
                      VALUES ($1, $2, $3, $4, $5, $6, $7, $8)",
-                    &[
-                        &dto.id,
-                        &(epoch as i64),
-                        &dto.family,
-                        &dto.collector,
-                        &dto.cycle,
-                        &(dto.records.len() as i64),
-                        &now,
-                        &&dto.digest().0[..],
-                    ],
                 )?;
-                report.loaded += 1;
-            }
-            if report.replaced > 0 {
-                tx.execute(
-                    "UPDATE meta SET value = value + $1 WHERE key = 'replaced_records'",
-                    &[&(report.replaced as i64)],
-                )?;
-            }
-            if report.transitions > 0 {
-                alerts::bound_outbox(tx, outbox_max)?;
-            }
-            if pollux_failpoint::hit("repository.load.before_commit") {
-                return Err(RepoError::Injected("repository.load.before_commit"));
-            }
-            Ok(report)
-        });
-        // Caches learn only what committed; a failed batch's rule matches are forgotten at the
-        // next refresh.
-        let mut writer = self.writer();
-        if report.is_ok() {
-            writer.alerting.commit(overlay);
-            for (family, devices) in created.items {
-                let known = writer.items.entry(family).or_default();
-                for (device, items) in devices {
-                    known.entry(device).or_default().extend(items);
+                for (dto, family) in dtos.iter().zip(&families) {
+                    if !seen.insert(dto.id.clone()) {
+                        report.already_loaded += 1;
+                        continue;
+                    }
+                    let rows = insert_dto(tx, state, family, dto, &mut created, now, &mut report)?;
+                    let mut store = PgAlerts { tx: &mut *tx, family };
+                    alerting::evaluate_dto(
+                        &mut store,
+                        state.alerting,
+                        &mut overlay,
+                        &family.columns,
+                        dto,
+                        &rows,
+                        epoch,
+                        &mut report,
+                    )?;
+                    tx.execute(
+                        &register,
+                        &[
+                            &dto.id,
+                            &(epoch as i64),
+                            &dto.family,
+                            &dto.collector,
+                            &dto.cycle,
+                            &(dto.records.len() as i64),
+                            &now,
+                            &&dto.digest().0[..],
+                        ],
+                    )?;
+                    report.loaded += 1;
                 }
-            }
-            writer.partitions.extend(created.partitions);
-        }
-        report
+                if report.replaced > 0 {
+                    tx.execute(
+                        "UPDATE meta SET value = value + $1 WHERE key = 'replaced_records'",
+                        &[&(report.replaced as i64)],
+                    )?;
+                }
+                if report.transitions > 0 {
+                    alerts::bound_outbox(tx, outbox_max)?;
+                }
+                if pollux_failpoint::hit("repository.load.before_commit") {
+                    return Err(RepoError::Injected("repository.load.before_commit"));
+                }
+                Ok((report, created, overlay))
+            },
+            // Caches learn only what committed.
+            |state, (report, created, overlay)| {
+                state.alerting.commit(overlay);
+                for (family, devices) in created.items {
+                    let known = state.items.entry(family).or_default();
+                    for (device, items) in devices {
+                        known.entry(device).or_default().extend(items);
+                    }
+                }
+                state.partitions.extend(created.partitions);
+                report
+            },
+        )
     }
 }
 
@@ -101,16 +109,15 @@ impl PostgresRepository {
 #[allow(clippy::too_many_arguments)]
 fn insert_dto(
     tx: &mut Transaction<'_>,
+    state: &mut WriterState<'_>,
     family: &FamilyTables,
     dto: &Dto,
-    cache: &ItemCache,
-    partitions: &HashSet<(i64, i64)>,
     created: &mut Created,
     now: i64,
     report: &mut LoadReport,
 ) -> Result<Vec<(i64, usize)>> {
     let columns: Vec<&str> = dto.metrics.iter().map(|m| family.column(m)).collect::<Result<_>>()?;
-    let ids = item_ids(tx, family, dto, cache, created, now)?;
+    let ids = item_ids(tx, family, dto, state.items, created, now)?;
     // One record per item and cycle: a repeat within the DTO replaces the earlier one.
     let mut by_item: HashMap<i64, usize> = HashMap::with_capacity(dto.records.len());
     for (index, id) in ids.iter().enumerate() {
@@ -128,51 +135,48 @@ fn insert_dto(
 
     let day = dto.cycle.div_euclid(DAY);
     let partition = family.raw_day(day);
-    if !partitions.contains(&(family.number, day)) && !created.partitions.contains(&(family.number, day)) {
-        tx.batch_execute(&format!(
-            "CREATE TABLE IF NOT EXISTS {partition} PARTITION OF {raw} FOR VALUES FROM ({from}) TO ({to})",
-            raw = family.raw(),
-            from = day * DAY,
-            to = (day + 1) * DAY
-        ))?;
+    if !state.partitions.contains(&(family.number, day)) && !created.partitions.contains(&(family.number, day)) {
+        super::create_partition(tx, family, day)?;
         created.partitions.push((family.number, day));
     }
-    // A cycle seen for the first time holds nothing yet; otherwise find what is already stored.
-    let first_time = tx.execute(
-        "INSERT INTO loaded_cycles (family, cycle) VALUES ($1, $2) ON CONFLICT DO NOTHING",
-        &[&family.name, &dto.cycle],
-    )? == 1;
-    let stored: HashSet<i64> = if first_time {
-        HashSet::new()
-    } else {
-        let wanted: Vec<i64> = rows.iter().map(|r| r.0).collect();
-        tx.query(
-            &format!("SELECT item_id FROM {partition} WHERE cycle = $1 AND item_id = ANY($2)"),
-            &[&dto.cycle, &wanted],
-        )?
-        .iter()
-        .map(|r| r.get(0))
-        .collect()
-    };
-
+    // Optimistically, nothing of this DTO is stored yet (the rule: a record comes once per
+    // item and cycle): one COPY under a savepoint. Should the key refuse a row, the records
+    // already stored are looked up, the COPY takes the others and the stored ones are replaced.
     let column_list: String = columns.iter().map(|c| format!(", \"{c}\"")).collect();
+    let copy_sql =
+        state.prepared(tx, &format!("COPY {partition} (item_id, cycle, ts{column_list}) FROM STDIN BINARY"))?;
+    let types: Vec<Type> = [Type::INT8; 3].into_iter().chain(columns.iter().map(|_| Type::FLOAT8)).collect();
+    let all = HashSet::new();
+    let mut savepoint = tx.savepoint("records")?;
+    let stored: HashSet<i64> = match copy_records(&mut savepoint, &copy_sql, &types, dto, &rows, &all) {
+        Ok(()) => {
+            savepoint.commit()?;
+            all
+        }
+        Err(e) if e.code() == Some(&postgres::error::SqlState::UNIQUE_VIOLATION) => {
+            drop(savepoint);
+            let wanted: Vec<i64> = rows.iter().map(|r| r.0).collect();
+            let stored: HashSet<i64> = tx
+                .query(
+                    &format!("SELECT item_id FROM {partition} WHERE cycle = $1 AND item_id = ANY($2)"),
+                    &[&dto.cycle, &wanted],
+                )?
+                .iter()
+                .map(|r| r.get(0))
+                .collect();
+            copy_records(tx, &copy_sql, &types, dto, &rows, &stored)?;
+            stored
+        }
+        Err(e) => return Err(e.into()),
+    };
     let mut values = 0;
     let mut hours = BTreeSet::new();
-    {
-        let types: Vec<Type> = [Type::INT8; 3].into_iter().chain(columns.iter().map(|_| Type::FLOAT8)).collect();
-        let sink = tx.copy_in(&format!("COPY {partition} (item_id, cycle, ts{column_list}) FROM STDIN BINARY"))?;
-        let mut copy = BinaryCopyInWriter::new(sink, &types);
-        let mut fields: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
-        for (item_id, index) in rows.iter().filter(|(id, _)| !stored.contains(id)) {
+    for (item_id, index) in &rows {
+        if !stored.contains(item_id) {
             let record = &dto.records[*index];
-            fields.clear();
-            fields.extend([item_id as &(dyn ToSql + Sync), &dto.cycle, &record.ts]);
-            fields.extend(record.values.iter().map(|v| v as &(dyn ToSql + Sync)));
-            copy.write(&fields)?;
             values += record.values.iter().filter(|v| v.is_some()).count();
             hours.insert(Resolution::Hour.period_start(record.ts));
         }
-        copy.finish()?;
     }
     if !stored.is_empty() {
         // Sent before under another DTO id: the later record wins, as a re-poll would, counted.
@@ -190,18 +194,40 @@ fn insert_dto(
     }
     report.values += values;
 
-    tx.execute(
-        "UPDATE family_state SET max_interval = $2 WHERE family = $1 AND max_interval < $2",
-        &[&family.name, &i64::from(dto.interval)],
-    )?;
+    let widen =
+        state.prepared(tx, "UPDATE family_state SET max_interval = $2 WHERE family = $1 AND max_interval < $2")?;
+    tx.execute(&widen, &[&family.name, &i64::from(dto.interval)])?;
     let hours: Vec<i64> = hours.into_iter().collect();
-    tx.execute(
+    let pending = state.prepared(
+        tx,
         "INSERT INTO rollup_pending (resolution, family, period, marked_at, touched_at)
          SELECT 'hour', $1, h, $3, $3 FROM unnest($2::bigint[]) AS h
          ON CONFLICT (resolution, period, family) DO UPDATE SET touched_at = excluded.touched_at",
-        &[&family.name, &hours, &now],
     )?;
+    tx.execute(&pending, &[&family.name, &hours, &now])?;
     Ok(rows)
+}
+
+/// Writes the records of `rows` not in `skip` with one binary COPY.
+fn copy_records(
+    tx: &mut Transaction<'_>,
+    sql: &postgres::Statement,
+    types: &[Type],
+    dto: &Dto,
+    rows: &[(i64, usize)],
+    skip: &HashSet<i64>,
+) -> Result<(), postgres::Error> {
+    let mut copy = BinaryCopyInWriter::new(tx.copy_in(sql)?, types);
+    let mut fields: Vec<&(dyn ToSql + Sync)> = Vec::with_capacity(types.len());
+    for (item_id, index) in rows.iter().filter(|(id, _)| !skip.contains(id)) {
+        let record = &dto.records[*index];
+        fields.clear();
+        fields.extend([item_id as &(dyn ToSql + Sync), &dto.cycle, &record.ts]);
+        fields.extend(record.values.iter().map(|v| v as &(dyn ToSql + Sync)));
+        copy.write(&fields)?;
+    }
+    copy.finish()?;
+    Ok(())
 }
 
 /// Each record's item id, creating the items not seen before.

@@ -168,7 +168,18 @@ pub(crate) fn top(c: &mut Client, family: &FamilyTables, q: &TopQuery) -> Result
         .get::<_, i64>(0)
             == 0;
     let n = q.n as i64;
-    let (sql, params): (String, Vec<&(dyn ToSql + Sync)>) = if rolled {
+    let (sql, params): (String, Vec<&(dyn ToSql + Sync)>) = if rolled && q.to - q.from == hour {
+        // One period: no grouping, the period's rows into a top-n sort.
+        (
+            format!(
+                "SELECT item_id, \"{column}_sum\" / \"{column}_count\" AS avg, \"{column}_min\", \"{column}_max\",
+                        \"{column}_count\"
+                 FROM {table} WHERE period = $1 AND \"{column}_count\" > 0 ORDER BY avg DESC LIMIT $2",
+                table = family.rollup(Resolution::Hour)
+            ),
+            vec![&q.from, &n],
+        )
+    } else if rolled {
         (
             format!(
                 "SELECT item_id, sum(\"{column}_sum\") / sum(\"{column}_count\") AS avg, min(\"{column}_min\"),

@@ -3,13 +3,11 @@
 //! Each unit of work (one rollup period, one family's expiry) is its own transaction with the
 //! epoch check, so loading interleaves with it and a takeover finds every unit done or pending.
 
-use super::{FamilyTables, PostgresRepository};
+use super::{FamilyTables, PostgresRepository, DAY};
 use crate::{Epoch, Progress, Result, Retention, RollupPolicy};
 use pollux_model::Resolution;
 use postgres::Transaction;
 use std::time::Duration;
-
-const DAY: i64 = 86_400;
 
 impl PostgresRepository {
     pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, policy: &RollupPolicy, budget: usize) -> Result<Progress> {
@@ -75,7 +73,7 @@ impl PostgresRepository {
     /// there, and marks the enclosing coarser period pending.
     fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
         let family = self.family(family)?;
-        self.write(epoch, |tx, _| {
+        self.write_then(epoch, |tx, _| {
             let end = period + resolution.length().expect("rollups have periods");
             let table = family.rollup(resolution);
             tx.execute(&format!("DELETE FROM {table} WHERE period = $1"), &[&period])?;
@@ -118,12 +116,12 @@ impl PostgresRepository {
                 )?;
             }
             Ok(())
-        })?;
-        if resolution == Resolution::Hour {
-            // Baselines are read from hourly rollups: one was just recomputed.
-            self.writer().alerting.forget_baselines();
-        }
-        Ok(())
+        }, |state, ()| {
+            if resolution == Resolution::Hour {
+                // Baselines are read from hourly rollups: one was just recomputed.
+                state.alerting.forget_baselines();
+            }
+        })
     }
 
     pub(crate) fn expire_old(&self, epoch: Epoch, now: i64, retention: &Retention) -> Result<Progress> {
@@ -152,7 +150,6 @@ impl PostgresRepository {
                 done += tx
                     .execute(&format!("DELETE FROM {} WHERE cycle < $1 AND ts < $1", family.raw()), &[&raw_cutoff])?
                     as usize;
-                tx.execute("DELETE FROM loaded_cycles WHERE family = $1 AND cycle < $2", &[&name, &stale_cycle])?;
                 for (resolution, keep) in [
                     (Resolution::Hour, retention.hour),
                     (Resolution::Day, retention.day),

@@ -20,6 +20,12 @@ pub struct ScratchServer {
     server: Option<Child>,
 }
 
+/// Whether a missing PostgreSQL must fail the tests rather than skip them (`.ci/run` sets
+/// `POLLUX_REQUIRE_POSTGRES=1`, so CI never passes by skipping).
+pub fn required() -> bool {
+    std::env::var_os("POLLUX_REQUIRE_POSTGRES").is_some_and(|v| v != "0")
+}
+
 /// The directory holding `initdb` and `postgres`, if any.
 pub fn binaries() -> Option<PathBuf> {
     if let Some(dir) = std::env::var_os("POLLUX_PG_BIN") {

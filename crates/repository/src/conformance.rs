@@ -28,20 +28,15 @@ const INTERVAL: i64 = 300;
 #[macro_export]
 macro_rules! conformance_tests {
     ($make:expr) => {
-        $crate::conformance_tests!(@each $make;
-            epoch_fences_older_writers, dto_loads_exactly_once, failed_batch_writes_nothing,
-            series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
-            top_ranks_by_average, items_and_devices, family_widening, retention_expires,
-            late_data_settles_before_it_is_rolled, family_names_never_share_tables,
-            digests_are_kept, records_under_two_ids_are_counted, an_event_commits_with_its_data,
-            a_fenced_load_writes_no_event, rule_changes_clear_open_events, late_polls_are_not_evaluated,
-            baselines_come_from_past_weeks, the_outbox_delivers_in_order_and_is_bounded,
-            a_failed_batch_leaves_no_rule_match_behind);
+        $crate::conformance_tests!(@list each $make);
     };
     // A backend whose server may be missing: `$make` returns an `Option`, and `None` skips
     // the check, saying so.
     (optional $make:expr) => {
-        $crate::conformance_tests!(@each_optional $make;
+        $crate::conformance_tests!(@list optional $make);
+    };
+    (@list $mode:ident $make:expr) => {
+        $crate::conformance_tests!(@run $mode $make;
             epoch_fences_older_writers, dto_loads_exactly_once, failed_batch_writes_nothing,
             series_reads_recent_and_compacted_alike, rollups_equal_recomputation,
             top_ranks_by_average, items_and_devices, family_widening, retention_expires,
@@ -51,7 +46,16 @@ macro_rules! conformance_tests {
             baselines_come_from_past_weeks, the_outbox_delivers_in_order_and_is_bounded,
             a_failed_batch_leaves_no_rule_match_behind);
     };
-    (@each_optional $make:expr; $($check:ident),*) => {
+    (@run each $make:expr; $($check:ident),*) => {
+        $(
+            #[test]
+            fn $check() {
+                let repo = ($make)();
+                $crate::conformance::$check(&*repo);
+            }
+        )*
+    };
+    (@run optional $make:expr; $($check:ident),*) => {
         $(
             #[test]
             fn $check() {
@@ -59,15 +63,6 @@ macro_rules! conformance_tests {
                     Some(repo) => $crate::conformance::$check(&*repo),
                     None => eprintln!("SKIPPED {}: no PostgreSQL binaries", stringify!($check)),
                 }
-            }
-        )*
-    };
-    (@each $make:expr; $($check:ident),*) => {
-        $(
-            #[test]
-            fn $check() {
-                let repo = ($make)();
-                $crate::conformance::$check(&*repo);
             }
         )*
     };

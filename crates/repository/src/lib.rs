@@ -28,6 +28,7 @@ pub mod conformance;
 pub mod copy;
 #[cfg(feature = "postgres")]
 pub mod postgres;
+mod schedule;
 #[cfg(feature = "sqlite")]
 pub mod sqlite;
 

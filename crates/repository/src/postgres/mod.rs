@@ -618,7 +618,7 @@ impl crate::Repository for PostgresRepository {
         Ok(self.family(family)?.columns.clone())
     }
     fn roll_up(&self, epoch: Epoch, now: i64, policy: &crate::RollupPolicy, budget: usize) -> Result<crate::Progress> {
-        self.roll_up_due(epoch, now, policy, budget)
+        crate::schedule::roll_up(self, epoch, now, policy, budget)
     }
     fn compact(&self, epoch: Epoch, _before: i64, _budget: usize) -> Result<crate::Progress> {
         // One raw table, clustered by item within each day's partition: nothing to move. What

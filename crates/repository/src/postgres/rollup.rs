@@ -4,74 +4,44 @@
 //! epoch check, so loading interleaves with it and a takeover finds every unit done or pending.
 
 use super::{FamilyTables, PostgresRepository, DAY};
-use crate::{Epoch, Progress, Result, Retention, RollupPolicy};
+use crate::schedule::{Due, RollupWork};
+use crate::{Epoch, Progress, Result, Retention};
 use pollux_model::Resolution;
 use postgres::Transaction;
 use std::time::Duration;
 
-impl PostgresRepository {
-    pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, policy: &RollupPolicy, budget: usize) -> Result<Progress> {
-        let settled = now - policy.settle.as_secs() as i64;
-        let overdue = now - policy.max_delay.as_secs() as i64;
-        let wait_for_settling = !policy.settle.is_zero();
-        let mut progress = Progress::default();
-        for resolution in Resolution::ROLLUPS {
-            let length = resolution.length().expect("rollups have periods");
-            // Due once the period ended `grace` ago; coarser periods wait for the finer ones.
-            let due_before = now - policy.grace.as_secs() as i64 - length;
-            if let Some(retention) = &policy.retention {
-                let finer = match resolution.child() {
-                    Some(Resolution::Hour) => retention.hour,
-                    Some(Resolution::Day) => retention.day,
-                    _ => retention.raw,
-                };
-                let cutoff = now - finer.as_secs() as i64;
-                let dropped = self.write(epoch, |tx, _| {
-                    Ok(tx.execute(
-                        "DELETE FROM rollup_pending WHERE resolution = $1 AND period < $2",
-                        &[&resolution.name(), &cutoff],
-                    )?)
-                })?;
-                if dropped > 0 {
-                    tracing::warn!(resolution = resolution.name(), dropped, "pending rollups past retention dropped");
-                }
-            }
-            loop {
-                let due: Vec<(String, i64)> = self.read(|c| {
-                    let rows = c.query(
-                        "SELECT family, period FROM rollup_pending
-                         WHERE resolution = $1 AND period <= $2 AND (NOT $4 OR touched_at <= $5 OR marked_at <= $6)
-                         ORDER BY period, family LIMIT $3",
-                        &[
-                            &resolution.name(),
-                            &due_before,
-                            &((budget + 1) as i64),
-                            &wait_for_settling,
-                            &settled,
-                            &overdue,
-                        ],
-                    )?;
-                    Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
-                })?;
-                if due.is_empty() {
-                    break;
-                }
-                for (family, period) in due {
-                    if progress.done == budget {
-                        progress.more = true;
-                        return Ok(progress);
-                    }
-                    self.roll_period(epoch, &family, resolution, period, now)?;
-                    progress.done += 1;
-                }
-            }
-        }
-        Ok(progress)
+impl RollupWork for PostgresRepository {
+    fn drop_pending_before(&self, epoch: Epoch, resolution: Resolution, cutoff: i64) -> Result<usize> {
+        self.write(epoch, |tx, _| {
+            Ok(tx.execute(
+                "DELETE FROM rollup_pending WHERE resolution = $1 AND period < $2",
+                &[&resolution.name(), &cutoff],
+            )? as usize)
+        })
     }
 
+    fn due(&self, resolution: Resolution, due: &Due, limit: usize) -> Result<Vec<(String, i64)>> {
+        let (settled, overdue) = due.settling.unwrap_or((i64::MAX, i64::MAX));
+        self.read(|c| {
+            let rows = c.query(
+                "SELECT family, period FROM rollup_pending
+                 WHERE resolution = $1 AND period <= $2 AND (touched_at <= $4 OR marked_at <= $5)
+                 ORDER BY period, family LIMIT $3",
+                &[&resolution.name(), &due.before, &(limit as i64), &settled, &overdue],
+            )?;
+            Ok(rows.iter().map(|r| (r.get(0), r.get(1))).collect())
+        })
+    }
+
+    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
+        self.roll_one(epoch, family, resolution, period, now)
+    }
+}
+
+impl PostgresRepository {
     /// Recomputes one period of one family from the next finer resolution, replacing what was
     /// there, and marks the enclosing coarser period pending.
-    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
+    fn roll_one(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
         let family = self.family(family)?;
         self.write_then(epoch, |tx, _| {
             let end = period + resolution.length().expect("rollups have periods");

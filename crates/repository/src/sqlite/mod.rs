@@ -517,7 +517,7 @@ impl crate::Repository for SqliteRepository {
         Ok(self.family(family)?.columns.clone())
     }
     fn roll_up(&self, epoch: Epoch, now: i64, policy: &crate::RollupPolicy, budget: usize) -> Result<crate::Progress> {
-        self.roll_up_due(epoch, now, policy, budget)
+        crate::schedule::roll_up(self, epoch, now, policy, budget)
     }
     fn compact(&self, epoch: Epoch, before: i64, budget: usize) -> Result<crate::Progress> {
         self.compact_before(epoch, before, budget)

@@ -5,67 +5,14 @@
 //! unit either done or still pending.
 
 use super::{check_epoch, FamilyTables, SqliteRepository};
-use crate::{Epoch, Progress, Result, Retention, RollupPolicy};
+use crate::schedule::{Due, RollupWork};
+use crate::{Epoch, Progress, Result, Retention};
 use pollux_model::Resolution;
 use rusqlite::{params, OptionalExtension, Transaction};
 use std::time::Duration;
 
-impl SqliteRepository {
-    pub(crate) fn roll_up_due(&self, epoch: Epoch, now: i64, policy: &RollupPolicy, budget: usize) -> Result<Progress> {
-        let settled = now - policy.settle.as_secs() as i64;
-        let overdue = now - policy.max_delay.as_secs() as i64;
-        let wait_for_settling = !policy.settle.is_zero();
-        let mut progress = Progress::default();
-        for resolution in Resolution::ROLLUPS {
-            let length = resolution.length().expect("rollups have periods");
-            // A period is due once it ended `grace` ago: data for it may still be on its way
-            // until then. Coarser periods wait until no finer period is due, so a day is rolled
-            // from complete hours.
-            let due_before = now - policy.grace.as_secs() as i64 - length;
-            if let Some(retention) = &policy.retention {
-                let finer = match resolution.child() {
-                    Some(Resolution::Hour) => retention.hour,
-                    Some(Resolution::Day) => retention.day,
-                    _ => retention.raw,
-                };
-                self.drop_pending_before(epoch, resolution, now - finer.as_secs() as i64)?;
-            }
-            loop {
-                let due: Vec<(String, i64)> = self.read(|c| {
-                    let mut stmt = c.prepare_cached(
-                        "SELECT family, period FROM rollup_pending
-                         WHERE resolution = ?1 AND period <= ?2 AND (NOT ?4 OR touched_at <= ?5 OR marked_at <= ?6)
-                         ORDER BY period, family LIMIT ?3",
-                    )?;
-                    let args = params![
-                        resolution.name(),
-                        due_before,
-                        (budget + 1) as i64,
-                        wait_for_settling,
-                        settled,
-                        overdue
-                    ];
-                    let rows = stmt.query_map(args, |r| Ok((r.get(0)?, r.get(1)?)))?;
-                    Ok(rows.collect::<Result<Vec<_>, _>>()?)
-                })?;
-                if due.is_empty() {
-                    break;
-                }
-                for (family, period) in due {
-                    if progress.done == budget {
-                        progress.more = true;
-                        return Ok(progress);
-                    }
-                    self.roll_period(epoch, &family, resolution, period, now)?;
-                    progress.done += 1;
-                }
-            }
-        }
-        Ok(progress)
-    }
-
-    /// Forgets pending periods of `resolution` that start before `cutoff`.
-    fn drop_pending_before(&self, epoch: Epoch, resolution: Resolution, cutoff: i64) -> Result<()> {
+impl RollupWork for SqliteRepository {
+    fn drop_pending_before(&self, epoch: Epoch, resolution: Resolution, cutoff: i64) -> Result<usize> {
         let mut writer = self.writer();
         let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
         check_epoch(&tx, epoch)?;
@@ -74,15 +21,33 @@ impl SqliteRepository {
             params![resolution.name(), cutoff],
         )?;
         tx.commit()?;
-        if dropped > 0 {
-            tracing::warn!(resolution = resolution.name(), dropped, "pending rollups past retention dropped");
-        }
-        Ok(())
+        Ok(dropped)
     }
 
+    fn due(&self, resolution: Resolution, due: &Due, limit: usize) -> Result<Vec<(String, i64)>> {
+        let (settled, overdue) = due.settling.unwrap_or((i64::MAX, i64::MAX));
+        self.read(|c| {
+            let mut stmt = c.prepare_cached(
+                "SELECT family, period FROM rollup_pending
+                 WHERE resolution = ?1 AND period <= ?2 AND (touched_at <= ?4 OR marked_at <= ?5)
+                 ORDER BY period, family LIMIT ?3",
+            )?;
+            let rows = stmt.query_map(params![resolution.name(), due.before, limit as i64, settled, overdue], |r| {
+                Ok((r.get(0)?, r.get(1)?))
+            })?;
+            Ok(rows.collect::<Result<Vec<_>, _>>()?)
+        })
+    }
+
+    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
+        self.roll_one(epoch, family, resolution, period, now)
+    }
+}
+
+impl SqliteRepository {
     /// Recomputes one period of one family from the next finer resolution, replacing what was
     /// there, and marks the enclosing coarser period pending.
-    fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
+    fn roll_one(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
         let family = self.family(family)?;
         let mut writer = self.writer();
         let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;

@@ -101,6 +101,9 @@ fn a_copy_interrupted_and_resumed_reads_the_same_as_its_source() {
     let _ = child.kill();
     let _ = child.wait();
     assert!(interrupted.is_some(), "the copy reports its progress per step: {seen:?}");
+    // An aggregator will not start on a copy that has not finished: its data is partial.
+    let partial = pollux_repository::open(&pollux_repository::Location::Postgres(url.clone()), &OpenOptions::default());
+    assert!(matches!(&partial, Err(e) if e.to_string().contains("has not finished")), "{:?}", partial.err());
     let out = copy(&path, &url).output().unwrap();
     let stdout = String::from_utf8_lossy(&out.stdout);
     assert!(out.status.success(), "{stdout}{}", String::from_utf8_lossy(&out.stderr));

@@ -44,7 +44,7 @@ pub fn sqlite_to_postgres(from: &Path, to: &str, progress: Progress<'_>) -> Resu
         return Err(RepoError::Rejected(format!("{}: no SQLite repository there", from.display())));
     }
     // Makes the schema; then the copy writes with its own connection.
-    drop(PostgresRepository::open(to, &OpenOptions::default())?);
+    drop(PostgresRepository::open_for_copy(to, &OpenOptions::default())?);
     let mut pg = Client::connect(to, NoTls)?;
     pg.batch_execute("SET client_min_messages = warning")?;
     pg.batch_execute(
@@ -265,7 +265,7 @@ impl Copy<'_, '_> {
                 "rule_id",
                 "rule_id, item_id, last_cycle, history, event_id, peak, clear_run",
                 &[Int, Int, Int, Int, Int, Real, Int],
-                1 << 40,
+                1,
             ),
             ("eval_watermark", "cycle", "family, collector, interval, cycle", &[Text, Text, Int, Int], 1 << 40),
             (
@@ -321,7 +321,8 @@ impl Copy<'_, '_> {
             target: target.clone(),
             kinds: &kinds,
             range: recent_range,
-            width: 3600,
+            // One 5-minute cycle per transaction: a million rows at the largest installations.
+            width: 300,
         })?;
         let raw_range = self.range(&format!("SELECT min(item_id), max(item_id) FROM {}", src.raw()))?;
         self.run(Step {
@@ -330,7 +331,8 @@ impl Copy<'_, '_> {
             target,
             kinds: &kinds,
             range: raw_range,
-            width: 2_000,
+            // 50 items: 35 days at a 5-minute cycle is half a million rows.
+            width: 50,
         })?;
         Ok(())
     }
@@ -359,7 +361,8 @@ impl Copy<'_, '_> {
             target: format!("{} (period, item_id{stats})", dst.rollup(resolution)),
             kinds: &kinds,
             range,
-            width: length * 24,
+            // One period: a million rows of hourly rollups at the largest installations.
+            width: length,
         })
     }
 

@@ -554,7 +554,8 @@ pub trait Repository: Send + Sync {
 
     /// Loads a batch of DTOs in one transaction: the epoch check, each DTO's data unless its id
     /// is already registered, its registry entry, its pending rollups, and its evaluation
-    /// against the threshold rules (rule state, events and outbox entries).
+    /// against the threshold rules (rule state, events and outbox entries). PostgreSQL commits
+    /// a batch of more than 32 DTOs in parts of 32, in order, each part one transaction.
     ///
     /// Late data: a DTO older than the newest cycle its collector has had evaluated for the
     /// family is stored and rolled up but not evaluated (counted in [`LoadReport::late`]), and

@@ -18,8 +18,28 @@ struct Created {
     partitions: Vec<(i64, i64)>,
 }
 
+/// DTOs per load transaction at most. Each DTO's COPY runs under a savepoint, which takes a
+/// subtransaction id; past 64 in one transaction PostgreSQL overflows its cache of them and every
+/// snapshot on the server has to look them up on disk. A larger batch commits in parts, each
+/// part whole (a DTO is never split).
+const MAX_DTOS_PER_TRANSACTION: usize = 32;
+
 impl PostgresRepository {
     pub(crate) fn load_batch(&self, epoch: Epoch, dtos: &[Dto], now: i64) -> Result<LoadReport> {
+        let mut total = LoadReport::default();
+        for part in dtos.chunks(MAX_DTOS_PER_TRANSACTION) {
+            let report = self.load_part(epoch, part, now)?;
+            total.loaded += report.loaded;
+            total.transitions += report.transitions;
+            total.late += report.late;
+            total.already_loaded += report.already_loaded;
+            total.values += report.values;
+            total.replaced += report.replaced;
+        }
+        Ok(total)
+    }
+
+    fn load_part(&self, epoch: Epoch, dtos: &[Dto], now: i64) -> Result<LoadReport> {
         let families: Vec<_> = dtos.iter().map(|d| self.family(&d.family)).collect::<Result<_>>()?;
         let outbox_max = self.options.outbox_max;
         self.write_then(

@@ -68,7 +68,7 @@ CREATE TABLE IF NOT EXISTS meta (key text PRIMARY KEY, value bigint NOT NULL);
 INSERT INTO meta (key, value) VALUES ('epoch', 0), ('families', 0), ('rules_version', 0),
     ('replaced_records', 0), ('outbox_dropped', 0) ON CONFLICT DO NOTHING;
 CREATE TABLE IF NOT EXISTS epochs (
-    epoch bigint PRIMARY KEY, node text NOT NULL, claimed_at bigint NOT NULL, after_seq bigint);
+    epoch bigint PRIMARY KEY, node text NOT NULL, claimed_at bigint NOT NULL, after_seq bigint, instance text);
 CREATE TABLE IF NOT EXISTS family_state (
     family text PRIMARY KEY, number bigint NOT NULL UNIQUE, columns text NOT NULL,
     max_interval bigint NOT NULL DEFAULT 0);
@@ -157,6 +157,9 @@ pub struct PostgresRepository {
     families: RwLock<HashMap<String, Arc<FamilyTables>>>,
     /// When a connection attempt last failed, and why.
     connect_failed: Mutex<Option<(std::time::Instant, String)>>,
+    /// This process's own mark in the claims it makes, so that a claim retried after a lost
+    /// answer is known as its own (a node id alone may be shared by two cloned machines).
+    instance: String,
 }
 
 /// Checks that `url` is a connection string this backend can use; the error says why not.
@@ -205,8 +208,24 @@ impl From<postgres::Error> for RepoError {
 }
 
 impl PostgresRepository {
-    /// Connects to the server at `url`, creating or migrating the schema.
+    /// Connects to the server at `url`, creating or migrating the schema. A database that a
+    /// `pollux repository copy` has not finished filling is refused: its data is partial.
     pub fn open(url: &str, options: &OpenOptions) -> Result<PostgresRepository> {
+        let repo = PostgresRepository::open_for_copy(url, options)?;
+        let unfinished = repo.read(|c| {
+            let copied = c.query_one("SELECT to_regclass('copy_progress') IS NOT NULL", &[])?.get::<_, bool>(0);
+            Ok(copied && c.query_opt("SELECT 1 FROM copy_progress WHERE step = 'finished'", &[])?.is_none())
+        })?;
+        if unfinished {
+            return Err(RepoError::Rejected(
+                "a `pollux repository copy` into this database has not finished: run it again to the end".into(),
+            ));
+        }
+        Ok(repo)
+    }
+
+    /// As [`Self::open`], for the copy itself, which fills such a database.
+    pub(crate) fn open_for_copy(url: &str, options: &OpenOptions) -> Result<PostgresRepository> {
         let mut config: postgres::Config = url.parse().map_err(|e| RepoError::Rejected(format!("{e}")))?;
         if config.get_connect_timeout().is_none() {
             config.connect_timeout(Duration::from_secs(5));
@@ -238,6 +257,7 @@ impl PostgresRepository {
             readers: Mutex::new(Vec::new()),
             families: RwLock::new(HashMap::new()),
             connect_failed: Mutex::new(None),
+            instance: instance_mark(),
         };
         repo.reload_families()?;
         Ok(repo)
@@ -315,6 +335,10 @@ impl PostgresRepository {
                 if e.action() == crate::Action::Retry {
                     *state.alerting = Alerting::default();
                     state.partitions.clear();
+                    // And a fresh connection next time: this one may be to a server that
+                    // became a standby (25006 on every write) or half broken.
+                    state.statements.clear();
+                    writer.client = None;
                 }
                 Err(e)
             }
@@ -329,7 +353,10 @@ impl PostgresRepository {
             _ => self.connect()?,
         };
         let result = f(&mut client);
-        if !client.is_closed() {
+        // A connection that failed as something to retry is not kept (it may be to a standby
+        // or half broken).
+        let suspect = result.as_ref().err().is_some_and(|e| e.action() == crate::Action::Retry);
+        if !client.is_closed() && !suspect {
             let mut pool = self.readers.lock().expect("reader pool");
             if pool.len() < MAX_IDLE_READERS {
                 pool.push(client);
@@ -375,9 +402,10 @@ impl PostgresRepository {
         if current == epoch {
             // This node's own claim, committed although its answer was lost: claiming again
             // is a success, not a deposition.
-            let claimed_by: Option<String> =
-                tx.query_opt("SELECT node FROM epochs WHERE epoch = $1", &[&(epoch as i64)])?.map(|r| r.get(0));
-            if claimed_by.as_deref() == Some(node) {
+            let claimed_by: Option<(String, Option<String>)> = tx
+                .query_opt("SELECT node, instance FROM epochs WHERE epoch = $1", &[&(epoch as i64)])?
+                .map(|r| (r.get(0), r.get(1)));
+            if claimed_by == Some((node.to_owned(), Some(self.instance.clone()))) {
                 drop(tx);
                 drop(guard);
                 return self.reload_families();
@@ -389,11 +417,11 @@ impl PostgresRepository {
         tx.execute("UPDATE meta SET value = $1 WHERE key = 'epoch'", &[&(epoch as i64)])?;
         // after_seq: the last registry entry when this epoch took over (see the checkers).
         tx.execute(
-            "INSERT INTO epochs (epoch, node, claimed_at, after_seq)
-             VALUES ($1, $2, $3, (SELECT coalesce(max(seq), 0) FROM loaded_dtos))
+            "INSERT INTO epochs (epoch, node, claimed_at, after_seq, instance)
+             VALUES ($1, $2, $3, (SELECT coalesce(max(seq), 0) FROM loaded_dtos), $4)
              ON CONFLICT (epoch) DO UPDATE SET node = excluded.node, claimed_at = excluded.claimed_at,
-                after_seq = excluded.after_seq",
-            &[&(epoch as i64), &node, &now],
+                after_seq = excluded.after_seq, instance = excluded.instance",
+            &[&(epoch as i64), &node, &now, &self.instance],
         )?;
         tx.commit()?;
         drop(guard);
@@ -429,6 +457,13 @@ impl PostgresRepository {
             })
         })
     }
+}
+
+/// A mark unique to this process among those that may claim the repository.
+fn instance_mark() -> String {
+    let nanos = std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).map_or(0, |d| d.as_nanos());
+    let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+    format!("{host}/{}/{nanos}", std::process::id())
 }
 
 /// The writer's connection, reopened if the server went away since its last use.
@@ -730,4 +765,21 @@ mod tests {
     }
 
     crate::conformance_tests!(optional fresh);
+
+    /// A batch of more DTOs than one transaction takes commits in parts, every DTO once, and a
+    /// record sent again under another id in a later part is replaced and counted.
+    #[test]
+    fn a_large_batch_loads_in_parts() {
+        use crate::conformance::{dto, T0};
+        use crate::Repository;
+        let Some(repo) = fresh() else { return };
+        repo.claim_epoch(1, "t").unwrap();
+        repo.ensure_family(1, pollux_model::Catalog::builtin().get("Interface").unwrap()).unwrap();
+        let mut batch: Vec<_> = (0..70).map(|i| dto(&format!("d{i}"), T0 + i * 300, &[("r1", "ge-0", 1.0)])).collect();
+        batch.push(dto("again", T0, &[("r1", "ge-0", 2.0)]));
+        let report = repo.load(1, &batch).unwrap();
+        assert_eq!((report.loaded, report.replaced), (71, 1));
+        assert_eq!(repo.registry(0, 1000).unwrap().len(), 71);
+        assert_eq!(repo.load(1, &batch).unwrap().already_loaded, 71);
+    }
 }

@@ -297,6 +297,19 @@ fn finish(app: &App, loaded: &[Dto], report: &pollux_repository::LoadReport) -> 
         return Err(RepoError::Injected("loader.after_commit"));
     }
     for dto in loaded {
+        if report.already_loaded > 0 && loaded_with_other_content(app, dto) {
+            // Acknowledged while the repository was away (its registry could not be asked):
+            // another content under an id already loaded. Kept for the operator, not deleted.
+            Metrics::add(&app.metrics.dtos_quarantined, 1);
+            match app.store.quarantine(&dto.id) {
+                Ok(path) => tracing::error!(
+                    id = %dto.id, path = %path.display(),
+                    "DTO id already loaded with other content (acknowledged while the repository was unavailable): quarantined"
+                ),
+                Err(e) => tracing::error!(id = %dto.id, error = %e, "DTO with other content could not be quarantined"),
+            }
+            continue;
+        }
         if let Err(e) = app.store.remove(&dto.id) {
             tracing::warn!(id = %dto.id, error = %e, "loaded DTO file not removed; the next pass will");
         }
@@ -317,6 +330,15 @@ fn finish(app: &App, loaded: &[Dto], report: &pollux_repository::LoadReport) -> 
     }
     app.maintenance_wake.notify();
     Ok(())
+}
+
+/// Whether the registry holds `dto`'s id with another content's fingerprint. A failed lookup
+/// says no: the file is then removed as before, as the registry holds that id either way.
+fn loaded_with_other_content(app: &App, dto: &Dto) -> bool {
+    match app.repo.loaded_dto(&dto.id) {
+        Ok(Some(entry)) => entry.digest.is_some_and(|digest| digest != dto.digest()),
+        _ => false,
+    }
 }
 
 /// Makes sure the repository has the tables of the DTO's family; false when the family is not

@@ -81,7 +81,11 @@ impl Metrics {
         );
         counter("pollux_dtos_loaded_total", "DTOs loaded into the repository", &self.dtos_loaded);
         counter("pollux_dtos_already_loaded_total", "stored DTOs found already loaded", &self.dtos_already_loaded);
-        counter("pollux_dtos_quarantined_total", "damaged DTO files moved to dto/quarantine", &self.dtos_quarantined);
+        counter(
+            "pollux_dtos_quarantined_total",
+            "DTO files moved to dto/quarantine: damaged, or an id already loaded with other content",
+            &self.dtos_quarantined,
+        );
         counter("pollux_values_loaded_total", "values loaded into the repository", &self.values_loaded);
         counter("pollux_load_errors_total", "failed load transactions (retried)", &self.load_errors);
         counter("pollux_rollups_computed_total", "rollup periods computed", &self.rollups_computed);

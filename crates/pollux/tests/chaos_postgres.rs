@@ -119,3 +119,32 @@ fn a_connection_cut_in_the_middle_of_a_copy() {
     });
     check_nothing_lost(&c, &load.stop());
 }
+
+/// While PostgreSQL is away, ingest cannot ask the registry, so a resend of a loaded id with
+/// other content is acknowledged (201) instead of refused (409). Once the server is back, the
+/// loader finds the id registered with another fingerprint and quarantines the file: the
+/// loaded data stays as it was, and the other content is kept for the operator, not dropped.
+#[test]
+fn other_content_acknowledged_during_an_outage_is_quarantined_not_dropped() {
+    let shared = tempdir();
+    let Some(mut server) = use_postgres(shared.path()) else { return };
+    let node = Aggregator::start(shared.path(), &["--failwait", "2s", "--startwait", "6s"], &[]);
+    node.wait_active();
+    let cycle = unix_now() / 300 * 300 - 600;
+    let first = interface_dto("twice", cycle, 1, 2);
+    assert_eq!(put_json(&node.url, &first).0, 201);
+    wait_until(Duration::from_secs(20), "the first content loaded", || {
+        (get(&format!("{}/api/v1/dto/twice", node.url)).1["state"] == "loaded").then_some(())
+    });
+    server.kill(nix::sys::signal::Signal::SIGKILL);
+    let mut other = first.clone();
+    other["records"][0]["values"]["in_bps"] = serde_json::json!(1.5);
+    assert_eq!(put_json(&node.url, &other).0, 201, "acknowledged without the registry");
+    server.restart().unwrap();
+    let quarantined = shared.path().join("dto/quarantine/twice.dto");
+    wait_until(Duration::from_secs(30), "the other content quarantined", || quarantined.exists().then_some(()));
+    assert!(node.log().contains("already loaded with other content"), "{}", node.log());
+    assert_eq!(RepoCheck::open(shared.path()).values_as_sent(2).unwrap(), 2 * 3, "the loaded content is untouched");
+    let kept = std::fs::read(&quarantined).unwrap();
+    assert!(!kept.is_empty());
+}

@@ -169,8 +169,14 @@ impl ScratchServer {
         let _ = Command::new("sh")
             .args([
                 "-c",
-                "while kill -0 $0 2>/dev/null; do sleep 1; done; \
-                 if [ -e $2/data/postmaster.pid ]; then kill -INT $1; sleep 3; kill -KILL $1; fi 2>/dev/null; rm -rf $2",
+                "while kill -0 $0 2>/dev/null; do sleep 1; done
+                 if [ -e $2/data/postmaster.pid ]; then
+                     kill -INT $1 2>/dev/null
+                     n=0; while kill -0 $1 2>/dev/null && [ $n -lt 50 ]; do sleep 0.2; n=$((n+1)); done
+                     kill -KILL $1 2>/dev/null
+                 fi
+                 # The server's children may outlive it a moment, still writing: until it is gone.
+                 n=0; while [ -e $2 ] && [ $n -lt 30 ]; do rm -rf $2 2>/dev/null; sleep 1; n=$((n+1)); done",
             ])
             .arg(std::process::id().to_string())
             .arg(child.id().to_string())

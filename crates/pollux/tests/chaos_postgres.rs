@@ -148,3 +148,42 @@ fn other_content_acknowledged_during_an_outage_is_quarantined_not_dropped() {
     let kept = std::fs::read(&quarantined).unwrap();
     assert!(!kept.is_empty());
 }
+
+/// PostgreSQL frozen (SIGSTOP of the server and its backends: connections stay open, the
+/// kernel acknowledges, nothing answers): ingest waits a second for the registry at most, then
+/// stops asking it, so acknowledgements go on, the status says the server is not answering, and once the
+/// server resumes every acknowledged DTO is loaded.
+#[test]
+fn a_frozen_postgresql_does_not_stop_acknowledgements() {
+    let shared = tempdir();
+    let Some(server) = use_postgres(shared.path()) else { return };
+    let node = Aggregator::start(shared.path(), &["--failwait", "2s", "--startwait", "6s"], &[]);
+    node.wait_active();
+    let base = unix_now() / 300 * 300 - 3600;
+    let dto = move |n: i64| interface_dto(&format!("frozen.{n}"), base + n * 300, 1, 2);
+    assert_eq!(put_json(&node.url, &dto(0)).0, 201);
+    wait_until(Duration::from_secs(20), "the first DTO loaded", || {
+        (get(&format!("{}/api/v1/dto/frozen.0", node.url)).1["state"] == "loaded").then_some(())
+    });
+    server.signal_all(nix::sys::signal::Signal::SIGSTOP);
+    // Each PUT waits a second for the registry at most, then none once the stall is seen.
+    let mut acked = Vec::new();
+    for n in 1..=8 {
+        let started = std::time::Instant::now();
+        assert_eq!(put_json(&node.url, &dto(n)).0, 201, "frozen.{n}");
+        assert!(started.elapsed() < Duration::from_secs(5), "frozen.{n} took {:?}", started.elapsed());
+        acked.push(n);
+    }
+    let (_, status) = get(&format!("{}/api/v1/status", node.url));
+    assert_eq!(status["repository"]["ok"], false, "{status}");
+    assert!(status["repository"]["error"].as_str().unwrap_or("").contains("not answered"), "{status}");
+    server.signal_all(nix::sys::signal::Signal::SIGCONT);
+    let dtos = acked.len() + 1;
+    for n in acked {
+        wait_until(Duration::from_secs(30), &format!("frozen.{n} loaded"), || {
+            (get(&format!("{}/api/v1/dto/frozen.{n}", node.url)).1["state"] == "loaded").then_some(())
+        });
+    }
+    // Every value of every acknowledged DTO, as sent: 2 records x 3 metrics each.
+    assert_eq!(RepoCheck::open(shared.path()).values_as_sent(2).unwrap(), dtos * 6);
+}

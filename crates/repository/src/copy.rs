@@ -15,7 +15,7 @@
 //!
 //! Both aggregators must be stopped: the copy reads a repository nobody writes.
 
-use crate::postgres::{create_partition, ensure_tables, PostgresRepository};
+use crate::postgres::{client_config, create_partition, ensure_tables, PostgresRepository};
 use crate::sqlite::{FamilyTables as SqliteTables, SqliteOptions, SqliteRepository};
 use crate::{OpenOptions, RepoError, Result};
 use pollux_model::Resolution;
@@ -45,8 +45,7 @@ pub fn sqlite_to_postgres(from: &Path, to: &str, progress: Progress<'_>) -> Resu
     }
     // Makes the schema; then the copy writes with its own connection.
     drop(PostgresRepository::open_for_copy(to, &OpenOptions::default())?);
-    let mut pg = Client::connect(to, NoTls)?;
-    pg.batch_execute("SET client_min_messages = warning")?;
+    let mut pg = client_config(to, &OpenOptions::default())?.connect(NoTls)?;
     pg.batch_execute(
         "CREATE TABLE IF NOT EXISTS copy_progress (step text PRIMARY KEY, position bigint NOT NULL, done boolean NOT NULL)",
     )?;

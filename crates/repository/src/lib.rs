@@ -134,6 +134,34 @@ mod tests {
         assert!(!refused.contains("cr3t"), "{refused}");
         assert!(Location::parse("sqlite:", shared).is_err());
     }
+
+    /// A directory or FIFO named as the SQLite file is a mistake to fix (exit 64), not an
+    /// outage to wait out.
+    #[cfg(feature = "sqlite")]
+    #[test]
+    fn a_sqlite_path_that_is_not_a_file_is_rejected() {
+        let dir = std::env::temp_dir().join(format!("pollux-location-{}", std::process::id()));
+        std::fs::create_dir_all(&dir).unwrap();
+        let fifo = dir.join("fifo");
+        let _ = mkfifo(&fifo);
+        for path in [dir.clone(), fifo] {
+            let err = match super::open(&Location::Sqlite(path.clone()), &super::OpenOptions::default()) {
+                Err(e) => e,
+                Ok(_) => panic!("{} opened", path.display()),
+            };
+            assert_eq!(err.action(), super::Action::Rejected, "{err}");
+            assert!(err.to_string().contains("not a regular file"), "{err}");
+        }
+        std::fs::remove_dir_all(&dir).unwrap();
+    }
+
+    /// A FIFO made with the system's mkfifo.
+    #[cfg(feature = "sqlite")]
+    fn mkfifo(path: &std::path::Path) -> std::io::Result<()> {
+        let status = std::process::Command::new("mkfifo").arg(path).status()?;
+        assert!(status.success(), "mkfifo");
+        Ok(())
+    }
 }
 
 /// Shows where the repository is, never a password.
@@ -186,6 +214,13 @@ pub fn open(location: &Location, options: &OpenOptions) -> Result<Box<dyn Reposi
     match location {
         #[cfg(feature = "sqlite")]
         Location::Sqlite(path) => {
+            // A directory, FIFO or device where the file should be is a mistake to name, not a
+            // repository that is unavailable for now.
+            if let Ok(meta) = std::fs::metadata(path) {
+                if !meta.is_file() {
+                    return Err(RepoError::Rejected(format!("{} is not a regular file", path.display())));
+                }
+            }
             let options = SqliteOptions {
                 journal: options.journal,
                 busy_timeout: options.lock_timeout,
@@ -610,4 +645,12 @@ pub trait Repository: Send + Sync {
     /// Records that `receiver` has had every entry up to `seq`, and drops the entries every
     /// one of `receivers` has had (all of them when `receivers` is empty).
     fn delivered(&self, epoch: Epoch, receiver: Option<(&str, i64)>, receivers: &[String]) -> Result<()>;
+
+    /// True while the repository has stopped answering: a request has waited longer than a
+    /// couple of seconds and none has finished meanwhile (a server frozen, or a network path
+    /// that still acknowledges and never replies). Callers that need not wait for it (ingest's
+    /// registry check) then go on without it.
+    fn stalled(&self) -> bool {
+        false
+    }
 }

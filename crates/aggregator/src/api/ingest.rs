@@ -15,6 +15,7 @@ use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE};
 use pollux_model::{Digest, Dto, DtoError, DtoId};
+use pollux_repository::RepoError;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
@@ -73,12 +74,13 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
         }
         dto.validate(&catalog, &app2.limits, crate::unix_now()).map_err(refused)?;
         drop(decoding);
-        match app2.repo.loaded_dto(&dto.id) {
+        // The repository is away or not answering (its server restarting or frozen):
+        // acknowledge from the shared directory alone. Should the id be loaded already, the
+        // loader finds it registered and drops this copy, or quarantines it if the content
+        // differs; only a resend with other content misses its 409.
+        match registry_entry(&app2, &dto.id) {
             Ok(Some(loaded)) => return repeat(loaded.digest, &dto),
             Ok(None) => {}
-            // The repository is away (its server restarting): acknowledge from the shared
-            // directory alone. Should the id be loaded already, the loader finds it registered
-            // and drops this copy; only a resend with other content misses its 409.
             Err(e) if e.action() == pollux_repository::Action::Retry => {
                 tracing::debug!(id = %dto.id, error = %e, "registry not checked: the repository is unavailable");
             }
@@ -200,6 +202,29 @@ fn repeat(existing: Option<Digest>, dto: &Dto) -> Result<(StatusCode, String), A
         )),
         _ => Ok((StatusCode::OK, dto.id.clone())),
     }
+}
+
+/// How long an acknowledgement waits for the registry before going on without it.
+const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// The registry entry of `id`, asked on a thread of its own and waited for at most
+/// [`REGISTRY_WAIT`]: a repository that stops answering (a frozen server, a path that
+/// acknowledges and never replies) must not stop acknowledgements. Once it is seen stalled it is
+/// not asked at all, so the threads left waiting on it are those of the first second or two.
+fn registry_entry(app: &Arc<App>, id: &str) -> Result<Option<pollux_repository::LoadedDto>, RepoError> {
+    let unanswered = || RepoError::Unavailable("the repository is not answering".into());
+    if app.repo.stalled() {
+        return Err(unanswered());
+    }
+    let (answer, answered) = std::sync::mpsc::sync_channel(1);
+    let (repo, id) = (app.repo.clone(), id.to_owned());
+    std::thread::Builder::new()
+        .name("registry-check".into())
+        .spawn(move || {
+            let _ = answer.send(repo.loaded_dto(&id));
+        })
+        .map_err(|e| RepoError::Unavailable(format!("no thread for the registry check: {e}")))?;
+    answered.recv_timeout(REGISTRY_WAIT).unwrap_or_else(|_| Err(unanswered()))
 }
 
 /// The digest of the DTO already held under `id`: in the store, or (loaded meanwhile) in the

@@ -35,6 +35,7 @@ mod alerts;
 mod load;
 mod query;
 mod rollup;
+#[cfg(any(test, feature = "scratch"))]
 pub mod scratch;
 
 use crate::alerting::Alerting;
@@ -157,6 +158,8 @@ pub struct PostgresRepository {
     families: RwLock<HashMap<String, Arc<FamilyTables>>>,
     /// When a connection attempt last failed, and why.
     connect_failed: Mutex<Option<(std::time::Instant, String)>>,
+    /// The requests waiting on the server, to tell a stalled server from a slow query.
+    activity: Activity,
     /// This process's own mark in the claims it makes, so that a claim retried after a lost
     /// answer is known as its own (a node id alone may be shared by two cloned machines).
     instance: String,
@@ -226,22 +229,7 @@ impl PostgresRepository {
 
     /// As [`Self::open`], for the copy itself, which fills such a database.
     pub(crate) fn open_for_copy(url: &str, options: &OpenOptions) -> Result<PostgresRepository> {
-        let mut config: postgres::Config = url.parse().map_err(|e| RepoError::Rejected(format!("{e}")))?;
-        if config.get_connect_timeout().is_none() {
-            config.connect_timeout(Duration::from_secs(5));
-        }
-        // A server that vanished (a partition, a power cut) is noticed within seconds, not at
-        // the kernel's TCP give-up some 15 minutes later.
-        config.keepalives_idle(Duration::from_secs(5));
-        config.keepalives_interval(Duration::from_secs(2));
-        config.keepalives_retries(3);
-        config.tcp_user_timeout(TCP_USER_TIMEOUT);
-        config.application_name("pollux");
-        config.options(&format!(
-            "-c lock_timeout={} -c idle_in_transaction_session_timeout={} -c client_min_messages=warning",
-            options.lock_timeout.as_millis(),
-            IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
-        ));
+        let config = client_config(url, options)?;
         let mut client = config.connect(NoTls)?;
         create_schema(&mut client)?;
         let repo = PostgresRepository {
@@ -257,6 +245,7 @@ impl PostgresRepository {
             readers: Mutex::new(Vec::new()),
             families: RwLock::new(HashMap::new()),
             connect_failed: Mutex::new(None),
+            activity: Activity::default(),
             instance: instance_mark(),
         };
         repo.reload_families()?;
@@ -315,6 +304,7 @@ impl PostgresRepository {
         committed: impl FnOnce(&mut WriterState<'_>, T) -> U,
     ) -> Result<U> {
         let mut guard = self.writer();
+        let _busy = self.activity.begin();
         let writer = &mut *guard;
         let client = writer_client(&mut writer.client, &mut writer.statements, self)?;
         let mut state = WriterState {
@@ -347,6 +337,7 @@ impl PostgresRepository {
 
     /// Runs `f` on a pooled read connection.
     pub(crate) fn read<T>(&self, f: impl FnOnce(&mut Client) -> Result<T>) -> Result<T> {
+        let _busy = self.activity.begin();
         let pooled = self.readers.lock().expect("reader pool").pop();
         let mut client = match pooled {
             Some(c) if !c.is_closed() => c,
@@ -436,6 +427,13 @@ impl PostgresRepository {
     }
 
     fn stats_now(&self) -> Result<RepoStats> {
+        if let Some(waited) = self.activity.stalled_for() {
+            // Asking would wait as long: say so instead.
+            return Err(RepoError::Unavailable(format!(
+                "the server has not answered for {:.0} s",
+                waited.as_secs_f64()
+            )));
+        }
         self.read(|c| {
             let meta = |c: &mut Client, key: &str| -> Result<u64> {
                 Ok(c.query_opt("SELECT value FROM meta WHERE key = $1", &[&key])?
@@ -456,6 +454,81 @@ impl PostgresRepository {
                 outbox_dropped: meta(c, "outbox_dropped")?,
             })
         })
+    }
+}
+
+/// How every connection of this backend is made: bounded connect, keepalives, server-side
+/// timeouts for a client that freezes, no NOTICE chatter in the logs.
+pub(crate) fn client_config(url: &str, options: &OpenOptions) -> Result<postgres::Config> {
+    let mut config: postgres::Config = url.parse().map_err(|e| RepoError::Rejected(format!("{e}")))?;
+    if config.get_connect_timeout().is_none() {
+        config.connect_timeout(Duration::from_secs(5));
+    }
+    // A server that vanished (a partition, a power cut) is noticed within seconds, not at the
+    // kernel's TCP give-up some 15 minutes later.
+    config.keepalives_idle(Duration::from_secs(5));
+    config.keepalives_interval(Duration::from_secs(2));
+    config.keepalives_retries(3);
+    config.tcp_user_timeout(TCP_USER_TIMEOUT);
+    config.application_name("pollux");
+    config.options(&format!(
+        "-c lock_timeout={} -c idle_in_transaction_session_timeout={} -c client_min_messages=warning",
+        options.lock_timeout.as_millis(),
+        IDLE_IN_TRANSACTION_TIMEOUT.as_millis()
+    ));
+    Ok(config)
+}
+
+/// A request waiting this long, with none finished meanwhile, means the server is not answering.
+const STALLED_AFTER: Duration = Duration::from_secs(2);
+
+/// When each request in progress began, and when one last finished.
+#[derive(Default)]
+struct Activity {
+    state: Mutex<ActivityState>,
+}
+
+#[derive(Default)]
+struct ActivityState {
+    next: u64,
+    running: HashMap<u64, std::time::Instant>,
+    last_done: Option<std::time::Instant>,
+}
+
+impl Activity {
+    fn lock(&self) -> std::sync::MutexGuard<'_, ActivityState> {
+        self.state.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Marks a request begun until the returned guard drops.
+    fn begin(&self) -> Busy<'_> {
+        let mut state = self.lock();
+        let id = state.next;
+        state.next += 1;
+        state.running.insert(id, std::time::Instant::now());
+        Busy { activity: self, id }
+    }
+
+    /// How long the oldest request has waited, when it is over [`STALLED_AFTER`] and nothing
+    /// finished for as long: one slow query among answered ones is not a stall.
+    fn stalled_for(&self) -> Option<Duration> {
+        let state = self.lock();
+        let oldest = state.running.values().min()?.elapsed();
+        let quiet = state.last_done.map_or(oldest, |t| t.elapsed());
+        (oldest > STALLED_AFTER && quiet > STALLED_AFTER).then_some(oldest)
+    }
+}
+
+struct Busy<'a> {
+    activity: &'a Activity,
+    id: u64,
+}
+
+impl Drop for Busy<'_> {
+    fn drop(&mut self) {
+        let mut state = self.activity.lock();
+        state.running.remove(&self.id);
+        state.last_done = Some(std::time::Instant::now());
     }
 }
 
@@ -739,6 +812,9 @@ impl crate::Repository for PostgresRepository {
     fn delivered(&self, epoch: Epoch, receiver: Option<(&str, i64)>, receivers: &[String]) -> Result<()> {
         self.write(epoch, |tx, _| alerts::mark_delivered(tx, receiver, receivers))
     }
+    fn stalled(&self) -> bool {
+        self.activity.stalled_for().is_some()
+    }
 }
 
 #[cfg(test)]
@@ -765,6 +841,29 @@ mod tests {
     }
 
     crate::conformance_tests!(optional fresh);
+
+    /// The maintenance pass makes today's and tomorrow's raw partitions, so the first load after
+    /// midnight does not create one (and wait for the parent table's lock behind readers).
+    #[test]
+    fn maintenance_makes_the_days_partitions_ahead() {
+        use crate::Repository;
+        let Some(repo) = fresh() else { return };
+        repo.claim_epoch(1, "t").unwrap();
+        repo.ensure_family(1, pollux_model::Catalog::builtin().get("Interface").unwrap()).unwrap();
+        let family = repo.family("Interface").unwrap();
+        let today = unix_now().div_euclid(DAY);
+        let exists = |day: i64| {
+            repo.read(|c| {
+                let sql = "SELECT to_regclass($1) IS NOT NULL";
+                Ok(c.query_one(sql, &[&family.raw_day(day)])?.get::<_, bool>(0))
+            })
+            .unwrap()
+        };
+        assert!(!exists(today) && !exists(today + 1));
+        repo.compact(1, unix_now(), 10).unwrap();
+        assert!(exists(today) && exists(today + 1));
+        assert!(matches!(repo.compact(0, unix_now(), 10), Err(RepoError::Fenced { .. })));
+    }
 
     /// A batch of more DTOs than one transaction takes commits in parts, every DTO once, and a
     /// record sent again under another id in a later part is replaced and counted.

@@ -14,7 +14,7 @@ use std::time::{Duration, Instant};
 pub struct ScratchServer {
     bin: PathBuf,
     /// Holds `data/` and `socket/`; removed on drop.
-    root: tempfile_dir::Dir,
+    root: tempfile::TempDir,
     port: u16,
     user: Option<(u32, u32)>,
     server: Option<Child>,
@@ -52,7 +52,8 @@ impl ScratchServer {
     /// Makes and starts a server; `Err` says why it could not (no binaries, initdb failed).
     pub fn start() -> Result<ScratchServer, String> {
         let bin = binaries().ok_or("no PostgreSQL binaries (initdb, postgres): install the postgresql package")?;
-        let root = tempfile_dir::Dir::new().map_err(|e| format!("temporary directory: {e}"))?;
+        let root =
+            tempfile::Builder::new().prefix("pollux-pg-").tempdir().map_err(|e| format!("temporary directory: {e}"))?;
         let user = if nix::unistd::geteuid().is_root() { Some(unprivileged_user()?) } else { None };
         if let Some((uid, gid)) = user {
             nix::unistd::chown(root.path(), Some(uid.into()), Some(gid.into())).map_err(|e| format!("chown: {e}"))?;
@@ -209,6 +210,8 @@ impl ScratchServer {
     /// Kills the server with `signal` and waits for it (SIGKILL: a crash; SIGINT: a fast
     /// shutdown that aborts open transactions).
     pub fn kill(&mut self, signal: nix::sys::signal::Signal) {
+        // A frozen server would not see the signal.
+        self.signal_all(nix::sys::signal::Signal::SIGCONT);
         if let Some(mut child) = self.server.take() {
             let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(child.id() as i32), signal);
             let _ = child.wait();
@@ -221,6 +224,26 @@ impl ScratchServer {
                 }
                 std::thread::sleep(Duration::from_millis(50));
             }
+        }
+    }
+
+    /// Sends `signal` to the server and every process it started (SIGSTOP freezes the whole
+    /// server: connections stay open, the kernel still acknowledges, nothing answers).
+    pub fn signal_all(&self, signal: nix::sys::signal::Signal) {
+        let Some(postmaster) = self.pid() else { return };
+        let mut pids = vec![postmaster as i32];
+        for entry in std::fs::read_dir("/proc").into_iter().flatten().flatten() {
+            let Ok(pid) = entry.file_name().to_string_lossy().parse::<i32>() else { continue };
+            let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else { continue };
+            // The parent pid is the second field after the command's closing parenthesis.
+            let parent =
+                stat.rsplit_once(')').and_then(|(_, rest)| rest.split_whitespace().nth(1)?.parse::<u32>().ok());
+            if parent == Some(postmaster) {
+                pids.push(pid);
+            }
+        }
+        for pid in pids {
+            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid), signal);
         }
     }
 
@@ -247,35 +270,4 @@ fn unprivileged_user() -> Result<(u32, u32), String> {
 fn free_port() -> Result<u16, String> {
     let listener = std::net::TcpListener::bind("127.0.0.1:0").map_err(|e| e.to_string())?;
     Ok(listener.local_addr().map_err(|e| e.to_string())?.port())
-}
-
-/// A temporary directory removed on drop (the crate does not depend on `tempfile`).
-mod tempfile_dir {
-    use std::path::{Path, PathBuf};
-
-    pub struct Dir(PathBuf);
-
-    impl Dir {
-        pub fn new() -> std::io::Result<Dir> {
-            let base = std::env::temp_dir();
-            for n in 0..1000u32 {
-                let path = base.join(format!("pollux-pg-{}-{n}", std::process::id()));
-                match std::fs::create_dir(&path) {
-                    Ok(()) => return Ok(Dir(path)),
-                    Err(e) if e.kind() == std::io::ErrorKind::AlreadyExists => continue,
-                    Err(e) => return Err(e),
-                }
-            }
-            Err(std::io::Error::other("no free temporary directory name"))
-        }
-        pub fn path(&self) -> &Path {
-            &self.0
-        }
-    }
-
-    impl Drop for Dir {
-        fn drop(&mut self) {
-            let _ = std::fs::remove_dir_all(&self.0);
-        }
-    }
 }

@@ -85,7 +85,32 @@ impl AlertStore for SqliteAlerts<'_, '_> {
         value: f64,
         epoch: Epoch,
     ) -> Result<i64> {
-        open_event(self.tx, rule, device, item, at, cycle, value, epoch)
+        let spec = &rule.spec;
+        Ok(self
+            .tx
+            .prepare_cached(
+                "INSERT INTO events (rule_id, rule_name, severity, family, metric, device, item, state, opened_at,
+                    opened_cycle, value, op, threshold, peak, epoch)
+                 VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?11, ?12, ?10, ?13) RETURNING id",
+            )?
+            .query_row(
+                params![
+                    rule.id,
+                    spec.display_name(),
+                    spec.severity.name(),
+                    spec.family,
+                    spec.metric,
+                    device,
+                    item,
+                    at,
+                    cycle,
+                    value,
+                    spec.op.symbol(),
+                    spec.value,
+                    epoch as i64
+                ],
+                |r| r.get(0),
+            )?)
     }
     fn set_peak(&mut self, event: i64, peak: f64) -> Result<()> {
         self.tx.prepare_cached("UPDATE events SET peak = ?2 WHERE id = ?1")?.execute(params![event, peak])?;
@@ -106,44 +131,6 @@ impl AlertStore for SqliteAlerts<'_, '_> {
     fn write_state(&mut self, key: PairKey, state: Option<&State>) -> Result<()> {
         write_state(self.tx, key, state)
     }
-}
-
-#[allow(clippy::too_many_arguments)]
-fn open_event(
-    tx: &Transaction<'_>,
-    rule: &Rule,
-    device: &str,
-    item: &str,
-    at: i64,
-    cycle: i64,
-    value: f64,
-    epoch: Epoch,
-) -> Result<i64> {
-    let spec = &rule.spec;
-    Ok(tx
-        .prepare_cached(
-            "INSERT INTO events (rule_id, rule_name, severity, family, metric, device, item, state, opened_at,
-                opened_cycle, value, op, threshold, peak, epoch)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, 'open', ?8, ?9, ?10, ?11, ?12, ?10, ?13) RETURNING id",
-        )?
-        .query_row(
-            params![
-                rule.id,
-                spec.display_name(),
-                spec.severity.name(),
-                spec.family,
-                spec.metric,
-                device,
-                item,
-                at,
-                cycle,
-                value,
-                spec.op.symbol(),
-                spec.value,
-                epoch as i64
-            ],
-            |r| r.get(0),
-        )?)
 }
 
 fn enqueue(tx: &Transaction<'_>, event: i64, transition: EventState) -> Result<()> {

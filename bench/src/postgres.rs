@@ -175,11 +175,11 @@ fn queries(server: &ScratchServer, items: usize, hours: usize) -> anyhow::Result
     Ok(())
 }
 
-/// The README's Grafana query for an interface's in/out bps, with Grafana's macros replaced by
+/// The operator guide's Grafana query for an interface's in/out bps, with Grafana's macros replaced by
 /// the last hour: it must answer a point per cycle.
 fn grafana_query(server: &ScratchServer, database: &str, end: i64) -> anyhow::Result<()> {
-    let readme = include_str!("../../README.md");
-    let start = readme.find("SELECT to_timestamp(r.ts) AS time").context("the README's Grafana query")?;
+    let readme = include_str!("../../docs/operator-guide.md");
+    let start = readme.find("SELECT to_timestamp(r.ts) AS time").context("the operator guide's Grafana query")?;
     let sql = &readme[start..start + readme[start..].find("```").context("end of the query")?];
     let number: i64 = {
         let mut c = postgres::Client::connect(&server.url(database), postgres::NoTls)?;
@@ -193,7 +193,7 @@ fn grafana_query(server: &ScratchServer, database: &str, end: i64) -> anyhow::Re
         .replace("$__unixEpochTo()", &end.to_string());
     let mut client = postgres::Client::connect(&server.url(database), postgres::NoTls)?;
     let rows = client.query(sql.as_str(), &[])?;
-    println!("  the README's Grafana query over the last hour: {} points of in/out bps", rows.len());
+    println!("  the operator guide's Grafana query over the last hour: {} points of in/out bps", rows.len());
     anyhow::ensure!(rows.len() >= 11, "a point per 5-minute cycle: {}", rows.len());
     Ok(())
 }

@@ -1,6 +1,6 @@
 //! The aggregator's configuration: a TOML file, overridden by command-line flags, checked once.
 //!
-//! Every key, its default and why it has that default are listed in the README; the defaults
+//! Every key, its default and why it has that default are listed in docs/reference.md; the defaults
 //! live here as named constants. [`AggregatorConfig::validate`] checks cross-field rules before
 //! any port is bound or file touched, and every error names the file and key at fault.
 
@@ -44,7 +44,7 @@ pub const DEFAULT_MIN_FREE_BYTES: u64 = 256 << 20;
 /// 64 MiB must not exhaust memory. Past it a PUT is answered 503 with Retry-After.
 pub const DEFAULT_MAX_BODY_BYTES_IN_FLIGHT: usize = 256 << 20;
 
-/// Where SQLite's journal goes (see the README: WAL does not work across hosts on NFS).
+/// Where SQLite's journal goes (see docs/architecture.md: WAL does not work across hosts on NFS).
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Deserialize)]
 #[serde(rename_all = "lowercase")]
 pub enum JournalChoice {

@@ -1,5 +1,5 @@
 //! The collector's configuration: a TOML file, overridden by command-line flags, checked once.
-//! Every key and its default is listed in the README; defaults live here as named constants.
+//! Every key and its default is listed in docs/reference.md; defaults live here as named constants.
 
 pub use pollux_model::config::ConfigError;
 use pollux_model::duration;

@@ -72,7 +72,7 @@ fn call(method: &str, url: &str, authorization: Option<&str>) -> u16 {
     answer.map(|r| r.status().as_u16()).unwrap_or(0)
 }
 
-/// The class the README gives each route: what this test holds the server to.
+/// The class the reference (docs/reference.md) gives each route: what this test holds the server to.
 fn expected_class(method: &str, path: &str) -> &'static str {
     match (method, path) {
         ("get", "/health" | "/health/active" | "/api/v1/openapi.json") => "open",
@@ -596,7 +596,7 @@ fn tokens_are_replaced_on_sighup_without_a_restart() {
     assert!(!da.log().contains("ingest-before-0123456789"), "a token in the log");
 }
 
-/// The README's rotation of the ingest token, with a real collector polling simulated devices:
+/// The operator guide's rotation of the ingest token, with a real collector polling simulated devices:
 /// the aggregator takes the new token first (the collector's DTOs are refused and wait in its
 /// spool), then the collector; every cycle polled in between is delivered, nothing is lost.
 #[test]

@@ -163,7 +163,7 @@ pub fn run(rate_devices: usize, big_devices: usize) -> anyhow::Result<()> {
     .collect();
     let sim_started = Instant::now();
     let (sim, _) = spawn(&sim_args)?;
-    let sim_pid = sim.child.id();
+    let sim_pid = sim.pid();
     println!(
         "collector: simulator with {big_devices} devices x {INTERFACES} interfaces up in {:.1} s, RSS {:.0} MB",
         sim_started.elapsed().as_secs_f64(),
@@ -207,7 +207,7 @@ pub fn run(rate_devices: usize, big_devices: usize) -> anyhow::Result<()> {
     let big_dir = dir.path().join("big");
     std::fs::create_dir_all(&big_dir)?;
     let (collector, metrics_url) = start_collector(&big_dir, &aggregator_url, &big_inventory, "30s")?;
-    let pid = collector.child.id();
+    let pid = collector.pid();
     let metrics_url = format!("{metrics_url}/metrics");
     // Skip the first cycle (sessions, and no rates yet), then measure over the next two.
     cycle_times(&metrics_url, 1, Duration::from_secs(120))?;
@@ -244,7 +244,7 @@ pub fn run(rate_devices: usize, big_devices: usize) -> anyhow::Result<()> {
     std::fs::create_dir_all(&sessions_dir)?;
     let (collector, metrics_url) = start_collector(&sessions_dir, &aggregator_url, &sessions_inventory, "5s")?;
     cycle_times(&format!("{metrics_url}/metrics"), 2, Duration::from_secs(120))?;
-    let sessions_rss = rss_bytes(collector.child.id())?;
+    let sessions_rss = rss_bytes(collector.pid())?;
     println!(
         "collector: the same {big_devices} devices, Availability only: RSS {:.0} MB = {:.1} KB per device \
          (SNMP sessions and the process itself); the rest of the full run's RSS is {:.0} bytes per other item",

@@ -2,87 +2,44 @@
 //! time without an active; the proxy's overhead on ingest and query latency.
 
 use crate::ingest::make_dto;
-use crate::util::{self, agent, median, percentile, spawn, wait_for, Proc, Rng};
+use crate::util::{self, median, percentile, wait_for, Rng};
 use anyhow::Context;
+use pollux_cluster::{Cluster, ClusterSpec};
 use pollux_model::codec::json;
 use std::time::{Duration, Instant};
 
 const FAILWAIT: &str = "2s";
-const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
 
-struct Cluster {
-    shared: tempfile::TempDir,
-    ports: [u16; 2],
-    nodes: [Option<Proc>; 2],
-    _proxy: Proc,
-    proxy: String,
+/// The cluster harness's proxy and two aggregators, with the benchmark's HTTPS and tokens when
+/// they are on.
+fn start_cluster(shared: &tempfile::TempDir) -> anyhow::Result<Cluster> {
+    let mut spec = ClusterSpec::new(util::pollux_bin()?, shared.path(), shared.path());
+    spec.failwait = FAILWAIT.into();
+    spec.startwait = "10s".into();
+    spec.security = util::tls().cloned();
+    spec.common_env = vec![(
+        "RUST_LOG".into(),
+        "warn,pollux=info,pollux_aggregator=info,pollux_proxy=info,pollux_collector=info".into(),
+    )];
+    let cluster = Cluster::start(spec).map_err(anyhow::Error::msg)?;
+    cluster.wait_active(0, Duration::from_secs(30)).map_err(anyhow::Error::msg)?;
+    Ok(cluster)
 }
 
-impl Cluster {
-    fn start() -> anyhow::Result<Cluster> {
-        let shared = tempfile::tempdir()?;
-        let port = |h: &str| -> anyhow::Result<u16> { Ok(std::net::TcpListener::bind((h, 0))?.local_addr()?.port()) };
-        let ports = [port(HOSTS[0])?, port(HOSTS[1])?];
-        let mut args: Vec<String> = vec!["proxy".into(), "--listen".into(), "127.0.0.1:0".into()];
-        for i in 0..2 {
-            args.extend(["--aggregator".into(), format!("{}://{}:{}", util::scheme(), HOSTS[i], ports[i])]);
-        }
-        args.extend(util::security_args("proxy", shared.path())?);
-        let (proxy_proc, proxy) = spawn(&args)?;
-        let mut c = Cluster { shared, ports, nodes: [None, None], _proxy: proxy_proc, proxy };
-        c.start_node(0)?;
-        wait_for(Duration::from_secs(30), || Ok(util::get_status(&format!("{}/health/active", c.url(0)))? == 200))?;
-        c.start_node(1)?;
-        Ok(c)
-    }
-
-    fn url(&self, i: usize) -> String {
-        format!("{}://{}:{}", util::scheme(), HOSTS[i], self.ports[i])
-    }
-
-    fn start_node(&mut self, i: usize) -> anyhow::Result<()> {
-        let security = util::security_args("aggregator", self.shared.path())?;
-        let (proc, _) = spawn(
-            &[
-                "aggregator".into(),
-                "--node-id".into(),
-                format!("da{}", i + 1),
-                "--listen".into(),
-                format!("{}:{}", HOSTS[i], self.ports[i]),
-                "--failwait".into(),
-                FAILWAIT.into(),
-                "--startwait".into(),
-                "10s".into(),
-                "--shared-dir".into(),
-                self.shared.path().display().to_string(),
-            ]
-            .into_iter()
-            .chain(security)
-            .collect::<Vec<_>>(),
-        )?;
-        self.nodes[i] = Some(proc);
-        Ok(())
-    }
-
-    fn active(&self) -> anyhow::Result<Option<usize>> {
-        for i in 0..2 {
-            if self.nodes[i].is_some() && util::get_status(&format!("{}/health/active", self.url(i)))? == 200 {
-                return Ok(Some(i));
-            }
-        }
-        Ok(None)
-    }
-
-    fn wait_standby(&self, i: usize) -> anyhow::Result<()> {
-        wait_for(Duration::from_secs(30), || {
-            let text = agent()
-                .get(&format!("{}/health", self.url(i)))
-                .call()
-                .ok()
-                .and_then(|mut r| r.body_mut().read_to_string().ok());
-            Ok(text.is_some_and(|t| t.contains("\"role\":\"standby\"")))
+fn active(c: &Cluster) -> anyhow::Result<usize> {
+    (0..2)
+        .find(|&i| {
+            c.nodes[i].is_some() && pollux_cluster::health(c.client(), &c.url(i), true).is_some_and(|(s, _)| s == 200)
         })
-    }
+        .context("no active")
+}
+
+fn wait_standby(c: &Cluster, i: usize) -> anyhow::Result<()> {
+    pollux_cluster::wait_for(Duration::from_secs(30), "the standby", || {
+        c.health(i).filter(|h| h.role == pollux_cluster::Role::Standby)
+    })
+    .map_err(anyhow::Error::msg)?;
+    Ok(())
 }
 
 /// PUTs small DTOs through the proxy until one sent after `after` is answered 201.
@@ -107,21 +64,22 @@ fn first_201_after(proxy: &str, after: Instant, seq: &mut u64, rng: &mut Rng) ->
 }
 
 pub fn run(rounds: usize) -> anyhow::Result<()> {
-    let mut c = Cluster::start()?;
+    let shared = tempfile::tempdir()?;
+    let mut c = start_cluster(&shared)?;
     let mut rng = Rng::new(17);
     let mut seq = 0;
     println!("failover: two aggregators (127.0.0.2, 127.0.0.3) and a proxy (127.0.0.1), failwait {FAILWAIT}, {rounds} rounds");
-    first_201_after(&c.proxy, Instant::now(), &mut seq, &mut rng)?;
+    let proxy = c.proxy.url.clone();
+    first_201_after(&proxy, Instant::now(), &mut seq, &mut rng)?;
     let mut kill_gaps = Vec::new();
     for _ in 0..rounds {
-        let active = c.active()?.context("no active")?;
-        let standby = 1 - active;
-        c.wait_standby(standby)?;
+        let active = active(&c)?;
+        wait_standby(&c, 1 - active)?;
         let killed = Instant::now();
-        c.nodes[active] = None; // kill -9 (Proc's drop)
-        let done = first_201_after(&c.proxy, killed, &mut seq, &mut rng)?;
+        c.kill9(active);
+        let done = first_201_after(&proxy, killed, &mut seq, &mut rng)?;
         kill_gaps.push((done - killed).as_secs_f64());
-        c.start_node(active)?;
+        c.start_node(active).map_err(anyhow::Error::msg)?;
     }
     let worst = kill_gaps.iter().cloned().fold(0.0, f64::max);
     println!(
@@ -132,9 +90,9 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
 
     let mut switch_gaps = Vec::new();
     for _ in 0..rounds {
-        let active = c.active()?.context("no active")?;
+        let active = active(&c)?;
         let other = c.url(1 - active);
-        c.wait_standby(1 - active)?;
+        wait_standby(&c, 1 - active)?;
         let agent = util::agent();
         let asked = Instant::now();
         let r = agent.post(&format!("{}/api/v1/failover", c.url(active))).send_empty()?;
@@ -152,7 +110,7 @@ pub fn run(rounds: usize) -> anyhow::Result<()> {
 }
 
 fn proxy_overhead(c: &Cluster, rng: &mut Rng) -> anyhow::Result<()> {
-    let active = c.url(c.active()?.context("no active")?);
+    let active = c.url(active(c)?);
     let agent = util::agent();
     let cycle = (util::unix_now() / 300 - 1) * 300;
     let mut put_lat = |base: &str, tag: &str| -> anyhow::Result<f64> {
@@ -170,7 +128,8 @@ fn proxy_overhead(c: &Cluster, rng: &mut Rng) -> anyhow::Result<()> {
         }
         Ok(percentile(&mut times, 50.0))
     };
-    let (direct_put, proxied_put) = (put_lat(&active, "direct")?, put_lat(&c.proxy, "proxied")?);
+    let proxy = c.proxy.url.clone();
+    let (direct_put, proxied_put) = (put_lat(&active, "direct")?, put_lat(&proxy, "proxied")?);
     // A day of 5-minute cycles for 100 interfaces, to query a realistic 24-hour series.
     let day_end = util::unix_now() / 300 * 300 - 300;
     for n in 0..288 {
@@ -197,9 +156,9 @@ fn proxy_overhead(c: &Cluster, rng: &mut Rng) -> anyhow::Result<()> {
         Ok(percentile(&mut times, 50.0))
     };
     let day = (day_end - 86_400, day_end);
-    let (direct_day, proxied_day) = (get_lat(&active, day.0, day.1)?, get_lat(&c.proxy, day.0, day.1)?);
+    let (direct_day, proxied_day) = (get_lat(&active, day.0, day.1)?, get_lat(&proxy, day.0, day.1)?);
     let hour = (day_end - 3600, day_end);
-    let (direct_hour, proxied_hour) = (get_lat(&active, hour.0, hour.1)?, get_lat(&c.proxy, hour.0, hour.1)?);
+    let (direct_hour, proxied_hour) = (get_lat(&active, hour.0, hour.1)?, get_lat(&proxy, hour.0, hour.1)?);
     let pct = |via: f64, direct: f64| (via / direct - 1.0) * 100.0;
     println!("  proxy overhead at p50 (target < 10 %), direct vs via the proxy:");
     println!(

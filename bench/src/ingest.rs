@@ -150,15 +150,13 @@ fn victoria_metrics(dtos: &[Dto]) -> anyhow::Result<Option<f64>> {
     }
     let dir = tempfile::tempdir()?;
     let port = std::net::TcpListener::bind("127.0.0.1:0")?.local_addr()?.port();
-    let child = std::process::Command::new(bin)
-        .arg(format!("-storageDataPath={}", dir.path().display()))
-        .arg(format!("-httpListenAddr=127.0.0.1:{port}"))
-        .arg("-loggerLevel=ERROR")
-        .stdout(std::process::Stdio::null())
-        .stderr(std::process::Stdio::null())
-        .spawn()
-        .context("starting victoria-metrics")?;
-    let _proc = util::Proc { child };
+    let args = [
+        format!("-storageDataPath={}", dir.path().display()),
+        format!("-httpListenAddr=127.0.0.1:{port}"),
+        "-loggerLevel=ERROR".to_owned(),
+    ];
+    let _proc =
+        pollux_cluster::Launch::new("victoria-metrics", bin, &args).spawn().context("starting victoria-metrics")?;
     let url = format!("http://127.0.0.1:{port}");
     wait_for(Duration::from_secs(30), || Ok(util::get_status(&format!("{url}/health"))? == 200))?;
     let bodies: Arc<Vec<Vec<u8>>> = Arc::new(

@@ -1,9 +1,7 @@
 //! Helpers shared by the benchmarks: the pollux binary as a child process, HTTP, statistics.
 
 use anyhow::{bail, Context};
-use std::io::{BufRead, BufReader};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
 use std::time::{Duration, Instant};
 
 /// The `pollux` binary built beside this one.
@@ -16,71 +14,29 @@ pub fn pollux_bin() -> anyhow::Result<PathBuf> {
     Ok(bin)
 }
 
-/// A child process killed (by pid) when dropped.
-pub struct Proc {
-    pub child: Child,
-}
-
-impl Drop for Proc {
-    fn drop(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
-    }
-}
+/// A child process killed (by pid) when dropped: the cluster harness's.
+pub type Proc = pollux_cluster::Process;
 
 /// HTTPS and tokens for the processes the benchmarks start and the requests they send, while
-/// switched on with [`set_tls`]: a CA and a certificate for 127.0.0.1-3 from `pollux certs`,
-/// an ingest token (sent with every PUT) and an admin token (every POST). The read class stays
-/// open, as an operator may leave it.
-pub struct Tls {
-    _dir: tempfile::TempDir,
-    ca: PathBuf,
-    cert: PathBuf,
-    key: PathBuf,
-    ingest_file: PathBuf,
-    admin_file: PathBuf,
-    ingest: String,
-    admin: String,
-}
-
+/// switched on with [`set_tls`]: the cluster harness's CA, a certificate for 127.0.0.1-3 and an
+/// ingest and admin token (sent with every PUT and POST). The read class stays open, as an
+/// operator may leave it.
 static TLS_ON: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
-static TLS: std::sync::OnceLock<Tls> = std::sync::OnceLock::new();
+static TLS: std::sync::OnceLock<(tempfile::TempDir, pollux_cluster::Security)> = std::sync::OnceLock::new();
 
 /// Switches HTTPS with tokens on or off for what starts and is sent from now on.
 pub fn set_tls(on: bool) -> anyhow::Result<()> {
     if on && TLS.get().is_none() {
         let dir = tempfile::tempdir()?;
-        let out = Command::new(pollux_bin()?)
-            .args(["certs", "--dir"])
-            .arg(dir.path())
-            .args(["127.0.0.1", "127.0.0.2", "127.0.0.3"])
-            .output()?;
-        anyhow::ensure!(out.status.success(), "pollux certs: {}", String::from_utf8_lossy(&out.stderr));
-        let token = |name: &str| -> anyhow::Result<(PathBuf, String)> {
-            let value = format!("{name}-bench-token-{:016x}", Rng::new(unix_now() as u64).next());
-            let path = dir.path().join(format!("{name}.token"));
-            std::fs::write(&path, &value)?;
-            Ok((path, value))
-        };
-        let ((ingest_file, ingest), (admin_file, admin)) = (token("ingest")?, token("admin")?);
-        let tls = dir.path();
-        let _ = TLS.set(Tls {
-            ca: tls.join("ca.pem"),
-            cert: tls.join("127.0.0.1.pem"),
-            key: tls.join("127.0.0.1.key"),
-            ingest_file,
-            admin_file,
-            ingest,
-            admin,
-            _dir: dir,
-        });
+        let security = pollux_cluster::Security::make(&pollux_bin()?, dir.path(), false).map_err(anyhow::Error::msg)?;
+        let _ = TLS.set((dir, security));
     }
     TLS_ON.store(on, std::sync::atomic::Ordering::SeqCst);
     Ok(())
 }
 
-pub fn tls() -> Option<&'static Tls> {
-    TLS_ON.load(std::sync::atomic::Ordering::SeqCst).then(|| TLS.get()).flatten()
+pub fn tls() -> Option<&'static pollux_cluster::Security> {
+    TLS_ON.load(std::sync::atomic::Ordering::SeqCst).then(|| TLS.get().map(|(_, s)| s)).flatten()
 }
 
 pub fn scheme() -> &'static str {
@@ -95,13 +51,10 @@ pub fn scheme() -> &'static str {
 /// `dir`; nothing while TLS is off.
 pub fn security_args(role: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
     let Some(t) = tls() else { return Ok(Vec::new()) };
-    let mut toml = format!("tls_cert = {:?}\ntls_key = {:?}\n", t.cert, t.key);
-    match role {
-        "aggregator" => {
-            toml.push_str(&format!("ingest_token_file = {:?}\nadmin_token_file = {:?}\n", t.ingest_file, t.admin_file))
-        }
-        _ => toml.push_str(&format!("ca_file = {:?}\n", t.ca)),
-    }
+    let toml = match role {
+        "aggregator" => t.aggregator_toml(),
+        _ => t.proxy_toml(),
+    };
     let path = dir.join(format!("{role}-{}.toml", std::process::id()));
     std::fs::write(&path, toml)?;
     Ok(vec!["--config".into(), path.display().to_string()])
@@ -109,24 +62,16 @@ pub fn security_args(role: &str, dir: &Path) -> anyhow::Result<Vec<String>> {
 
 /// Starts `pollux <args>` and returns it with the URL it says it listens on.
 pub fn spawn(args: &[String]) -> anyhow::Result<(Proc, String)> {
-    let mut child = Command::new(pollux_bin()?)
-        .args(args)
-        .env("RUST_LOG", "warn,pollux=info,pollux_aggregator=info,pollux_proxy=info,pollux_collector=info")
-        .stdout(Stdio::null())
-        .stderr(Stdio::piped())
-        .spawn()?;
-    let stderr = child.stderr.take().unwrap();
-    let proc = Proc { child };
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        for line in BufReader::new(stderr).lines().map_while(Result::ok) {
-            if let Some(addr) = line.split("listening on ").nth(1) {
-                let _ = tx.send(addr.trim().to_owned());
-            }
-        }
-    });
-    let addr = rx.recv_timeout(Duration::from_secs(60)).with_context(|| format!("pollux {args:?} did not start"))?;
-    Ok((proc, format!("{}://{addr}", scheme())))
+    let launch = pollux_cluster::Launch::new("pollux", pollux_bin()?, args)
+        .env("RUST_LOG", "warn,pollux=info,pollux_aggregator=info,pollux_proxy=info,pollux_collector=info");
+    let mut proc = launch.spawn()?;
+    let addr = proc
+        .listening(Duration::from_secs(60))
+        .map_err(anyhow::Error::msg)
+        .with_context(|| format!("pollux {args:?}"))?;
+    proc.url = format!("{}://{addr}", scheme());
+    let url = proc.url.clone();
+    Ok((proc, url))
 }
 
 /// Starts `pollux aggregator` on an ephemeral port; returns it with its base URL once active.
@@ -179,23 +124,7 @@ pub fn send_all<T: Send + Sync + 'static>(
 /// A client; while TLS is on it trusts the benchmark CA and sends the ingest token with PUTs
 /// and the admin token with POSTs.
 pub fn agent() -> ureq::Agent {
-    let config =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(120))).http_status_as_error(false);
-    let Some(t) = tls() else { return ureq::Agent::new_with_config(config.build()) };
-    let tls = pollux_transport::ClientTls::load(Some(&t.ca)).expect("the benchmark CA");
-    let (ingest, admin) = (format!("Bearer {}", t.ingest), format!("Bearer {}", t.admin));
-    let with_token = move |mut request: ureq::http::Request<ureq::SendBody>, next: ureq::middleware::MiddlewareNext| {
-        let token = match *request.method() {
-            ureq::http::Method::PUT => Some(&ingest),
-            ureq::http::Method::POST => Some(&admin),
-            _ => None,
-        };
-        if let Some(token) = token {
-            request.headers_mut().insert("authorization", token.parse().expect("a header value"));
-        }
-        next.handle(request)
-    };
-    ureq::Agent::new_with_config(config.tls_config(tls.ureq()).middleware(with_token).build())
+    pollux_cluster::security::client(tls(), Duration::from_secs(120))
 }
 
 pub fn get_status(url: &str) -> anyhow::Result<u16> {

@@ -1,51 +1,71 @@
-//! The Data Aggregator: durable DTO ingest, exactly-once loading, rollups, the query API and
-//! health.
+//! The Data Aggregator: durable DTO ingest, exactly-once loading, rollups, thresholds, the query
+//! API, the portal and health. This file is the composition root only: it builds the narrow
+//! parts and hands each to what uses it.
 //!
 //! ```text
-//!            PUT /api/v1/dto/{id}                          GET /api/v1/{series,top,...}
+//!            PUT /api/v1/dto/{id}                          GET /api/v1/{series,top,...}, portal
 //!                  │ validate, fsync into dto/, 201              │
 //!                  ▼                                             ▼
-//!   api ──▶ store (<shared>/dto) ──▶ loader thread ──▶ repository ◀── maintenance thread
-//!                                    (exactly once)     (SQLite)      (rollups, compaction,
-//!                                                                      retention)
+//!   api ──▶ ingest (store, handoff) ──▶ active: loader ──▶ repository ◀── active: housekeeping
+//!                                        (exactly once)                    (rollups, compaction,
+//!                                        active: notifier ──▶ Alertmanager, webhooks  retention)
+//!   election runtime ── starts and stops the active services with each term (epoch)
 //! ```
 //!
-//! [`Aggregator::build`] checks the shared directory and opens the repository; [`Aggregator::run`]
-//! serves HTTP, takes the active role (claims a new epoch, discards temp leftovers, starts the
-//! loader and maintenance threads) and returns when the shutdown token fires and every thread has
-//! ended. The active parts are started and stopped as a unit with an epoch, which is what the
-//! election (a later layer) drives.
+//! - [`api`]: one file per route class; each handler takes only its part ([`api::ApiState`]).
+//! - [`ingest`]: the DTO store in the shared directory and the handoff to the loader.
+//! - [`active`]: what runs only on the active, as workers behind one runner.
+//! - [`shared_dir`]: the fence, maintenance flags, node and collector reports, family files.
+//! - [`election`]: the runtime around the pure elector.
+//! - [`status`]: gathers the System Status from narrow sources.
+//!
+//! [`Aggregator::build`] checks the shared directory and opens the repository; binds nothing.
+//! [`Aggregator::run`] serves until the shutdown token fires and returns once every thread and
+//! task it started has ended.
 #![forbid(unsafe_code)]
 
+pub mod active;
 pub mod api;
 pub mod config;
 pub mod election;
-pub mod loader;
-pub mod maintenance;
+pub mod ingest;
 pub mod metrics;
 pub mod node;
-pub mod notify;
+mod portal;
 pub mod progress;
-pub mod services;
-pub mod shared;
+pub mod shared_dir;
 pub mod status;
-pub mod store;
+pub mod wake;
 
+use active::housekeeping::HousekeepingParts;
+use active::loader::{LoadHealth, LoaderParts};
+use active::notifier::{NotifierParts, NotifyHealth};
+use active::worker::WorkerBoard;
+use active::ActiveParts;
 use config::{AggregatorConfig, JournalChoice};
-use election::Command;
+use election::{Command, ElectionParts};
+use ingest::handoff::Handoff;
+use ingest::store::DtoStore;
+use ingest::Ingest;
 use metrics::Metrics;
-use node::{Node, Wake};
+use node::Node;
 use pollux_election::{FileLeaseStore, Timing};
-use pollux_model::{Catalog, Limits};
+use pollux_model::Limits;
 use pollux_repository::{JournalMode, OpenOptions, RepoError, Repository};
-use shared::{FamilyFiles, SharedDir, SharedDirError, SharedDirReport};
-use std::sync::mpsc::{Receiver, Sender};
-use std::sync::{Arc, Mutex, RwLock};
-use store::DtoStore;
+use progress::Tracker;
+use shared_dir::families::Families;
+use shared_dir::{SharedDir, SharedDirError};
+use status::StatusSources;
+use std::sync::mpsc::Receiver;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
 use tokio_util::sync::CancellationToken;
+use wake::Wake;
 
-/// DTOs the ingest path hands to the loader in memory; beyond this the loader reads the store.
-const HANDOFF_CAPACITY: usize = 64;
+/// How often `metric-families/` is read again while active.
+pub const REREAD_FAMILIES: Duration = Duration::from_secs(10);
+/// How often retention runs while active.
+pub const EXPIRE_EVERY: Duration = Duration::from_secs(600);
 
 /// Why the aggregator refused to start.
 #[derive(Debug, thiserror::Error)]
@@ -61,128 +81,47 @@ pub enum StartError {
     Security(String, String),
 }
 
-/// Everything the HTTP handlers and worker threads share.
-pub struct App {
-    pub config: AggregatorConfig,
-    /// The token of each route class (see `api::auth`), read again on SIGHUP.
-    pub tokens: pollux_transport::auth::TokenFiles,
-    /// The listener's certificate, when it speaks HTTPS.
-    pub tls: Option<pollux_transport::ServerTls>,
-    /// What the notifiers trust.
-    pub client_tls: pollux_transport::ClientTls,
-    pub node: Node,
-    pub shared: SharedDir,
-    pub shared_report: SharedDirReport,
-    pub store: DtoStore,
-    pub repo: Arc<dyn Repository>,
-    /// Where the repository is, for the status (a URL's password hidden).
-    pub repo_location: pollux_repository::Location,
-    pub limits: Limits,
-    pub metrics: Metrics,
-    pub loader_wake: Wake,
-    /// The loader's last success and failure, for the System Status.
-    pub load_health: loader::LoadHealth,
-    /// Bytes of request bodies held in memory, over all connections (`max_body_bytes_in_flight`).
-    pub body_budget: Arc<tokio::sync::Semaphore>,
-    /// DTO bodies decoded at once: decoding is CPU work, and each decode holds a body and its
-    /// DTO in memory, so more at once than cores only costs memory.
-    pub decoders: Arc<tokio::sync::Semaphore>,
-    pub handoff: loader::Handoff,
-    pub maintenance_wake: Wake,
-    /// Woken by a load that opened or cleared an event.
-    pub notify_wake: Wake,
-    pub notify_health: notify::NotifyHealth,
-    /// Long work in progress on this node (backlog recovery, rollups, compaction, retention).
-    pub progress: progress::Tracker,
-    /// The election runtime's inbox (planned switchover requests).
-    pub commands: Mutex<Sender<Command>>,
-    families: RwLock<Arc<FamilyFiles>>,
+/// Intervals that production takes from constants and tests shorten.
+#[derive(Debug, Clone)]
+pub struct Intervals {
+    pub reread_families: Duration,
+    pub expire_every: Duration,
 }
 
-impl App {
-    /// This node's line of the System Status, as its status file carries it.
-    pub fn node_status(&self) -> status::NodeStatus {
-        let s = self.node.state();
-        status::NodeStatus {
-            node: self.node.id.clone(),
-            role: s.role.name().to_owned(),
-            epoch: s.epoch,
-            ready: s.ready,
-            advertise: self.node.advertise.clone(),
-            version: api::VERSION.to_owned(),
-            pid: std::process::id(),
-            failwait: pollux_model::duration::format(self.config.failwait),
-            startwait: pollux_model::duration::format(self.config.startwait),
-            reason: s.reason,
-            updated_at_ms: Some(unix_now_ms()),
-            heartbeat_age_seconds: None,
-            reachable: true,
-            this_node: false,
-            loader: Some(self.load_health.state()),
-        }
-    }
-
-    /// The failover timing derived from the configuration.
-    pub fn timing(&self) -> Timing {
-        Timing::new(self.config.failwait, self.config.startwait)
-    }
-
-    pub fn catalog(&self) -> Arc<Catalog> {
-        self.families.read().expect("families").catalog.clone()
-    }
-
-    /// The family files skipped at the last reading, and why.
-    pub fn family_problems(&self) -> Vec<shared::FamilyProblem> {
-        self.families.read().expect("families").problems.clone()
-    }
-
-    /// Rereads `metric-families/` into memory (never blocking: see
-    /// [`SharedDir::load_families`]). Returns the families that are new or changed.
-    pub fn reload_catalog_in_memory(&self) -> Vec<Arc<pollux_model::MetricFamily>> {
-        let before = self.families.read().expect("families").clone();
-        let files = self.shared.load_families(Some(&before));
-        for problem in files.problems.iter().filter(|p| !before.problems.contains(p)) {
-            tracing::error!(path = %problem.path.display(), problem = %problem.problem, "metric family file skipped");
-        }
-        let changed = files
-            .catalog
-            .iter()
-            .filter(|f| before.catalog.get(&f.name).map(|b| b.as_ref()) != Some(f.as_ref()))
-            .cloned()
-            .collect();
-        *self.families.write().expect("families") = Arc::new(files);
-        changed
-    }
-
-    /// Rereads `metric-families/` and widens the repository for new or changed families. A
-    /// family the repository refuses (its name collides with one it holds) is logged; its DTOs
-    /// wait in the store.
-    pub fn reload_catalog(&self, epoch: pollux_repository::Epoch) -> Result<(), RepoError> {
-        for family in self.reload_catalog_in_memory() {
-            match self.repo.ensure_family(epoch, &family) {
-                Ok(()) => tracing::info!(family = %family.name, "metric family defined"),
-                Err(RepoError::Rejected(why)) => tracing::error!(family = %family.name, %why, "metric family refused"),
-                Err(e) => return Err(e),
-            }
-        }
-        Ok(())
+impl Default for Intervals {
+    fn default() -> Self {
+        Intervals { reread_families: REREAD_FAMILIES, expire_every: EXPIRE_EVERY }
     }
 }
 
-/// Routes served beside the API (the portal), built once the app exists.
-type ExtraRoutes = Box<dyn FnOnce(Arc<App>) -> axum::Router + Send>;
-
+/// A built aggregator, not yet serving.
 pub struct Aggregator {
-    app: Arc<App>,
-    listener: std::net::TcpListener,
+    api: api::ApiState,
+    tokens: Arc<pollux_transport::auth::TokenFiles>,
+    tls: Option<pollux_transport::ServerTls>,
+    server_limits: pollux_transport::ServerLimits,
+    metrics: Arc<Metrics>,
+    election: ElectionParts,
+    commands: std::sync::mpsc::Sender<Command>,
     inbox: Receiver<Command>,
-    extra: Option<ExtraRoutes>,
+    listener: std::net::TcpListener,
+    /// This node id, held for the process's life (see [`SharedDir::hold_node`]).
+    node_lock: std::fs::File,
 }
 
 impl Aggregator {
     /// Checks the shared directory, reads the metric families and opens the repository. Binds
     /// nothing: the caller hands in the listener (tests bind port 0).
     pub fn build(config: AggregatorConfig, listener: std::net::TcpListener) -> Result<Aggregator, StartError> {
+        Aggregator::build_with(config, listener, Intervals::default())
+    }
+
+    /// As [`Aggregator::build`], with the housekeeping intervals given (tests shorten them).
+    pub fn build_with(
+        config: AggregatorConfig,
+        listener: std::net::TcpListener,
+        intervals: Intervals,
+    ) -> Result<Aggregator, StartError> {
         let security = |(key, problem)| StartError::Security(key, problem);
         let tokens = pollux_transport::auth::TokenFiles::load(
             config.ingest_token_file.as_deref(),
@@ -200,10 +139,8 @@ impl Aggregator {
         }
         let shared = SharedDir::new(&config.shared_dir);
         let shared_report = shared.check(config.min_free_bytes)?;
-        let families = shared.load_families(None);
-        for problem in &families.problems {
-            tracing::error!(path = %problem.path.display(), problem = %problem.problem, "metric family file skipped");
-        }
+        let node_lock = shared.hold_node(&config.node_id)?;
+        let families = Arc::new(Families::read(shared.clone()));
         let journal = match config.journal_mode {
             JournalChoice::Wal => JournalMode::Wal,
             JournalChoice::Truncate => JournalMode::Truncate,
@@ -212,115 +149,202 @@ impl Aggregator {
         };
         let location = config.repository_location().map_err(|problem| security(("repository".to_owned(), problem)))?;
         let options = OpenOptions { journal, outbox_max: config.notify.outbox_max, ..OpenOptions::default() };
-        let repo = pollux_repository::open(&location, &options)
-            .map_err(|source| StartError::Repository { path: location.to_string(), source })?;
+        let repo: Arc<dyn Repository> = Arc::from(
+            pollux_repository::open(&location, &options)
+                .map_err(|source| StartError::Repository { path: location.to_string(), source })?,
+        );
         tracing::info!(
             shared = %shared.root().display(), nfs = shared_report.nfs, repository = %location, ?journal,
-            free_mib = shared_report.free_bytes >> 20, families = families.catalog.len(), "shared dir checked"
+            free_mib = shared_report.free_bytes >> 20, families = families.catalog().len(), "shared dir checked"
         );
-        let limits = Limits {
-            max_records: config.max_records,
-            max_future_seconds: config.max_clock_skew.as_secs() as i64,
-            max_age_seconds: config.retention.raw.as_secs() as i64,
-        };
+        let store = Arc::new(
+            DtoStore::open(shared.dto_dir())
+                .map_err(|e| SharedDirError::Unusable { path: shared.dto_dir(), problem: e.to_string() })?,
+        );
         // With port 0 (tests) the advertised URL must carry the port actually bound.
         let advertise = match (&config.advertise, listener.local_addr()) {
             (None, Ok(addr)) => format!("{}://{addr}", config.scheme()),
             _ => config.advertise_url(),
         };
+        let node = Arc::new(Node::new(config.node_id.clone(), advertise));
+        let metrics = Arc::new(Metrics::default());
+        let handoff = Arc::new(Handoff::default());
+        let progress = Arc::new(Tracker::default());
+        let (loader_wake, housekeeping_wake, notifier_wake) =
+            (Arc::new(Wake::default()), Arc::new(Wake::default()), Arc::new(Wake::default()));
+        let load_health = Arc::new(LoadHealth::default());
+        let notify_health = Arc::new(NotifyHealth::new(&config.notify));
+        let board = Arc::new(WorkerBoard::default());
+        let tokens = Arc::new(tokens);
+
+        let active = Arc::new(ActiveParts {
+            node_id: config.node_id.clone(),
+            shared: shared.clone(),
+            families: families.clone(),
+            store: store.clone(),
+            repo: repo.clone(),
+            loader: LoaderParts {
+                store: store.clone(),
+                handoff: handoff.clone(),
+                repo: repo.clone(),
+                families: families.clone(),
+                metrics: metrics.clone(),
+                health: load_health.clone(),
+                progress: progress.clone(),
+                wake: loader_wake.clone(),
+                housekeeping: housekeeping_wake.clone(),
+                notifier: notifier_wake.clone(),
+                batch_values: config.load_batch_values,
+            },
+            housekeeping: HousekeepingParts {
+                repo: repo.clone(),
+                families: families.clone(),
+                metrics: metrics.clone(),
+                progress: progress.clone(),
+                wake: housekeeping_wake,
+                rollup_grace: config.rollup_grace,
+                recent_window: config.recent_window,
+                retention: pollux_repository::Retention::from(&config.retention),
+                reread_families: intervals.reread_families,
+                expire_every: intervals.expire_every,
+            },
+            notifier: NotifierParts {
+                repo: repo.clone(),
+                node: node.clone(),
+                config: config.notify.clone(),
+                client_tls,
+                health: notify_health.clone(),
+                metrics: metrics.clone(),
+                wake: notifier_wake,
+            },
+            board: board.clone(),
+        });
+        let status = Arc::new(StatusSources {
+            node: node.clone(),
+            failwait: config.failwait,
+            startwait: config.startwait,
+            min_free_bytes: config.min_free_bytes,
+            shared: shared.clone(),
+            shared_report,
+            store: store.clone(),
+            repo: repo.clone(),
+            repo_location: location,
+            families: families.clone(),
+            load_health,
+            workers: board,
+            notify_health,
+            progress: progress.clone(),
+            tokens: tokens.clone(),
+            tls: tls.clone(),
+            metrics: metrics.clone(),
+        });
         let (commands, inbox) = std::sync::mpsc::channel();
-        let app = App {
-            node: Node::new(config.node_id.clone(), advertise),
+        let api = api::ApiState {
+            node: node.clone(),
+            ingest: Arc::new(Ingest {
+                node: node.clone(),
+                shared: shared.clone(),
+                store,
+                handoff: handoff.clone(),
+                repo: repo.clone(),
+                families: families.clone(),
+                limits: Limits {
+                    max_records: config.max_records,
+                    max_future_seconds: config.max_clock_skew.as_secs() as i64,
+                    max_age_seconds: config.retention.raw.as_secs() as i64,
+                },
+                max_body_bytes: config.max_body_bytes,
+                body_budget: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
+                decoders: Arc::new(tokio::sync::Semaphore::new(decoders())),
+                metrics: metrics.clone(),
+                loader: loader_wake,
+            }),
+            queries: Arc::new(api::Queries { node: node.clone(), repo, families }),
+            status: status.clone(),
+            operations: Arc::new(api::Operations {
+                node: node.clone(),
+                shared: shared.clone(),
+                commands: Mutex::new(commands.clone()),
+                failwait: config.failwait,
+            }),
+        };
+        let election = ElectionParts {
+            node,
+            lease: Arc::new(FileLeaseStore::new(shared.election_dir())),
+            shared,
+            timing: Timing::new(config.failwait, config.startwait),
+            poll_interval: config.poll_interval(),
+            active,
+            status,
+            handoff,
+            progress,
+        };
+        Ok(Aggregator {
+            api,
             tokens,
             tls,
-            client_tls,
-            commands: Mutex::new(commands),
-            store: DtoStore::open(shared.dto_dir())
-                .map_err(|e| SharedDirError::Unusable { path: shared.dto_dir(), problem: e.to_string() })?,
-            shared,
-            shared_report,
-            repo: Arc::from(repo),
-            repo_location: location,
-            limits,
-            metrics: Metrics::default(),
-            loader_wake: Wake::default(),
-            load_health: loader::LoadHealth::default(),
-            body_budget: Arc::new(tokio::sync::Semaphore::new(config.max_body_bytes_in_flight)),
-            decoders: Arc::new(tokio::sync::Semaphore::new(decoders())),
-            handoff: loader::Handoff::new(HANDOFF_CAPACITY),
-            maintenance_wake: Wake::default(),
-            notify_wake: Wake::default(),
-            notify_health: notify::NotifyHealth::new(&config.notify),
-            progress: progress::Tracker::default(),
-            families: RwLock::new(Arc::new(families)),
-            config,
-        };
-        Ok(Aggregator { app: Arc::new(app), listener, inbox, extra: None })
-    }
-
-    /// Serves `routes` (the portal's pages) beside the API; the API's paths win.
-    pub fn with_routes(mut self, routes: impl FnOnce(Arc<App>) -> axum::Router + Send + 'static) -> Aggregator {
-        self.extra = Some(Box::new(routes));
-        self
+            server_limits: config.server_limits(),
+            metrics,
+            election,
+            commands,
+            inbox,
+            listener,
+            node_lock,
+        })
     }
 
     /// Serves until `shutdown` fires; returns once the server and every thread have stopped.
     ///
     /// The node joins as standby; the election runtime takes the lease when it is free or
-    /// stale, and starts the active services. On shutdown an active finishes its current load
+    /// stale, and starts the active services. On shutdown an active finishes its current step
     /// and releases the lease before the HTTP server stops.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), StartError> {
-        let app = self.app;
         self.listener.set_nonblocking(true).map_err(StartError::Http)?;
         let listener = tokio::net::TcpListener::from_std(self.listener).map_err(StartError::Http)?;
         if let Ok(addr) = listener.local_addr() {
             tracing::info!("listening on {addr}");
         }
-        let mut router = api::router(app.clone());
-        if let Some(extra) = self.extra {
-            router = router.merge(extra(app.clone()));
-        }
-        let router = router.layer(axum::middleware::from_fn_with_state(app.clone(), api::auth::check));
+        let router = api::router(self.api.clone())
+            .merge(pollux_portal::router(Arc::new(portal::PortalSource::new(&self.api))))
+            .layer(axum::middleware::from_fn_with_state(self.tokens.clone(), api::auth::check));
         let server_stop = CancellationToken::new();
+        let mut tasks = tokio::task::JoinSet::new();
         // SIGHUP reads the token files again: a leaked token is replaced without a restart.
-        let tokens_app = app.clone();
-        tokio::spawn(pollux_transport::on_hangup(server_stop.clone(), move || match tokens_app.tokens.reload() {
+        let tokens = self.tokens.clone();
+        tasks.spawn(pollux_transport::on_hangup(server_stop.clone(), move || match tokens.reload() {
             Ok(()) => tracing::info!("token files read again on SIGHUP"),
             Err((key, problem)) => tracing::error!("{key}: {problem}; the tokens in force stay"),
         }));
         let open_files = pollux_transport::raise_open_file_limit();
-        let limits = app.config.server_limits().fitted(open_files);
+        let limits = self.server_limits.fitted(open_files);
         tracing::info!(open_files, max_connections = limits.max_connections, "connection limits");
-        let server = tokio::spawn(pollux_transport::serve_router(
+        tasks.spawn(pollux_transport::serve_router(
             listener,
-            app.tls.clone(),
+            self.tls.clone(),
             router,
             limits,
-            app.metrics.http.clone(),
+            self.metrics.http.clone(),
             server_stop.clone(),
         ));
 
         let election_stop = CancellationToken::new();
         let election = {
-            let (app, stop) = (app.clone(), election_stop.clone());
-            let store = Arc::new(FileLeaseStore::new(app.shared.election_dir()));
-            let commands = app.commands.lock().expect("commands").clone();
-            let inbox = self.inbox;
+            let (parts, commands, inbox, stop) = (self.election, self.commands, self.inbox, election_stop.clone());
             std::thread::Builder::new()
                 .name("election".into())
-                .spawn(move || election::run(app, store, commands, inbox, stop))
-                .expect("spawn election thread")
+                .spawn(move || election::run(parts, commands, inbox, stop))
+                .expect("spawn the election thread")
         };
 
+        let _node_lock = self.node_lock;
         shutdown.cancelled().await;
         tracing::info!("shutting down");
         election_stop.cancel();
-        app.loader_wake.notify();
-        app.maintenance_wake.notify();
-        app.notify_wake.notify();
         tokio::task::spawn_blocking(move || election.join()).await.expect("join").expect("election thread");
         server_stop.cancel();
-        server.await.expect("server task");
+        while let Some(ended) = tasks.join_next().await {
+            ended.expect("server task");
+        }
         Ok(())
     }
 }

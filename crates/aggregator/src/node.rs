@@ -1,12 +1,14 @@
 //! This node's role, epoch and readiness, as every part of the aggregator sees them.
+//! A leaf: the election runtime writes it, everything else reads it.
 //!
 //! The election runtime publishes a [`NodeState`] after every step; HTTP handlers and worker
 //! threads read it. Only a ready active whose acknowledgement window is open ingests and answers
 //! queries; everything else answers 503 with the role and, when known, the active's URL.
 
 use pollux_election::{Lease, LeaseState, Role};
+use pollux_model::wire::{Health, VERSION};
 use pollux_repository::Epoch;
-use std::sync::{Condvar, Mutex, RwLock};
+use std::sync::RwLock;
 use std::time::{Duration, Instant};
 
 #[derive(Debug, Clone)]
@@ -90,26 +92,20 @@ impl Node {
     pub fn uptime(&self) -> Duration {
         self.started.elapsed()
     }
-}
 
-/// A wake-up call for a blocking worker thread: `notify` from anywhere, `wait` with a timeout.
-#[derive(Debug, Default)]
-pub struct Wake {
-    pending: Mutex<bool>,
-    cond: Condvar,
-}
-
-impl Wake {
-    pub fn notify(&self) {
-        *self.pending.lock().expect("wake") = true;
-        self.cond.notify_all();
-    }
-
-    /// Returns at the next `notify` (or at once if one came since the last wait), or after
-    /// `timeout`.
-    pub fn wait(&self, timeout: Duration) {
-        let pending = self.pending.lock().expect("wake");
-        let (mut pending, _) = self.cond.wait_timeout_while(pending, timeout, |p| !*p).expect("wake");
-        *pending = false;
+    /// What `/health` says of this node.
+    pub fn health(&self) -> Health {
+        let s = self.state();
+        Health {
+            node: self.id.clone(),
+            role: s.role,
+            epoch: s.epoch,
+            ready: s.ready,
+            advertise: self.advertise.clone(),
+            version: VERSION.to_owned(),
+            role_seconds: s.since.elapsed().as_secs_f64(),
+            uptime_seconds: self.uptime().as_secs(),
+            reason: s.reason,
+        }
     }
 }

@@ -18,16 +18,7 @@ struct Task {
     logged: Instant,
 }
 
-/// What the status view says of one task.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct Report {
-    pub unit: String,
-    pub done: u64,
-    pub total: Option<u64>,
-    pub elapsed_seconds: f64,
-    pub rate_per_second: f64,
-    pub seconds_left: Option<f64>,
-}
+pub use pollux_model::wire::TaskProgress as Report;
 
 /// The rate so far and, with a total, the time left at that rate.
 pub fn estimate(done: u64, total: Option<u64>, elapsed: Duration) -> (f64, Option<f64>) {

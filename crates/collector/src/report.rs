@@ -4,7 +4,7 @@
 
 use crate::metrics::Metrics;
 use crate::spool::Spool;
-use serde_json::json;
+use pollux_model::wire::CollectorReport;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -24,23 +24,23 @@ pub struct Reporter {
 }
 
 impl Reporter {
-    pub fn body(&self) -> serde_json::Value {
+    pub fn body(&self) -> CollectorReport {
         let (spool_dtos, _, oldest) = self.spool.depth();
         let now = crate::poll::unix_now();
         let get = |c: &std::sync::atomic::AtomicU64| c.load(Ordering::Relaxed);
         let last_cycle_ms = get(&self.metrics.last_cycle_seconds_millis);
         let last_ack = get(&self.metrics.last_ack_ms);
-        json!({
-            "id": self.id,
-            "version": env!("CARGO_PKG_VERSION"),
-            "devices": self.devices,
-            "unreachable": self.metrics.unreachable_now(),
-            "spool_dtos": spool_dtos,
-            "spool_oldest_age_s": oldest.map(|t| (now - t as f64).max(0.0)),
-            "last_cycle_s": (last_cycle_ms > 0).then(|| last_cycle_ms as f64 / 1000.0),
-            "dropped_total": get(&self.metrics.dropped),
-            "last_ack_ms": (last_ack > 0).then_some(last_ack),
-        })
+        CollectorReport {
+            id: self.id.clone(),
+            version: pollux_model::wire::VERSION.to_owned(),
+            devices: self.devices as u64,
+            unreachable: self.metrics.unreachable_now(),
+            spool_dtos: spool_dtos as u64,
+            spool_oldest_age_s: oldest.map(|t| (now - t as f64).max(0.0)),
+            last_cycle_s: (last_cycle_ms > 0).then(|| last_cycle_ms as f64 / 1000.0),
+            dropped_total: get(&self.metrics.dropped),
+            last_ack_ms: (last_ack > 0).then_some(last_ack as i64),
+        }
     }
 
     /// Reports every [`EVERY`] to the first URL that takes it, until stopped.
@@ -49,6 +49,8 @@ impl Reporter {
             .timeout_global(Some(TIMEOUT))
             .tls_config(self.tls.ureq())
             .http_status_as_error(false)
+            // A report redirected would be a GET answered by whatever is there: not delivered.
+            .max_redirects(0)
             .build()
             .into();
         let mut next = Instant::now();

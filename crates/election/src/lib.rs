@@ -12,7 +12,7 @@
 //! - [`lease`]: the lease record and the [`LeaseStore`] trait, with its shared-directory backend
 //!   (a file changed only under an advisory lock). A quorum-store backend implements the same
 //!   trait.
-//! - [`elector`]: the decision logic of DESIGN.md section 5 as a pure state machine. It takes
+//! - [`elector`]: the decisions of election, failover and fencing as a pure state machine. It takes
 //!   events with the time they happened (a monotonic [`std::time::Instant`], injected) and
 //!   returns actions; it does no I/O and never reads a clock, so its tests run in microseconds.
 #![forbid(unsafe_code)]

@@ -13,8 +13,9 @@
 //! - `error-while:<path>`: like `error`, but only while the file `<path>` exists, so a test can
 //!   switch a fault on and off in a running process (a shared directory that is unwritable for
 //!   a while).
-//! - `delay-while:<ms>:<path>`: the calling thread sleeps `<ms>` milliseconds there while the
-//!   file `<path>` exists (an answer that comes too late for a sender that dies meanwhile).
+//! - `delay-while:<ms>:<path>`: the calling thread waits there while the file `<path>` exists,
+//!   `<ms>` milliseconds at most (an answer that comes too late for a sender that dies
+//!   meanwhile; a load held until a test lets it go).
 //!
 //! Without the `failpoints` feature every point compiles to nothing and [`hit`] is `false`, so a
 //! production binary carries no trace of them.
@@ -38,6 +39,7 @@ pub fn hit(name: &str) -> bool {
 /// Every crash point the code has. A test that names another (a typo, a point that was
 /// renamed) would test nothing: [`check_configuration`] refuses it.
 pub const NAMES: &[&str] = &[
+    "ingest.after_registry_check",
     "loader.after_commit",
     "loader.before_load",
     "notify.before_post",
@@ -125,11 +127,16 @@ mod imp {
             "error" => true,
             other if other.starts_with("error-while:") => std::path::Path::new(&other["error-while:".len()..]).exists(),
             other if other.starts_with("delay-while:") => {
-                // delay-while:<ms>:<path>: the calling thread sleeps <ms> while the file exists.
+                // delay-while:<ms>:<path>: the calling thread waits while the file exists, <ms>
+                // at most.
                 let (ms, path) = other["delay-while:".len()..].split_once(':').unwrap_or(("0", ""));
-                if std::path::Path::new(path).exists() {
+                let path = std::path::Path::new(path);
+                if path.exists() {
                     eprintln!("failpoint {name}: delay {ms} ms");
-                    std::thread::sleep(std::time::Duration::from_millis(ms.parse().unwrap_or(0)));
+                    let until = std::time::Instant::now() + std::time::Duration::from_millis(ms.parse().unwrap_or(0));
+                    while path.exists() && std::time::Instant::now() < until {
+                        std::thread::sleep(std::time::Duration::from_millis(10));
+                    }
                 }
                 false
             }

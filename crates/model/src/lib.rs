@@ -10,16 +10,20 @@
 //! - [`duration`]: the `"5m"`-style durations of the configuration (`failwait`, `startwait`).
 //! - [`expr`]: the arithmetic that turns a customized metric's raw value into the stored one.
 //! - [`period`]: the UTC hour, day and week periods that rollups are computed over.
+//! - [`wire`]: the JSON bodies other than DTOs that cross a process boundary (health, the
+//!   System Status, collector reports), typed once for writers and readers alike.
 #![forbid(unsafe_code)]
 
 pub mod codec;
 pub mod config;
+pub mod csv;
 pub mod dto;
 pub mod duration;
 pub mod expr;
 pub mod family;
 pub mod percentile;
 pub mod period;
+pub mod wire;
 
 pub use dto::{Digest, Dto, DtoError, DtoId, Limits, Record};
 pub use family::{Catalog, FamilyError, Metric, MetricFamily, MetricKind};

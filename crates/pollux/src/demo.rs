@@ -2,22 +2,26 @@
 //! binary, as separate processes:
 //!
 //! ```text
-//!   simulate (200 devices, a quarter SNMPv3) ◀── collector (both aggregators' URLs, ack log)
+//!   simulate (200 devices, a quarter SNMPv3) ◀── collector (through the proxy, ack log)
 //!                                                   │ PUT DTOs
 //!            proxy 127.0.0.1:8581 ──▶ da1 127.0.0.2:8581 ─┬─ <dir>/shared
 //!                                 ──▶ da2 127.0.0.3:8581 ─┘
 //! ```
 //!
-//! With `--chaos`, the active aggregator is killed -9 or frozen past failwait at random, about
-//! once a `--chaos-interval`, and restarted; after each fault the demo checks every DTO the
-//! collector got acknowledged against the repository (through the proxy, as any client would):
-//! loaded, still waiting in the shared directory, or lost.
+//! The proxy and the aggregators are the cluster harness's ([`pollux_cluster::Cluster`]), the
+//! same the tests and benchmarks start. With `--chaos`, the active aggregator is killed -9 or
+//! frozen past failwait at random, about once a `--chaos-interval`; after each fault the demo
+//! checks every DTO the collector got acknowledged against the repository (through the proxy,
+//! as any client would): loaded, still waiting in the shared directory, or lost. An aggregator
+//! that died (by a fault, or killed by hand) is started again only once the other one has taken
+//! over: restarted at once, it would take its own lease back and the takeover would never show.
 
+use pollux_cluster::{Cluster, ClusterSpec, Launch, LogTo, Process, Security, NODE_NAMES};
 use std::collections::BTreeSet;
 use std::io::{BufRead, Write};
 use std::net::{SocketAddr, TcpListener, UdpSocket};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, ExitCode, Stdio};
+use std::process::ExitCode;
 use std::time::{Duration, Instant};
 use tokio_util::sync::CancellationToken;
 
@@ -71,34 +75,22 @@ pub fn die_with_parent() {
     }
 }
 
-/// One child process of the demo.
-struct Proc {
-    name: &'static str,
-    args: Vec<String>,
-    child: Option<Child>,
-    frozen: bool,
-}
-
-impl Proc {
-    fn pid(&self) -> Option<u32> {
-        self.child.as_ref().map(Child::id)
-    }
-
-    fn signal(&self, signal: nix::sys::signal::Signal) {
-        if let Some(pid) = self.pid() {
-            let _ = nix::sys::signal::kill(nix::unistd::Pid::from_raw(pid as i32), signal);
-        }
-    }
-}
-
 struct Demo {
     args: DemoArgs,
     dir: PathBuf,
-    procs: Vec<Proc>,
     exe: PathBuf,
+    /// The proxy and both aggregators, once started.
+    cluster: Option<Cluster>,
+    /// The simulator and the collector.
+    others: Vec<Process>,
+    /// An aggregator frozen by a fault, until it is continued.
+    frozen: Option<usize>,
+    /// Aggregators that died and wait for the other one to take over before they restart.
+    dead: BTreeSet<usize>,
     proxy: String,
     /// `http` or `https`.
     scheme: &'static str,
+    security: Option<Security>,
     /// The demo's own requests (trusting the demo CA with --tls).
     client: ureq::Agent,
     /// Acknowledged ids read so far from the collector's log, and those not loaded yet.
@@ -128,21 +120,26 @@ pub fn run(args: DemoArgs) -> ExitCode {
         }
     };
     let scheme = if args.tls { "https" } else { "http" };
-    let client = match args.tls.then(|| make_tls(&dir)).transpose() {
-        Ok(ca) => client(ca.as_deref()),
+    let security = match args.tls.then(|| make_tls(&dir)).transpose() {
+        Ok(security) => security,
         Err(e) => {
             eprintln!("pollux demo: {e}");
             return ExitCode::from(super::EXIT_USAGE);
         }
     };
+    let client = pollux_cluster::security::client(security.as_ref(), Duration::from_secs(3));
     let proxy = format!("{scheme}://127.0.0.1:{}", args.port);
     let mut demo = Demo {
         args,
         dir,
-        procs: Vec::new(),
         exe,
+        cluster: None,
+        others: Vec::new(),
+        frozen: None,
+        dead: BTreeSet::new(),
         proxy,
         scheme,
+        security,
         client,
         acked: 0,
         waiting: BTreeSet::new(),
@@ -191,8 +188,9 @@ fn check_ports(args: &DemoArgs) -> Result<(), String> {
 }
 
 /// The demo's CA and certificate (for 127.0.0.1-3 and localhost), and its ingest and admin
-/// tokens, made on the first `--tls` start and reused after; returns the CA file.
-fn make_tls(dir: &Path) -> Result<PathBuf, String> {
+/// tokens, made on the first `--tls` start and reused after. Reads stay open, so the portal
+/// needs no password.
+fn make_tls(dir: &Path) -> Result<Security, String> {
     let tls = dir.join("tls");
     if !tls.join("demo.pem").exists() {
         let names: Vec<String> = ["demo", "127.0.0.1", "127.0.0.2", "127.0.0.3", "localhost"].map(String::from).into();
@@ -202,17 +200,14 @@ fn make_tls(dir: &Path) -> Result<PathBuf, String> {
     for class in ["ingest", "admin"] {
         super::certs::make_token(&dir.join(format!("tokens/{class}.token")))?;
     }
-    Ok(tls.join("ca.pem"))
-}
-
-fn client(ca: Option<&Path>) -> ureq::Agent {
-    let mut config =
-        ureq::Agent::config_builder().timeout_global(Some(Duration::from_secs(3))).http_status_as_error(false);
-    if let Some(ca) = ca {
-        let tls = pollux_transport::ClientTls::load(Some(ca)).expect("the demo CA was just written");
-        config = config.tls_config(tls.ureq());
-    }
-    ureq::Agent::new_with_config(config.build())
+    Ok(Security {
+        ca: tls.join("ca.pem"),
+        cert: tls.join("demo.pem"),
+        key: tls.join("demo.key"),
+        ingest: dir.join("tokens/ingest.token"),
+        admin: dir.join("tokens/admin.token"),
+        read: None,
+    })
 }
 
 fn prepare_dir(dir: &Path) -> std::io::Result<PathBuf> {
@@ -229,20 +224,17 @@ impl Demo {
 
     fn run(&mut self, stop: &CancellationToken) -> anyhow::Result<()> {
         let port = self.args.port;
-        let scheme = self.scheme;
-        let aggregators = [format!("{scheme}://127.0.0.2:{port}"), format!("{scheme}://127.0.0.3:{port}")];
-        let (mut aggregator_toml, mut proxy_toml, mut collector_toml) = (String::new(), String::new(), String::new());
-        if self.args.tls {
-            let (cert, key, ca) = (self.path("tls/demo.pem"), self.path("tls/demo.key"), self.path("tls/ca.pem"));
-            let (ingest, admin) = (self.path("tokens/ingest.token"), self.path("tokens/admin.token"));
-            aggregator_toml = format!(
-                "tls_cert = {cert:?}\ntls_key = {key:?}\ningest_token_file = {ingest:?}\nadmin_token_file = {admin:?}\n"
-            );
-            proxy_toml = format!("tls_cert = {cert:?}\ntls_key = {key:?}\nca_file = {ca:?}\n");
-            collector_toml = format!("ca_file = {ca:?}\ningest_token_file = {ingest:?}\n");
-        }
-        std::fs::write(self.dir.join("aggregator.toml"), aggregator_toml)?;
-        std::fs::write(self.dir.join("proxy.toml"), proxy_toml)?;
+        let mut spec = ClusterSpec::new(&self.exe, &self.dir, self.dir.join("shared"));
+        spec.failwait = FAILWAIT.into();
+        spec.startwait = STARTWAIT.into();
+        spec.ports = [port; 3];
+        spec.security = self.security.clone();
+        spec.log_dir = Some(self.dir.join("logs"));
+        // The children die with the demo through PARENT_ENV (see `die_with_parent`), not with
+        // the thread that started them: the demo restarts them from its own thread.
+        spec.harnessed = false;
+        spec.common_env = self.child_env();
+        self.cluster = Some(Cluster::start(spec).map_err(|e| anyhow::anyhow!(e))?);
         let v3 = self.args.devices / 4;
         let _ = std::fs::remove_file(self.dir.join("inventory.toml"));
         self.spawn(
@@ -261,59 +253,19 @@ impl Demo {
                 &self.path("inventory.toml"),
             ],
         )?;
-        for (i, node) in ["da1", "da2"].iter().enumerate() {
-            let listen = format!("127.0.0.{}:{port}", i + 2);
-            let shared = self.path("shared");
-            self.spawn(
-                if i == 0 { "da1" } else { "da2" },
-                &[
-                    "aggregator",
-                    "--config",
-                    &self.path("aggregator.toml"),
-                    "--node-id",
-                    node,
-                    "--listen",
-                    &listen,
-                    "--shared-dir",
-                    &shared,
-                    "--failwait",
-                    FAILWAIT,
-                    "--startwait",
-                    STARTWAIT,
-                ],
-            )?;
-            if i == 0 {
-                // da1 first, so the screen's story starts with da1 active.
-                let lease = self.dir.join("shared/election/lease");
-                let _ = self.wait(stop, Duration::from_secs(10), "da1 to take the lease", |_| {
-                    std::fs::read_to_string(&lease).is_ok_and(|l| l.contains("\"da1\""))
-                });
-            }
-        }
-        let proxy_listen = format!("127.0.0.1:{port}");
-        self.spawn(
-            "proxy",
-            &[
-                "proxy",
-                "--config",
-                &self.path("proxy.toml"),
-                "--listen",
-                &proxy_listen,
-                "--aggregator",
-                &aggregators[0],
-                "--aggregator",
-                &aggregators[1],
-            ],
-        )?;
         self.wait(stop, Duration::from_secs(60), "the simulator's inventory", |d| {
             d.dir.join("inventory.toml").exists()
         })?;
+        let security = self.security.as_ref().map(Security::collector_toml).unwrap_or_default();
         std::fs::write(
             self.dir.join("collector.toml"),
-            format!("ack_log = {:?}\nmax_concurrent_polls = 64\n{collector_toml}", self.path("acked.log")),
+            format!("ack_log = {:?}\nmax_concurrent_polls = 64\n{security}", self.path("acked.log")),
         )?;
         let interval = pollux_model::duration::format(self.args.interval);
         let metrics = format!("127.0.0.1:{}", u32::from(port) + 1);
+        // Through the proxy, as every client: it follows the active, and a frozen active is
+        // given up on in seconds instead of holding the collector's sends.
+        let proxy = self.proxy.clone();
         self.spawn(
             "collector",
             &[
@@ -323,9 +275,7 @@ impl Demo {
                 "--id",
                 "demo",
                 "--aggregator",
-                &aggregators[0],
-                "--aggregator",
-                &aggregators[1],
+                &proxy,
                 "--inventory",
                 &self.path("inventory.toml"),
                 "--spool-dir",
@@ -336,35 +286,36 @@ impl Demo {
                 &metrics,
             ],
         )?;
-        let proxy = self.proxy.clone();
-        self.wait(stop, Duration::from_secs(120), "an active aggregator", |d| {
-            d.http_get(&format!("{proxy}/health/active")).is_some_and(|(status, _)| status == 200)
-        })?;
+        self.wait(stop, Duration::from_secs(120), "an active aggregator", |d| d.active().is_some())?;
         self.ack_log_offset = std::fs::metadata(self.dir.join("acked.log")).map_or(0, |m| m.len());
         self.print_screen();
         self.watch(stop)
     }
 
+    fn child_env(&self) -> Vec<(String, String)> {
+        vec![
+            (PARENT_ENV.to_owned(), std::process::id().to_string()),
+            ("RUST_LOG".to_owned(), std::env::var("RUST_LOG").unwrap_or_else(|_| "info,async_snmp=off".into())),
+        ]
+    }
+
     fn spawn(&mut self, name: &'static str, args: &[&str]) -> anyhow::Result<()> {
-        let mut proc = Proc { name, args: args.iter().map(|s| s.to_string()).collect(), child: None, frozen: false };
-        proc.child = Some(self.start(&proc)?);
-        self.procs.push(proc);
+        let args: Vec<String> = args.iter().map(|s| s.to_string()).collect();
+        let mut launch =
+            Launch::new(name, &self.exe, &args).log_to(LogTo::File(self.dir.join(format!("logs/{name}.log"))));
+        for (k, v) in self.child_env() {
+            launch = launch.env(&k, &v);
+        }
+        self.others.push(launch.spawn()?);
         Ok(())
     }
 
-    fn start(&self, proc: &Proc) -> anyhow::Result<Child> {
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(self.dir.join(format!("logs/{}.log", proc.name)))?;
-        Ok(Command::new(&self.exe)
-            .args(&proc.args)
-            .env(PARENT_ENV, std::process::id().to_string())
-            .env("RUST_LOG", std::env::var("RUST_LOG").unwrap_or_else(|_| "info,async_snmp=off".into()))
-            .stdin(Stdio::null())
-            .stdout(Stdio::null())
-            .stderr(log)
-            .spawn()?)
+    fn cluster(&self) -> &Cluster {
+        self.cluster.as_ref().expect("the cluster is started")
+    }
+
+    fn cluster_mut(&mut self) -> &mut Cluster {
+        self.cluster.as_mut().expect("the cluster is started")
     }
 
     /// Waits for `ready`, failing after `limit`, when a child exits, or at Ctrl-C.
@@ -381,13 +332,12 @@ impl Demo {
             if stop.is_cancelled() {
                 anyhow::bail!("stopped while waiting for {what}");
             }
-            for p in &mut self.procs {
-                if let Some(Ok(Some(status))) = p.child.as_mut().map(Child::try_wait) {
-                    p.child = None;
+            for p in &mut self.others {
+                if !p.running() {
                     anyhow::bail!(
-                        "{} exited ({status}) while waiting for {what}; see {}",
-                        p.name,
-                        self.dir.join(format!("logs/{}.log", p.name)).display()
+                        "{} exited while waiting for {what}; see {}",
+                        p.name(),
+                        self.dir.join(format!("logs/{}.log", p.name())).display()
                     );
                 }
             }
@@ -404,7 +354,9 @@ impl Demo {
     }
 
     fn pid_of(&self, name: &str) -> String {
-        self.procs.iter().find(|p| p.name == name).and_then(Proc::pid).map_or("-".into(), |p| p.to_string())
+        let node = NODE_NAMES.iter().position(|n| *n == name).and_then(|i| self.cluster().nodes[i].as_ref());
+        let other = self.others.iter().find(|p| p.name() == name);
+        node.or(other).map(Process::pid).filter(|p| *p != 0).map_or("-".into(), |p| p.to_string())
     }
 
     fn print_screen(&self) {
@@ -437,6 +389,7 @@ impl Demo {
             self.pid_of("simulator")
         );
         let _ = writeln!(out, "  failwait    {FAILWAIT}, startwait {STARTWAIT}\n");
+        let _ = writeln!(out, "  portal      {scheme}://127.0.0.1:{port}/   (open it in a browser)");
         let _ = writeln!(out, "  status      {me} status --url {scheme}://127.0.0.1:{port}{client}");
         let _ = writeln!(out, "  data        {curl}'{scheme}://127.0.0.1:{port}/api/v1/devices'");
         let _ = writeln!(out, "  failover    {me} failover --url {scheme}://127.0.0.1:{port}{client}{admin}");
@@ -448,7 +401,14 @@ impl Demo {
                 self.path("tokens")
             );
         }
-        let _ = writeln!(out, "              or kill -9 the active's pid above: the standby takes over after failwait");
+        let _ = writeln!(
+            out,
+            "              or kill -9 the active's pid above: the standby takes over after failwait ({FAILWAIT}),"
+        );
+        let _ = writeln!(
+            out,
+            "              and the demo starts the killed one again once it has: it rejoins as the standby"
+        );
         let _ = writeln!(out, "  logs        {}/", self.dir.join("logs").display());
         let _ = writeln!(out, "  data dir    {} (kept; the next start reuses it)\n", self.dir.display());
         if self.args.chaos {
@@ -499,14 +459,10 @@ impl Demo {
         self.args.chaos_interval.mul_f64(0.5 + rng.unit())
     }
 
-    /// Which aggregator the proxy routes to.
+    /// Which aggregator the proxy routes to, and its epoch.
     fn active(&self) -> Option<(&'static str, u64)> {
         let (status, body) = self.http_get(&format!("{}/health/active", self.proxy))?;
-        let name = match body["node"].as_str()? {
-            "da1" => "da1",
-            "da2" => "da2",
-            _ => return None,
-        };
+        let name = NODE_NAMES.into_iter().find(|n| body["node"] == *n)?;
         (status == 200).then(|| (name, body["epoch"].as_u64().unwrap_or(0)))
     }
 
@@ -516,19 +472,16 @@ impl Demo {
             return;
         };
         let started = Instant::now();
-        let index = self.procs.iter().position(|p| p.name == active).expect("aggregators are started");
-        let pid = self.procs[index].pid().unwrap_or(0);
+        let index = NODE_NAMES.iter().position(|n| *n == active).expect("an aggregator of the demo");
+        let pid = self.pid_of(active);
         let freeze = rng.unit() < 0.5;
         if freeze {
             println!("fault {n}: SIGSTOP {active} (pid {pid}, the active, epoch {epoch}) for {:?}", FREEZE);
-            self.procs[index].signal(nix::sys::signal::Signal::SIGSTOP);
-            self.procs[index].frozen = true;
+            self.cluster().node(index).signal("STOP");
+            self.frozen = Some(index);
         } else {
             println!("fault {n}: kill -9 {active} (pid {pid}, the active, epoch {epoch})");
-            if let Some(mut child) = self.procs[index].child.take() {
-                let _ = child.kill();
-                let _ = child.wait();
-            }
+            self.cluster_mut().kill9(index);
         }
         // The takeover: the other node active with a higher epoch.
         let mut took_over = None;
@@ -551,12 +504,12 @@ impl Demo {
             while started.elapsed() < FREEZE && !stop.is_cancelled() {
                 std::thread::sleep(Duration::from_millis(50));
             }
-            self.procs[index].signal(nix::sys::signal::Signal::SIGCONT);
-            self.procs[index].frozen = false;
+            self.cluster().node(index).signal("CONT");
+            self.frozen = None;
             println!("  SIGCONT {active}: it finds a newer epoch, fences itself and rejoins as the standby");
         } else {
-            // Only now: restarted at once, a node takes back the lease it held (its old process
-            // is gone), and the standby would never get its turn.
+            // Only now that the other took over: restarted at once, a node takes back the lease
+            // it held (its old process is gone), and the standby would never get its turn.
             self.restart(index);
         }
         self.check_acknowledged();
@@ -564,26 +517,38 @@ impl Demo {
     }
 
     fn restart(&mut self, index: usize) {
-        match self.start(&self.procs[index]) {
-            Ok(child) => {
-                println!("  restarted {} (pid {}); it joins as the standby", self.procs[index].name, child.id());
-                self.procs[index].child = Some(child);
+        match self.cluster_mut().start_node(index) {
+            Ok(()) => {
+                let pid = self.pid_of(NODE_NAMES[index]);
+                println!("  restarted {} (pid {pid}); it joins as the standby", NODE_NAMES[index]);
+                self.dead.remove(&index);
             }
-            Err(e) => println!("  cannot restart {}: {e}", self.procs[index].name),
+            Err(e) => println!("  cannot restart {}: {e}", NODE_NAMES[index]),
         }
     }
 
-    /// A child that died by itself (not by a fault) is started again, and said so.
+    /// A child that died by itself, or was killed by hand, is started again, and said so. An
+    /// aggregator only once the other one is the active: the takeover shows first.
     fn restart_exited(&mut self) {
-        for i in 0..self.procs.len() {
-            let exited = match self.procs[i].child.as_mut().map(Child::try_wait) {
-                Some(Ok(Some(status))) => Some(status),
-                _ => None,
-            };
-            if let Some(status) = exited {
-                println!("{} exited ({status}); see its log", self.procs[i].name);
-                self.procs[i].child = None;
+        for i in 0..2 {
+            let running = self.cluster_mut().nodes[i].as_mut().is_some_and(Process::running);
+            if !running && self.dead.insert(i) {
+                println!("{} exited; it starts again once {} has taken over", NODE_NAMES[i], NODE_NAMES[1 - i]);
+            }
+        }
+        for i in self.dead.clone() {
+            let other_active = self.active().is_some_and(|(name, _)| name == NODE_NAMES[1 - i]);
+            let other_dead = self.dead.contains(&(1 - i));
+            if other_active || other_dead {
                 self.restart(i);
+            }
+        }
+        for p in &mut self.others {
+            if !p.running() {
+                println!("{} exited; see its log", p.name());
+                if let Err(e) = p.restart() {
+                    println!("  cannot restart {}: {e}", p.name());
+                }
             }
         }
     }
@@ -640,28 +605,19 @@ impl Demo {
 
     /// SIGCONT then SIGTERM to every child, SIGKILL to any still there after 5 s.
     fn stop_all(&mut self) {
-        for p in self.procs.iter().rev() {
-            if p.frozen {
-                p.signal(nix::sys::signal::Signal::SIGCONT);
-            }
-            p.signal(nix::sys::signal::Signal::SIGTERM);
+        let mut children: Vec<Process> = self.others.drain(..).rev().collect();
+        children.extend(self.cluster.take().map(Cluster::into_processes).unwrap_or_default());
+        for p in &children {
+            p.signal("CONT");
+            p.signal("TERM");
         }
         let deadline = Instant::now() + Duration::from_secs(5);
-        for p in &mut self.procs {
-            let Some(child) = p.child.as_mut() else { continue };
-            loop {
-                match child.try_wait() {
-                    Ok(Some(_)) | Err(_) => break,
-                    Ok(None) if Instant::now() < deadline => std::thread::sleep(Duration::from_millis(20)),
-                    Ok(None) => {
-                        println!("{} did not stop within 5 s: killed", p.name);
-                        let _ = child.kill();
-                        let _ = child.wait();
-                        break;
-                    }
-                }
+        for mut p in children {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if p.pid() != 0 && p.wait_exit(left).is_none() {
+                println!("{} did not stop within 5 s: killed", p.name());
             }
-            p.child = None;
+            p.kill9();
         }
     }
 }

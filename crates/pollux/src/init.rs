@@ -294,7 +294,7 @@ fn check_shared_dir(a: &str) -> Result<String, String> {
     if !path.is_absolute() {
         return Err(format!("{a:?} is not an absolute path"));
     }
-    let shared = pollux_aggregator::shared::SharedDir::new(path);
+    let shared = pollux_aggregator::shared_dir::SharedDir::new(path);
     shared.check(pollux_aggregator::config::DEFAULT_MIN_FREE_BYTES).map_err(|e| e.to_string())?;
     let owner = std::fs::metadata(path).map_err(|e| e.to_string())?.uid();
     let me = nix::unistd::geteuid().as_raw();

@@ -220,7 +220,7 @@ fn start_aggregator(args: AggregatorArgs) -> Result<Aggregator, ExitCode> {
     };
     let config = AggregatorConfig::load(args.config.as_deref(), overrides).map_err(|e| refuse("aggregator", e))?;
     let listener = bind("aggregator", config.listen)?;
-    Aggregator::build(config, listener).map(|a| a.with_routes(pollux_portal::router)).map_err(|e| match &e {
+    Aggregator::build(config, listener).map_err(|e| match &e {
         // A repository server that is down is not a mistake in the configuration: EX_UNAVAILABLE,
         // so a supervisor tries again.
         pollux_aggregator::StartError::Repository { source, .. }

@@ -43,22 +43,27 @@ pub fn run(args: MaintenanceArgs) -> ExitCode {
         body["node"] = json!(node);
     }
     // An active put into maintenance answers once it has handed over: show the wait.
-    let request = {
+    let (answered, answer) = std::sync::mpsc::channel();
+    {
         let url = url.clone();
-        std::thread::spawn(move || match agent.post(&url).send_json(&body) {
-            Ok(mut r) => Ok((r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap_or(Value::Null))),
-            Err(e) => Err(e.to_string()),
-        })
-    };
-    let mut waiting = crate::waiting::Waiting::new(if on { "the node to go into maintenance" } else { "the node" });
-    while !request.is_finished() {
-        if on {
-            waiting.tick();
-        }
-        std::thread::sleep(Duration::from_millis(50));
+        std::thread::spawn(move || {
+            let _ = answered.send(match agent.post(&url).send_json(&body) {
+                Ok(mut r) => Ok((r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap_or(Value::Null))),
+                Err(e) => Err(e.to_string()),
+            });
+        });
     }
+    let mut waiting = crate::waiting::Waiting::new(if on { "the node to go into maintenance" } else { "the node" });
+    let outcome = loop {
+        match answer.recv_timeout(Duration::from_millis(50)) {
+            Ok(outcome) => break outcome,
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) if on => waiting.tick(),
+            Err(std::sync::mpsc::RecvTimeoutError::Timeout) => {}
+            Err(std::sync::mpsc::RecvTimeoutError::Disconnected) => break Err("the request thread died".to_owned()),
+        }
+    };
     waiting.finish();
-    let (status, answer) = match request.join().expect("the request thread") {
+    let (status, answer) = match outcome {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("pollux maintenance: {url}: {e}");

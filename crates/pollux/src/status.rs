@@ -1,6 +1,6 @@
 //! `pollux status`: the System Status of the aggregators, in a terminal or as JSON.
 
-use pollux_aggregator::status::SystemStatus;
+use pollux_model::wire::SystemStatus;
 use std::process::ExitCode;
 
 #[derive(clap::Args)]

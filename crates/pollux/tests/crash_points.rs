@@ -95,3 +95,46 @@ fn temp_leftovers_are_discarded_at_start() {
     assert!(da.log().contains("discarded_temp_files=1"), "{}", da.log());
     assert_eq!(get(&format!("{}/api/v1/dto/half", da.url)).0, 404, "a partial DTO is never loaded");
 }
+
+/// A resend that races the load of its first copy: its registry check comes before the load,
+/// its store after the load removed the first copy's file. It must be answered 200 (the id is
+/// loaded), never 201 as if new; and the DTO is loaded once.
+#[test]
+fn a_resend_racing_the_load_of_its_first_copy_is_answered_200() {
+    let shared = tempdir();
+    let (hold_load, hold_resend) = (shared.path().join("hold-load"), shared.path().join("hold-resend"));
+    let points = format!(
+        "loader.before_load=delay-while:30000:{},ingest.after_registry_check=delay-while:30000:{}",
+        hold_load.display(),
+        hold_resend.display()
+    );
+    let da = Aggregator::start(shared.path(), &[], &[("POLLUX_FAILPOINTS", &points)]);
+    da.wait_active();
+    let dto = interface_dto("race.1", unix_now() / 300 * 300 - 600, 1, 2);
+    // The first copy is stored and waits, its load held.
+    std::fs::write(&hold_load, b"").unwrap();
+    assert_eq!(put_json(&da.url, &dto).0, 201);
+    wait_until(Duration::from_secs(10), "the loader held before its load", || {
+        da.log().contains("failpoint loader.before_load: delay").then_some(())
+    });
+    // The resend passes its registry check (not loaded yet) and is held before its store.
+    std::fs::write(&hold_resend, b"").unwrap();
+    let resend = {
+        let (url, dto) = (da.url.clone(), dto.clone());
+        std::thread::spawn(move || put_json(&url, &dto).0)
+    };
+    wait_until(Duration::from_secs(10), "the resend held after its registry check", || {
+        da.log().contains("failpoint ingest.after_registry_check: delay").then_some(())
+    });
+    // The first copy is loaded and its file removed; then the resend goes on.
+    std::fs::remove_file(&hold_load).unwrap();
+    wait_until(Duration::from_secs(20), "the first copy loaded", || {
+        (get(&format!("{}/api/v1/dto/race.1", da.url)).1["state"] == "loaded").then_some(())
+    });
+    std::fs::remove_file(&hold_resend).unwrap();
+    assert_eq!(resend.join().unwrap(), 200, "a resend of a loaded id is not new");
+    wait_until(Duration::from_secs(20), "nothing left in the store", || {
+        dto_files(shared.path()).is_empty().then_some(())
+    });
+    assert_eq!(RepoCheck::open(shared.path()).registered("race.1"), 1);
+}

@@ -394,3 +394,34 @@ fn collector_reports_are_bounded() {
     assert_eq!(status["collectors"].as_array().map(Vec::len), Some(1000));
     assert_eq!(report("bad%20id"), 400, "an id is a plain name");
 }
+
+/// Two aggregators with the same node id on one shared directory (a copied service unit)
+/// would take turns at the lease, both ready-active at times: the second is refused at start,
+/// exit 64 naming the holder; once the first is gone (kill -9) the id is free again.
+#[test]
+fn a_second_aggregator_with_the_same_node_id_is_refused() {
+    let shared = tempdir();
+    let mut first = Aggregator::start(shared.path(), &[], &[]);
+    first.wait_active();
+    let dir = shared.path().to_str().unwrap();
+    let mut second = harnessed(BIN)
+        .args(["aggregator", "--shared-dir", dir, "--listen", "127.0.0.1:0", "--node-id", "da-test"])
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let exited = wait_until(Duration::from_secs(10), "the second aggregator to be refused", || {
+        let exited = second.try_wait().unwrap();
+        if exited.is_none() && first.log().contains("fenced") {
+            let _ = second.kill();
+        }
+        exited
+    });
+    let mut err = String::new();
+    std::io::Read::read_to_string(&mut second.stderr.take().unwrap(), &mut err).unwrap();
+    assert_eq!(exited.code(), Some(64), "{err}");
+    assert!(err.contains("node id da-test is in use") && err.contains(&format!("pid {}", first.pid())), "{err}");
+    first.kill9();
+    let again = Aggregator::start(shared.path(), &[], &[]);
+    again.wait_active();
+}

@@ -237,7 +237,7 @@ fn bearer_token_and_custom_families() {
 
 #[test]
 fn a_stored_dto_of_an_undefined_family_waits_without_blocking_the_others() {
-    use pollux_aggregator::store::DtoStore;
+    use pollux_aggregator::ingest::store::DtoStore;
     use pollux_model::{Dto, Record};
     let shared = tempdir();
     // What a predecessor left: four whole DTOs, one of a family that is not defined here (its

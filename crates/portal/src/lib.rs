@@ -11,7 +11,8 @@
 //! ```
 //!
 //! Pages are rendered on the server from the same types the JSON API serves ([`SystemStatus`],
-//! the repository's series and events); charts are SVG drawn here ([`chart`]). The little
+//! the repository's series and events); charts are SVG drawn here ([`chart`]). The portal knows
+//! nothing of the aggregator: it reads through the narrow [`Source`] the aggregator hands it. The little
 //! JavaScript there is (`/portal/app.js`) refreshes the status, and posts acknowledgements and
 //! rule changes to the JSON API. Every asset is in the binary.
 #![forbid(unsafe_code)]
@@ -24,16 +25,31 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use pollux_aggregator::App;
+use pollux_model::Catalog;
+use pollux_repository::Repository;
 use std::sync::Arc;
 
-pub use pollux_aggregator::status::SystemStatus;
+pub use pollux_model::wire::SystemStatus;
+
+/// What the portal reads, and nothing more.
+pub trait Source: Send + Sync + 'static {
+    /// The System Status. Blocking (it reads the shared directory): called off the async
+    /// workers.
+    fn status(&self) -> SystemStatus;
+    /// `Ok` on the ready active; else why not, in words an operator can act on (the role, the
+    /// active's URL).
+    fn active(&self) -> Result<(), String>;
+    /// The repository, to read (series, top-N, events, rules).
+    fn repository(&self) -> Arc<dyn Repository>;
+    /// The metric families in force.
+    fn catalog(&self) -> Arc<Catalog>;
+}
 
 const CSS: &str = include_str!("../assets/app.css");
 const JS: &str = include_str!("../assets/app.js");
 
 /// The portal's routes, to merge into the aggregator's router.
-pub fn router(app: Arc<App>) -> Router {
+pub fn router(source: Arc<dyn Source>) -> Router {
     Router::new()
         .route("/", get(pages::status_page))
         .route("/portal/status", get(pages::status_fragment))
@@ -45,7 +61,7 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/reports/percentile", get(pages::percentile))
         .route("/portal/app.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/portal/app.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
-        .with_state(app)
+        .with_state(source)
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {
@@ -84,17 +100,8 @@ async fn blocking<T: Send + 'static>(f: impl FnOnce() -> T + Send + 'static) -> 
 }
 
 /// Pages other than the status need the ready active (the repository is its to read).
-fn require_active(app: &App) -> Result<(), PageError> {
-    if app.node.active_epoch().is_some() {
-        return Ok(());
-    }
-    let state = app.node.state();
-    let to = app.node.active_url().map_or(String::new(), |u| format!(" The active is at {u}."));
-    Err(PageError::new(
-        StatusCode::SERVICE_UNAVAILABLE,
-        format!(
-            "This aggregator is {}, not the ready active.{to} Open the portal through the proxy.",
-            state.role.name()
-        ),
-    ))
+fn require_active(source: &dyn Source) -> Result<(), PageError> {
+    source.active().map_err(|why| {
+        PageError::new(StatusCode::SERVICE_UNAVAILABLE, format!("{why} Open the portal through the proxy."))
+    })
 }

@@ -2,11 +2,10 @@
 
 use crate::chart::{self, Line};
 use crate::html::{esc, human, page, url_part};
-use crate::{blocking, require_active, PageError, SystemStatus};
+use crate::{blocking, require_active, PageError, Source, SystemStatus};
 use axum::extract::{Path, Query, State};
 use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
-use pollux_aggregator::App;
 use pollux_model::period::days_from_civil;
 use pollux_model::Resolution;
 use pollux_repository::{EventFilter, EventState, ItemFilter, Series, SeriesQuery, TopQuery};
@@ -18,7 +17,7 @@ type Params = Query<HashMap<String, String>>;
 
 /// Unix seconds as people read them (UTC).
 fn time(ts: i64) -> String {
-    pollux_aggregator::notify::rfc3339(ts).replace('T', " ").replace('Z', " UTC")
+    format!("{} UTC", pollux_model::period::format_utc(ts))
 }
 
 fn now() -> i64 {
@@ -36,15 +35,15 @@ fn range_of(params: &HashMap<String, String>, default: &'static str) -> (&'stati
 
 // ---------------------------------------------------------------------------- System Status
 
-pub async fn status_page(State(app): State<Arc<App>>) -> Result<Html<String>, PageError> {
-    let status = blocking(move || SystemStatus::gather(&app)).await?;
+pub async fn status_page(State(app): State<Arc<dyn Source>>) -> Result<Html<String>, PageError> {
+    let status = blocking(move || app.status()).await?;
     let body = format!("<div id=\"status\" data-refresh=\"/portal/status\">{}</div>", status_html(&status));
     Ok(Html(page("System Status", "/", &body)))
 }
 
 /// The status without the frame: what the page fetches every 2 s.
-pub async fn status_fragment(State(app): State<Arc<App>>) -> Result<Response, PageError> {
-    let status = blocking(move || SystemStatus::gather(&app)).await?;
+pub async fn status_fragment(State(app): State<Arc<dyn Source>>) -> Result<Response, PageError> {
+    let status = blocking(move || app.status()).await?;
     Ok(([(header::CACHE_CONTROL, "no-store")], Html(status_html(&status))).into_response())
 }
 
@@ -152,14 +151,14 @@ fn status_html(s: &SystemStatus) -> String {
 
 // -------------------------------------------------------------------------------- Devices
 
-pub async fn devices(State(app): State<Arc<App>>, Query(params): Params) -> Result<Html<String>, PageError> {
-    require_active(&app)?;
+pub async fn devices(State(app): State<Arc<dyn Source>>, Query(params): Params) -> Result<Html<String>, PageError> {
+    require_active(app.as_ref())?;
     let q = params.get("q").cloned().unwrap_or_default();
     let needle = q.to_lowercase();
     let (devices, summary) = blocking(move || {
-        let repo = &app.repo;
+        let repo = app.repository();
         let devices = repo.devices()?;
-        Ok::<_, pollux_repository::RepoError>((devices, device_summary(&app)))
+        Ok::<_, pollux_repository::RepoError>((devices, device_summary(app.as_ref())))
     })
     .await??;
     let DeviceSummary { availability: avail, response, utilization: util, .. } = &*summary;
@@ -209,7 +208,7 @@ const CSV_PAGE: usize = 2_000;
 
 const SUMMARY_TTL: std::time::Duration = std::time::Duration::from_secs(30);
 
-fn device_summary(app: &App) -> Arc<DeviceSummary> {
+fn device_summary(app: &dyn Source) -> Arc<DeviceSummary> {
     // Held while the summary is computed: requests that find it stale meanwhile wait for that
     // one computation instead of each starting their own (seconds of scans apiece).
     static CACHE: std::sync::Mutex<Option<Arc<DeviceSummary>>> = std::sync::Mutex::new(None);
@@ -217,7 +216,7 @@ fn device_summary(app: &App) -> Arc<DeviceSummary> {
     if let Some(s) = cache.as_ref().filter(|s| s.at.elapsed() < SUMMARY_TTL) {
         return s.clone();
     }
-    let repo = &app.repo;
+    let repo = app.repository();
     let to = now();
     let from = to - 15 * 60;
     let per_device = |family: &str, metric: &str, worst: fn(f64, f64) -> f64| -> BTreeMap<String, f64> {
@@ -239,18 +238,18 @@ fn device_summary(app: &App) -> Arc<DeviceSummary> {
 }
 
 pub async fn device(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<dyn Source>>,
     Path(name): Path<String>,
     Query(params): Params,
 ) -> Result<Html<String>, PageError> {
-    require_active(&app)?;
+    require_active(app.as_ref())?;
     let (range, length) = range_of(&params, "24h");
     let to = now();
     let from = to - length;
     let chosen = params.get("item").cloned();
     let device = name.clone();
     let data = blocking(move || -> Result<Option<DeviceData>, pollux_repository::RepoError> {
-        let repo = &app.repo;
+        let repo = app.repository();
         let items =
             repo.items(&ItemFilter { device: Some(device.clone()), family: None, limit: 100_000, offset: 0 })?;
         if items.is_empty() {
@@ -366,8 +365,8 @@ struct DeviceData {
 
 // ---------------------------------------------------------------------------------- Top-N
 
-pub async fn top(State(app): State<Arc<App>>, Query(params): Params) -> Result<Html<String>, PageError> {
-    require_active(&app)?;
+pub async fn top(State(app): State<Arc<dyn Source>>, Query(params): Params) -> Result<Html<String>, PageError> {
+    require_active(app.as_ref())?;
     let metric = params.get("metric").cloned().unwrap_or_else(|| "in_util".into());
     let allowed = ["in_util", "out_util", "in_bps", "out_bps"];
     if !allowed.contains(&metric.as_str()) {
@@ -379,7 +378,7 @@ pub async fn top(State(app): State<Arc<App>>, Query(params): Params) -> Result<H
     // the hour ends): the hourly rollups answer, not a scan of raw data.
     let to = (now() - 15 * 60) / 3600 * 3600;
     let query = TopQuery { family: "Interface".into(), metric: metric.clone(), from: to - length, to, n };
-    let entries = blocking(move || app.repo.top(&query)).await??;
+    let entries = blocking(move || app.repository().top(&query)).await??;
     let mut body = String::from("<form method=\"get\" class=\"search\"><select name=\"metric\">");
     for m in allowed {
         let sel = if m == metric { " selected" } else { "" };
@@ -417,8 +416,8 @@ pub async fn top(State(app): State<Arc<App>>, Query(params): Params) -> Result<H
 
 // ------------------------------------------------------------------------- Events and rules
 
-pub async fn events(State(app): State<Arc<App>>, Query(params): Params) -> Result<Html<String>, PageError> {
-    require_active(&app)?;
+pub async fn events(State(app): State<Arc<dyn Source>>, Query(params): Params) -> Result<Html<String>, PageError> {
+    require_active(app.as_ref())?;
     let state = match params.get("state").map(String::as_str) {
         Some("open") => Some(EventState::Open),
         Some("cleared") => Some(EventState::Cleared),
@@ -427,7 +426,7 @@ pub async fn events(State(app): State<Arc<App>>, Query(params): Params) -> Resul
     let severity = params.get("severity").and_then(|s| pollux_repository::Severity::parse(s));
     let device = params.get("device").filter(|d| !d.is_empty()).cloned();
     let filter = EventFilter { state, severity, device: device.clone(), limit: 500, ..EventFilter::default() };
-    let events = blocking(move || app.repo.events(&filter)).await??;
+    let events = blocking(move || app.repository().events(&filter)).await??;
     let mut body = format!(
         "<form method=\"get\" class=\"search\"><select name=\"state\"><option value=\"\">any state</option>{}{}</select> \
          <input name=\"device\" value=\"{}\" placeholder=\"device\"> <button>Filter</button> \
@@ -478,10 +477,10 @@ fn opt(value: &str, selected: bool) -> String {
     format!("<option{}>{value}</option>", if selected { " selected" } else { "" })
 }
 
-pub async fn rules(State(app): State<Arc<App>>) -> Result<Html<String>, PageError> {
-    require_active(&app)?;
+pub async fn rules(State(app): State<Arc<dyn Source>>) -> Result<Html<String>, PageError> {
+    require_active(app.as_ref())?;
     let catalog = app.catalog();
-    let rules = blocking(move || app.repo.rules()).await??;
+    let rules = blocking(move || app.repository().rules()).await??;
     let mut body = String::from(
         "<table id=\"rules\"><tr><th>Id</th><th>Name</th><th>Condition</th><th>Polls</th><th>Clear</th><th>Severity</th>\
          <th>Scope</th><th></th></tr>",
@@ -544,8 +543,8 @@ pub fn month_range(month: &str) -> Option<(i64, i64)> {
     Some((start, end))
 }
 
-pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> Result<Response, PageError> {
-    require_active(&app)?;
+pub async fn percentile(State(app): State<Arc<dyn Source>>, Query(params): Params) -> Result<Response, PageError> {
+    require_active(app.as_ref())?;
     let last_month = {
         let (y, m) = current_month();
         if m == 1 {
@@ -566,7 +565,7 @@ pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> R
     let device = params.get("device").filter(|d| !d.is_empty()).cloned();
     let filter_device = device.clone();
     let rows = blocking(move || -> Result<Vec<PercentileRow>, pollux_repository::RepoError> {
-        let repo = &app.repo;
+        let repo = app.repository();
         let items =
             repo.items(&ItemFilter { device: filter_device, family: Some("Interface".into()), limit, offset })?;
         let mut rows = Vec::new();
@@ -599,7 +598,7 @@ pub async fn percentile(State(app): State<Arc<App>>, Query(params): Params) -> R
         let mut text = String::from("device,item,month,samples,in_bps_p95,out_bps_p95\n");
         for (d, i, n, inb, outb) in &rows {
             let v = |x: &Option<f64>| x.map_or(String::new(), |x| x.to_string());
-            let field = pollux_aggregator::api::csv_field;
+            let field = pollux_model::csv::field;
             let _ = writeln!(text, "{},{},{month},{n},{},{}", field(d), field(i), v(inb), v(outb));
         }
         let disposition = format!("attachment; filename=\"pollux-p95-{month}.csv\"");

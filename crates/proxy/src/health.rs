@@ -146,8 +146,12 @@ async fn check(
     let response = client.get(uri).await.map_err(|e| e.to_string())?;
     let active = response.status() == hyper::StatusCode::OK;
     let body = response.into_body().collect().await.map_err(|e| e.to_string())?.to_bytes();
-    let health: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
-    Ok((active, health["epoch"].as_u64().unwrap_or(0), health["node"].as_str().map(str::to_owned)))
+    // A login page or another service answering where an aggregator should be is not one.
+    let health: pollux_model::wire::Health = serde_json::from_slice(&body)
+        .ok()
+        .filter(|h: &pollux_model::wire::Health| !h.node.is_empty())
+        .ok_or_else(|| format!("{url}/health/active did not answer as a Pollux aggregator"))?;
+    Ok((active, health.epoch, Some(health.node)))
 }
 
 /// Runs the checks concurrently (one per aggregator: a handful) without another dependency.

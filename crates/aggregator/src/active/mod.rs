@@ -1,148 +1,189 @@
-//! The active services: what runs only on the active aggregator, started and stopped as one unit
-//! with the epoch the election gave it.
+//! What runs only on the active aggregator, started and stopped as one unit with the epoch the
+//! election gave it (a [`Term`]).
 //!
 //! ```text
-//!   start(epoch) ── startup thread: write fence, reread families, discard temp leftovers
-//!                     ├── loader thread: claim the repository for the epoch, then load
-//!                     └── maintenance thread: waits for the claim, then rollups, compaction
-//!                   then reports Ready to the election runtime
-//!   stop() ──────── cancels all three; each ends at its next step
+//!   ActiveParts::start(epoch) ── supervisor thread:
+//!       write the fence, reread families, discard temp leftovers
+//!       spawn a runner thread per worker: loader, housekeeping, notifier (gated on the claim)
+//!       report Ready, then claim the repository for the epoch, then open the gate
+//!   ActiveServices::stop() ─── ends the term; every runner ends at its next step
+//!   ActiveServices::wait(limit) ─ returns once every thread of the term has ended
 //! ```
 //!
 //! Readiness does not wait for the repository claim: ingest needs only the shared directory and
 //! queries only read. A deposed active frozen inside a write transaction (SIGSTOP) holds
 //! SQLite's write lock until it resumes or dies; the new active acknowledges and answers
-//! queries meanwhile, and its loader claims the repository as soon as the lock is free.
+//! queries meanwhile, and claims the repository as soon as the lock is free.
+//!
+//! Every thread of a term holds a clone of one completion sender; when the last one ends the
+//! receiver sees the channel closed (mini-redis's shutdown pattern), so waiting for a term is
+//! one `recv_timeout`, never a poll.
 
-use crate::election::Command;
-use crate::{loader, maintenance, notify, App};
-use pollux_repository::{Epoch, RepoError};
-use std::sync::atomic::{AtomicBool, Ordering};
-use std::sync::mpsc::Sender;
+pub mod housekeeping;
+pub mod loader;
+pub mod notifier;
+pub mod term;
+pub mod worker;
+
+use crate::ingest::store::DtoStore;
+use crate::shared_dir::families::Families;
+use crate::shared_dir::SharedDir;
+use pollux_repository::{Epoch, RepoError, Repository};
+use std::sync::mpsc::{Receiver, RecvTimeoutError, Sender};
 use std::sync::Arc;
-use std::thread::JoinHandle;
 use std::time::Duration;
-use tokio_util::sync::CancellationToken;
+use term::{Report, Term, Wake};
+use worker::{Worker, WorkerBoard};
 
-/// How often the loader retries a repository claim that failed for a reason other than a newer
-/// epoch (the write lock held by a frozen predecessor, a busy disk).
+pub use term::TermEvent;
+
+/// How often a repository claim that failed for a reason other than a newer epoch (the write
+/// lock held by a frozen predecessor, a busy disk) is tried again.
 const CLAIM_RETRY: Duration = Duration::from_millis(250);
 
+/// Everything a term needs, built once by the aggregator.
+pub struct ActiveParts {
+    pub node_id: String,
+    pub shared: SharedDir,
+    pub families: Arc<Families>,
+    pub store: Arc<DtoStore>,
+    pub repo: Arc<dyn Repository>,
+    pub loader: loader::LoaderParts,
+    pub housekeeping: housekeeping::HousekeepingParts,
+    pub notifier: notifier::NotifierParts,
+    pub board: Arc<WorkerBoard>,
+}
+
+/// The running services of one term.
 pub struct ActiveServices {
-    stop: CancellationToken,
-    /// The startup thread, which runs the loader and maintenance threads and joins them.
-    startup: JoinHandle<()>,
+    term: Arc<Term>,
+    /// Closed once every thread of the term has ended.
+    done: Receiver<()>,
 }
 
-/// What the active threads share besides the app.
-pub struct Term {
-    pub epoch: Epoch,
-    pub stop: CancellationToken,
-    /// Set once the repository's epoch row is ours.
-    pub claimed: AtomicBool,
-    pub commands: Sender<Command>,
-}
+impl ActiveParts {
+    /// Starts the services of `epoch`; they report Ready or Fenced through `report`.
+    pub fn start(self: &Arc<Self>, epoch: Epoch, report: Report) -> ActiveServices {
+        let wakes: Vec<Arc<Wake>> =
+            vec![self.loader.wake.clone(), self.housekeeping.wake.clone(), self.notifier.wake.clone()];
+        let term = Arc::new(Term::new(epoch, report, wakes));
+        let (finished, done) = std::sync::mpsc::channel();
+        let (parts, supervised) = (self.clone(), term.clone());
+        std::thread::Builder::new()
+            .name("startup".into())
+            .spawn(move || parts.supervise(&supervised, finished))
+            .expect("spawn the startup thread");
+        ActiveServices { term, done }
+    }
 
-impl Term {
-    /// Reports that a newer epoch owns the repository.
-    pub fn fenced(&self, e: &RepoError) {
-        let _ = self.commands.send(Command::Fenced { epoch: self.epoch, reason: e.to_string() });
+    fn workers(&self) -> Vec<Box<dyn Worker>> {
+        vec![
+            Box::new(loader::Loader::new(self.loader.clone())),
+            Box::new(housekeeping::Housekeeping::new(self.housekeeping.clone())),
+            Box::new(notifier::Notifier::new(self.notifier.clone())),
+        ]
+    }
+
+    /// The startup of a term, then the claim. `finished` is held by every thread it starts.
+    fn supervise(&self, term: &Arc<Term>, finished: Sender<()>) {
+        if pollux_failpoint::hit("startup.hang") {
+            return;
+        }
+        if !self.recover(term) {
+            return;
+        }
+        for worker in self.workers() {
+            let (term, board, finished) = (term.clone(), self.board.clone(), finished.clone());
+            std::thread::Builder::new()
+                .name(worker.name().to_owned())
+                .spawn(move || {
+                    worker::run(worker, &term, &board);
+                    drop(finished);
+                })
+                .expect("spawn a worker thread");
+        }
+        term.ready();
+        self.claim(term);
+    }
+
+    /// Takes over the shared directory for the term: fence, families, temp leftovers. False
+    /// when the term must not go on.
+    fn recover(&self, term: &Term) -> bool {
+        let epoch = term.epoch;
+        self.loader.wake.notify();
+        if let Err(e) = self.shared.write_fence(epoch) {
+            tracing::error!(epoch, error = %e, "cannot write the fence file; not starting");
+            term.fenced(format!("fence file: {e}"));
+            return false;
+        }
+        self.families.reread();
+        // A start that lost its epoch meanwhile (stopped, or a newer leader's fence) touches
+        // nothing more: the shared directory is the newer leader's now.
+        let current = self.shared.read_fence();
+        if term.stopped() || current.as_ref().is_ok_and(|f| *f != epoch) {
+            tracing::warn!(epoch, fence = ?current.ok(), "start abandoned: no longer the current epoch");
+            return false;
+        }
+        let discarded = match self.store.discard_temp(epoch) {
+            Ok(n) => n,
+            Err(e) => {
+                tracing::error!(epoch, error = %e, "cannot clean the DTO store; not starting");
+                return false;
+            }
+        };
+        let (backlog, _) = self.store.backlog().unwrap_or((0, 0.0));
+        tracing::info!(epoch, discarded_temp_files = discarded, backlog, "recovered the DTO store");
+        !term.stopped()
+    }
+
+    /// Claims the repository for the term's epoch, retrying until it succeeds, the term ends
+    /// or a newer epoch is found; then opens the gate for the workers.
+    fn claim(&self, term: &Term) {
+        loop {
+            if term.stopped() {
+                return;
+            }
+            match self.repo.claim_epoch(term.epoch, &self.node_id) {
+                Ok(()) => break,
+                Err(e @ RepoError::Fenced { .. }) => {
+                    term.fenced_by(&e);
+                    return;
+                }
+                Err(e) => {
+                    tracing::warn!(epoch = term.epoch, error = %e, "repository not claimed yet; retrying");
+                    std::thread::sleep(CLAIM_RETRY);
+                }
+            }
+        }
+        tracing::info!(epoch = term.epoch, "repository claimed");
+        term.set_claimed();
     }
 }
 
 impl ActiveServices {
-    pub fn start(app: Arc<App>, epoch: Epoch, commands: Sender<Command>) -> ActiveServices {
-        let stop = CancellationToken::new();
-        let term = Arc::new(Term { epoch, stop: stop.clone(), claimed: AtomicBool::new(false), commands });
-        let startup = std::thread::Builder::new()
-            .name("startup".into())
-            .spawn(move || startup(app, term))
-            .expect("spawn startup thread");
-        ActiveServices { stop, startup }
+    pub fn epoch(&self) -> Epoch {
+        self.term.epoch
     }
 
-    /// Cancels every thread; they end at their next step.
+    /// Ends the term; its threads end at their next step.
     pub fn stop(&self) {
-        self.stop.cancel();
+        self.term.stop();
     }
 
-    /// Stops and waits up to `limit` for the threads to end (a hung start is left behind).
-    pub fn stop_and_wait(self, limit: Duration) {
-        self.stop();
-        let deadline = std::time::Instant::now() + limit;
-        while !self.startup.is_finished() && std::time::Instant::now() < deadline {
-            std::thread::sleep(Duration::from_millis(10));
-        }
-        if self.startup.is_finished() {
-            let _ = self.startup.join();
-        }
-    }
-}
-
-fn startup(app: Arc<App>, term: Arc<Term>) {
-    if pollux_failpoint::hit("startup.hang") {
-        return;
-    }
-    let epoch = term.epoch;
-    app.loader_wake.notify();
-    if let Err(e) = app.shared.write_fence(epoch) {
-        tracing::error!(epoch, error = %e, "cannot write the fence file; not starting");
-        let _ = term.commands.send(Command::Fenced { epoch, reason: format!("fence file: {e}") });
-        return;
-    }
-    app.reload_catalog_in_memory();
-    // A start that lost its epoch meanwhile (stopped, or a newer leader's fence) touches
-    // nothing more: the shared directory is the newer leader's now.
-    let current = app.shared.read_fence();
-    if term.stop.is_cancelled() || current.as_ref().is_ok_and(|f| *f != epoch) {
-        tracing::warn!(epoch, fence = ?current.ok(), "start abandoned: no longer the current epoch");
-        return;
-    }
-    let discarded = match app.store.discard_temp(epoch) {
-        Ok(n) => n,
-        Err(e) => {
-            tracing::error!(epoch, error = %e, "cannot clean the DTO store; not starting");
-            return;
-        }
-    };
-    let (backlog, _) = app.store.backlog().unwrap_or((0, 0.0));
-    tracing::info!(epoch, discarded_temp_files = discarded, backlog, "recovered the DTO store");
-    if term.stop.is_cancelled() {
-        return;
-    }
-    let spawn = |name: &str, body: fn(Arc<App>, Arc<Term>)| {
-        let (app, term) = (app.clone(), term.clone());
-        std::thread::Builder::new().name(name.to_owned()).spawn(move || body(app, term)).expect("spawn worker")
-    };
-    let loader = spawn("loader", run_loader);
-    let maintenance = spawn("maintenance", maintenance::run);
-    let notifier = spawn("notifier", notify::run);
-    let _ = term.commands.send(Command::Ready { epoch });
-    let _ = loader.join();
-    let _ = maintenance.join();
-    let _ = notifier.join();
-}
-
-/// Claims the repository for the term's epoch, then loads until stopped.
-fn run_loader(app: Arc<App>, term: Arc<Term>) {
-    loop {
-        if term.stop.is_cancelled() {
-            return;
-        }
-        match app.repo.claim_epoch(term.epoch, &app.node.id) {
-            Ok(()) => break,
-            Err(e @ RepoError::Fenced { .. }) => {
-                term.fenced(&e);
-                return;
-            }
-            Err(e) => {
-                tracing::warn!(epoch = term.epoch, error = %e, "repository not claimed yet; retrying");
-                std::thread::sleep(CLAIM_RETRY);
+    /// Waits up to `limit` for every thread of the term to end; false if some did not (a start
+    /// hung in I/O is left behind, and said so).
+    pub fn wait(&self, limit: Duration) -> bool {
+        match self.done.recv_timeout(limit) {
+            Ok(()) | Err(RecvTimeoutError::Disconnected) => true,
+            Err(RecvTimeoutError::Timeout) => {
+                tracing::warn!(epoch = self.term.epoch, "the services of the term did not stop within {limit:?}");
+                false
             }
         }
     }
-    tracing::info!(epoch = term.epoch, "repository claimed");
-    term.claimed.store(true, Ordering::Release);
-    app.maintenance_wake.notify();
-    loader::run(&app, &term);
+
+    /// True once every thread of the term has ended (without waiting).
+    pub fn ended(&self) -> bool {
+        matches!(self.done.try_recv(), Err(std::sync::mpsc::TryRecvError::Disconnected))
+    }
 }

@@ -1,7 +1,7 @@
 //! The notifier: delivers the outbox to Alertmanager and webhooks, on the active only.
 //!
 //! ```text
-//!   load transaction ──▶ outbox (events opened / cleared) ──▶ notifier thread
+//!   load transaction ──▶ outbox (events opened / cleared) ──▶ notifier worker
 //!                                                              │ per receiver, in order:
 //!                                                              │ POST a batch, then record
 //!                                                              ▼ delivered(receiver, seq)
@@ -15,10 +15,13 @@
 //! 1 min). Open events are sent to Alertmanager again every `resend_interval`, so it never
 //! resolves them on its own while they are open.
 
+use super::term::{Term, Wake};
+use super::worker::{Worker, WorkerState};
 use crate::config::NotifyConfig;
-use crate::services::Term;
-use crate::App;
-use pollux_repository::{Event, EventFilter, EventState, OutboxEntry, RepoError};
+use crate::metrics::Metrics;
+use crate::node::Node;
+use pollux_model::wire::{ReceiverKind as Kind, ReceiverStatus};
+use pollux_repository::{Epoch, Event, EventFilter, EventState, OutboxEntry, RepoError, Repository};
 use serde_json::{json, Value};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
@@ -29,34 +32,6 @@ const FIRST_RETRY: Duration = Duration::from_secs(1);
 const MAX_RETRY: Duration = Duration::from_secs(60);
 /// Longest sleep with nothing to do; a load that opens or clears an event wakes the notifier.
 const IDLE_WAIT: Duration = Duration::from_secs(1);
-
-#[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
-#[serde(rename_all = "lowercase")]
-pub enum Kind {
-    Alertmanager,
-    Webhook,
-}
-
-impl Kind {
-    pub fn name(self) -> &'static str {
-        match self {
-            Kind::Alertmanager => "alertmanager",
-            Kind::Webhook => "webhook",
-        }
-    }
-}
-
-/// One receiver's delivery figures, for the status view and `/metrics`.
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct ReceiverStatus {
-    pub kind: Kind,
-    pub url: String,
-    pub delivered: u64,
-    pub failures: u64,
-    pub last_ok_ms: Option<i64>,
-    pub last_error_ms: Option<i64>,
-    pub last_error: Option<String>,
-}
 
 /// The receivers' figures, shared with the HTTP handlers.
 #[derive(Debug, Default)]
@@ -127,95 +102,124 @@ struct Receiver {
     backoff: Duration,
 }
 
-/// Delivers until the term stops or is fenced. Waits for the repository claim first.
-pub fn run(app: Arc<App>, term: Arc<Term>) {
-    let config = &app.config.notify;
-    let mut receivers: Vec<Receiver> = receivers(config)
-        .into_iter()
-        .enumerate()
-        .map(|(index, (kind, url))| Receiver {
-            index,
-            kind,
-            cursor: cursor_name(kind, &url),
-            url,
-            next_try: Instant::now(),
-            backoff: FIRST_RETRY,
-        })
-        .collect();
-    let cursors: Vec<String> = receivers.iter().map(|r| r.cursor.clone()).collect();
-    let agent: ureq::Agent = ureq::Agent::config_builder()
-        .timeout_global(Some(config.timeout))
-        .tls_config(app.client_tls.ureq())
-        .http_status_as_error(false)
-        .user_agent(concat!("pollux/", env!("CARGO_PKG_VERSION")))
-        .build()
-        .into();
-    // A new active sends the open events at once: its predecessor's last resend may be old.
-    let mut last_resend: Option<Instant> = None;
-    while !term.stop.is_cancelled() {
-        if !term.claimed.load(std::sync::atomic::Ordering::Acquire) {
-            app.notify_wake.wait(Duration::from_millis(100));
-            continue;
-        }
-        let outcome = (|| -> Result<(), RepoError> {
-            if receivers.is_empty() {
-                // Nobody to tell: keep the outbox empty.
-                return app.repo.delivered(term.epoch, None, &[]);
-            }
-            for r in receivers.iter_mut().filter(|r| r.next_try <= Instant::now()) {
-                deliver(&app, &agent, term.epoch, r, &cursors)?;
-            }
-            if last_resend.is_none_or(|t| t.elapsed() >= config.resend_interval) {
-                resend_open(&app, &agent, term.epoch, &mut receivers)?;
-                last_resend = Some(Instant::now());
-            }
-            Ok(())
-        })();
-        match outcome {
-            Ok(()) => {}
-            Err(e @ RepoError::Fenced { .. }) => {
-                tracing::warn!(epoch = term.epoch, error = %e, "notifier fenced: the new active sends from here");
-                term.fenced(&e);
-                break;
-            }
-            Err(e) => tracing::warn!(error = %e, "notifier cannot read the outbox; retrying"),
-        }
-        let next = receivers.iter().map(|r| r.next_try).min();
-        let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
-        app.notify_wake.wait(wait.max(Duration::from_millis(10)));
+/// What the notifier works with.
+#[derive(Clone)]
+pub struct NotifierParts {
+    pub repo: Arc<dyn Repository>,
+    /// Whether this node is still the ready active of the term's epoch, checked before every
+    /// post; and its URL, for the links in notifications.
+    pub node: Arc<Node>,
+    pub config: NotifyConfig,
+    pub client_tls: pollux_transport::ClientTls,
+    pub health: Arc<NotifyHealth>,
+    pub metrics: Arc<Metrics>,
+    pub wake: Arc<Wake>,
+}
+
+/// The notifier of one term.
+pub struct Notifier {
+    parts: NotifierParts,
+    receivers: Vec<Receiver>,
+    cursors: Vec<String>,
+    agent: ureq::Agent,
+    /// A new active sends the open events at once: its predecessor's last resend may be old.
+    last_resend: Option<Instant>,
+}
+
+impl Notifier {
+    pub fn new(parts: NotifierParts) -> Notifier {
+        let receivers: Vec<Receiver> = receivers(&parts.config)
+            .into_iter()
+            .enumerate()
+            .map(|(index, (kind, url))| Receiver {
+                index,
+                kind,
+                cursor: cursor_name(kind, &url),
+                url,
+                next_try: Instant::now(),
+                backoff: FIRST_RETRY,
+            })
+            .collect();
+        let cursors = receivers.iter().map(|r| r.cursor.clone()).collect();
+        let agent: ureq::Agent = ureq::Agent::config_builder()
+            .timeout_global(Some(parts.config.timeout))
+            .tls_config(parts.client_tls.ureq())
+            .http_status_as_error(false)
+            .user_agent(concat!("pollux/", env!("CARGO_PKG_VERSION")))
+            .build()
+            .into();
+        Notifier { parts, receivers, cursors, agent, last_resend: None }
     }
-    tracing::info!(epoch = term.epoch, "notifier of this epoch stopped");
+}
+
+impl Worker for Notifier {
+    fn name(&self) -> &'static str {
+        "notifier"
+    }
+
+    fn work(&mut self, term: &Term) -> Result<WorkerState, RepoError> {
+        let epoch = term.epoch;
+        if self.receivers.is_empty() {
+            // Nobody to tell: keep the outbox empty.
+            self.parts.repo.delivered(epoch, None, &[])?;
+            return Ok(WorkerState::Idle);
+        }
+        for r in self.receivers.iter_mut().filter(|r| r.next_try <= Instant::now()) {
+            deliver(&self.parts, &self.agent, epoch, r, &self.cursors)?;
+        }
+        if self.last_resend.is_none_or(|t| t.elapsed() >= self.parts.config.resend_interval) {
+            resend_open(&self.parts, &self.agent, epoch, &mut self.receivers)?;
+            self.last_resend = Some(Instant::now());
+        }
+        Ok(WorkerState::Idle)
+    }
+
+    fn idle_wait(&self) -> Duration {
+        let next = self.receivers.iter().map(|r| r.next_try).min();
+        let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
+        wait.max(Duration::from_millis(10))
+    }
+
+    fn wake(&self) -> Arc<Wake> {
+        self.parts.wake.clone()
+    }
 }
 
 /// Sends what `r` has not had yet, batch by batch, until it is up to date or fails.
-fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors: &[String]) -> Result<(), RepoError> {
+fn deliver(
+    p: &NotifierParts,
+    agent: &ureq::Agent,
+    epoch: Epoch,
+    r: &mut Receiver,
+    cursors: &[String],
+) -> Result<(), RepoError> {
     loop {
-        let entries = app.repo.outbox(&r.cursor, BATCH)?;
+        let entries = p.repo.outbox(&r.cursor, BATCH)?;
         let Some(last) = entries.last().map(|e| e.seq) else { return Ok(()) };
         // A test parks the notifier here, batch in hand, and freezes the process past failwait.
         pollux_failpoint::hit("notify.before_post");
         // The delivery record is a fenced write, but the post goes first: a node deposed (or
         // frozen past failwait and resumed) must not post what its successor now delivers.
-        if app.node.active_epoch() != Some(epoch) {
+        if p.node.active_epoch() != Some(epoch) {
             r.next_try = Instant::now() + IDLE_WAIT;
             return Ok(());
         }
         let body = match r.kind {
-            Kind::Alertmanager => Value::Array(entries.iter().map(|e| alert(app, &e.event)).collect()),
-            Kind::Webhook => webhook_body(app, &entries),
+            Kind::Alertmanager => Value::Array(entries.iter().map(|e| alert(p, &e.event)).collect()),
+            Kind::Webhook => webhook_body(p, &entries),
         };
         match post(agent, r, &body) {
             Ok(()) => {
-                app.repo.delivered(epoch, Some((&r.cursor, last)), cursors)?;
-                crate::metrics::Metrics::add(&app.metrics.notifications_sent, entries.len() as u64);
+                p.repo.delivered(epoch, Some((&r.cursor, last)), cursors)?;
+                Metrics::add(&p.metrics.notifications_sent, entries.len() as u64);
                 r.backoff = FIRST_RETRY;
-                app.notify_health.update(r.index, |s| {
+                p.health.update(r.index, |s| {
                     s.delivered += entries.len() as u64;
                     s.last_ok_ms = Some(crate::unix_now_ms());
                 });
             }
             Err(problem) => {
-                failed(app, r, problem);
+                failed(p, r, problem);
                 return Ok(());
             }
         }
@@ -223,7 +227,12 @@ fn deliver(app: &App, agent: &ureq::Agent, epoch: u64, r: &mut Receiver, cursors
 }
 
 /// Sends every open event to each Alertmanager again.
-fn resend_open(app: &App, agent: &ureq::Agent, epoch: u64, receivers: &mut [Receiver]) -> Result<(), RepoError> {
+fn resend_open(
+    p: &NotifierParts,
+    agent: &ureq::Agent,
+    epoch: Epoch,
+    receivers: &mut [Receiver],
+) -> Result<(), RepoError> {
     if !receivers.iter().any(|r| r.kind == Kind::Alertmanager) {
         return Ok(());
     }
@@ -231,7 +240,7 @@ fn resend_open(app: &App, agent: &ureq::Agent, epoch: u64, receivers: &mut [Rece
     loop {
         let filter =
             EventFilter { state: Some(EventState::Open), limit: 10_000, offset: open.len(), ..EventFilter::default() };
-        let page = app.repo.events(&filter)?;
+        let page = p.repo.events(&filter)?;
         let done = page.len() < filter.limit;
         open.extend(page);
         if done {
@@ -245,12 +254,12 @@ fn resend_open(app: &App, agent: &ureq::Agent, epoch: u64, receivers: &mut [Rece
         for chunk in open.chunks(BATCH) {
             // A resend is a read, not a fenced write: a node deposed (or frozen and resumed)
             // meanwhile must not post an open alert after its successor sent the clear.
-            if app.node.active_epoch() != Some(epoch) {
+            if p.node.active_epoch() != Some(epoch) {
                 return Ok(());
             }
-            let body = Value::Array(chunk.iter().map(|e| alert(app, e)).collect());
+            let body = Value::Array(chunk.iter().map(|e| alert(p, e)).collect());
             if let Err(problem) = post(agent, r, &body) {
-                failed(app, r, problem);
+                failed(p, r, problem);
                 break;
             }
         }
@@ -258,12 +267,12 @@ fn resend_open(app: &App, agent: &ureq::Agent, epoch: u64, receivers: &mut [Rece
     Ok(())
 }
 
-fn failed(app: &App, r: &mut Receiver, problem: String) {
+fn failed(p: &NotifierParts, r: &mut Receiver, problem: String) {
     tracing::warn!(receiver = %r.url, retry_in = ?r.backoff, %problem, "notification not delivered; kept in the outbox");
-    crate::metrics::Metrics::add(&app.metrics.notification_failures, 1);
+    Metrics::add(&p.metrics.notification_failures, 1);
     r.next_try = Instant::now() + r.backoff;
     r.backoff = (r.backoff * 2).min(MAX_RETRY);
-    app.notify_health.update(r.index, |s| {
+    p.health.update(r.index, |s| {
         s.failures += 1;
         s.last_error_ms = Some(crate::unix_now_ms());
         s.last_error = Some(problem);
@@ -284,12 +293,12 @@ fn post(agent: &ureq::Agent, r: &Receiver, body: &Value) -> Result<(), String> {
 
 /// An Alertmanager alert (API v2 `postableAlert`). The event id is a label, so each event is
 /// its own alert and a resend is recognised as the same one.
-fn alert(app: &App, e: &Event) -> Value {
+fn alert(p: &NotifierParts, e: &Event) -> Value {
     let ends_at = match e.cleared_at {
         // Cleared, even if this is its opening sent late: never revive a resolved alert.
         Some(at) => at,
         // Open: valid a while beyond the next resend, so Alertmanager keeps it active.
-        None => crate::unix_now() + 4 * app.config.notify.resend_interval.as_secs() as i64,
+        None => crate::unix_now() + 4 * p.config.resend_interval.as_secs() as i64,
     };
     json!({
         "labels": {
@@ -309,11 +318,11 @@ fn alert(app: &App, e: &Event) -> Value {
         },
         "startsAt": rfc3339(e.opened_at),
         "endsAt": rfc3339(ends_at),
-        "generatorURL": format!("{}/api/v1/events?rule={}", app.node.advertise, e.rule),
+        "generatorURL": format!("{}/api/v1/events?rule={}", p.node.advertise, e.rule),
     })
 }
 
-fn webhook_body(app: &App, entries: &[OutboxEntry]) -> Value {
+fn webhook_body(p: &NotifierParts, entries: &[OutboxEntry]) -> Value {
     let notifications: Vec<Value> = entries
         .iter()
         .map(|e| {
@@ -324,7 +333,7 @@ fn webhook_body(app: &App, entries: &[OutboxEntry]) -> Value {
             })
         })
         .collect();
-    json!({ "source": app.node.advertise, "notifications": notifications })
+    json!({ "source": p.node.advertise, "notifications": notifications })
 }
 
 /// Unix seconds as RFC 3339 UTC (`2026-12-02T01:30:00Z`).

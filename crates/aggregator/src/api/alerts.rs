@@ -4,8 +4,7 @@
 //! own consistency (counts, the clear value's side) and its family and metric against the
 //! catalog. Rules live in the repository, so a new active has them.
 
-use super::{blocking, require_active, require_json, ApiError};
-use crate::App;
+use super::{blocking, require_active, require_json, ApiError, Queries};
 use axum::body::Bytes;
 use axum::extract::{Path, Query, State};
 use axum::http::{HeaderMap, StatusCode};
@@ -28,12 +27,20 @@ fn parse_id(text: &str) -> Result<i64, ApiError> {
         .ok_or_else(|| ApiError::bad_request(format!("id: {text:?} is not a positive whole number")))
 }
 
+/// What a change of a rule or an event checks first: this node is the ready active (its
+/// epoch), the body is declared JSON, the id is one.
+fn change(app: &Queries, headers: &HeaderMap, id: &str) -> Result<(pollux_repository::Epoch, i64), ApiError> {
+    let epoch = require_active(&app.node)?;
+    require_json(headers)?;
+    Ok((epoch, parse_id(id)?))
+}
+
 fn not_found(what: &str, id: i64) -> ApiError {
     ApiError::new(StatusCode::NOT_FOUND, format!("no {what} with id {id}"))
 }
 
 /// Reads a rule from a request body: JSON shape, rule consistency, catalog.
-fn rule_spec(app: &App, body: &[u8]) -> Result<RuleSpec, ApiError> {
+fn rule_spec(app: &Queries, body: &[u8]) -> Result<RuleSpec, ApiError> {
     let mut de = serde_json::Deserializer::from_slice(body);
     let spec: RuleSpec = serde_path_to_error::deserialize(&mut de).map_err(|e| {
         let path = e.path().to_string();
@@ -42,7 +49,7 @@ fn rule_spec(app: &App, body: &[u8]) -> Result<RuleSpec, ApiError> {
     })?;
     de.end().map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     spec.validate().map_err(|e| ApiError::bad_request(e.to_string()))?;
-    let catalog = app.catalog();
+    let catalog = app.families.catalog();
     let family = catalog
         .get(&spec.family)
         .ok_or_else(|| ApiError::bad_request(format!("family: unknown family {:?}", spec.family)))?;
@@ -64,15 +71,19 @@ fn rule_json(rule: &Rule) -> Value {
     v
 }
 
-pub async fn list_rules(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+pub async fn list_rules(State(app): State<Arc<Queries>>) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
     let repo = app.repo.clone();
     let rules = blocking(move || repo.rules()).await??;
     Ok(Json(json!({ "thresholds": rules.iter().map(rule_json).collect::<Vec<_>>() })))
 }
 
-pub async fn create_rule(State(app): State<Arc<App>>, headers: HeaderMap, body: Bytes) -> Result<Response, ApiError> {
-    let epoch = require_active(&app)?;
+pub async fn create_rule(
+    State(app): State<Arc<Queries>>,
+    headers: HeaderMap,
+    body: Bytes,
+) -> Result<Response, ApiError> {
+    let epoch = require_active(&app.node)?;
     require_json(&headers)?;
     let spec = rule_spec(&app, &body)?;
     let repo = app.repo.clone();
@@ -81,8 +92,8 @@ pub async fn create_rule(State(app): State<Arc<App>>, headers: HeaderMap, body: 
     Ok((StatusCode::CREATED, Json(rule_json(&rule))).into_response())
 }
 
-pub async fn get_rule(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+pub async fn get_rule(State(app): State<Arc<Queries>>, Path(id): Path<String>) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
     let id = parse_id(&id)?;
     let repo = app.repo.clone();
     let rule = blocking(move || repo.rule(id)).await??.ok_or_else(|| not_found("threshold rule", id))?;
@@ -91,14 +102,12 @@ pub async fn get_rule(State(app): State<Arc<App>>, Path(id): Path<String>) -> Re
 
 /// Replaces a rule whole. Its open events clear (`rule changed`).
 pub async fn put_rule(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Queries>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let epoch = require_active(&app)?;
-    require_json(&headers)?;
-    let id = parse_id(&id)?;
+    let (epoch, id) = change(&app, &headers, &id)?;
     let spec = rule_spec(&app, &body)?;
     let repo = app.repo.clone();
     let rule =
@@ -107,8 +116,8 @@ pub async fn put_rule(
     Ok(Json(rule_json(&rule)))
 }
 
-pub async fn delete_rule(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    let epoch = require_active(&app)?;
+pub async fn delete_rule(State(app): State<Arc<Queries>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    let epoch = require_active(&app.node)?;
     let id = parse_id(&id)?;
     let repo = app.repo.clone();
     if !blocking(move || repo.delete_rule(epoch, id)).await?? {
@@ -132,10 +141,10 @@ fn time_param(params: &HashMap<String, String>, name: &str) -> Result<Option<i64
 
 /// `GET /api/v1/events?from=&to=&state=&device=&severity=&rule=&limit=&offset=`, newest first.
 pub async fn events(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Queries>>,
     Query(params): Query<HashMap<String, String>>,
 ) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+    require_active(&app.node)?;
     let known = ["from", "to", "state", "device", "severity", "rule", "limit", "offset"];
     if let Some(unknown) = params.keys().find(|k| !known.contains(&k.as_str())) {
         return Err(ApiError::bad_request(format!("{unknown}: unknown parameter (known: {})", known.join(", "))));
@@ -187,14 +196,12 @@ struct Ack {
 
 /// `POST /api/v1/events/{id}/ack` with `{"by": "..."}`: the first acknowledgement stands.
 pub async fn ack(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Queries>>,
     Path(id): Path<String>,
     headers: HeaderMap,
     body: Bytes,
 ) -> Result<Json<Value>, ApiError> {
-    let epoch = require_active(&app)?;
-    require_json(&headers)?;
-    let id = parse_id(&id)?;
+    let (epoch, id) = change(&app, &headers, &id)?;
     let ack: Ack = serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     let by = ack.by.trim().to_owned();
     if by.is_empty() || by.len() > MAX_ACK_BY || by.chars().any(char::is_control) {

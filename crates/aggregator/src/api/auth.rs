@@ -10,12 +10,11 @@
 //!   any other GET or HEAD                           read (queries, status, metrics, portal)
 //! ```
 
-use crate::App;
 use axum::extract::{Request, State};
 use axum::http::{header, HeaderValue, Method, StatusCode};
 use axum::middleware::Next;
 use axum::response::{IntoResponse, Response};
-use pollux_transport::auth::{Class, Denied};
+use pollux_transport::auth::{Class, Denied, TokenFiles};
 use std::sync::Arc;
 
 /// The class of a request, by method and path alone.
@@ -34,10 +33,10 @@ pub fn class_of(method: &Method, path: &str) -> Class {
 }
 
 /// The middleware: 401 or 403 before the handler, or the handler's answer.
-pub async fn check(State(app): State<Arc<App>>, request: Request, next: Next) -> Response {
+pub async fn check(State(tokens): State<Arc<TokenFiles>>, request: Request, next: Next) -> Response {
     let class = class_of(request.method(), request.uri().path());
     let authorization = request.headers().get(header::AUTHORIZATION).map(HeaderValue::as_bytes);
-    if let Err(denied) = app.tokens.current().check(class, authorization) {
+    if let Err(denied) = tokens.current().check(class, authorization) {
         return refusal(class, denied, request.uri().path());
     }
     if class != Class::Open && !matches!(*request.method(), Method::GET | Method::HEAD) {

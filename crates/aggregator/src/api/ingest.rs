@@ -5,22 +5,29 @@
 //! the field at fault for anything malformed, before anything is written.
 
 use super::{blocking, require_active, ApiError};
+use crate::ingest::store::StoreOutcome;
+use crate::ingest::Ingest;
 use crate::metrics::Metrics;
-use crate::store::StoreOutcome;
-use crate::App;
+use crate::shared_dir::collectors::MAX_COLLECTORS;
 use axum::body::Body;
 use axum::extract::{Path, State};
 use axum::http::{header, HeaderMap, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::Json;
 use pollux_model::codec::{binary, json, BINARY_CONTENT_TYPE, JSON_CONTENT_TYPE};
+use pollux_model::wire::CollectorReport;
 use pollux_model::{Digest, Dto, DtoError, DtoId};
 use pollux_repository::RepoError;
 use serde_json::json;
 use std::sync::Arc;
 use std::time::Instant;
 
-pub async fn put_dto(State(app): State<Arc<App>>, Path(id): Path<String>, headers: HeaderMap, body: Body) -> Response {
+pub async fn put_dto(
+    State(app): State<Arc<Ingest>>,
+    Path(id): Path<String>,
+    headers: HeaderMap,
+    body: Body,
+) -> Response {
     let started = Instant::now();
     Metrics::add(&app.metrics.dtos_received, 1);
     let result = ingest(&app, id, &headers, body).await;
@@ -39,8 +46,13 @@ pub async fn put_dto(State(app): State<Arc<App>>, Path(id): Path<String>, header
     }
 }
 
-async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> Result<(StatusCode, String), ApiError> {
-    require_active(app)?;
+async fn ingest(
+    app: &Arc<Ingest>,
+    id: String,
+    headers: &HeaderMap,
+    body: Body,
+) -> Result<(StatusCode, String), ApiError> {
+    require_active(&app.node)?;
     let path_id = DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
     // Media types are case-insensitive (RFC 9110 section 8.3.1).
     let content_type = headers.get(header::CONTENT_TYPE).and_then(|v| v.to_str().ok()).unwrap_or("");
@@ -51,13 +63,13 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
             format!("content type {media:?}: send {JSON_CONTENT_TYPE} or {BINARY_CONTENT_TYPE}"),
         ));
     }
-    let (bytes, held) = read_body(body, app.config.max_body_bytes, &app.body_budget).await?;
+    let (bytes, held) = read_body(body, app.max_body_bytes, &app.body_budget).await?;
     // Decoding is CPU work that holds the body and the DTO in memory: a few at a time.
     let decoding = app.decoders.clone().acquire_owned().await.map_err(|e| ApiError::internal("decoders", e))?;
     let app2 = app.clone();
     // Decoding and validating a large DTO takes milliseconds: keep it off the async workers.
     let (status, outcome) = blocking(move || -> Result<(StatusCode, String), ApiError> {
-        let catalog = app2.catalog();
+        let catalog = app2.families.catalog();
         let refused = |e: DtoError| refusal(&app2, e);
         let dto: Dto = match media.as_str() {
             BINARY_CONTENT_TYPE => binary::decode(&bytes, app2.limits.max_records),
@@ -78,6 +90,9 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
         // acknowledge from the shared directory alone. Should the id be loaded already, the
         // loader finds it registered and drops this copy, or quarantines it if the content
         // differs; only a resend with other content misses its 409.
+        // A copy already in the store may be loaded (and its file removed) between the
+        // registry check and the store below: then this one is a resend, not new.
+        let stored_before = app2.store.contains(&dto.id);
         match registry_entry(&app2, &dto.id) {
             Ok(Some(loaded)) => return repeat(loaded.digest, &dto),
             Ok(None) => {}
@@ -86,10 +101,19 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
             }
             Err(e) => return Err(e.into()),
         }
+        // A test holds a resend here while its first copy is loaded.
+        pollux_failpoint::hit("ingest.after_registry_check");
         // The epoch may have changed while we decoded: store under the one we hold now.
-        let epoch = require_active(&app2)?;
+        let epoch = require_active(&app2.node)?;
         match app2.store.store(&dto, epoch) {
             Ok(StoreOutcome::Stored) => {
+                if stored_before {
+                    // Its first copy was loaded meanwhile: the loader finds this one
+                    // registered and drops it; the answer is the resend's 200.
+                    if let Ok(Some(loaded)) = registry_entry(&app2, &dto.id) {
+                        return repeat(loaded.digest, &dto);
+                    }
+                }
                 let id = dto.id.clone();
                 app2.handoff.offer(dto);
                 Ok((StatusCode::CREATED, id))
@@ -102,13 +126,13 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
     match status {
         StatusCode::CREATED => {
             Metrics::add(&app.metrics.dtos_stored, 1);
-            app.loader_wake.notify();
+            app.loader.notify();
         }
         _ => Metrics::add(&app.metrics.dtos_duplicate, 1),
     }
     // Deposed while writing: the file is whole and the next active loads it, but only a ready
     // active acknowledges. The sender resends and gets 200.
-    require_active(app)?;
+    require_active(&app.node)?;
     Ok((status, outcome))
 }
 
@@ -116,8 +140,8 @@ async fn ingest(app: &Arc<App>, id: String, headers: &HeaderMap, body: Body) -> 
 /// problem. That file may be the family's, half-written by an editor or broken by a typo:
 /// answer 503 so that the collector keeps the DTO and sends it again once the file is fixed,
 /// rather than move it to `rejected/` for good.
-fn refusal(app: &App, e: DtoError) -> ApiError {
-    if e.field == "family" && !app.family_problems().is_empty() {
+fn refusal(app: &Ingest, e: DtoError) -> ApiError {
+    if e.field == "family" && !app.families.problems().is_empty() {
         return ApiError::unavailable_for(&format!(
             "{e}; some metric family files are skipped for problems (see /api/v1/status): retry once they are fixed"
         ));
@@ -131,11 +155,11 @@ const MAX_REPORT_BYTES: usize = 16 << 10;
 /// `PUT /api/v1/collectors/{id}`: a collector's report, kept in the shared directory (so a new
 /// active shows it at once) and shown in the System Status. The ingest token applies (see `api::auth`).
 pub async fn put_collector(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Ingest>>,
     Path(id): Path<String>,
     body: axum::body::Bytes,
 ) -> Result<StatusCode, ApiError> {
-    require_active(&app)?;
+    require_active(&app.node)?;
     if body.len() > MAX_REPORT_BYTES {
         return Err(ApiError::new(
             StatusCode::PAYLOAD_TOO_LARGE,
@@ -144,7 +168,7 @@ pub async fn put_collector(
     }
     // The id names a file: the DTO id's characters only.
     DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
-    let report: crate::status::CollectorReport =
+    let report: CollectorReport =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     if report.id != id {
         return Err(ApiError::bad_request(format!("id: {:?} in the body, {id:?} in the path", report.id)));
@@ -164,7 +188,7 @@ pub async fn put_collector(
             StatusCode::CONFLICT,
             format!(
                 "{} collectors report already: remove the file of one that is gone from <shared>/collectors/",
-                crate::status::MAX_COLLECTORS
+                MAX_COLLECTORS
             ),
         ));
     }
@@ -173,8 +197,8 @@ pub async fn put_collector(
 
 /// `DELETE /api/v1/collectors/{id}` (admin): forgets a collector that is gone for good, so the
 /// status stops showing it as not connected. A collector still running reports again within 10 s.
-pub async fn delete_collector(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
-    require_active(&app)?;
+pub async fn delete_collector(State(app): State<Arc<Ingest>>, Path(id): Path<String>) -> Result<StatusCode, ApiError> {
+    require_active(&app.node)?;
     DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
     let shown = id.clone();
     let removed = blocking(move || app.shared.remove_collector_report(&id))
@@ -211,7 +235,7 @@ const REGISTRY_WAIT: std::time::Duration = std::time::Duration::from_secs(1);
 /// [`REGISTRY_WAIT`]: a repository that stops answering (a frozen server, a path that
 /// acknowledges and never replies) must not stop acknowledgements. Once it is seen stalled it is
 /// not asked at all, so the threads left waiting on it are those of the first second or two.
-fn registry_entry(app: &Arc<App>, id: &str) -> Result<Option<pollux_repository::LoadedDto>, RepoError> {
+fn registry_entry(app: &Arc<Ingest>, id: &str) -> Result<Option<pollux_repository::LoadedDto>, RepoError> {
     let unanswered = || RepoError::Unavailable("the repository is not answering".into());
     if app.repo.stalled() {
         return Err(unanswered());
@@ -229,7 +253,7 @@ fn registry_entry(app: &Arc<App>, id: &str) -> Result<Option<pollux_repository::
 
 /// The digest of the DTO already held under `id`: in the store, or (loaded meanwhile) in the
 /// repository.
-fn existing_digest(app: &App, id: &str) -> Result<Option<Digest>, ApiError> {
+fn existing_digest(app: &Ingest, id: &str) -> Result<Option<Digest>, ApiError> {
     match app.store.read(id) {
         Ok(Some(stored)) => Ok(Some(stored.dto.digest())),
         Ok(None) => Ok(app.repo.loaded_dto(id)?.and_then(|loaded| loaded.digest)),
@@ -296,8 +320,8 @@ fn too_large(limit: usize) -> ApiError {
     ApiError::new(StatusCode::PAYLOAD_TOO_LARGE, format!("body over the limit of {limit} bytes (max_body_bytes)"))
 }
 
-pub async fn get_dto(State(app): State<Arc<App>>, Path(id): Path<String>) -> Result<Response, ApiError> {
-    require_active(&app)?;
+pub async fn get_dto(State(app): State<Arc<Ingest>>, Path(id): Path<String>) -> Result<Response, ApiError> {
+    require_active(&app.node)?;
     let id = DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
     let app2 = app.clone();
     blocking(move || {

@@ -1,4 +1,15 @@
-//! The HTTP API of DESIGN.md section 3: ingest, queries, health and metrics.
+//! The HTTP API: ingest, queries, alerting, health, status, metrics and operations, one file per
+//! route class, each handler taking only the narrow part it needs (axum's `FromRef`).
+//!
+//! ```text
+//!   ingest.rs      PUT/GET /api/v1/dto/{id}, PUT/DELETE /api/v1/collectors/{id}   Ingest
+//!   query.rs       families, devices, items, series, top, percentile                Queries
+//!   alerts.rs      thresholds, events, acknowledgements                              Queries
+//!   health.rs      /health, /health/active                                           Node
+//!   status.rs      /api/v1/status, /metrics                                          StatusSources
+//!   operations.rs  /api/v1/failover, /api/v1/maintenance                             Operations
+//!   auth.rs        the token of each route class, before any handler                 TokenFiles
+//! ```
 //!
 //! Handlers validate at the edge and run file and repository work on the blocking pool. Every
 //! refusal is JSON `{"error": "..."}` with the contract's status code; on a node that is not the
@@ -8,12 +19,17 @@ mod alerts;
 pub mod auth;
 mod health;
 mod ingest;
+mod operations;
 mod query;
+mod status;
 
-pub use health::VERSION;
-pub use query::csv_field;
+pub use operations::Operations;
+pub use query::Queries;
 
-use crate::App;
+use crate::ingest::Ingest;
+use crate::node::Node;
+use crate::status::StatusSources;
+use axum::extract::FromRef;
 use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post, put};
@@ -22,7 +38,32 @@ use pollux_repository::{Epoch, RepoError};
 use serde_json::json;
 use std::sync::Arc;
 
-pub fn router(app: Arc<App>) -> Router {
+/// The parts the routes use; each handler takes one of them.
+#[derive(Clone)]
+pub struct ApiState {
+    pub node: Arc<Node>,
+    pub ingest: Arc<Ingest>,
+    pub queries: Arc<Queries>,
+    pub status: Arc<StatusSources>,
+    pub operations: Arc<Operations>,
+}
+
+macro_rules! part {
+    ($field:ident: $ty:ty) => {
+        impl FromRef<ApiState> for Arc<$ty> {
+            fn from_ref(state: &ApiState) -> Arc<$ty> {
+                state.$field.clone()
+            }
+        }
+    };
+}
+part!(node: Node);
+part!(ingest: Ingest);
+part!(queries: Queries);
+part!(status: StatusSources);
+part!(operations: Operations);
+
+pub fn router(state: ApiState) -> Router {
     Router::new()
         .route("/api/v1/dto/{id}", put(ingest::put_dto).get(ingest::get_dto))
         .route("/api/v1/collectors/{id}", put(ingest::put_collector).delete(ingest::delete_collector))
@@ -36,15 +77,15 @@ pub fn router(app: Arc<App>) -> Router {
         .route("/api/v1/thresholds/{id}", get(alerts::get_rule).put(alerts::put_rule).delete(alerts::delete_rule))
         .route("/api/v1/events", get(alerts::events))
         .route("/api/v1/events/{id}/ack", post(alerts::ack))
-        .route("/api/v1/status", get(health::status))
-        .route("/api/v1/failover", post(health::failover))
-        .route("/api/v1/maintenance", post(health::maintenance))
+        .route("/api/v1/status", get(status::status))
+        .route("/api/v1/failover", post(operations::failover))
+        .route("/api/v1/maintenance", post(operations::maintenance))
         .route("/health", get(health::health))
         .route("/health/active", get(health::health_active))
-        .route("/metrics", get(health::metrics))
+        .route("/metrics", get(status::metrics))
         .route("/api/v1/openapi.json", get(openapi))
         .fallback(|| async { ApiError::new(StatusCode::NOT_FOUND, "no such endpoint") })
-        .with_state(app)
+        .with_state(state)
 }
 
 /// The OpenAPI 3 document of every route above, embedded in the binary. A test below keeps it
@@ -73,12 +114,12 @@ impl ApiError {
     }
 
     /// 503 from a node that is not the ready active.
-    fn unavailable(app: &App) -> ApiError {
-        let state = app.node.state();
+    fn unavailable(node: &Node) -> ApiError {
+        let state = node.state();
         let body = json!({
             "error": format!("this node is {}, not the ready active aggregator", state.role.name()),
             "role": state.role.name(),
-            "active": app.node.active_url(),
+            "active": node.active_url(),
         });
         ApiError { status: StatusCode::SERVICE_UNAVAILABLE, body, retry_after: true }
     }
@@ -135,8 +176,8 @@ pub(crate) fn require_json(headers: &axum::http::HeaderMap) -> Result<(), ApiErr
 }
 
 /// The epoch of this node if it is the ready active, else the 503 answer.
-fn require_active(app: &App) -> Result<Epoch, ApiError> {
-    app.node.active_epoch().ok_or_else(|| ApiError::unavailable(app))
+fn require_active(node: &Node) -> Result<Epoch, ApiError> {
+    node.active_epoch().ok_or_else(|| ApiError::unavailable(node))
 }
 
 /// Runs blocking work (files, SQLite) off the async workers.

@@ -4,16 +4,26 @@
 //! one hour before `to`. Every bad parameter is a 400 naming it.
 
 use super::{blocking, require_active, ApiError};
-use crate::App;
+use crate::node::Node;
+use crate::shared_dir::families::Families;
 use axum::extract::{Query, State};
 use axum::Json;
 use pollux_model::Resolution;
-use pollux_repository::{ItemFilter, Series, SeriesQuery, TopQuery};
+use pollux_repository::{ItemFilter, Repository, Series, SeriesQuery, TopQuery};
 use serde_json::{json, Value};
 use std::collections::HashMap;
 use std::sync::Arc;
 
 type Params = Query<HashMap<String, String>>;
+
+/// The parts the query and alerting routes use.
+pub struct Queries {
+    /// Only the ready active answers (the repository is its to read and write).
+    pub node: Arc<Node>,
+    pub repo: Arc<dyn Repository>,
+    /// Names families and metrics before the repository is asked.
+    pub families: Arc<Families>,
+}
 
 /// Largest page of `/api/v1/items`.
 const MAX_ITEMS_PAGE: usize = 100_000;
@@ -55,9 +65,9 @@ fn range(params: &HashMap<String, String>) -> Result<(i64, i64), ApiError> {
     Ok((from, to))
 }
 
-pub async fn families(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
-    let catalog = app.catalog();
+pub async fn families(State(app): State<Arc<Queries>>) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
+    let catalog = app.families.catalog();
     let families: Vec<Value> = catalog
         .iter()
         .map(|f| {
@@ -76,8 +86,8 @@ pub async fn families(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErr
     Ok(Json(json!({ "families": families })))
 }
 
-pub async fn devices(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+pub async fn devices(State(app): State<Arc<Queries>>) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
     let repo = app.repo.clone();
     let devices = blocking(move || repo.devices()).await??;
     let devices: Vec<Value> =
@@ -85,8 +95,8 @@ pub async fn devices(State(app): State<Arc<App>>) -> Result<Json<Value>, ApiErro
     Ok(Json(json!({ "devices": devices })))
 }
 
-pub async fn items(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+pub async fn items(State(app): State<Arc<Queries>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
     let limit = number(&params, "limit", 1000usize)?;
     if limit == 0 || limit > MAX_ITEMS_PAGE {
         return Err(ApiError::bad_request(format!("limit: must be 1 to {MAX_ITEMS_PAGE}")));
@@ -110,7 +120,7 @@ pub async fn items(State(app): State<Arc<App>>, Query(params): Params) -> Result
 
 /// The item, metric and range of a series request (`series`, `percentile`), checked; the
 /// resolution is `resolution`'s (default `auto`).
-fn series_query(app: &App, params: &HashMap<String, String>) -> Result<SeriesQuery, ApiError> {
+fn series_query(app: &Queries, params: &HashMap<String, String>) -> Result<SeriesQuery, ApiError> {
     let family = required(params, "family")?.to_owned();
     let device = required(params, "device")?.to_owned();
     let item = required(params, "item")?.to_owned();
@@ -126,8 +136,8 @@ fn series_query(app: &App, params: &HashMap<String, String>) -> Result<SeriesQue
     Ok(SeriesQuery { family, device, item, metric, from, to, resolution })
 }
 
-pub async fn series(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+pub async fn series(State(app): State<Arc<Queries>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
     let query = series_query(&app, &params)?;
     let (from, to, resolution) = (query.from, query.to, query.resolution);
     let repo = app.repo.clone();
@@ -142,8 +152,8 @@ pub async fn series(State(app): State<Arc<App>>, Query(params): Params) -> Resul
     })))
 }
 
-pub async fn top(State(app): State<Arc<App>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
-    require_active(&app)?;
+pub async fn top(State(app): State<Arc<Queries>>, Query(params): Params) -> Result<Json<Value>, ApiError> {
+    require_active(&app.node)?;
     let family = required(&params, "family")?.to_owned();
     let metric = required(&params, "metric")?.to_owned();
     let (from, to) = range(&params)?;
@@ -165,8 +175,8 @@ pub async fn top(State(app): State<Arc<App>>, Query(params): Params) -> Result<J
 }
 
 /// Names an unknown family or metric before the repository is asked.
-fn check_family_metric(app: &App, family: &str, metric: &str) -> Result<(), ApiError> {
-    let catalog = app.catalog();
+fn check_family_metric(app: &Queries, family: &str, metric: &str) -> Result<(), ApiError> {
+    let catalog = app.families.catalog();
     let f = catalog.get(family).ok_or_else(|| ApiError::bad_request(format!("family: unknown family {family:?}")))?;
     if f.metric(metric).is_none() {
         let known: Vec<&str> = f.metrics.iter().map(|m| m.name.as_str()).collect();
@@ -181,11 +191,11 @@ fn check_family_metric(app: &App, family: &str, metric: &str) -> Result<(), ApiE
 /// `GET /api/v1/percentile?family=&device=&item=&metric=&from=&to=&p=95[&format=csv]`: the
 /// nearest-rank percentile of the raw samples in the range (the monthly traffic report).
 pub async fn percentile(
-    State(app): State<Arc<App>>,
+    State(app): State<Arc<Queries>>,
     Query(params): Params,
 ) -> Result<axum::response::Response, ApiError> {
     use axum::response::IntoResponse;
-    require_active(&app)?;
+    require_active(&app.node)?;
     // Exact: every raw sample, whatever the range.
     let query = SeriesQuery { resolution: Resolution::Raw, ..series_query(&app, &params)? };
     let p: f64 =
@@ -213,10 +223,10 @@ pub async fn percentile(
         let value = value.map_or(String::new(), |v| v.to_string());
         let text = format!(
             "family,device,item,metric,from,to,p,samples,value\n{},{},{},{},{from},{to},{p},{samples},{value}\n",
-            csv_field(&family),
-            csv_field(&device),
-            csv_field(&item),
-            csv_field(&metric)
+            pollux_model::csv::field(&family),
+            pollux_model::csv::field(&device),
+            pollux_model::csv::field(&item),
+            pollux_model::csv::field(&metric)
         );
         return Ok(([(axum::http::header::CONTENT_TYPE, "text/csv; charset=utf-8")], text).into_response());
     }
@@ -225,15 +235,4 @@ pub async fn percentile(
         "p": p, "value": value, "samples": samples, "rule": "nearest-rank",
     }))
     .into_response())
-}
-
-/// A CSV field (RFC 4180), quoted when it must be; a leading `=`, `+`, `-` or `@` is quoted
-/// with a `'` so a spreadsheet does not run it as a formula.
-pub fn csv_field(text: &str) -> String {
-    let text = if text.starts_with(['=', '+', '-', '@']) { format!("'{text}") } else { text.to_owned() };
-    if text.contains([',', '"', '\n', '\r']) {
-        format!("\"{}\"", text.replace('"', "\"\""))
-    } else {
-        text
-    }
 }

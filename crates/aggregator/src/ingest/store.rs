@@ -133,6 +133,11 @@ impl DtoStore {
         Ok(StoreOutcome::Stored)
     }
 
+    /// Whether a DTO of this id is in the store now.
+    pub fn contains(&self, id: &str) -> bool {
+        self.path(id).exists()
+    }
+
     /// Reads a stored DTO; `Ok(None)` when it is not (or no longer) in the store.
     pub fn read(&self, id: &str) -> Result<Option<StoredDto>, ReadError> {
         let bytes = match fs::read(self.path(id)) {

@@ -9,18 +9,23 @@
 //!   repository.sqlite   the embedded Data Repository
 //! ```
 //!
-//! [`SharedDir::check`] is the start-up inspection of DESIGN.md section 4: the directory exists,
-//! this user can write it, advisory locks work on it, and it has free space. It also tells
-//! whether the directory is on NFS, where SQLite must not use WAL.
+//! [`SharedDir::check`] is the start-up inspection: the directory exists, this user can write
+//! it, advisory locks work on it, and it has free space. It also tells whether the directory is
+//! on NFS, where SQLite must not use WAL.
+//!
+//! - this module: the layout, the start-up check, the fence, maintenance flags and the nodes'
+//!   status files;
+//! - [`collectors`]: the collectors' last reports;
+//! - [`families`]: the customized metric family files.
+
+pub mod collectors;
+pub mod families;
 
 use nix::fcntl::{Flock, FlockArg};
-use pollux_model::{Catalog, MetricFamily};
 use pollux_repository::Epoch;
-use std::collections::BTreeMap;
 use std::fs::{self, File, OpenOptions};
 use std::io::Write;
 use std::path::{Path, PathBuf};
-use std::sync::Arc;
 
 /// What the start-up check found.
 #[derive(Debug, Clone, serde::Serialize)]
@@ -34,6 +39,11 @@ pub struct SharedDirReport {
 pub enum SharedDirError {
     #[error("shared dir {path}: {problem}")]
     Unusable { path: PathBuf, problem: String },
+    #[error(
+        "node id {node} is in use by {holder} (it holds {}): each aggregator needs a node id of its own",
+        lock.display()
+    )]
+    NodeInUse { node: String, holder: String, lock: PathBuf },
 }
 
 #[derive(Debug, Clone)]
@@ -128,7 +138,45 @@ impl SharedDir {
         if current > epoch {
             return Err(std::io::Error::other(format!("the fence is already at epoch {current}, above {epoch}")));
         }
-        crate::store::write_durably(&self.root, &self.fence_path(), format!("{epoch}\n").as_bytes())
+        crate::ingest::store::write_durably(&self.root, &self.fence_path(), format!("{epoch}\n").as_bytes())
+    }
+
+    /// Holds this node id for the life of the process: an exclusive lock on
+    /// `election/nodes/<node>.lock`, which names the holder. A second process with the same
+    /// node id (a copied service unit, a cloned machine) would otherwise take turns with the
+    /// first at the lease and churn epochs: it is refused at start, the holder named. The kernel
+    /// releases the lock when the holder dies, however it dies (on NFSv4, when its lease ends).
+    pub fn hold_node(&self, node: &str) -> Result<File, SharedDirError> {
+        let unusable = |problem: String| SharedDirError::Unusable { path: self.root.clone(), problem };
+        let dir = self.nodes_dir();
+        fs::create_dir_all(&dir).map_err(|e| unusable(format!("cannot create {}: {e}", dir.display())))?;
+        let path = dir.join(format!("{node}.lock"));
+        let mut file = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .read(true)
+            .write(true)
+            .open(&path)
+            .map_err(|e| unusable(format!("cannot open {}: {e}", path.display())))?;
+        match file.try_lock() {
+            Ok(()) => {}
+            Err(std::fs::TryLockError::WouldBlock) => {
+                let holder = fs::read_to_string(&path).unwrap_or_default();
+                let holder = holder.trim();
+                return Err(SharedDirError::NodeInUse {
+                    node: node.to_owned(),
+                    holder: if holder.is_empty() { "another process".to_owned() } else { holder.to_owned() },
+                    lock: path,
+                });
+            }
+            Err(std::fs::TryLockError::Error(e)) => {
+                return Err(unusable(format!("cannot lock {}: {e}", path.display())));
+            }
+        }
+        let host = nix::unistd::gethostname().ok().and_then(|h| h.into_string().ok()).unwrap_or_default();
+        let holder = format!("pid {} on host {host}\n", std::process::id());
+        let _ = file.set_len(0).and_then(|()| file.write_all(holder.as_bytes()));
+        Ok(file)
     }
 
     fn nodes_dir(&self) -> PathBuf {
@@ -176,54 +224,6 @@ impl SharedDir {
         fs::File::open(&dir)?.sync_all()
     }
 
-    fn collectors_dir(&self) -> PathBuf {
-        self.root.join("collectors")
-    }
-
-    /// Keeps a collector's last report, with when it arrived, so a new active shows it at once.
-    /// `Ok(false)`: a new collector past [`crate::status::MAX_COLLECTORS`], not kept.
-    pub fn write_collector_report(
-        &self,
-        report: &crate::status::CollectorReport,
-        received_at_ms: i64,
-    ) -> std::io::Result<bool> {
-        let dir = self.collectors_dir();
-        fs::create_dir_all(&dir)?;
-        let path = dir.join(format!("{}.json", report.id));
-        if !path.try_exists()? && fs::read_dir(&dir)?.count() >= crate::status::MAX_COLLECTORS {
-            return Ok(false);
-        }
-        let body = serde_json::json!({"report": report, "received_at_ms": received_at_ms});
-        let temp = dir.join(format!(".{}.json.tmp", report.id));
-        fs::write(&temp, body.to_string())?;
-        fs::rename(temp, path)?;
-        Ok(true)
-    }
-
-    /// Forgets a collector that is gone for good; false when there was no report of that id.
-    pub fn remove_collector_report(&self, id: &str) -> std::io::Result<bool> {
-        match fs::remove_file(self.collectors_dir().join(format!("{id}.json"))) {
-            Ok(()) => Ok(true),
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => Ok(false),
-            Err(e) => Err(e),
-        }
-    }
-
-    /// Every collector's last report and when it arrived, by id.
-    pub fn read_collector_reports(&self) -> Vec<(crate::status::CollectorReport, i64)> {
-        let Ok(entries) = fs::read_dir(self.collectors_dir()) else { return Vec::new() };
-        let mut reports: Vec<_> = entries
-            .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')))
-            .filter_map(|e| {
-                let body: serde_json::Value = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
-                Some((serde_json::from_value(body["report"].clone()).ok()?, body["received_at_ms"].as_i64()?))
-            })
-            .collect();
-        reports.sort_by(|a: &(crate::status::CollectorReport, i64), b| a.0.id.cmp(&b.0.id));
-        reports
-    }
-
     /// Every node's last status report, by node id.
     pub fn read_node_statuses(&self) -> Vec<(String, serde_json::Value)> {
         let Ok(entries) = fs::read_dir(self.nodes_dir()) else { return Vec::new() };
@@ -239,126 +239,6 @@ impl SharedDir {
         nodes.sort_by(|a, b| a.0.cmp(&b.0));
         nodes
     }
-
-    /// The built-in families and every `*.toml` in `metric-families/`.
-    ///
-    /// Never fails and never blocks: a file that cannot be used (not a regular file, a link out
-    /// of the directory, too large, unreadable, invalid, or a name another family has) is
-    /// skipped and reported in [`FamilyFiles::problems`], so one bad file can neither stop a
-    /// node from starting nor from taking over. A file that was good in `previous` and is bad
-    /// now keeps its previous definition: an operator's typo must not undefine a family whose
-    /// DTOs are arriving.
-    pub fn load_families(&self, previous: Option<&FamilyFiles>) -> FamilyFiles {
-        let dir = self.families_dir();
-        let mut files = FamilyFiles::default();
-        let mut catalog = Catalog::builtin();
-        let entries = match fs::read_dir(&dir) {
-            Ok(entries) => entries,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return files,
-            Err(e) => {
-                files.problems.push(FamilyProblem { path: dir, problem: format!("cannot be listed: {e}") });
-                // Nothing can be read: keep what was defined.
-                if let Some(previous) = previous {
-                    files.catalog = previous.catalog.clone();
-                    files.by_path = previous.by_path.clone();
-                }
-                return files;
-            }
-        };
-        let mut paths: Vec<PathBuf> = entries
-            .filter_map(|e| e.ok().map(|e| e.path()))
-            .filter(|p| p.extension().is_some_and(|x| x == "toml"))
-            .filter(|p| !p.file_name().and_then(|n| n.to_str()).is_some_and(|n| n.starts_with('.')))
-            .collect();
-        // Files that defined a family at the last reading go first, so a new file that names
-        // a family already in use is the one refused, never the file in use.
-        paths.sort_by_key(|p| (!previous.is_some_and(|prev| prev.by_path.contains_key(p)), p.clone()));
-        for path in paths {
-            let read = read_family_file(&dir, &path);
-            let family = match (read, previous.and_then(|p| p.by_path.get(&path))) {
-                (Ok(family), _) => family,
-                (Err(problem), Some(kept)) => {
-                    let problem = format!("{problem}; keeping the definition of {} read before", kept.name);
-                    files.problems.push(FamilyProblem { path: path.clone(), problem });
-                    kept.as_ref().clone()
-                }
-                (Err(problem), None) => {
-                    files.problems.push(FamilyProblem { path, problem });
-                    continue;
-                }
-            };
-            let name = family.name.clone();
-            match catalog.add_custom(family) {
-                Ok(()) => {
-                    let family = catalog.get(&name).expect("just added").clone();
-                    files.by_path.insert(path, family);
-                }
-                Err(e) => files.problems.push(FamilyProblem { path, problem: e.to_string() }),
-            }
-        }
-        files.catalog = Arc::new(catalog);
-        files
-    }
-}
-
-/// Largest metric family file read: a family of 64 metrics with long descriptions is a few KiB.
-pub const MAX_FAMILY_FILE_BYTES: u64 = 64 * 1024;
-
-/// The customized families read from `metric-families/`, and what was wrong with the rest.
-#[derive(Debug, Clone, Default)]
-pub struct FamilyFiles {
-    pub catalog: Arc<Catalog>,
-    pub problems: Vec<FamilyProblem>,
-    /// The family each good file defined, for keeping it when the file goes bad.
-    by_path: BTreeMap<PathBuf, Arc<MetricFamily>>,
-}
-
-/// A family file that was skipped, and why (shown in the System Status).
-#[derive(Debug, Clone, PartialEq, serde::Serialize, serde::Deserialize)]
-pub struct FamilyProblem {
-    pub path: PathBuf,
-    pub problem: String,
-}
-
-/// Reads one family file without ever blocking or leaving the directory: a symbolic link is
-/// followed only to a file inside `dir`, the file is opened non-blocking and without following
-/// a link (a FIFO opens at once and is refused as not regular), and at most
-/// [`MAX_FAMILY_FILE_BYTES`] are read. Problems never quote the file's content beyond what the
-/// TOML parser says of a line of the family file itself.
-fn read_family_file(dir: &Path, path: &Path) -> Result<MetricFamily, String> {
-    use std::io::Read;
-    use std::os::unix::fs::OpenOptionsExt;
-    let link = fs::symlink_metadata(path).map_err(|e| format!("cannot be read: {e}"))?;
-    let target = if link.file_type().is_symlink() {
-        let inside = fs::canonicalize(dir).map_err(|e| format!("cannot resolve the directory: {e}"))?;
-        let target = fs::canonicalize(path).map_err(|e| format!("a symbolic link that cannot be resolved: {e}"))?;
-        if target.parent() != Some(inside.as_path()) {
-            return Err("a symbolic link out of metric-families/ is not followed".into());
-        }
-        target
-    } else {
-        path.to_owned()
-    };
-    let flags = nix::fcntl::OFlag::O_NONBLOCK | nix::fcntl::OFlag::O_NOFOLLOW;
-    let file = OpenOptions::new()
-        .read(true)
-        .custom_flags(flags.bits())
-        .open(&target)
-        .map_err(|e| format!("cannot be opened: {e}"))?;
-    let meta = file.metadata().map_err(|e| format!("cannot be read: {e}"))?;
-    if !meta.is_file() {
-        return Err("is not a regular file".into());
-    }
-    if meta.len() > MAX_FAMILY_FILE_BYTES {
-        return Err(format!("{} bytes, over the limit of {MAX_FAMILY_FILE_BYTES}", meta.len()));
-    }
-    let mut bytes = Vec::with_capacity(meta.len() as usize);
-    file.take(MAX_FAMILY_FILE_BYTES + 1).read_to_end(&mut bytes).map_err(|e| format!("cannot be read: {e}"))?;
-    if bytes.len() as u64 > MAX_FAMILY_FILE_BYTES {
-        return Err(format!("over the limit of {MAX_FAMILY_FILE_BYTES} bytes"));
-    }
-    let text = String::from_utf8(bytes).map_err(|_| "is not UTF-8 text".to_owned())?;
-    MetricFamily::from_toml(&text).map_err(|e| e.to_string())
 }
 
 fn free_bytes(path: &Path) -> nix::Result<u64> {
@@ -391,54 +271,5 @@ mod tests {
         assert!(missing.check(0).unwrap_err().to_string().contains("cannot be read"));
         let full = SharedDir::new(dir.path());
         assert!(full.check(u64::MAX).unwrap_err().to_string().contains("free"));
-    }
-
-    #[test]
-    fn bad_family_files_are_skipped_and_named() {
-        let dir = tempfile::tempdir().unwrap();
-        let shared = SharedDir::new(dir.path());
-        shared.check(0).unwrap();
-        let families = shared.families_dir();
-        let family = |name: &str| format!("name = \"{name}\"\n[[metric]]\nname = \"c\"");
-        fs::write(families.join("temp.toml"), family("Temp")).unwrap();
-        fs::write(families.join("bad.toml"), "name = \"Bad\"\n[[metric]]\nname = \"X\"").unwrap();
-        fs::write(families.join("big.toml"), " ".repeat(MAX_FAMILY_FILE_BYTES as usize + 1)).unwrap();
-        fs::write(families.join("twin.toml"), family("TEMP")).unwrap();
-        fs::write(families.join("zcpu.toml"), family("cpu")).unwrap();
-        nix::unistd::mkfifo(&families.join("fifo.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
-        std::os::unix::fs::symlink("/etc/passwd", families.join("passwd.toml")).unwrap();
-        std::os::unix::fs::symlink("temp.toml", families.join("zalias.toml")).unwrap();
-
-        let files = shared.load_families(None);
-        assert!(files.catalog.get("Temp").is_some() && files.catalog.get("CPU").unwrap().builtin);
-        let problem = |file: &str| {
-            files.problems.iter().find(|p| p.path.ends_with(file)).map(|p| p.problem.clone()).unwrap_or_default()
-        };
-        assert!(problem("bad.toml").contains("metric[0].name"), "{:?}", files.problems);
-        assert!(problem("big.toml").contains("over the limit"));
-        assert!(problem("twin.toml").contains("letter case"));
-        assert!(problem("zcpu.toml").contains("built-in"));
-        assert!(problem("fifo.toml").contains("not a regular file"));
-        assert!(problem("passwd.toml").contains("symbolic link"));
-        assert!(!files.problems.iter().any(|p| p.problem.contains("root:")), "no content of a linked file");
-        // A link inside the directory is the same family again: refused as a duplicate name.
-        assert!(problem("zalias.toml").contains("already"));
-        assert_eq!(files.problems.len(), 7);
-
-        // The good file goes bad: its family stays defined, and the problem says so.
-        fs::write(families.join("temp.toml"), "name = \"Temp\"\n[[metric]]\nname = ").unwrap();
-        let again = shared.load_families(Some(&files));
-        assert!(again.catalog.get("Temp").is_some());
-        assert!(again.problems.iter().any(|p| p.path.ends_with("temp.toml") && p.problem.contains("keeping")));
-        // Without a previous reading (a restart) it is skipped.
-        assert!(shared.load_families(None).catalog.get("Temp").is_none());
-
-        // A new file naming a family in use is the one refused, whatever its name sorts as.
-        fs::write(families.join("temp.toml"), family("Temp")).unwrap();
-        let before = shared.load_families(None);
-        fs::write(families.join("a-copy.toml"), "name = \"Temp\"\n[[metric]]\nname = \"other\"").unwrap();
-        let after = shared.load_families(Some(&before));
-        assert!(after.catalog.get("Temp").unwrap().metric("c").is_some());
-        assert!(after.problems.iter().any(|p| p.path.ends_with("a-copy.toml") && p.problem.contains("already")));
     }
 }

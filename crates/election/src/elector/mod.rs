@@ -53,28 +53,8 @@ impl Timing {
     }
 }
 
-/// A node's role, as health and status report it.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Role {
-    Standby,
-    Starting,
-    Active,
-    Fenced,
-    /// A standby that never takes the lease (the original's DA maintenance state).
-    Maintenance,
-}
-
-impl Role {
-    pub fn name(self) -> &'static str {
-        match self {
-            Role::Standby => "standby",
-            Role::Starting => "starting",
-            Role::Active => "active",
-            Role::Fenced => "fenced",
-            Role::Maintenance => "maintenance",
-        }
-    }
-}
+/// A node's role, as health and status report it (one type with the wire's).
+pub use pollux_model::wire::Role;
 
 /// What the runtime must do.
 #[derive(Debug, Clone, PartialEq)]

@@ -5,24 +5,33 @@
 use super::*;
 use std::collections::BTreeSet;
 use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::Arc;
 
-pub const HOSTS: [&str; 2] = ["127.0.0.2", "127.0.0.3"];
-pub const NAMES: [&str; 2] = ["da1", "da2"];
+pub use pollux_cluster::NODE_NAMES as NAMES;
 /// How long a takeover may take in the chaos suites (failwait 2 s).
 const TAKEOVER: Duration = Duration::from_secs(20);
 
+/// The cluster harness's [`pollux_cluster::Cluster`] on a shared directory of the test's own,
+/// secured when the test process is, with its repository on the backend the test chose.
 pub struct Cluster {
+    inner: pollux_cluster::Cluster,
     pub shared: tempfile::TempDir,
-    pub proxy: Aggregator,
-    pub nodes: [Option<Aggregator>; 2],
-    ports: [u16; 2],
-    failwait: String,
-    startwait: String,
-    /// A configuration file both aggregators read, when the test gave one.
-    config: Option<std::path::PathBuf>,
     /// The PostgreSQL server holding the repository, when the test chose it (dropped last,
     /// after the aggregators).
     pub postgres: Option<pollux_repository::postgres::scratch::ScratchServer>,
+}
+
+impl std::ops::Deref for Cluster {
+    type Target = pollux_cluster::Cluster;
+    fn deref(&self) -> &pollux_cluster::Cluster {
+        &self.inner
+    }
+}
+
+impl std::ops::DerefMut for Cluster {
+    fn deref_mut(&mut self) -> &mut pollux_cluster::Cluster {
+        &mut self.inner
+    }
 }
 
 /// Where a cluster keeps its repository.
@@ -32,8 +41,8 @@ pub enum Backend {
     Postgres,
 }
 
-fn free_port(host: &str) -> u16 {
-    std::net::TcpListener::bind((host, 0)).unwrap().local_addr().unwrap().port()
+fn env_of(env: &[(&str, &str)]) -> Vec<(String, String)> {
+    env.iter().map(|(k, v)| (k.to_string(), v.to_string())).collect()
 }
 
 impl Cluster {
@@ -61,123 +70,39 @@ impl Cluster {
             Backend::Sqlite => None,
             Backend::Postgres => Some(use_postgres(shared.path())?),
         };
-        let config = match secured() {
-            Some(s) => format!("{}{config}", s.aggregator_toml()),
-            None => config.to_owned(),
-        };
-        let config = (!config.is_empty()).then(|| {
-            let path = shared.path().join("aggregator.toml");
-            std::fs::write(&path, config).unwrap();
-            path
-        });
-        let ports = [free_port(HOSTS[0]), free_port(HOSTS[1])];
-        let urls: Vec<String> = (0..2).map(|i| format!("{}://{}:{}", scheme(), HOSTS[i], ports[i])).collect();
-        let mut proxy_args: Vec<String> =
-            ["proxy", "--listen", "127.0.0.1:0", "--aggregator", &urls[0], "--aggregator", &urls[1]]
-                .iter()
-                .map(|s| s.to_string())
-                .collect();
-        if let Some(s) = secured() {
-            let path = shared.path().join("proxy.toml");
-            std::fs::write(&path, s.proxy_toml()).unwrap();
-            proxy_args.extend(["--config".to_owned(), path.display().to_string()]);
+        let mut spec = pollux_cluster::ClusterSpec::new(BIN, shared.path(), shared.path());
+        spec.failwait = failwait.into();
+        spec.startwait = startwait.into();
+        spec.security = secured().map(|s| s.security.clone());
+        spec.aggregator_toml = config.to_owned();
+        spec.env = [env_of(env[0]), env_of(env[1])];
+        if let pollux_repository::Location::Postgres(url) = repository_of(shared.path()) {
+            spec.repository = Some(url);
         }
-        let proxy = Aggregator::spawn(&proxy_args, &[]);
-        let mut cluster = Cluster {
-            shared,
-            proxy,
-            nodes: [None, None],
-            ports,
-            failwait: failwait.into(),
-            startwait: startwait.into(),
-            config,
-            postgres,
-        };
-        cluster.start_node(0, env[0]);
-        wait_until(Duration::from_secs(30), "da1 to hold the lease", || {
-            std::fs::read_to_string(cluster.shared.path().join("election/lease")).ok().filter(|l| l.contains("\"da1\""))
-        });
-        cluster.start_node(1, env[1]);
-        Some(cluster)
+        let inner = pollux_cluster::Cluster::start(spec).unwrap_or_else(|e| panic!("{e}"));
+        Some(Cluster { inner, shared, postgres })
     }
 
-    pub fn url(&self, i: usize) -> String {
-        format!("{}://{}:{}", scheme(), HOSTS[i], self.ports[i])
-    }
-
+    /// Starts node `i` again, with `env`.
     pub fn start_node(&mut self, i: usize, env: &[(&str, &str)]) {
-        let args: Vec<String> = [
-            "aggregator",
-            "--node-id",
-            NAMES[i],
-            "--listen",
-            &format!("{}:{}", HOSTS[i], self.ports[i]),
-            "--failwait",
-            &self.failwait,
-            "--startwait",
-            &self.startwait,
-            "--shared-dir",
-            &self.shared.path().display().to_string(),
-        ]
-        .iter()
-        .map(|s| s.to_string())
-        .chain(self.config.iter().flat_map(|c| ["--config".to_owned(), c.display().to_string()]))
-        .chain(repository_args(self.shared.path()))
-        .collect();
-        self.nodes[i] = Some(Aggregator::spawn(&args, env));
-    }
-
-    pub fn node(&self, i: usize) -> &Aggregator {
-        self.nodes[i].as_ref().expect("node running")
-    }
-
-    pub fn node_mut(&mut self, i: usize) -> &mut Aggregator {
-        self.nodes[i].as_mut().expect("node running")
-    }
-
-    pub fn kill9(&mut self, i: usize) {
-        if let Some(mut n) = self.nodes[i].take() {
-            n.kill9();
-        }
+        self.inner.spec.env[i] = env_of(env);
+        self.inner.start_node(i).unwrap_or_else(|e| panic!("{e}"));
     }
 
     /// `(role, epoch)` from a node's /health, or None when it does not answer.
     pub fn role(&self, i: usize) -> Option<(String, u64)> {
-        let (status, body) = get(&format!("{}/health", self.url(i)));
-        (status == 200).then(|| (body["role"].as_str().unwrap_or("").to_owned(), body["epoch"].as_u64().unwrap_or(0)))
+        self.inner.health(i).map(|h| (h.role.name().to_owned(), h.epoch))
     }
 
     /// Waits until node `i` is the ready active (also as the proxy sees it); returns its epoch.
     /// On a timeout the panic carries every process's log.
     pub fn wait_active(&self, i: usize, limit: Duration) -> u64 {
-        let deadline = Instant::now() + limit;
-        loop {
-            let (status, body) = get(&format!("{}/health/active", self.proxy.url));
-            if status == 200 && body["node"] == NAMES[i] {
-                return body["epoch"].as_u64().unwrap();
-            }
-            if Instant::now() > deadline {
-                panic!("timed out after {limit:?} waiting for {} to become the active\n{}", NAMES[i], self.logs());
-            }
-            std::thread::sleep(Duration::from_millis(20));
-        }
-    }
-
-    /// Every process's log, for a failure message.
-    pub fn logs(&self) -> String {
-        let mut out = format!("--- proxy\n{}", self.proxy.log());
-        for (i, node) in self.nodes.iter().enumerate() {
-            if let Some(n) = node {
-                out.push_str(&format!("--- {}\n{}", NAMES[i], n.log()));
-            }
-        }
-        out
+        self.inner.wait_active(i, limit).unwrap_or_else(|e| panic!("{e}"))
     }
 
     /// The active's index, as the proxy routes.
     pub fn active(&self) -> Option<usize> {
-        let (status, body) = get(&format!("{}/health/active", self.proxy.url));
-        (status == 200).then(|| NAMES.iter().position(|n| body["node"] == *n)).flatten()
+        self.inner.active().map(|(i, _)| i)
     }
 }
 

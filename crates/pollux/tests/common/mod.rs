@@ -10,19 +10,15 @@ pub mod receiver;
 pub mod snmp;
 
 use serde_json::{json, Value};
-use std::io::{BufRead, BufReader};
 use std::path::Path;
-use std::process::{Child, Command, ExitStatus, Stdio};
-use std::sync::mpsc;
-use std::sync::{Arc, Mutex};
+use std::process::{Command, ExitStatus};
 use std::time::{Duration, Instant};
 
 pub const BIN: &str = env!("CARGO_BIN_EXE_pollux");
 
-/// A command for a child of the harness: in a process group of its own (a signal meant for the
-/// test runner's group never reaches it, and it can be told apart), and killed if the thread
-/// that started it dies (`setpriv --pdeathsig`, from util-linux), so a test that panics or a
-/// runner that is killed leaves no process behind.
+/// A command for a child of the harness that is not a long-running role (a CLI call with its
+/// own output handling): in a process group of its own and killed if the thread that started it
+/// dies, as [`pollux_cluster::Launch::harnessed`] does for the processes the harness keeps.
 pub fn harnessed(program: &str) -> Command {
     use std::os::unix::process::CommandExt;
     let mut cmd = Command::new("setpriv");
@@ -32,26 +28,19 @@ pub fn harnessed(program: &str) -> Command {
 }
 
 /// Polls `check` every 20 ms until it returns `Some`, or panics naming `what` after `limit`.
-pub fn wait_until<T>(limit: Duration, what: &str, mut check: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + limit;
-    loop {
-        if let Some(v) = check() {
-            return v;
-        }
-        assert!(Instant::now() < deadline, "timed out after {limit:?} waiting for {what}");
-        std::thread::sleep(Duration::from_millis(20));
-    }
+pub fn wait_until<T>(limit: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    pollux_cluster::wait_for(limit, what, check).unwrap_or_else(|e| panic!("{e}"))
 }
 
 pub fn unix_now() -> i64 {
     std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
 }
 
-/// A running `pollux` process that serves HTTP (an aggregator or the proxy).
+/// A running `pollux` process that serves HTTP (an aggregator, the proxy, a collector's
+/// metrics): a [`pollux_cluster::Process`] with its URL.
 pub struct Aggregator {
-    child: Child,
+    process: pollux_cluster::Process,
     pub url: String,
-    log: Arc<Mutex<String>>,
 }
 
 impl Aggregator {
@@ -73,46 +62,24 @@ impl Aggregator {
     }
 
     /// Starts `program <args>` (a wrapper such as `prlimit` that runs pollux) and waits until
-    /// pollux says where it listens.
+    /// pollux says where it listens (the port 0 it was given became a port; readiness itself is
+    /// each test's wait on /health).
     pub fn spawn_program(program: &str, args: &[String], env: &[(&str, &str)]) -> Aggregator {
-        let mut cmd = harnessed(program);
-        cmd.args(args).env("RUST_LOG", "info").stdin(Stdio::null()).stdout(Stdio::null()).stderr(Stdio::piped());
+        let mut launch = pollux_cluster::Launch::new("pollux", program, args).harnessed();
         for (k, v) in env {
-            cmd.env(k, v);
+            launch = launch.env(k, v);
         }
-        let mut child = cmd.spawn().expect("start pollux");
-        let stderr = child.stderr.take().unwrap();
-        let log = Arc::new(Mutex::new(String::new()));
-        let (tx, rx) = mpsc::channel();
-        let sink = log.clone();
-        std::thread::spawn(move || {
-            for line in BufReader::new(stderr).lines() {
-                let Ok(line) = line else { break };
-                if let Some(addr) = line.split("listening on ").nth(1) {
-                    let _ = tx.send(addr.trim().to_owned());
-                }
-                let mut log = sink.lock().unwrap();
-                log.push_str(&line);
-                log.push('\n');
-            }
-        });
-        let addr = match rx.recv_timeout(Duration::from_secs(30)) {
-            Ok(addr) => addr,
-            Err(_) => {
-                let _ = child.kill();
-                let _ = child.wait();
-                panic!("pollux {args:?} did not start listening:\n{}", log.lock().unwrap());
-            }
-        };
-        Aggregator { child, url: format!("{}://{addr}", scheme()), log }
+        let process = launch.spawn().expect("start pollux");
+        let addr = process.listening(Duration::from_secs(30)).unwrap_or_else(|e| panic!("pollux {args:?}: {e}"));
+        Aggregator { process, url: format!("{}://{addr}", scheme()) }
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.id()
+        self.process.pid()
     }
 
     pub fn log(&self) -> String {
-        self.log.lock().unwrap().clone()
+        self.process.log()
     }
 
     /// Waits until `/health/active` answers 200.
@@ -126,43 +93,26 @@ impl Aggregator {
 
     /// kill -9, and reap it.
     pub fn kill9(&mut self) {
-        let _ = self.child.kill();
-        let _ = self.child.wait();
+        self.process.kill9();
     }
 
     /// Sends a signal by name: "STOP", "CONT", "TERM" or "HUP".
     pub fn signal(&self, name: &str) {
-        use nix::sys::signal::Signal;
-        let signal = match name {
-            "STOP" => Signal::SIGSTOP,
-            "CONT" => Signal::SIGCONT,
-            "TERM" => Signal::SIGTERM,
-            "HUP" => Signal::SIGHUP,
-            other => panic!("no signal {other}"),
-        };
-        let pid = nix::unistd::Pid::from_raw(self.pid() as i32);
-        nix::sys::signal::kill(pid, signal).unwrap_or_else(|e| panic!("kill -{name} {pid}: {e}"));
+        self.process.signal(name);
     }
 
     /// Waits for the process to exit on its own (a crash point), returning its status.
     pub fn wait_exit(&mut self, limit: Duration) -> ExitStatus {
-        wait_until(limit, "the process to exit", || self.child.try_wait().unwrap())
+        let log = self.log();
+        self.process
+            .wait_exit(limit)
+            .unwrap_or_else(|| panic!("timed out after {limit:?} waiting for the process to exit:\n{log}"))
     }
 
     /// SIGTERM, then wait for a clean exit.
     pub fn stop(&mut self) -> ExitStatus {
         self.signal("TERM");
         self.wait_exit(Duration::from_secs(15))
-    }
-}
-
-impl Drop for Aggregator {
-    fn drop(&mut self) {
-        // SIGKILL ends a stopped process too; continuing it first is harmless and tidy.
-        let pid = nix::unistd::Pid::from_raw(self.child.id() as i32);
-        let _ = nix::sys::signal::kill(pid, nix::sys::signal::Signal::SIGCONT);
-        let _ = self.child.kill();
-        let _ = self.child.wait();
     }
 }
 
@@ -178,34 +128,26 @@ pub struct Secure {
     /// One certificate (and key) for 127.0.0.1, .2, .3 and localhost.
     pub cert: std::path::PathBuf,
     pub key: std::path::PathBuf,
+    pub security: pollux_cluster::Security,
 }
 
 static SECURE: std::sync::OnceLock<Secure> = std::sync::OnceLock::new();
 
-/// Makes (once) a CA with `pollux certs`, one certificate for 127.0.0.1, .2 and .3, and three
-/// token files, and switches the harness to HTTPS with tokens.
+/// Makes (once) a CA, one certificate for 127.0.0.1, .2, .3 and localhost, and a token file per
+/// class (the cluster harness's [`pollux_cluster::Security`]), and switches the harness to HTTPS
+/// with tokens.
 pub fn secure() -> &'static Secure {
     SECURE.get_or_init(|| {
         let dir = tempdir();
-        let tls = dir.path().join("tls");
-        let out = Command::new(BIN)
-            .args(["certs", "--dir", &tls.display().to_string(), "127.0.0.1", "127.0.0.2", "127.0.0.3", "localhost"])
-            .output()
-            .unwrap();
-        assert!(out.status.success(), "pollux certs: {}", String::from_utf8_lossy(&out.stderr));
-        let token = |name: &str| {
-            let path = dir.path().join(format!("{name}.token"));
-            std::fs::write(&path, format!("{name}-{:x}{:x}\n", std::process::id(), unix_now())).unwrap();
-            std::fs::set_permissions(&path, std::os::unix::fs::PermissionsExt::from_mode(0o600)).unwrap();
-            path
-        };
+        let security = pollux_cluster::Security::make(Path::new(BIN), dir.path(), true).unwrap();
         Secure {
-            ca: tls.join("ca.pem"),
-            cert: tls.join("127.0.0.1.pem"),
-            key: tls.join("127.0.0.1.key"),
-            ingest: token("ingest"),
-            admin: token("admin"),
-            read: token("read"),
+            ca: security.ca.clone(),
+            cert: security.cert.clone(),
+            key: security.key.clone(),
+            ingest: security.ingest.clone(),
+            admin: security.admin.clone(),
+            read: security.read.clone().expect("a read token"),
+            security,
             dir,
         }
     })
@@ -218,26 +160,22 @@ pub fn secured() -> Option<&'static Secure> {
 impl Secure {
     /// The TLS and token keys of an aggregator's configuration.
     pub fn aggregator_toml(&self) -> String {
-        format!(
-            "tls_cert = {:?}\ntls_key = {:?}\ningest_token_file = {:?}\nadmin_token_file = {:?}\nread_token_file = {:?}\n",
-            self.cert, self.key, self.ingest, self.admin, self.read
-        )
+        self.security.aggregator_toml()
     }
 
     /// The TLS keys of the proxy's configuration.
     pub fn proxy_toml(&self) -> String {
-        format!("tls_cert = {:?}\ntls_key = {:?}\nca_file = {:?}\n", self.cert, self.key, self.ca)
+        self.security.proxy_toml()
     }
 
     /// `--ca-file` and `--token-file` for a command-line client.
     pub fn cli_args(&self, token: &Path) -> Vec<String> {
-        ["--ca-file".to_owned(), self.ca.display().to_string(), "--token-file".to_owned(), token.display().to_string()]
-            .into()
+        self.security.cli_args(token)
     }
 
     /// `Authorization: Bearer <token of the file>`.
     pub fn bearer(&self, token: &Path) -> String {
-        format!("Bearer {}", std::fs::read_to_string(token).unwrap().trim())
+        pollux_cluster::Security::bearer(token)
     }
 }
 

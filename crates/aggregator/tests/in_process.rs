@@ -1,0 +1,162 @@
+//! The aggregator built and run inside the test process, on 127.0.0.1:0, with the intervals
+//! that decisions depend on shortened: what the black-box suite proves with real processes, here
+//! in seconds, with the composition root itself under test (`Aggregator::build_with` and `run`).
+
+use pollux_aggregator::config::AggregatorConfig;
+use pollux_aggregator::{Aggregator, Intervals};
+use serde_json::{json, Value};
+use std::net::TcpListener;
+use std::path::Path;
+use std::time::{Duration, Instant};
+use tokio_util::sync::CancellationToken;
+
+/// One aggregator running on a runtime of its own; stopped (and every task awaited) on drop.
+struct Running {
+    url: String,
+    stop: CancellationToken,
+    ended: Option<std::sync::mpsc::Receiver<()>>,
+}
+
+fn config(shared: &Path, node: &str, failwait: Duration) -> AggregatorConfig {
+    AggregatorConfig {
+        node_id: node.into(),
+        shared_dir: shared.into(),
+        failwait,
+        startwait: failwait * 4,
+        min_free_bytes: 0,
+        ..AggregatorConfig::default()
+    }
+}
+
+impl Running {
+    fn start(config: AggregatorConfig, intervals: Intervals) -> Running {
+        let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let aggregator = Aggregator::build_with(config, listener, intervals).expect("builds");
+        let stop = CancellationToken::new();
+        let (done, ended) = std::sync::mpsc::channel();
+        let token = stop.clone();
+        std::thread::spawn(move || {
+            let runtime = tokio::runtime::Builder::new_multi_thread().worker_threads(2).enable_all().build().unwrap();
+            runtime.block_on(aggregator.run(token)).expect("runs");
+            let _ = done.send(());
+        });
+        Running { url, stop, ended: Some(ended) }
+    }
+
+    /// Stops it; true when `run` returned (every task ended) within `limit`.
+    fn stop_within(&mut self, limit: Duration) -> bool {
+        self.stop.cancel();
+        self.ended.take().is_none_or(|ended| ended.recv_timeout(limit).is_ok())
+    }
+}
+
+impl Drop for Running {
+    fn drop(&mut self) {
+        self.stop_within(Duration::from_secs(10));
+    }
+}
+
+fn agent() -> ureq::Agent {
+    ureq::Agent::config_builder()
+        .timeout_global(Some(Duration::from_secs(10)))
+        .http_status_as_error(false)
+        .build()
+        .into()
+}
+
+fn get(url: &str) -> (u16, Value) {
+    match agent().get(url).call() {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+fn put(url: &str, body: &Value) -> u16 {
+    agent().put(url).header("content-type", "application/json").send_json(body).map_or(0, |r| r.status().as_u16())
+}
+
+fn wait<T>(limit: Duration, what: &str, check: impl FnMut() -> Option<T>) -> T {
+    pollux_cluster::wait_for(limit, what, check).unwrap_or_else(|e| panic!("{e}"))
+}
+
+fn now() -> i64 {
+    std::time::SystemTime::now().duration_since(std::time::UNIX_EPOCH).unwrap().as_secs() as i64
+}
+
+fn cpu_dto(id: &str, family: &str, metric: &str) -> Value {
+    let cycle = (now() / 300 - 1) * 300;
+    json!({"id": id, "collector": "dc1", "family": family, "cycle": cycle, "interval": 300,
+           "records": [{"device": "r1", "item": "1", "ts": cycle + 1, "values": {metric: 42.5}}]})
+}
+
+fn wait_active(url: &str) -> u64 {
+    wait(Duration::from_secs(20), "the ready active", || {
+        let (status, health) = get(&format!("{url}/health/active"));
+        (status == 200).then(|| health["epoch"].as_u64().unwrap())
+    })
+}
+
+fn wait_loaded(url: &str, id: &str) {
+    wait(Duration::from_secs(20), &format!("{id} loaded"), || {
+        (get(&format!("{url}/api/v1/dto/{id}")).1["state"] == "loaded").then_some(())
+    });
+}
+
+#[test]
+fn acknowledges_loads_and_returns_from_run_once_every_task_ended() {
+    let shared = tempfile::tempdir().unwrap();
+    let mut da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    assert_eq!(wait_active(&da.url), 1);
+    let dto = cpu_dto("dc1.CPU.1", "CPU", "util");
+    assert_eq!(put(&format!("{}/api/v1/dto/dc1.CPU.1", da.url), &dto), 201);
+    assert_eq!(put(&format!("{}/api/v1/dto/dc1.CPU.1", da.url), &dto), 200, "stored once, answered 200 after");
+    wait_loaded(&da.url, "dc1.CPU.1");
+    let (_, status) = get(&format!("{}/api/v1/status", da.url));
+    assert_eq!(status["nodes"][0]["workers"]["loader"]["failures_in_a_row"], 0, "{status}");
+    assert!(status["nodes"][0]["workers"].get("housekeeping").is_some(), "{status}");
+    assert!(da.stop_within(Duration::from_secs(10)), "run returned after the shutdown");
+    assert_eq!(get(&format!("{}/health", da.url)).0, 0, "nothing listens any more");
+    // The lease was handed over on the way out: a new node takes it without waiting failwait.
+    let lease: Value = serde_json::from_slice(&std::fs::read(shared.path().join("election/lease")).unwrap()).unwrap();
+    assert_eq!(lease["state"], "released", "{lease}");
+}
+
+#[test]
+fn a_clean_stop_hands_the_lease_to_the_standby_long_before_failwait() {
+    let shared = tempfile::tempdir().unwrap();
+    let failwait = Duration::from_secs(60);
+    let mut first = Running::start(config(shared.path(), "da1", failwait), Intervals::default());
+    let epoch = wait_active(&first.url);
+    let second = Running::start(config(shared.path(), "da2", failwait), Intervals::default());
+    wait(Duration::from_secs(10), "da2 standing by", || {
+        (get(&format!("{}/health", second.url)).1["role"] == "standby").then_some(())
+    });
+    let stopped = Instant::now();
+    assert!(first.stop_within(Duration::from_secs(10)));
+    assert!(wait_active(&second.url) > epoch);
+    assert!(stopped.elapsed() < failwait / 4, "took over in {:?}", stopped.elapsed());
+    let dto = cpu_dto("dc1.CPU.2", "CPU", "util");
+    assert_eq!(put(&format!("{}/api/v1/dto/dc1.CPU.2", second.url), &dto), 201);
+    wait_loaded(&second.url, "dc1.CPU.2");
+}
+
+#[test]
+fn housekeeping_rereads_family_files_at_its_interval() {
+    let shared = tempfile::tempdir().unwrap();
+    let intervals = Intervals { reread_families: Duration::from_millis(200), ..Intervals::default() };
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), intervals);
+    wait_active(&da.url);
+    let dto = cpu_dto("dc1.Temp.1", "Temp", "celsius");
+    assert_eq!(put(&format!("{}/api/v1/dto/dc1.Temp.1", da.url), &dto), 400, "not defined yet");
+    std::fs::write(
+        shared.path().join("metric-families/temp.toml"),
+        "name = \"Temp\"\n[[metric]]\nname = \"celsius\"\n",
+    )
+    .unwrap();
+    wait(Duration::from_secs(10), "the new family defined", || {
+        get(&format!("{}/api/v1/families", da.url)).1.to_string().contains("\"Temp\"").then_some(())
+    });
+    assert_eq!(put(&format!("{}/api/v1/dto/dc1.Temp.1", da.url), &dto), 201);
+    wait_loaded(&da.url, "dc1.Temp.1");
+}

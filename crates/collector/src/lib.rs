@@ -51,8 +51,6 @@ use tokio_util::sync::CancellationToken;
 
 #[derive(Debug, thiserror::Error)]
 pub enum CollectorError {
-    #[error("spool directory {path}: {source}")]
-    Spool { path: String, source: std::io::Error },
     #[error("SNMP socket: {0}")]
     Snmp(String),
     #[error("metrics listener: {0}")]
@@ -61,12 +59,14 @@ pub enum CollectorError {
     AckLog { path: String, source: std::io::Error },
 }
 
-/// A collector ready to run: configuration and inventory checked, metrics port bound.
+/// A collector ready to run: configuration and inventory checked, metrics port bound, its
+/// spool locked (one process per spool directory).
 pub struct Collector {
     config: CollectorConfig,
     security: config::Security,
     devices: Vec<Arc<DeviceSpec>>,
     metrics_listener: std::net::TcpListener,
+    spool: Spool,
 }
 
 /// The first second of the cycle holding `now`.
@@ -116,20 +116,29 @@ pub fn dto_id(
 }
 
 impl Collector {
+    /// Takes the spool (its lock first: nothing of it is touched before the lock is held). A
+    /// spool another process holds is refused here, before anything starts, with the holder
+    /// named ([`spool::OpenError::InUse`]).
     pub fn build(
         config: CollectorConfig,
         security: config::Security,
         devices: Vec<DeviceSpec>,
         metrics_listener: std::net::TcpListener,
-    ) -> Collector {
-        Collector { config, security, devices: devices.into_iter().map(Arc::new).collect(), metrics_listener }
+    ) -> Result<Collector, spool::OpenError> {
+        let spool = Spool::open(&config.spool_dir, config.spool_max_bytes)?;
+        Ok(Collector {
+            config,
+            security,
+            devices: devices.into_iter().map(Arc::new).collect(),
+            metrics_listener,
+            spool,
+        })
     }
 
     /// Polls, spools and sends until `shutdown`; returns once every task has stopped.
     pub async fn run(self, shutdown: CancellationToken) -> Result<(), CollectorError> {
         let config = Arc::new(self.config);
-        let spool_error = |source| CollectorError::Spool { path: config.spool_dir.display().to_string(), source };
-        let spool = Arc::new(Spool::open(&config.spool_dir, config.spool_max_bytes).map_err(spool_error)?);
+        let spool = Arc::new(self.spool);
         let families = Arc::new(FamilyCache::open(config.spool_dir.join("families.json")));
         let metrics = Arc::new(Metrics::default());
         let snmp = Arc::new(
@@ -158,8 +167,15 @@ impl Collector {
                 None => None,
             },
         };
-        let sender_thread =
-            std::thread::Builder::new().name("sender".into()).spawn(move || sender.run()).expect("thread");
+        // The sender says when it has ended; it is never joined from the runtime (see below).
+        let (sender_ended, sender_done) = tokio::sync::oneshot::channel::<()>();
+        std::thread::Builder::new()
+            .name("sender".into())
+            .spawn(move || {
+                sender.run();
+                let _ = sender_ended.send(());
+            })
+            .expect("thread");
         let reporter = report::Reporter {
             id: config.id.clone(),
             urls: config.aggregators.clone(),
@@ -236,11 +252,7 @@ impl Collector {
         // The sender stops between two sends; one in flight to a frozen aggregator could take
         // send_timeout. Not worth waiting for: an unacknowledged DTO stays in the spool.
         // (Not joined on a blocking task: the runtime would wait for it when it shuts down.)
-        let deadline = Instant::now() + Duration::from_secs(5);
-        while !sender_thread.is_finished() && Instant::now() < deadline {
-            tokio::time::sleep(Duration::from_millis(20)).await;
-        }
-        if !sender_thread.is_finished() {
+        if tokio::time::timeout(Duration::from_secs(5), sender_done).await.is_err() {
             tracing::warn!("the sender is still waiting for an answer; its DTO stays in the spool");
         }
         Ok(())

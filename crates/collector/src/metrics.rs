@@ -28,6 +28,8 @@ pub struct Metrics {
     /// Refused with 409: the aggregator holds the id with other content.
     pub dtos_conflict: AtomicU64,
     pub dropped: AtomicU64,
+    /// Spooled DTOs whose file disappeared before any aggregator acknowledged them.
+    pub spool_vanished: AtomicU64,
     pub send_failures: AtomicU64,
     pub last_cycle_seconds_millis: AtomicU64,
     /// Unix milliseconds of the last acknowledged DTO (0: none yet).
@@ -108,6 +110,13 @@ impl Metrics {
             "counter",
             "DTOs deleted unsent because the spool reached spool_max_bytes.",
             get(&self.dropped),
+        );
+        line(
+            "pollux_collector_spool_vanished_total",
+            "counter",
+            "Spooled DTOs whose file disappeared before any aggregator acknowledged them (deleted outside the \
+             collector): lost, not sent.",
+            get(&self.spool_vanished),
         );
         line(
             "pollux_collector_send_failures_total",

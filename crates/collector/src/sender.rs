@@ -2,7 +2,12 @@
 //!
 //! ```text
 //!  spool.oldest() ──PUT /api/v1/dto/{id}──> aggregators[current]
-//!     201 / 200            -> remove from the spool; next
+//!     201 / 200 with {"id": "<id>", "stored": true}
+//!                          -> acknowledged: remove from the spool; next
+//!     3xx, or 200/201 with any other body
+//!                          -> not an aggregator (a front end that moved, a login page): said
+//!                             once per URL, then treated like 503 (redirects are never
+//!                             followed: a PUT redirected becomes a GET, whose 200 means nothing)
 //!     400/413/415/422      -> refused for good: move to rejected/, log, count; next
 //!     409                  -> the id was acknowledged before with other content (another
 //!                             collector with this id?): move to rejected/, log, count; next
@@ -13,6 +18,10 @@
 //!                             back off and try again (nothing is dropped)
 //! ```
 //!
+//! Only that answer acknowledges. A spooled file that is gone when its turn comes (deleted by
+//! hand, or by another process on the spool) was never seen by an aggregator: it is counted in
+//! `pollux_collector_spool_vanished_total` and logged as lost, never as sent.
+//!
 //! Sending in cycle order means the repository fills in the order data was born, and one DTO at
 //! a time is plenty: a collector produces a few DTOs per cycle (one per family, split only above
 //! `max_records_per_dto`). The sender also fetches customized families from the aggregator it
@@ -22,6 +31,7 @@ use crate::families::FamilyCache;
 use crate::metrics::Metrics;
 use crate::spool::{Entry, Spool};
 use pollux_model::codec::BINARY_CONTENT_TYPE;
+use std::collections::HashMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::{Duration, Instant};
@@ -54,11 +64,38 @@ enum Outcome {
     Conflict(String),
     Unauthorized,
     TryElsewhere(String),
+    /// Something other than an aggregator answered: `status` and what it said.
+    NotAnAggregator {
+        status: u16,
+        why: String,
+    },
 }
 
-fn classify(status: u16, body: &str) -> Outcome {
+/// An aggregator's answer to a DTO it holds (201 stored now, 200 stored before).
+#[derive(serde::Deserialize)]
+struct Stored {
+    id: String,
+    stored: bool,
+}
+
+/// What an answer to `PUT /api/v1/dto/{id}` means; `location` is its Location header.
+fn classify(id: &str, status: u16, location: Option<&str>, body: &str) -> Outcome {
     match status {
-        200 | 201 => Outcome::Acknowledged,
+        200 | 201 => match serde_json::from_str::<Stored>(body) {
+            Ok(answer) if answer.stored && answer.id == id => Outcome::Acknowledged,
+            _ => {
+                let mut shown: String = body.chars().take(80).map(|c| if c.is_control() { ' ' } else { c }).collect();
+                if body.chars().nth(80).is_some() {
+                    shown.push_str("...");
+                }
+                let why = format!("answered {status} without a Pollux acknowledgement (body {:?})", shown.trim());
+                Outcome::NotAnAggregator { status, why }
+            }
+        },
+        300..=399 => {
+            let to = location.map_or_else(|| "nowhere (no Location)".to_owned(), str::to_owned);
+            Outcome::NotAnAggregator { status, why: format!("answered {status} redirect to {to}") }
+        }
         401 | 403 => Outcome::Unauthorized,
         // 404 is not the DTO's fault: a wrong URL or something else on the port. Try elsewhere.
         400 | 413 | 415 | 422 => Outcome::Refused(format!("{status} {}", body.trim())),
@@ -84,6 +121,9 @@ impl Sender {
                 // An aggregator host that is down answers no SYN: move to the next URL soon.
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .http_status_as_error(false)
+                // An aggregator never redirects; a redirected PUT would come back as a GET
+                // whose 200 acknowledges nothing. The 3xx itself is the answer.
+                .max_redirects(0)
                 .build(),
         );
         // The family listing is small; a slow answer must not hold up sending for long.
@@ -93,6 +133,7 @@ impl Sender {
                 .tls_config(self.tls.ureq())
                 .timeout_connect(Some(CONNECT_TIMEOUT))
                 .http_status_as_error(false)
+                .max_redirects(0)
                 .build(),
         );
         let mut current = 0usize;
@@ -100,6 +141,9 @@ impl Sender {
         let mut rounds_failed = 0u32;
         let mut jitter = Jitter::new();
         let mut families_due = Instant::now();
+        // Per URL, the status of the last "not an aggregator" said about it, so that it is said
+        // once, not for every DTO and every round; forgotten once the URL acknowledges.
+        let mut told: HashMap<usize, u16> = HashMap::new();
         while !self.stop.load(Ordering::Relaxed) {
             if Instant::now() >= families_due {
                 self.families.refresh(&listing_agent, &self.token, &self.urls, current);
@@ -107,8 +151,35 @@ impl Sender {
             }
             let Some(entry) = self.spool.oldest(Duration::from_millis(200)) else { continue };
             let url = &self.urls[current];
-            match self.send(&agent, url, &entry) {
+            let outcome = match self.spool.read(&entry) {
+                Ok(body) => self.send(&agent, url, &entry, &body),
+                Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
+                    // Only an aggregator's answer acknowledges: this one is lost, and says so.
+                    if self.spool.vanished(&entry) {
+                        Metrics::add(&self.metrics.spool_vanished, 1);
+                        tracing::warn!(
+                            "spool: {} vanished before any aggregator acknowledged it (deleted outside \
+                             this collector?): DTO {} of cycle {} is LOST",
+                            self.spool.file(&entry).display(),
+                            entry.id,
+                            entry.cycle
+                        );
+                    }
+                    continue;
+                }
+                Err(e) => Outcome::TryElsewhere(format!("cannot read the spooled file: {e}")),
+            };
+            if let Outcome::NotAnAggregator { status, why } = &outcome {
+                if told.insert(current, *status) != Some(*status) {
+                    tracing::error!(
+                        "{url} {why}: not an aggregator; check the URL (DTOs stay in the spool until an \
+                         aggregator acknowledges them)"
+                    );
+                }
+            }
+            match outcome {
                 Outcome::Acknowledged => {
+                    told.remove(&current);
                     Metrics::add(&self.metrics.dtos_sent, 1);
                     let now_ms = std::time::SystemTime::now()
                         .duration_since(std::time::UNIX_EPOCH)
@@ -155,7 +226,7 @@ impl Sender {
                         rounds_failed = rounds_failed.saturating_add(1);
                     }
                 }
-                Outcome::TryElsewhere(why) => {
+                Outcome::TryElsewhere(why) | Outcome::NotAnAggregator { why, .. } => {
                     Metrics::add(&self.metrics.send_failures, 1);
                     current = (current + 1) % self.urls.len();
                     failed_in_round += 1;
@@ -176,22 +247,18 @@ impl Sender {
         }
     }
 
-    fn send(&self, agent: &ureq::Agent, url: &str, entry: &Entry) -> Outcome {
-        let body = match self.spool.read(entry) {
-            Ok(body) => body,
-            Err(e) if e.kind() == std::io::ErrorKind::NotFound => return Outcome::Acknowledged,
-            Err(e) => return Outcome::TryElsewhere(format!("cannot read the spooled file: {e}")),
-        };
+    fn send(&self, agent: &ureq::Agent, url: &str, entry: &Entry, body: &[u8]) -> Outcome {
         let mut request =
             agent.put(format!("{url}/api/v1/dto/{}", entry.id)).header("Content-Type", BINARY_CONTENT_TYPE);
         if let Some(authorization) = self.token.header() {
             request = request.header("Authorization", authorization);
         }
-        match request.send(&body[..]) {
+        match request.send(body) {
             Ok(mut response) => {
                 let status = response.status().as_u16();
+                let location = response.headers().get("location").and_then(|v| v.to_str().ok()).map(str::to_owned);
                 let text = response.body_mut().read_to_string().unwrap_or_default();
-                classify(status, &text)
+                classify(&entry.id, status, location.as_deref(), &text)
             }
             Err(e) => Outcome::TryElsewhere(e.to_string()),
         }
@@ -231,14 +298,84 @@ mod tests {
 
     #[test]
     fn answers_decide_the_dto_fate() {
-        assert_eq!(classify(201, ""), Outcome::Acknowledged);
-        assert_eq!(classify(200, ""), Outcome::Acknowledged);
+        let classify = |status, body| classify("dc1.CPU.100.0", status, None, body);
+        let stored = r#"{"id":"dc1.CPU.100.0","stored":true}"#;
+        assert_eq!(classify(201, stored), Outcome::Acknowledged);
+        assert_eq!(classify(200, stored), Outcome::Acknowledged);
         assert!(matches!(classify(400, "{\"error\":\"x\"}"), Outcome::Refused(_)));
         assert!(matches!(classify(409, "{\"error\":\"x\"}"), Outcome::Conflict(_)));
         assert!(matches!(classify(503, ""), Outcome::TryElsewhere(_)));
         assert!(matches!(classify(502, ""), Outcome::TryElsewhere(_)));
         assert!(matches!(classify(404, ""), Outcome::TryElsewhere(_)));
         assert_eq!(classify(401, ""), Outcome::Unauthorized);
+    }
+
+    /// Only an aggregator's own answer for this id acknowledges it.
+    #[test]
+    fn a_redirect_or_another_200_is_not_an_acknowledgement() {
+        let id = "dc1.CPU.100.0";
+        let not_an_aggregator = |outcome: Outcome, expected: &str| match outcome {
+            Outcome::NotAnAggregator { why, .. } => assert!(why.contains(expected), "{why}"),
+            other => panic!("{other:?}"),
+        };
+        for (status, body) in [
+            (200, ""),
+            (200, "<html><body>Please log in</body></html>"),
+            (201, "{}"),
+            (200, r#"{"id":"dc1.CPU.400.0","stored":true}"#),
+            (201, r#"{"id":"dc1.CPU.100.0","stored":false}"#),
+        ] {
+            not_an_aggregator(classify(id, status, None, body), &format!("answered {status} without"));
+        }
+        let long = "x".repeat(500);
+        not_an_aggregator(classify(id, 200, None, &long), &format!("{}...", "x".repeat(80)));
+        let to = Some("https://sso.example/login");
+        not_an_aggregator(classify(id, 302, to, ""), "answered 302 redirect to https://sso.example/login");
+        not_an_aggregator(classify(id, 301, None, ""), "answered 301 redirect to nowhere");
+        not_an_aggregator(classify(id, 307, to, ""), "answered 307 redirect to");
+    }
+
+    /// A spooled file deleted behind the sender's back (an operator, a second process on the
+    /// spool) was never seen by an aggregator: it is not acknowledged, not logged as sent.
+    #[test]
+    fn a_spooled_file_that_vanishes_is_never_acknowledged() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Arc::new(Spool::open(&dir.path().join("spool"), 1 << 20).unwrap());
+        spool.add(100, 100, &[("c.CPU.100.0".into(), vec![7u8; 100])]).unwrap();
+        std::fs::remove_file(dir.path().join("spool/outbox/000000000100.100s/c.CPU.100.0.pxd")).unwrap();
+        let ack_log = dir.path().join("acked.log");
+        let metrics = Arc::new(Metrics::default());
+        let stop = Arc::new(AtomicBool::new(false));
+        let sender = Sender {
+            spool: spool.clone(),
+            // Nothing listens there: whatever happens to the DTO, no aggregator saw it.
+            urls: vec!["http://127.0.0.1:9".into()],
+            token: pollux_transport::auth::ClientToken::new(None),
+            tls: pollux_transport::ClientTls::load(None).unwrap(),
+            timeout: Duration::from_secs(1),
+            metrics: metrics.clone(),
+            families: Arc::new(FamilyCache::open(dir.path().join("families.json"))),
+            families_refresh: Duration::from_secs(3600),
+            stop: stop.clone(),
+            ack_log: Some(std::fs::File::create(&ack_log).unwrap()),
+        };
+        let thread = std::thread::spawn(move || sender.run());
+        let deadline = Instant::now() + Duration::from_secs(10);
+        while spool.depth().0 > 0 && Instant::now() < deadline {
+            std::thread::sleep(Duration::from_millis(10));
+        }
+        stop.store(true, Ordering::Relaxed);
+        thread.join().unwrap();
+        assert_eq!(spool.depth().0, 0, "the sender never took up the vanished DTO");
+        let sent = metrics.dtos_sent.load(Ordering::Relaxed);
+        assert_eq!(sent, 0, "a file no aggregator saw was counted as acknowledged");
+        let logged = std::fs::read_to_string(&ack_log).unwrap();
+        assert_eq!(logged, "", "a file no aggregator saw is in the ack log");
+        // A loss of its own, counted and shown.
+        assert_eq!(metrics.spool_vanished.load(Ordering::Relaxed), 1);
+        let shown = metrics.render(&spool, 0);
+        assert!(shown.contains("\npollux_collector_spool_vanished_total 1\n"), "{shown}");
+        assert!(shown.contains("\npollux_collector_dtos_sent_total 0\n"), "{shown}");
     }
 
     #[test]

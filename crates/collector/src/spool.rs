@@ -9,7 +9,15 @@
 //! <spool_dir>/tmp/                                 a cycle being written; deleted at start
 //! <spool_dir>/rejected/                            DTOs an aggregator refused (400/413/415/422)
 //! <spool_dir>/state-<interval>s.json               previous counters (see crate::state)
+//! <spool_dir>/.lock                                flock'd by the one process using the spool;
+//!                                                  holds its pid and host name
 //! ```
+//!
+//! One spool, one process: two collectors sharing a directory (a copied service unit) would
+//! delete each other's cycles being written, send and remove each other's DTOs, and rewrite
+//! each other's counters. [`Spool::open`] takes an exclusive `flock` on `.lock` without waiting
+//! and keeps it for the life of the spool (the kernel drops it when the process dies, even by
+//! kill -9); a second process is refused, told who holds it.
 //!
 //! A cycle's DTOs are written into a directory under `tmp/`, each fsync'd, and the directory is
 //! renamed into `outbox/` in one step: a cycle is in the spool whole or not at all. So a
@@ -29,6 +37,21 @@ use std::sync::{Condvar, Mutex};
 use std::time::Duration;
 
 const SUFFIX: &str = ".pxd";
+const LOCK_FILE: &str = ".lock";
+
+/// Why a spool cannot be opened.
+#[derive(Debug, thiserror::Error)]
+pub enum OpenError {
+    /// Another process holds the spool's lock.
+    #[error(
+        "spool directory {} is in use by {holder} (it holds {}): each collector needs a spool directory of its own",
+        dir.display(),
+        dir.join(LOCK_FILE).display()
+    )]
+    InUse { dir: PathBuf, holder: String },
+    #[error(transparent)]
+    Io(#[from] std::io::Error),
+}
 
 /// One DTO waiting in the outbox.
 #[derive(Clone, Debug, PartialEq)]
@@ -48,6 +71,8 @@ struct Index {
 }
 
 pub struct Spool {
+    /// Locked (flock) while the spool is open; closing it releases the lock.
+    _lock: File,
     outbox: PathBuf,
     tmp: PathBuf,
     rejected: PathBuf,
@@ -83,10 +108,54 @@ fn ignore_missing(result: std::io::Result<()>) -> std::io::Result<()> {
     }
 }
 
+/// `pid <pid> on host <name>`: who holds a spool's lock, as written in it.
+fn holder_line() -> String {
+    let host = fs::read_to_string("/proc/sys/kernel/hostname").map(|h| h.trim().to_owned()).unwrap_or_default();
+    let host = if host.is_empty() { "an unknown host".to_owned() } else { format!("host {host}") };
+    format!("pid {} on {host}", std::process::id())
+}
+
+/// Takes the spool's lock without waiting, and writes this process into it.
+fn lock(dir: &Path) -> Result<File, OpenError> {
+    use std::io::{Read, Seek};
+    let path = dir.join(LOCK_FILE);
+    // Not truncated on open: the holder's line is read back when the lock is taken.
+    let mut file = fs::OpenOptions::new().read(true).write(true).create(true).truncate(false).open(&path)?;
+    match file.try_lock() {
+        Ok(()) => {}
+        Err(fs::TryLockError::WouldBlock) => {
+            // The holder writes its line just after locking: give it a moment if it is empty.
+            let mut holder = String::new();
+            for _ in 0..10 {
+                holder.clear();
+                file.rewind()?;
+                (&file).take(256).read_to_string(&mut holder)?;
+                if !holder.trim().is_empty() {
+                    break;
+                }
+                std::thread::sleep(Duration::from_millis(50));
+            }
+            let holder = holder.lines().next().unwrap_or_default().trim();
+            let holder = if holder.is_empty() { "another process".to_owned() } else { holder.to_owned() };
+            return Err(OpenError::InUse { dir: dir.to_owned(), holder });
+        }
+        Err(fs::TryLockError::Error(e)) => return Err(OpenError::Io(e)),
+    }
+    file.set_len(0)?;
+    file.rewind()?;
+    file.write_all(format!("{}\n", holder_line()).as_bytes())?;
+    Ok(file)
+}
+
 impl Spool {
-    /// Opens (creating) the spool, deletes what was being written and indexes the outbox.
-    pub fn open(dir: &Path, max_bytes: u64) -> std::io::Result<Spool> {
+    /// Locks (see the module's doc) and opens (creating) the spool, deletes what was being
+    /// written and indexes the outbox.
+    pub fn open(dir: &Path, max_bytes: u64) -> Result<Spool, OpenError> {
+        fs::create_dir_all(dir)?;
+        // Before anything else: tmp/ may hold the cycle another process is writing.
+        let lock = lock(dir)?;
         let spool = Spool {
+            _lock: lock,
             outbox: dir.join("outbox"),
             tmp: dir.join("tmp"),
             rejected: dir.join("rejected"),
@@ -194,6 +263,19 @@ impl Spool {
         fs::read(self.outbox.join(&entry.path))
     }
 
+    /// Where an entry's file is.
+    pub fn file(&self, entry: &Entry) -> PathBuf {
+        self.outbox.join(&entry.path)
+    }
+
+    /// Forgets a DTO whose file is gone. True if the spool still held it; false if the spool
+    /// itself dropped it in the meantime (to stay within its bound: counted there).
+    pub fn vanished(&self, entry: &Entry) -> bool {
+        let held = self.forget(entry);
+        self.remove_batch_if_empty(&entry.path);
+        held
+    }
+
     /// Forgets an acknowledged DTO. Its file is unlinked without a directory fsync: if a crash
     /// undoes the unlink, the DTO is sent again and answered 200.
     pub fn remove(&self, entry: &Entry) -> std::io::Result<()> {
@@ -219,10 +301,15 @@ impl Spool {
         }
     }
 
-    fn forget(&self, entry: &Entry) {
+    /// Removes an entry from the index; false if it was not there.
+    fn forget(&self, entry: &Entry) -> bool {
         let mut index = self.index.lock().expect("spool index");
-        if let Some(held) = index.entries.remove(&entry.path) {
-            index.bytes -= held.bytes;
+        match index.entries.remove(&entry.path) {
+            Some(held) => {
+                index.bytes -= held.bytes;
+                true
+            }
+            None => false,
         }
     }
 
@@ -264,5 +351,40 @@ mod tests {
         assert_eq!(spool.depth(), (0, 0, None));
         assert!(dir.path().join("rejected").join(next.path.replace('/', ".")).exists());
         assert!(spool.oldest(Duration::from_millis(1)).is_none());
+    }
+
+    #[test]
+    fn one_process_at_a_time_and_the_refusal_names_the_holder() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 1 << 20).unwrap();
+        // flock belongs to the open file, so a second open in this process is refused too.
+        let refused = Spool::open(dir.path(), 1 << 20).err().expect("a second open is refused");
+        let message = refused.to_string();
+        assert!(matches!(refused, OpenError::InUse { .. }), "{message}");
+        let pid = format!("pid {} on ", std::process::id());
+        assert!(message.contains(&dir.path().display().to_string()) && message.contains(&pid), "{message}");
+        drop(spool);
+        let _again = Spool::open(dir.path(), 1 << 20).unwrap();
+        let lock = std::fs::read_to_string(dir.path().join(LOCK_FILE)).unwrap();
+        assert!(lock.starts_with(&pid) && lock.lines().count() == 1, "{lock:?}");
+    }
+
+    #[test]
+    fn a_vanished_file_is_forgotten_unless_the_bound_dropped_it_first() {
+        let dir = tempfile::tempdir().unwrap();
+        let spool = Spool::open(dir.path(), 64 << 10).unwrap();
+        spool.add(100, 100, &[("c.CPU.100.0".into(), vec![1u8; 40_000])]).unwrap();
+        let first = spool.oldest(Duration::ZERO).unwrap();
+        std::fs::remove_file(spool.file(&first)).unwrap();
+        assert!(spool.vanished(&first));
+        assert_eq!(spool.depth(), (0, 0, None));
+        assert!(!spool.has_cycle(100, 100), "an emptied cycle leaves no directory");
+        // Taken up by the sender, then dropped by the bound before it was read.
+        spool.add(200, 100, &[("c.CPU.200.0".into(), vec![2u8; 40_000])]).unwrap();
+        let taken = spool.oldest(Duration::ZERO).unwrap();
+        let dropped = spool.add(300, 100, &[("c.CPU.300.0".into(), vec![3u8; 40_000])]).unwrap();
+        assert_eq!(dropped, vec![Dropped { id: "c.CPU.200.0".into(), cycle: 200 }]);
+        assert!(!spool.vanished(&taken), "already counted as dropped");
+        assert_eq!(spool.depth(), (1, 40_000, Some(300)));
     }
 }

@@ -267,7 +267,15 @@ fn run_collector(args: CollectorArgs) -> ExitCode {
         let security = config.security().map_err(|(key, problem)| refuse("collector", format!("{key}: {problem}")))?;
         let devices = pollux_collector::inventory::load(&config.inventory).map_err(|e| refuse("collector", e))?;
         let listener = bind("collector", config.metrics_listen)?;
-        Ok(pollux_collector::Collector::build(config, security, devices, listener))
+        let spool_dir = config.spool_dir.clone();
+        pollux_collector::Collector::build(config, security, devices, listener).map_err(|e| match e {
+            // Another process holds the spool: a mistake in the setup, refused like one.
+            e @ pollux_collector::spool::OpenError::InUse { .. } => refuse("collector", e),
+            e => {
+                eprintln!("pollux collector: spool {}: {e}", spool_dir.display());
+                ExitCode::FAILURE
+            }
+        })
     };
     let collector = match start() {
         Ok(c) => c,

@@ -728,3 +728,197 @@ fn dead_devices_are_refused_at_once_and_starve_no_cycle() {
     }
     assert!(cycles.get("dead-1999").is_some_and(|c| c.len() >= 3), "dead devices are recorded as down");
 }
+
+/// A tiny HTTP/1.1 server on 127.0.0.1 answering every request with the same bytes, keeping
+/// each request's line (`PUT /api/v1/dto/...`). It stops when dropped.
+struct Fake {
+    url: String,
+    requests: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    stop: std::sync::Arc<std::sync::atomic::AtomicBool>,
+}
+
+impl Fake {
+    /// `status` (`302 Found`), extra header lines (each ending in `\r\n`) and a body.
+    fn start(status: &str, headers: &str, body: &str) -> Fake {
+        use std::io::{BufReader, Write};
+        use std::sync::atomic::Ordering;
+        let listener = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        let url = format!("http://{}", listener.local_addr().unwrap());
+        let answer = format!("HTTP/1.1 {status}\r\n{headers}content-length: {}\r\n\r\n{body}", body.len());
+        let requests = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+        let (seen, stopped) = (requests.clone(), stop.clone());
+        std::thread::spawn(move || {
+            for stream in listener.incoming() {
+                if stopped.load(Ordering::SeqCst) {
+                    return;
+                }
+                let Ok(stream) = stream else { continue };
+                let (seen, answer) = (seen.clone(), answer.clone());
+                std::thread::spawn(move || {
+                    let mut reader = BufReader::new(stream);
+                    loop {
+                        // The request line and headers, then the body (whole), then the answer.
+                        let Some((line, _)) = common::receiver::read_request(&mut reader) else { return };
+                        seen.lock().unwrap().push(line);
+                        let out = reader.get_mut();
+                        if out.write_all(answer.as_bytes()).and_then(|()| out.flush()).is_err() {
+                            return;
+                        }
+                    }
+                });
+            }
+        });
+        Fake { url, requests, stop }
+    }
+
+    fn requests(&self) -> Vec<String> {
+        self.requests.lock().unwrap().clone()
+    }
+
+    /// DTO PUTs received.
+    fn dto_puts(&self) -> usize {
+        self.requests().iter().filter(|r| r.starts_with("PUT /api/v1/dto/")).count()
+    }
+}
+
+impl Drop for Fake {
+    fn drop(&mut self) {
+        self.stop.store(true, std::sync::atomic::Ordering::SeqCst);
+        // Wakes the accept loop so that it sees the flag.
+        let _ = std::net::TcpStream::connect(self.url.trim_start_matches("http://"));
+    }
+}
+
+/// A front end that moved (302 to a login page) and a login page (200 with HTML) in front of
+/// the collector: neither is an aggregator, so neither acknowledges a DTO. Before, ureq followed
+/// the redirect with a GET, got 200, and every DTO was dropped from the spool. They stay there,
+/// each URL is named once in the log, and once a real aggregator is listed they are delivered.
+#[test]
+fn a_redirect_or_a_200_from_something_else_acknowledges_nothing() {
+    let (dir, shared) = workspace();
+    let inventory = dir.path().join("inventory.toml");
+    let _sim = simulator(21900, 2, 2, 0, &[], &inventory);
+    let login = Fake::start("200 OK", "content-type: text/html\r\n", "<html><body>Please log in</body></html>");
+    let moved = Fake::start("302 Found", &format!("location: {}/login\r\n", login.url), "");
+    let ack_log = dir.path().join("acked.log");
+    let config = format!("timeout = \"500ms\"\nack_log = {ack_log:?}\n");
+    let mut collector_ = collector_as("dc1", dir.path(), &[&moved.url, &login.url], &inventory, "2s", &config);
+    // (Each DTO offered to the first URL and refused there goes to the second at once.)
+    wait_until(Duration::from_secs(30), "three cycles, their DTOs offered", || {
+        (metric(&collector_, "pollux_collector_cycles_total") >= 3.0 && moved.dto_puts() >= 3).then_some(())
+    });
+    let text = common::get_text(&format!("{}/metrics", collector_.url));
+    let figure = |name: &str| -> f64 {
+        text.lines().find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.trim().parse().ok()).unwrap()
+    };
+    let log = collector_.log();
+    assert_eq!(figure("pollux_collector_dtos_sent_total"), 0.0, "acknowledged by no aggregator:\n{log}");
+    assert_eq!(std::fs::read_to_string(&ack_log).unwrap_or_default(), "", "the ack log");
+    let spooled = figure("pollux_collector_dtos_spooled_total");
+    assert!(spooled >= 6.0, "{text}");
+    assert_eq!(figure("pollux_collector_spool_dtos"), spooled, "every DTO spooled is still waiting:\n{log}");
+    assert_eq!(figure("pollux_collector_dtos_rejected_total"), 0.0);
+    let followed: Vec<String> = login.requests().into_iter().filter(|r| r.contains("/login")).collect();
+    assert!(followed.is_empty(), "the redirect was followed: {followed:?}");
+    // Each URL is named once, not once per DTO or per retry.
+    let once = |what: &str| {
+        let lines: Vec<&str> = log.lines().filter(|l| l.contains(what)).collect();
+        assert_eq!(lines.len(), 1, "{what:?} once:\n{log}");
+    };
+    once(&format!("{} answered 302 redirect to {}/login: not an aggregator; check the URL", moved.url, login.url));
+    once(&format!("{} answered 200 without a Pollux acknowledgement", login.url));
+
+    // The operator lists the real aggregator (after the other two): everything held back is
+    // delivered, and only what the aggregator acknowledged is in the ack log.
+    collector_.stop();
+    let held: BTreeSet<String> = outbox_ids(dir.path()).into_iter().collect();
+    assert!(held.len() as f64 >= spooled, "{held:?}");
+    let aggregator = Aggregator::start(&shared, &["--failwait", "2s"], &[]);
+    aggregator.wait_active();
+    let urls = [moved.url.as_str(), login.url.as_str(), aggregator.url.as_str()];
+    let _resumed = collector_as("dc1", dir.path(), &urls, &inventory, "2s", &config);
+    let acked = || -> BTreeSet<String> {
+        std::fs::read_to_string(&ack_log).unwrap_or_default().lines().map(str::to_owned).collect()
+    };
+    wait_until(Duration::from_secs(60), "every DTO held back loaded and in the ack log", || {
+        let loaded: BTreeSet<String> = RepoCheck::open(&shared).loaded_ids().into_iter().collect();
+        (held.is_subset(&loaded) && held.is_subset(&acked())).then_some(())
+    });
+    // Everything in the ack log reached the repository (the loader may be a moment behind).
+    wait_until(Duration::from_secs(30), "every id of the ack log loaded", || {
+        let loaded: BTreeSet<String> = RepoCheck::open(&shared).loaded_ids().into_iter().collect();
+        acked().is_subset(&loaded).then_some(())
+    });
+    let followed: Vec<String> = login.requests().into_iter().filter(|r| r.contains("/login")).collect();
+    assert!(followed.is_empty(), "the redirect was followed: {followed:?}");
+}
+
+/// A copy-pasted service unit: two collectors on one spool directory would send, remove and
+/// rewrite each other's files. The second is refused at start (status 64, naming the directory
+/// and the first one's pid); once the first is gone (kill -9: the kernel drops its lock) a
+/// collector starts there again.
+#[test]
+fn a_second_collector_on_the_same_spool_is_refused() {
+    let dir = tempdir();
+    let inventory = dir.path().join("inventory.toml");
+    let _sim = simulator(21950, 1, 1, 0, &[], &inventory);
+    // Nothing listens there: the DTOs wait in the spool.
+    let url = "http://127.0.0.1:21999";
+    let mut first = collector(dir.path(), url, &inventory, "2s", "");
+    wait_until(Duration::from_secs(20), "a cycle spooled", || {
+        (metric(&first, "pollux_collector_spool_dtos") >= 1.0).then_some(())
+    });
+    let spool = dir.path().join("spool");
+    // The same command line (but another metrics port, which a copy must have to get this far).
+    let mut second = common::harnessed(common::BIN)
+        .args(["collector", "--config"])
+        .arg(dir.path().join("collector.toml"))
+        .args(["--id", "dc1", "--aggregator", url, "--inventory"])
+        .arg(&inventory)
+        .arg("--spool-dir")
+        .arg(&spool)
+        .args(["--interval", "2s", "--metrics-listen", "127.0.0.1:0"])
+        .env("RUST_LOG", "info")
+        .stdin(std::process::Stdio::null())
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::piped())
+        .spawn()
+        .unwrap();
+    let mut stderr = second.stderr.take().unwrap();
+    let reader = std::thread::spawn(move || {
+        let mut text = String::new();
+        let _ = std::io::Read::read_to_string(&mut stderr, &mut text);
+        text
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let status = loop {
+        if let Some(status) = second.try_wait().unwrap() {
+            break Some(status);
+        }
+        if Instant::now() > deadline {
+            let _ = second.kill();
+            let _ = second.wait();
+            break None;
+        }
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let stderr = reader.join().unwrap();
+    assert_eq!(status.and_then(|s| s.code()), Some(64), "the second collector on {}:\n{stderr}", spool.display());
+    let named: Vec<&str> = stderr.lines().filter(|l| l.contains(&spool.display().to_string())).collect();
+    assert_eq!(named.len(), 1, "one line names the spool directory:\n{stderr}");
+    assert!(named[0].contains(&format!("pid {}", first.pid())), "and the first one's pid:\n{stderr}");
+    // The first goes on undisturbed.
+    let cycles = metric(&first, "pollux_collector_cycles_total");
+    wait_until(Duration::from_secs(20), "the first collector's next cycle", || {
+        (metric(&first, "pollux_collector_cycles_total") > cycles).then_some(())
+    });
+    let waiting = metric(&first, "pollux_collector_spool_dtos");
+    first.kill9();
+    let third = collector(dir.path(), url, &inventory, "2s", "");
+    let lock = std::fs::read_to_string(spool.join(".lock")).unwrap();
+    assert!(lock.contains(&format!("pid {}", third.pid())), "the lock names its new holder: {lock:?}");
+    wait_until(Duration::from_secs(20), "the new collector to find the spool and add a cycle", || {
+        (metric(&third, "pollux_collector_spool_dtos") > waiting).then_some(())
+    });
+}

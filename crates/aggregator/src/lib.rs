@@ -170,8 +170,8 @@ impl Aggregator {
         let metrics = Arc::new(Metrics::default());
         let handoff = Arc::new(Handoff::default());
         let progress = Arc::new(Tracker::default());
-        let (loader_wake, housekeeping_wake, notifier_wake) =
-            (Arc::new(Wake::default()), Arc::new(Wake::default()), Arc::new(Wake::default()));
+        let (loader_wake, housekeeping_wake) = (Arc::new(Wake::default()), Arc::new(Wake::default()));
+        let notifier_wakes = NotifierParts::wakes_for(&config.notify);
         let load_health = Arc::new(LoadHealth::default());
         let notify_health = Arc::new(NotifyHealth::new(&config.notify));
         let board = Arc::new(WorkerBoard::default());
@@ -193,7 +193,7 @@ impl Aggregator {
                 progress: progress.clone(),
                 wake: loader_wake.clone(),
                 housekeeping: housekeeping_wake.clone(),
-                notifier: notifier_wake.clone(),
+                notifiers: notifier_wakes.clone(),
                 batch_values: config.load_batch_values,
             },
             housekeeping: HousekeepingParts {
@@ -215,7 +215,7 @@ impl Aggregator {
                 client_tls,
                 health: notify_health.clone(),
                 metrics: metrics.clone(),
-                wake: notifier_wake,
+                wakes: notifier_wakes,
             },
             board: board.clone(),
         });

@@ -322,3 +322,63 @@ fn rules_are_validated_and_kept_by_the_repository() {
     assert_eq!(list["thresholds"][0]["id"], id, "{list}");
     assert_eq!(send("DELETE", &format!("{}/api/v1/thresholds/{id}", again.url), None).0, 204);
 }
+
+/// A receiver that hangs (takes the connection, never answers) holds up no other receiver, and
+/// one that answers with a redirect has delivered nothing: its failure shows in the status (a
+/// redirect followed with a GET whose 200 counted as delivery lost notifications unseen).
+#[test]
+fn a_hanging_or_redirecting_receiver_holds_up_no_other() {
+    use std::io::Write;
+    let good = Receiver::start();
+    let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
+    std::thread::spawn(move || {
+        let held: Vec<_> = hanging.incoming().map_while(Result::ok).collect();
+        drop(held);
+    });
+    let redirecting = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let redirect_url = format!("http://{}/hook", redirecting.local_addr().unwrap());
+    let to = good.url.clone();
+    std::thread::spawn(move || {
+        for stream in redirecting.incoming().map_while(Result::ok) {
+            let mut reader = std::io::BufReader::new(stream);
+            if common::receiver::read_request(&mut reader).is_some() {
+                let answer =
+                    format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        }
+    });
+    let shared = tempdir();
+    let config = shared.path().join("notify.toml");
+    std::fs::write(
+        &config,
+        format!(
+            "[notify]\ntimeout = \"10s\"\n[[notify.webhook]]\nurl = \"{hanging_url}\"\n[[notify.webhook]]\nurl = \"{redirect_url}\"\n[[notify.webhook]]\nurl = \"{}\"\n",
+            good.url
+        ),
+    )
+    .unwrap();
+    let da = Aggregator::start(shared.path(), &["--config", config.to_str().unwrap()], &[]);
+    da.wait_active();
+    let rule = json!({"family": "Interface", "metric": "in_util", "op": ">", "value": 90, "device": "rtr-0",
+                      "item": "ge-0/0/0"});
+    assert_eq!(send("POST", &format!("{}/api/v1/thresholds", da.url), Some(&rule)).0, 201);
+    put_acked(&da.url, &poll("hot", (unix_now() / 300 - 2) * 300, 95.0));
+    let opened = wait_until(TAKEOVER, "the event to open", || events(&da.url).into_iter().next());
+    let started = std::time::Instant::now();
+    wait_until(Duration::from_secs(3), "the good receiver to hear the opening", || {
+        good.notifications().into_iter().find(|(id, t)| Some(*id) == opened["id"].as_i64() && t == "open")
+    });
+    eprintln!("the good receiver heard it {:.1} s after the event opened", started.elapsed().as_secs_f64());
+    let receivers = wait_until(Duration::from_secs(10), "the redirect's failure in the status", || {
+        let (_, status) = get(&format!("{}/api/v1/status", da.url));
+        let receivers = status["alerting"]["receivers"].as_array().cloned().unwrap_or_default();
+        receivers.iter().any(|r| r["url"] == redirect_url && r["failures"].as_u64() >= Some(1)).then_some(receivers)
+    });
+    let redirect = receivers.iter().find(|r| r["url"] == redirect_url).unwrap();
+    assert_eq!(redirect["delivered"], 0, "{redirect}");
+    assert!(redirect["last_error"].as_str().unwrap_or("").contains("302"), "{redirect}");
+    let opens = good.notifications().into_iter().filter(|(_, t)| t == "open").count();
+    assert_eq!(opens, 1, "the good receiver heard the opening once, not again through the redirect");
+}

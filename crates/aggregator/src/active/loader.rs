@@ -92,7 +92,7 @@ pub struct LoaderParts {
     /// Woken after each commit: housekeeping (new pending rollups) and, when events opened or
     /// cleared, the notifier.
     pub housekeeping: Arc<Wake>,
-    pub notifier: Arc<Wake>,
+    pub notifiers: Vec<Arc<Wake>>,
     /// Values per load transaction (`load_batch_values`).
     pub batch_values: usize,
 }
@@ -297,7 +297,9 @@ impl Loader {
         Metrics::add(&p.metrics.values_loaded, report.values as u64);
         if report.transitions > 0 {
             Metrics::add(&p.metrics.events_opened, report.transitions as u64);
-            p.notifier.notify();
+            for wake in &p.notifiers {
+                wake.notify();
+            }
         }
         if report.late > 0 {
             tracing::info!(
@@ -424,7 +426,7 @@ mod tests {
             progress: Arc::default(),
             wake: Arc::default(),
             housekeeping: Arc::default(),
-            notifier: Arc::default(),
+            notifiers: Vec::new(),
             batch_values: 1000,
         };
         let term = Term::new(1, Arc::new(|_| {}), Vec::new());

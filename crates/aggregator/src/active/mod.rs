@@ -4,7 +4,8 @@
 //! ```text
 //!   ActiveParts::start(epoch) ── supervisor thread:
 //!       write the fence, reread families, discard temp leftovers
-//!       spawn a runner thread per worker: loader, housekeeping, notifier (gated on the claim)
+//!       spawn a runner thread per worker: loader, housekeeping, a notifier per receiver
+//!       (all gated on the claim)
 //!       report Ready, then claim the repository for the epoch, then open the gate
 //!   ActiveServices::stop() ─── ends the term; every runner ends at its next step
 //!   ActiveServices::wait(limit) ─ returns once every thread of the term has ended
@@ -64,8 +65,10 @@ pub struct ActiveServices {
 impl ActiveParts {
     /// Starts the services of `epoch`; they report Ready or Fenced through `report`.
     pub fn start(self: &Arc<Self>, epoch: Epoch, report: Report) -> ActiveServices {
-        let wakes: Vec<Arc<Wake>> =
-            vec![self.loader.wake.clone(), self.housekeeping.wake.clone(), self.notifier.wake.clone()];
+        let wakes: Vec<Arc<Wake>> = [self.loader.wake.clone(), self.housekeeping.wake.clone()]
+            .into_iter()
+            .chain(self.notifier.wakes.iter().cloned())
+            .collect();
         let term = Arc::new(Term::new(epoch, report, wakes));
         let (finished, done) = std::sync::mpsc::channel();
         let (parts, supervised) = (self.clone(), term.clone());
@@ -77,11 +80,15 @@ impl ActiveParts {
     }
 
     fn workers(&self) -> Vec<Box<dyn Worker>> {
-        vec![
+        let mut workers: Vec<Box<dyn Worker>> = vec![
             Box::new(loader::Loader::new(self.loader.clone())),
             Box::new(housekeeping::Housekeeping::new(self.housekeeping.clone())),
-            Box::new(notifier::Notifier::new(self.notifier.clone())),
-        ]
+        ];
+        // One per receiver: a receiver that hangs holds up only itself.
+        for notifier in notifier::Notifier::all(&self.notifier) {
+            workers.push(Box::new(notifier));
+        }
+        workers
     }
 
     /// The startup of a term, then the claim. `finished` is held by every thread it starts.

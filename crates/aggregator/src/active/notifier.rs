@@ -7,13 +7,15 @@
 //!                                                              ▼ delivered(receiver, seq)
 //! ```
 //!
-//! At least once: a batch is recorded delivered only after the receiver answered 2xx, so a crash
-//! or a takeover in between sends it again, with the same event ids, from the new active. The
-//! record is a repository write with the epoch: a deposed active is fenced at its next one, and
-//! sends nothing after its successor claimed the repository. Each receiver keeps its own place,
-//! so one that is down holds back only itself; it is retried with backoff (1 s doubling to
-//! 1 min). Open events are sent to Alertmanager again every `resend_interval`, so it never
-//! resolves them on its own while they are open.
+//! At least once: a batch is recorded delivered only after the receiver answered 2xx to the POST
+//! itself (redirects are never followed: a 3xx is a failure that names where it pointed), so a
+//! crash or a takeover in between sends it again, with the same event ids, from the new active.
+//! The record is a repository write with the epoch: a deposed active is fenced at its next one,
+//! and sends nothing after its successor claimed the repository. Each receiver is a worker of
+//! its own with its own place in the outbox, so one that is down, slow or hanging holds back
+//! only itself (every post has the `notify.timeout` deadline; an answer's body is never read);
+//! it is retried with backoff (1 s doubling to 1 min). Open events are sent to Alertmanager
+//! again every `resend_interval`, so it never resolves them on its own while they are open.
 
 use super::term::{Term, Wake};
 use super::worker::{Worker, WorkerState};
@@ -102,7 +104,7 @@ struct Receiver {
     backoff: Duration,
 }
 
-/// What the notifier works with.
+/// What the notifiers work with.
 #[derive(Clone)]
 pub struct NotifierParts {
     pub repo: Arc<dyn Repository>,
@@ -113,21 +115,33 @@ pub struct NotifierParts {
     pub client_tls: pollux_transport::ClientTls,
     pub health: Arc<NotifyHealth>,
     pub metrics: Arc<Metrics>,
-    pub wake: Arc<Wake>,
+    /// One per receiver (at least one): a load that opened or cleared an event wakes them all.
+    pub wakes: Vec<Arc<Wake>>,
 }
 
-/// The notifier of one term.
+impl NotifierParts {
+    /// The wakes one per receiver, for the parts' builder.
+    pub fn wakes_for(config: &NotifyConfig) -> Vec<Arc<Wake>> {
+        (0..receivers(config).len().max(1)).map(|_| Arc::default()).collect()
+    }
+}
+
+/// The notifier of one receiver for one term; without receivers, the one that keeps the outbox
+/// empty.
 pub struct Notifier {
     parts: NotifierParts,
-    receivers: Vec<Receiver>,
+    receiver: Option<Receiver>,
+    /// Every receiver's place: an entry leaves the outbox once all have had it.
     cursors: Vec<String>,
     agent: ureq::Agent,
     /// A new active sends the open events at once: its predecessor's last resend may be old.
     last_resend: Option<Instant>,
+    wake: Arc<Wake>,
 }
 
 impl Notifier {
-    pub fn new(parts: NotifierParts) -> Notifier {
+    /// The notifiers of a term: one per receiver, or one that keeps the outbox empty.
+    pub fn all(parts: &NotifierParts) -> Vec<Notifier> {
         let receivers: Vec<Receiver> = receivers(&parts.config)
             .into_iter()
             .enumerate()
@@ -140,15 +154,29 @@ impl Notifier {
                 backoff: FIRST_RETRY,
             })
             .collect();
-        let cursors = receivers.iter().map(|r| r.cursor.clone()).collect();
+        let cursors: Vec<String> = receivers.iter().map(|r| r.cursor.clone()).collect();
         let agent: ureq::Agent = ureq::Agent::config_builder()
             .timeout_global(Some(parts.config.timeout))
             .tls_config(parts.client_tls.ureq())
             .http_status_as_error(false)
+            // Only a 2xx to the POST itself delivers: a redirect (an http->https front end, a
+            // login page) is a failure to fix, never a GET whose 200 would count as delivered.
+            .max_redirects(0)
             .user_agent(concat!("pollux/", env!("CARGO_PKG_VERSION")))
             .build()
             .into();
-        Notifier { parts, receivers, cursors, agent, last_resend: None }
+        let notifier = |receiver: Option<Receiver>, wake: &Arc<Wake>| Notifier {
+            parts: parts.clone(),
+            receiver,
+            cursors: cursors.clone(),
+            agent: agent.clone(),
+            last_resend: None,
+            wake: wake.clone(),
+        };
+        if receivers.is_empty() {
+            return vec![notifier(None, &parts.wakes[0])];
+        }
+        receivers.into_iter().zip(&parts.wakes).map(|(r, wake)| notifier(Some(r), wake)).collect()
     }
 }
 
@@ -157,31 +185,41 @@ impl Worker for Notifier {
         "notifier"
     }
 
+    fn label(&self) -> String {
+        self.receiver
+            .as_ref()
+            .map_or("notifier".to_owned(), |r| format!("notifier {} {}", r.kind.name(), redact(&r.url)))
+    }
+
     fn work(&mut self, term: &Term) -> Result<WorkerState, RepoError> {
         let epoch = term.epoch;
-        if self.receivers.is_empty() {
+        let Some(r) = self.receiver.as_mut() else {
             // Nobody to tell: keep the outbox empty.
             self.parts.repo.delivered(epoch, None, &[])?;
             return Ok(WorkerState::Idle);
-        }
-        for r in self.receivers.iter_mut().filter(|r| r.next_try <= Instant::now()) {
+        };
+        if r.next_try <= Instant::now() {
             deliver(&self.parts, &self.agent, epoch, r, &self.cursors)?;
         }
-        if self.last_resend.is_none_or(|t| t.elapsed() >= self.parts.config.resend_interval) {
-            resend_open(&self.parts, &self.agent, epoch, &mut self.receivers)?;
+        if r.kind == Kind::Alertmanager
+            && self.last_resend.is_none_or(|t| t.elapsed() >= self.parts.config.resend_interval)
+        {
+            resend_open(&self.parts, &self.agent, epoch, r)?;
             self.last_resend = Some(Instant::now());
         }
         Ok(WorkerState::Idle)
     }
 
     fn idle_wait(&self) -> Duration {
-        let next = self.receivers.iter().map(|r| r.next_try).min();
-        let wait = next.map_or(IDLE_WAIT, |t| t.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
+        let wait = self
+            .receiver
+            .as_ref()
+            .map_or(IDLE_WAIT, |r| r.next_try.saturating_duration_since(Instant::now()).min(IDLE_WAIT));
         wait.max(Duration::from_millis(10))
     }
 
     fn wake(&self) -> Arc<Wake> {
-        self.parts.wake.clone()
+        self.wake.clone()
     }
 }
 
@@ -226,14 +264,9 @@ fn deliver(
     }
 }
 
-/// Sends every open event to each Alertmanager again.
-fn resend_open(
-    p: &NotifierParts,
-    agent: &ureq::Agent,
-    epoch: Epoch,
-    receivers: &mut [Receiver],
-) -> Result<(), RepoError> {
-    if !receivers.iter().any(|r| r.kind == Kind::Alertmanager) {
+/// Sends every open event to an Alertmanager again.
+fn resend_open(p: &NotifierParts, agent: &ureq::Agent, epoch: Epoch, r: &mut Receiver) -> Result<(), RepoError> {
+    if r.next_try > Instant::now() {
         return Ok(());
     }
     let mut open = Vec::new();
@@ -247,21 +280,16 @@ fn resend_open(
             break;
         }
     }
-    if open.is_empty() {
-        return Ok(());
-    }
-    for r in receivers.iter_mut().filter(|r| r.kind == Kind::Alertmanager && r.next_try <= Instant::now()) {
-        for chunk in open.chunks(BATCH) {
-            // A resend is a read, not a fenced write: a node deposed (or frozen and resumed)
-            // meanwhile must not post an open alert after its successor sent the clear.
-            if p.node.active_epoch() != Some(epoch) {
-                return Ok(());
-            }
-            let body = Value::Array(chunk.iter().map(|e| alert(p, e)).collect());
-            if let Err(problem) = post(agent, r, &body) {
-                failed(p, r, problem);
-                break;
-            }
+    for chunk in open.chunks(BATCH) {
+        // A resend is a read, not a fenced write: a node deposed (or frozen and resumed)
+        // meanwhile must not post an open alert after its successor sent the clear.
+        if p.node.active_epoch() != Some(epoch) {
+            return Ok(());
+        }
+        let body = Value::Array(chunk.iter().map(|e| alert(p, e)).collect());
+        if let Err(problem) = post(agent, r, &body) {
+            failed(p, r, problem);
+            break;
         }
     }
     Ok(())
@@ -286,6 +314,13 @@ fn post(agent: &ureq::Agent, r: &Receiver, body: &Value) -> Result<(), String> {
     };
     match agent.post(&url).send_json(body) {
         Ok(response) if response.status().is_success() => Ok(()),
+        Ok(response) if response.status().is_redirection() => {
+            let to = response.headers().get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+            Err(format!(
+                "{url} answered {} redirect to {to}: not delivered (redirects are not followed; set the receiver's url to where it points)",
+                response.status()
+            ))
+        }
         Ok(response) => Err(format!("{url} answered {}", response.status())),
         Err(e) => Err(format!("{url}: {e}")),
     }

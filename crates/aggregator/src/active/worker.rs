@@ -35,6 +35,12 @@ pub enum WorkerState {
 pub trait Worker: Send + 'static {
     fn name(&self) -> &'static str;
 
+    /// Its line in the status: the name, unless several workers share it (a notifier per
+    /// receiver).
+    fn label(&self) -> String {
+        self.name().to_owned()
+    }
+
     /// Whether the worker writes to the repository, and so waits until the term has claimed it.
     fn needs_claim(&self) -> bool {
         true
@@ -59,27 +65,27 @@ pub const MAX_BACKOFF: Duration = Duration::from_secs(5);
 /// Every worker's health, for the status: shared by the runners of all terms of this node.
 #[derive(Debug, Default)]
 pub struct WorkerBoard {
-    workers: Mutex<BTreeMap<&'static str, WorkerStatus>>,
+    workers: Mutex<BTreeMap<String, WorkerStatus>>,
 }
 
 impl WorkerBoard {
-    fn ok(&self, name: &'static str) {
+    fn ok(&self, name: &str) {
         let mut workers = self.workers.lock().expect("worker board");
-        let w = workers.entry(name).or_default();
+        let w = workers.entry(name.to_owned()).or_default();
         w.last_ok_ms = Some(crate::unix_now_ms());
         w.failures_in_a_row = 0;
     }
 
-    fn failed(&self, name: &'static str, e: &RepoError) {
+    fn failed(&self, name: &str, e: &RepoError) {
         let mut workers = self.workers.lock().expect("worker board");
-        let w = workers.entry(name).or_default();
+        let w = workers.entry(name.to_owned()).or_default();
         w.last_error_ms = Some(crate::unix_now_ms());
         w.last_error = Some(e.to_string());
         w.failures_in_a_row += 1;
     }
 
     pub fn snapshot(&self) -> BTreeMap<String, WorkerStatus> {
-        self.workers.lock().expect("worker board").iter().map(|(k, v)| ((*k).to_owned(), v.clone())).collect()
+        self.workers.lock().expect("worker board").clone()
     }
 
     pub fn clear(&self) {
@@ -89,7 +95,7 @@ impl WorkerBoard {
 
 /// Runs `worker` until the term ends, it is fenced or it is done.
 pub fn run(mut worker: Box<dyn Worker>, term: &Term, board: &WorkerBoard) {
-    let name = worker.name();
+    let (name, label) = (worker.name(), worker.label());
     let wake = worker.wake();
     while worker.needs_claim() && !term.claimed() {
         if !term.pause(&wake, Duration::from_millis(100)) {
@@ -100,11 +106,11 @@ pub fn run(mut worker: Box<dyn Worker>, term: &Term, board: &WorkerBoard) {
     while !term.stopped() {
         match worker.work(term) {
             Ok(WorkerState::Busy) => {
-                board.ok(name);
+                board.ok(&label);
                 backoff = FIRST_BACKOFF;
             }
             Ok(WorkerState::Idle) => {
-                board.ok(name);
+                board.ok(&label);
                 backoff = FIRST_BACKOFF;
                 term.pause(&wake, worker.idle_wait());
             }
@@ -115,8 +121,8 @@ pub fn run(mut worker: Box<dyn Worker>, term: &Term, board: &WorkerBoard) {
                 break;
             }
             Err(e) => {
-                board.failed(name, &e);
-                tracing::warn!(worker = name, error = %e, retry_in = ?backoff, "step failed; retrying");
+                board.failed(&label, &e);
+                tracing::warn!(worker = %label, error = %e, retry_in = ?backoff, "step failed; retrying");
                 let until = Instant::now() + backoff;
                 while !term.stopped() && Instant::now() < until {
                     wake.wait(until.saturating_duration_since(Instant::now()));

@@ -160,3 +160,43 @@ fn housekeeping_rereads_family_files_at_its_interval() {
     assert_eq!(put(&format!("{}/api/v1/dto/dc1.Temp.1", da.url), &dto), 201);
     wait_loaded(&da.url, "dc1.Temp.1");
 }
+
+/// Every page of the portal and every read of the API answers on an aggregator that has loaded
+/// nothing yet (a new installation's first minute), and no page can be framed by another site.
+#[test]
+fn an_empty_repository_answers_every_page_and_read() {
+    let shared = tempfile::tempdir().unwrap();
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    wait_active(&da.url);
+    let now = now();
+    let month = now - 30 * 86_400;
+    for path in [
+        "/".to_owned(),
+        "/devices".into(),
+        "/devices/nothing-here".into(),
+        "/top".into(),
+        "/events".into(),
+        "/rules".into(),
+        "/reports/percentile".into(),
+        "/reports/percentile?format=csv".into(),
+        "/api/v1/devices".into(),
+        "/api/v1/items".into(),
+        format!("/api/v1/top?family=Interface&metric=in_bps&from={month}&to={now}"),
+        format!("/api/v1/series?family=Interface&device=x&item=y&metric=in_bps&from={month}&to={now}"),
+        format!("/api/v1/percentile?family=Interface&device=x&item=y&metric=in_bps&from={month}&to={now}"),
+        "/api/v1/events".into(),
+        "/api/v1/thresholds".into(),
+        "/api/v1/status".into(),
+    ] {
+        let response = agent().get(format!("{}{path}", da.url)).call().unwrap();
+        let status = response.status().as_u16();
+        let expected = if path == "/devices/nothing-here" { 404 } else { 200 };
+        assert_eq!(status, expected, "{path}");
+        if !path.starts_with("/api/") {
+            let headers = response.headers();
+            assert_eq!(headers.get("x-frame-options").map(|v| v.to_str().unwrap()), Some("DENY"), "{path}");
+            let csp = headers.get("content-security-policy").map(|v| v.to_str().unwrap().to_owned());
+            assert!(csp.as_deref().is_some_and(|c| c.contains("frame-ancestors 'none'")), "{path}: {csp:?}");
+        }
+    }
+}

@@ -21,7 +21,7 @@ pub mod chart;
 pub mod html;
 mod pages;
 
-use axum::http::{header, StatusCode};
+use axum::http::{header, HeaderValue, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
@@ -62,6 +62,17 @@ pub fn router(source: Arc<dyn Source>) -> Router {
         .route("/portal/app.css", get(|| async { asset("text/css; charset=utf-8", CSS) }))
         .route("/portal/app.js", get(|| async { asset("text/javascript; charset=utf-8", JS) }))
         .with_state(source)
+        .layer(axum::middleware::map_response(not_framed))
+}
+
+/// No page of the portal may be shown inside another site's frame: a page that lays an
+/// invisible portal over its own buttons could make an operator acknowledge or delete what it
+/// wants (clickjacking).
+async fn not_framed(mut response: Response) -> Response {
+    let headers = response.headers_mut();
+    headers.insert(header::X_FRAME_OPTIONS, HeaderValue::from_static("DENY"));
+    headers.insert(header::CONTENT_SECURITY_POLICY, HeaderValue::from_static("frame-ancestors 'none'"));
+    response
 }
 
 fn asset(content_type: &'static str, body: &'static str) -> Response {

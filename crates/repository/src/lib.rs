@@ -467,6 +467,22 @@ pub enum Series {
     Rollup(Vec<RollupPoint>),
 }
 
+impl Default for Series {
+    fn default() -> Series {
+        Series::Raw(Vec::new())
+    }
+}
+
+/// A read of a family the repository holds nothing of yet (no DTO of it loaded, so no tables):
+/// empty, not an error. For callers that checked the family against the catalog first: a new
+/// installation's first minute, or a customized family defined and not polled yet.
+pub fn none_yet<T: Default>(read: Result<T>) -> Result<T> {
+    match read {
+        Err(RepoError::UnknownFamily(_)) => Ok(T::default()),
+        other => other,
+    }
+}
+
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RollupPoint {
     pub period: UnixSeconds,

@@ -141,7 +141,8 @@ pub async fn series(State(app): State<Arc<Queries>>, Query(params): Params) -> R
     let query = series_query(&app, &params)?;
     let (from, to, resolution) = (query.from, query.to, query.resolution);
     let repo = app.repo.clone();
-    let (query, series) = blocking(move || repo.series(&query).map(|s| (query, s))).await??;
+    let (query, series) =
+        blocking(move || pollux_repository::none_yet(repo.series(&query)).map(|s| (query, s))).await??;
     let points: Vec<Value> = match series {
         Series::Raw(points) => points.into_iter().map(|(ts, v)| json!([ts, v])).collect(),
         Series::Rollup(points) => points.into_iter().map(|p| json!([p.period, p.min, p.max, p.avg, p.count])).collect(),
@@ -164,7 +165,7 @@ pub async fn top(State(app): State<Arc<Queries>>, Query(params): Params) -> Resu
     check_family_metric(&app, &family, &metric)?;
     let query = TopQuery { family: family.clone(), metric: metric.clone(), from, to, n };
     let repo = app.repo.clone();
-    let entries = blocking(move || repo.top(&query)).await??;
+    let entries = blocking(move || pollux_repository::none_yet(repo.top(&query))).await??;
     let items: Vec<Value> = entries
         .into_iter()
         .map(
@@ -211,7 +212,8 @@ pub async fn percentile(
         Some(other) => return Err(ApiError::bad_request(format!("format: {other:?} is not json or csv"))),
     };
     let repo = app.repo.clone();
-    let (query, series) = blocking(move || repo.series(&query).map(|s| (query, s))).await??;
+    let (query, series) =
+        blocking(move || pollux_repository::none_yet(repo.series(&query)).map(|s| (query, s))).await??;
     let SeriesQuery { family, device, item, metric, from, to, .. } = query;
     let mut values: Vec<f64> = match series {
         Series::Raw(points) => points.into_iter().map(|(_, v)| v).collect(),

@@ -37,10 +37,32 @@ impl ClientArgs {
                 .timeout_global(Some(timeout))
                 .tls_config(tls.ureq())
                 .http_status_as_error(false)
+                // A failover or maintenance request answered with a redirect was not done: it
+                // is said so, never followed with a GET whose 200 would read as done.
+                .max_redirects(0)
                 .build(),
         );
         Ok(Client { agent, token })
     }
+}
+
+/// `--url`: an `http://` or `https://` URL with a host (a clap value parser: anything else is a
+/// usage error, exit 64).
+pub fn parse_url(text: &str) -> Result<String, String> {
+    let uri: ureq::http::Uri = text.parse().map_err(|e| format!("{text:?} is not a URL: {e}"))?;
+    if !matches!(uri.scheme_str(), Some("http" | "https")) || uri.host().is_none_or(str::is_empty) {
+        return Err(format!("{text:?} must be an http:// or https:// URL with a host"));
+    }
+    Ok(text.trim_end_matches('/').to_owned())
+}
+
+/// What a refusal says: a redirect names where it pointed (it is not followed).
+pub fn refused(status: u16, headers: &ureq::http::HeaderMap, body: &serde_json::Value) -> String {
+    if (300..400).contains(&status) {
+        let to = headers.get("location").and_then(|v| v.to_str().ok()).unwrap_or("nowhere");
+        return format!("{status}: a redirect to {to}, not followed: give the proxy's or an aggregator's own URL");
+    }
+    format!("{status}: {}", body["error"].as_str().unwrap_or("refused"))
 }
 
 impl Client {

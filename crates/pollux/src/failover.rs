@@ -8,16 +8,20 @@ use std::time::{Duration, Instant};
 #[derive(clap::Args)]
 pub struct FailoverArgs {
     /// The proxy, or any aggregator.
-    #[arg(long, default_value = "http://127.0.0.1:8581")]
+    #[arg(long, default_value = "http://127.0.0.1:8581", value_parser = crate::client::parse_url)]
     url: String,
     #[command(flatten)]
     client: ClientArgs,
 }
 
-fn get_json(client: &Client, url: &str) -> Result<(u16, Value), String> {
+/// A GET of the status; anything but a 200 is the refusal, in words.
+fn get_status(client: &Client, url: &str) -> Result<Value, String> {
     let mut r = client.get(url).call().map_err(|e| format!("{url}: {e}"))?;
-    let status = r.status().as_u16();
-    Ok((status, r.body_mut().read_json().unwrap_or(Value::Null)))
+    let body = r.body_mut().read_json().unwrap_or(Value::Null);
+    match r.status().as_u16() {
+        200 => Ok(body),
+        status => Err(format!("{url}: {}", crate::client::refused(status, r.headers(), &body))),
+    }
 }
 
 pub fn run(args: FailoverArgs) -> ExitCode {
@@ -36,10 +40,7 @@ pub fn run(args: FailoverArgs) -> ExitCode {
 }
 
 fn switch_over(agent: &Client, base: &str) -> Result<String, String> {
-    let (code, status) = get_json(agent, &format!("{base}/api/v1/status"))?;
-    if code != 200 {
-        return Err(format!("{base}/api/v1/status: {code}: {}", status["error"].as_str().unwrap_or("no status")));
-    }
+    let status = get_status(agent, &format!("{base}/api/v1/status"))?;
     let nodes: Vec<Value> = status["nodes"].as_array().cloned().unwrap_or_default();
     let old = status["lease"]["holder"].as_str().unwrap_or("").to_owned();
     let others: Vec<String> = nodes
@@ -54,7 +55,7 @@ fn switch_over(agent: &Client, base: &str) -> Result<String, String> {
     let mut r = agent.post(&format!("{base}/api/v1/failover")).send_empty().map_err(|e| e.to_string())?;
     let answer: Value = r.body_mut().read_json().unwrap_or(Value::Null);
     if r.status() != 200 {
-        return Err(format!("{}: {}", r.status(), answer["error"].as_str().unwrap_or("refused")));
+        return Err(crate::client::refused(r.status().as_u16(), r.headers(), &answer));
     }
     let released = Instant::now();
     let deadline = released + Duration::from_secs(30);

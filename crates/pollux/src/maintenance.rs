@@ -16,7 +16,7 @@ pub struct MaintenanceArgs {
     /// `on` or `off`.
     state: OnOff,
     /// The proxy, or any aggregator (in maintenance, a node is reached at its own URL).
-    #[arg(long, default_value = "http://127.0.0.1:8581")]
+    #[arg(long, default_value = "http://127.0.0.1:8581", value_parser = crate::client::parse_url)]
     url: String,
     /// The node to change (default: the one answering at --url).
     #[arg(long)]
@@ -48,7 +48,11 @@ pub fn run(args: MaintenanceArgs) -> ExitCode {
         let url = url.clone();
         std::thread::spawn(move || {
             let _ = answered.send(match agent.post(&url).send_json(&body) {
-                Ok(mut r) => Ok((r.status().as_u16(), r.body_mut().read_json::<Value>().unwrap_or(Value::Null))),
+                Ok(mut r) => {
+                    let status = r.status().as_u16();
+                    let headers = r.headers().clone();
+                    Ok((status, headers, r.body_mut().read_json::<Value>().unwrap_or(Value::Null)))
+                }
                 Err(e) => Err(e.to_string()),
             });
         });
@@ -63,7 +67,7 @@ pub fn run(args: MaintenanceArgs) -> ExitCode {
         }
     };
     waiting.finish();
-    let (status, answer) = match outcome {
+    let (status, headers, answer) = match outcome {
         Ok(answer) => answer,
         Err(e) => {
             eprintln!("pollux maintenance: {url}: {e}");
@@ -71,7 +75,7 @@ pub fn run(args: MaintenanceArgs) -> ExitCode {
         }
     };
     if status != 200 {
-        eprintln!("pollux maintenance: {status}: {}", answer["error"].as_str().unwrap_or("refused"));
+        eprintln!("pollux maintenance: {}", crate::client::refused(status, &headers, &answer));
         return ExitCode::FAILURE;
     }
     let node = answer["node"].as_str().unwrap_or("?");

@@ -6,7 +6,7 @@ use std::process::ExitCode;
 #[derive(clap::Args)]
 pub struct StatusArgs {
     /// An aggregator (or the proxy) to ask.
-    #[arg(long, default_value = "http://127.0.0.1:8581")]
+    #[arg(long, default_value = "http://127.0.0.1:8581", value_parser = crate::client::parse_url)]
     url: String,
     /// Print the full status as JSON.
     #[arg(long)]
@@ -24,11 +24,14 @@ pub fn run(args: StatusArgs) -> ExitCode {
             return ExitCode::from(crate::EXIT_USAGE);
         }
     };
-    let answer = client.get(&url).call().and_then(|mut r| Ok((r.status().as_u16(), r.body_mut().read_json()?)));
+    let answer = client.get(&url).call().map(|mut r| {
+        let body = r.body_mut().read_json().unwrap_or(serde_json::Value::Null);
+        (r.status().as_u16(), r.headers().clone(), body)
+    });
     let body: serde_json::Value = match answer {
-        Ok((200, body)) => body,
-        Ok((code, body)) => {
-            eprintln!("pollux status: {url}: {code}: {}", body["error"].as_str().unwrap_or("no status"));
+        Ok((200, _, body)) if body.is_object() => body,
+        Ok((code, headers, body)) => {
+            eprintln!("pollux status: {url}: {}", crate::client::refused(code, &headers, &body));
             return ExitCode::FAILURE;
         }
         Err(e) => {

@@ -328,7 +328,6 @@ fn rules_are_validated_and_kept_by_the_repository() {
 /// redirect followed with a GET whose 200 counted as delivery lost notifications unseen).
 #[test]
 fn a_hanging_or_redirecting_receiver_holds_up_no_other() {
-    use std::io::Write;
     let good = Receiver::start();
     let hanging = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
     let hanging_url = format!("http://{}/hook", hanging.local_addr().unwrap());
@@ -336,19 +335,7 @@ fn a_hanging_or_redirecting_receiver_holds_up_no_other() {
         let held: Vec<_> = hanging.incoming().map_while(Result::ok).collect();
         drop(held);
     });
-    let redirecting = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
-    let redirect_url = format!("http://{}/hook", redirecting.local_addr().unwrap());
-    let to = good.url.clone();
-    std::thread::spawn(move || {
-        for stream in redirecting.incoming().map_while(Result::ok) {
-            let mut reader = std::io::BufReader::new(stream);
-            if common::receiver::read_request(&mut reader).is_some() {
-                let answer =
-                    format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
-                let _ = reader.get_mut().write_all(answer.as_bytes());
-            }
-        }
-    });
+    let redirect_url = format!("{}/hook", common::receiver::redirecting_to(&good.url));
     let shared = tempdir();
     let config = shared.path().join("notify.toml");
     std::fs::write(

@@ -425,3 +425,39 @@ fn a_second_aggregator_with_the_same_node_id_is_refused() {
     let again = Aggregator::start(shared.path(), &[], &[]);
     again.wait_active();
 }
+
+/// The command line's `--url`: a malformed one is a usage error (64) naming it; an address that
+/// answers a change with a redirect (a front end that moved, a login page) did not do it, and
+/// the command says so instead of reporting it done.
+#[test]
+fn the_command_line_checks_its_url_and_follows_no_redirect() {
+    let run = |args: &[&str]| {
+        let out = Command::new(BIN).args(args).output().unwrap();
+        (
+            out.status.code(),
+            String::from_utf8_lossy(&out.stdout).into_owned(),
+            String::from_utf8_lossy(&out.stderr).into_owned(),
+        )
+    };
+    for url in ["localhost:8581", "http://", "ftp://da1:8581", "http://a b", "nothing"] {
+        for command in ["status", "failover", "maintenance"] {
+            let mut args = vec![command];
+            if command == "maintenance" {
+                args.push("on");
+            }
+            args.extend(["--url", url]);
+            let (code, _, err) = run(&args);
+            assert_eq!(code, Some(64), "{command} --url {url:?}: {err}");
+            assert!(err.contains("--url"), "{command} --url {url:?}: {err}");
+        }
+    }
+    let done = json!({"node": "da1", "maintenance": true, "was_active": false, "handed_over": false});
+    let target = common::receiver::Receiver::start_answering(done);
+    let front = common::receiver::redirecting_to(&target.url);
+    for command in [&["maintenance", "on", "--url", &front][..], &["failover", "--url", &front]] {
+        let (code, out, err) = run(command);
+        assert_eq!(code, Some(1), "{command:?}: {out}{err}");
+        assert!(err.contains("302") && err.contains("not followed"), "{command:?}: {err}");
+        assert!(!out.contains("maintenance:") && !out.contains("switched over"), "{command:?}: {out}");
+    }
+}

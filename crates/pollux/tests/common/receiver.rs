@@ -16,7 +16,12 @@ pub struct Receiver {
 
 impl Receiver {
     pub fn start() -> Receiver {
-        Receiver::start_with(None)
+        Receiver::start_with(None, String::new())
+    }
+
+    /// One that answers every request 200 with `answer` as its JSON body.
+    pub fn start_answering(answer: Value) -> Receiver {
+        Receiver::start_with(None, answer.to_string())
     }
 
     /// Over HTTPS with the PEM certificate and key given.
@@ -31,10 +36,11 @@ impl Receiver {
             .with_no_client_auth()
             .with_single_cert(certs, key)
             .unwrap();
-        Receiver::start_with(Some(Arc::new(config)))
+        Receiver::start_with(Some(Arc::new(config)), String::new())
     }
 
-    fn start_with(tls: Option<Arc<rustls::ServerConfig>>) -> Receiver {
+    fn start_with(tls: Option<Arc<rustls::ServerConfig>>, answer: String) -> Receiver {
+        let answer = Arc::new(answer);
         let listener = TcpListener::bind("127.0.0.1:0").unwrap();
         let scheme = if tls.is_some() { "https" } else { "http" };
         let url = format!("{scheme}://{}/hook", listener.local_addr().unwrap());
@@ -45,12 +51,12 @@ impl Receiver {
         std::thread::spawn(move || {
             for stream in listener.incoming() {
                 let Ok(stream) = stream else { continue };
-                let (sink, refuse, tls) = (sink.clone(), refuse.clone(), tls.clone());
+                let (sink, refuse, tls, answer) = (sink.clone(), refuse.clone(), tls.clone(), answer.clone());
                 std::thread::spawn(move || match tls {
-                    None => serve(stream, &sink, &refuse),
+                    None => serve(stream, &sink, &refuse, &answer),
                     Some(config) => {
                         let connection = rustls::ServerConnection::new(config).unwrap();
-                        serve(rustls::StreamOwned::new(connection, stream), &sink, &refuse)
+                        serve(rustls::StreamOwned::new(connection, stream), &sink, &refuse, &answer)
                     }
                 });
             }
@@ -67,6 +73,23 @@ impl Receiver {
             .map(|n| (n["event_id"].as_i64().unwrap_or(-1), n["transition"].as_str().unwrap_or("").to_owned()))
             .collect()
     }
+}
+
+/// A server on loopback that answers every request (read whole first) with `302 Found` to
+/// `to`; returns its base URL. It runs until the test process ends.
+pub fn redirecting_to(to: &str) -> String {
+    let listener = TcpListener::bind("127.0.0.1:0").unwrap();
+    let url = format!("http://{}", listener.local_addr().unwrap());
+    let answer = format!("HTTP/1.1 302 Found\r\nLocation: {to}\r\nContent-Length: 0\r\nConnection: close\r\n\r\n");
+    std::thread::spawn(move || {
+        for stream in listener.incoming().map_while(Result::ok) {
+            let mut reader = BufReader::new(stream);
+            if read_request(&mut reader).is_some() {
+                let _ = reader.get_mut().write_all(answer.as_bytes());
+            }
+        }
+    });
+    url
 }
 
 /// One HTTP/1.1 request from `reader`: its request line and its body (by Content-Length);
@@ -97,7 +120,7 @@ pub fn read_request(reader: &mut impl BufRead) -> Option<(String, Vec<u8>)> {
     Some((line.trim_end().to_owned(), body))
 }
 
-fn serve(stream: impl Read + Write, sink: &Mutex<Vec<Value>>, refusing: &AtomicBool) {
+fn serve(stream: impl Read + Write, sink: &Mutex<Vec<Value>>, refusing: &AtomicBool, answer: &str) {
     let mut reader = BufReader::new(stream);
     loop {
         let Some((_, body)) = read_request(&mut reader) else { return };
@@ -108,7 +131,14 @@ fn serve(stream: impl Read + Write, sink: &Mutex<Vec<Value>>, refusing: &AtomicB
             "200 OK"
         };
         let out = reader.get_mut();
-        if write!(out, "HTTP/1.1 {status}\r\ncontent-length: 0\r\n\r\n").and_then(|()| out.flush()).is_err() {
+        let head =
+            format!("HTTP/1.1 {status}\r\ncontent-type: application/json\r\ncontent-length: {}\r\n\r\n", answer.len());
+        if out
+            .write_all(head.as_bytes())
+            .and_then(|()| out.write_all(answer.as_bytes()))
+            .and_then(|()| out.flush())
+            .is_err()
+        {
             return;
         }
     }

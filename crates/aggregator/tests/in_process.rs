@@ -200,3 +200,30 @@ fn an_empty_repository_answers_every_page_and_read() {
         }
     }
 }
+
+/// A NUL (or any control character) in a name is a 400 naming the parameter, on every backend
+/// (PostgreSQL refuses NUL in text: it was a 503, the repository "unavailable").
+#[test]
+fn control_characters_in_names_are_refused() {
+    let shared = tempfile::tempdir().unwrap();
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    wait_active(&da.url);
+    let now = now();
+    for (path, name) in [
+        (
+            format!("/api/v1/series?family=Interface&device=a%00b&item=y&metric=in_bps&from={}&to={now}", now - 3600),
+            "device",
+        ),
+        (
+            format!("/api/v1/percentile?family=Interface&device=x&item=%01&metric=in_bps&from={}&to={now}", now - 3600),
+            "item",
+        ),
+        ("/api/v1/items?device=a%00".to_owned(), "device"),
+        ("/api/v1/items?family=a%0a".to_owned(), "family"),
+        ("/api/v1/events?device=%00".to_owned(), "device"),
+    ] {
+        let (status, body) = get(&format!("{}{path}", da.url));
+        assert_eq!(status, 400, "{path}: {body}");
+        assert!(body["error"].as_str().unwrap_or("").starts_with(name), "{path}: {body}");
+    }
+}

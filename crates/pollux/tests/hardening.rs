@@ -393,6 +393,33 @@ fn collector_reports_are_bounded() {
     let (_, status) = get(&format!("{}/api/v1/status", da.url));
     assert_eq!(status["collectors"].as_array().map(Vec::len), Some(1000));
     assert_eq!(report("bad%20id"), 400, "an id is a plain name");
+    assert_eq!(report(".hidden"), 400, "an id that would never be shown");
+}
+
+/// New collectors reporting at once cannot push the count past the bound: the count and the
+/// write of a new id are one step.
+#[test]
+fn collector_reports_racing_past_the_bound_are_refused() {
+    let dir = tempdir();
+    let da = Aggregator::start(dir.path(), &[], &[]);
+    da.wait_active();
+    let report = |url: &str, id: &str| {
+        let body = serde_json::json!({"id": id, "devices": 1});
+        common::put(&format!("{url}/api/v1/collectors/{id}"), "application/json", body.to_string().as_bytes()).0
+    };
+    for i in 0..990 {
+        assert_eq!(report(&da.url, &format!("c{i}")), 204, "collector {i}");
+    }
+    let racers: Vec<_> = (0..40)
+        .map(|t| {
+            let url = da.url.clone();
+            std::thread::spawn(move || report(&url, &format!("racer{t}")))
+        })
+        .collect();
+    let kept = racers.into_iter().map(|r| r.join().unwrap()).filter(|s| *s == 204).count();
+    assert_eq!(kept, 10, "exactly the room left under the bound");
+    let (_, status) = get(&format!("{}/api/v1/status", da.url));
+    assert_eq!(status["collectors"].as_array().map(Vec::len), Some(1000));
 }
 
 /// Two aggregators with the same node id on one shared directory (a copied service unit)

@@ -181,7 +181,8 @@ pub async fn events(
     if offset > i64::MAX as usize - limit {
         return Err(ApiError::bad_request(format!("offset: must be at most {}", i64::MAX as usize - limit)));
     }
-    let filter = EventFilter { from, to, state, device: params.get("device").cloned(), severity, rule, limit, offset };
+    let device = super::query::text(&params, "device")?.map(str::to_owned);
+    let filter = EventFilter { from, to, state, device, severity, rule, limit, offset };
     let repo = app.repo.clone();
     let events = blocking(move || repo.events(&filter)).await??;
     let next = (events.len() == limit).then_some(offset + limit);

@@ -166,8 +166,12 @@ pub async fn put_collector(
             format!("a report is at most {MAX_REPORT_BYTES} bytes"),
         ));
     }
-    // The id names a file: the DTO id's characters only.
+    // The id names a file: the DTO id's characters only, and not a hidden file's name (the
+    // status lists only visible ones: such a collector would report and never be shown).
     DtoId::parse(&id).map_err(|e| ApiError::bad_request(format!("path {e}")))?;
+    if id.starts_with('.') {
+        return Err(ApiError::bad_request(format!("path id: {id:?} must not start with '.'")));
+    }
     let report: CollectorReport =
         serde_json::from_slice(&body).map_err(|e| ApiError::bad_request(format!("body: {e}")))?;
     if report.id != id {

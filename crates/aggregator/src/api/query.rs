@@ -30,9 +30,20 @@ const MAX_ITEMS_PAGE: usize = 100_000;
 const MAX_TOP_N: usize = 1000;
 
 fn required<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<&'a str, ApiError> {
-    match params.get(name).map(String::as_str) {
+    match text(params, name)? {
         Some(v) if !v.is_empty() => Ok(v),
         _ => Err(ApiError::bad_request(format!("{name}: required"))),
+    }
+}
+
+/// A text parameter, if given. Control characters (a NUL above all, which PostgreSQL refuses
+/// in text) are no name's: a 400 here, never a repository error.
+pub(super) fn text<'a>(params: &'a HashMap<String, String>, name: &str) -> Result<Option<&'a str>, ApiError> {
+    match params.get(name) {
+        Some(v) if v.chars().any(char::is_control) => {
+            Err(ApiError::bad_request(format!("{name}: control characters are not allowed")))
+        }
+        v => Ok(v.map(String::as_str)),
     }
 }
 
@@ -106,8 +117,12 @@ pub async fn items(State(app): State<Arc<Queries>>, Query(params): Params) -> Re
     if offset > i64::MAX as usize - limit {
         return Err(ApiError::bad_request(format!("offset: must be at most {}", i64::MAX as usize - limit)));
     }
-    let filter =
-        ItemFilter { device: params.get("device").cloned(), family: params.get("family").cloned(), limit, offset };
+    let filter = ItemFilter {
+        device: text(&params, "device")?.map(str::to_owned),
+        family: text(&params, "family")?.map(str::to_owned),
+        limit,
+        offset,
+    };
     let repo = app.repo.clone();
     let items = blocking(move || repo.items(&filter)).await??;
     let next = (items.len() == limit).then_some(offset + limit);

@@ -18,12 +18,22 @@ impl SharedDir {
     /// Keeps a collector's last report, with when it arrived, so a new active shows it at once.
     /// `Ok(false)`: a new collector past [`MAX_COLLECTORS`], not kept.
     pub fn write_collector_report(&self, report: &CollectorReport, received_at_ms: i64) -> std::io::Result<bool> {
+        // New ids are counted and written one at a time: two reports of new collectors racing
+        // past a count of 999 would both be kept otherwise.
+        static NEW_IDS: std::sync::Mutex<()> = std::sync::Mutex::new(());
         let dir = self.collectors_dir();
         fs::create_dir_all(&dir)?;
         let path = dir.join(format!("{}.json", report.id));
-        if !path.try_exists()? && fs::read_dir(&dir)?.count() >= MAX_COLLECTORS {
-            return Ok(false);
-        }
+        let _counting = if path.try_exists()? {
+            None
+        } else {
+            let guard = NEW_IDS.lock().unwrap_or_else(|poisoned| poisoned.into_inner());
+            let kept = fs::read_dir(&dir)?.filter_map(|e| e.ok()).filter(|e| is_report(&e.file_name())).count();
+            if kept >= MAX_COLLECTORS {
+                return Ok(false);
+            }
+            Some(guard)
+        };
         let body = serde_json::json!({"report": report, "received_at_ms": received_at_ms});
         let temp = dir.join(format!(".{}.json.tmp", report.id));
         fs::write(&temp, body.to_string())?;
@@ -45,7 +55,7 @@ impl SharedDir {
         let Ok(entries) = fs::read_dir(self.collectors_dir()) else { return Vec::new() };
         let mut reports: Vec<_> = entries
             .filter_map(|e| e.ok())
-            .filter(|e| e.file_name().to_str().is_some_and(|n| n.ends_with(".json") && !n.starts_with('.')))
+            .filter(|e| is_report(&e.file_name()))
             .filter_map(|e| {
                 let body: serde_json::Value = serde_json::from_slice(&fs::read(e.path()).ok()?).ok()?;
                 Some((serde_json::from_value(body["report"].clone()).ok()?, body["received_at_ms"].as_i64()?))
@@ -54,4 +64,9 @@ impl SharedDir {
         reports.sort_by(|a: &(CollectorReport, i64), b| a.0.id.cmp(&b.0.id));
         reports
     }
+}
+
+/// A collector's report file (not a temp file, which starts with a dot).
+fn is_report(name: &std::ffi::OsStr) -> bool {
+    name.to_str().is_some_and(|n| n.ends_with(".json") && !n.starts_with('.'))
 }

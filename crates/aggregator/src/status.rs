@@ -27,6 +27,8 @@ use std::time::Duration;
 /// A stored DTO still not loaded after this long means loading is stuck (a family that is not
 /// defined, a DTO the repository refuses): catching up after an outage loads far faster.
 pub const STUCK_AFTER: Duration = Duration::from_secs(300);
+/// Data is late when the newest load is older than this many poll intervals (of that data).
+pub const LATE_AFTER_INTERVALS: f64 = 2.0;
 /// A background worker that failed this many steps in a row is a problem the status names.
 pub const WORKER_FAILING_AFTER: u64 = 3;
 
@@ -130,6 +132,8 @@ impl StatusSources {
         let active = nodes.iter().find(|n| n.role == "active" && n.ready && n.reachable);
         let family_files = self.families.problems();
         let mut problems: Vec<String> = Vec::new();
+        let mut warnings: Vec<String> = Vec::new();
+        let mut newest_load_age_seconds = None;
         if active.is_none() {
             problems.push("no aggregator is the ready active: nothing is acknowledged or loaded".into());
         }
@@ -148,6 +152,16 @@ impl StatusSources {
         }
         if let Some(active) = active {
             if let Some(loader) = &active.loader {
+                if let (Some(at), Some(interval)) = (loader.last_loaded_ms, loader.last_loaded_interval_s) {
+                    let age = (now_ms - at).max(0) as f64 / 1000.0;
+                    newest_load_age_seconds = Some(age);
+                    if age > LATE_AFTER_INTERVALS * f64::from(interval) {
+                        warnings.push(format!(
+                            "the newest data was loaded {age:.0} s ago, more than {LATE_AFTER_INTERVALS} poll intervals \
+                             ({interval} s): is a collector behind, down or cut off?"
+                        ));
+                    }
+                }
                 if loader.failing() {
                     problems.push(format!("loads are failing: {}", loader.last_error.clone().unwrap_or_default()));
                 }
@@ -224,6 +238,8 @@ impl StatusSources {
         SystemStatus {
             flowing: problems.is_empty(),
             problems,
+            warnings,
+            newest_load_age_seconds,
             family_files,
             nodes,
             lease,

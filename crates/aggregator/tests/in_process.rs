@@ -227,3 +227,28 @@ fn control_characters_in_names_are_refused() {
         assert!(body["error"].as_str().unwrap_or("").starts_with(name), "{path}: {body}");
     }
 }
+
+/// "Data is flowing" turns amber, with the age, once the newest data is older than two of its
+/// poll intervals (a collector behind or gone), and green again when data comes.
+#[test]
+fn late_data_is_a_warning_with_its_age() {
+    let shared = tempfile::tempdir().unwrap();
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    wait_active(&da.url);
+    let mut dto = cpu_dto("dc1.CPU.late", "CPU", "util");
+    dto["interval"] = json!(1);
+    dto["cycle"] = json!(now() - 1);
+    dto["records"][0]["ts"] = json!(now() - 1);
+    assert_eq!(put(&format!("{}/api/v1/dto/dc1.CPU.late", da.url), &dto), 201);
+    wait_loaded(&da.url, "dc1.CPU.late");
+    let status = wait(Duration::from_secs(15), "the late-data warning", || {
+        let (_, status) = get(&format!("{}/api/v1/status", da.url));
+        (!status["warnings"].as_array()?.is_empty()).then_some(status)
+    });
+    assert_eq!(status["flowing"], true, "late is a warning, not a stop: {status}");
+    let warning = status["warnings"][0].as_str().unwrap();
+    assert!(warning.contains("the newest data was loaded") && warning.contains("(1 s)"), "{warning}");
+    assert!(status["newest_load_age_seconds"].as_f64().unwrap() > 2.0, "{status}");
+    let page = agent().get(format!("{}/", da.url)).call().unwrap().body_mut().read_to_string().unwrap();
+    assert!(page.contains("class=\"late\"") && page.contains("Data is flowing, but late"), "the portal is amber");
+}

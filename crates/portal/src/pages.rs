@@ -49,8 +49,11 @@ pub async fn status_fragment(State(app): State<Arc<dyn Source>>) -> Result<Respo
 
 fn status_html(s: &SystemStatus) -> String {
     let mut out = String::new();
-    let verdict = if s.flowing {
+    let verdict = if s.flowing && s.warnings.is_empty() {
         "<p class=\"ok\" id=\"verdict\">Data is flowing.</p>".to_owned()
+    } else if s.flowing {
+        let items: String = s.warnings.iter().map(|w| format!("<li>{}</li>", esc(w))).collect();
+        format!("<div class=\"late\" id=\"verdict\"><p>Data is flowing, but late:</p><ul>{items}</ul></div>")
     } else {
         let items: String = s.problems.iter().map(|p| format!("<li>{}</li>", esc(p))).collect();
         format!("<div class=\"bad\" id=\"verdict\"><p>Data is not flowing:</p><ul>{items}</ul></div>")

@@ -51,6 +51,13 @@ impl LoadHealth {
         self.inner.lock().expect("load health").last_ok_ms = Some(crate::unix_now_ms());
     }
 
+    /// Data was loaded now, polled every `interval` seconds.
+    fn loaded(&self, interval: u32) {
+        let mut state = self.inner.lock().expect("load health");
+        state.last_loaded_ms = Some(crate::unix_now_ms());
+        state.last_loaded_interval_s = Some(interval);
+    }
+
     fn failed(&self, e: &RepoError) {
         let mut state = self.inner.lock().expect("load health");
         state.last_error_ms = Some(crate::unix_now_ms());
@@ -292,6 +299,9 @@ impl Loader {
             }
         }
         p.health.ok();
+        if report.loaded > 0 {
+            p.health.loaded(loaded.iter().map(|d| d.interval).max().unwrap_or(0));
+        }
         Metrics::add(&p.metrics.dtos_loaded, report.loaded as u64);
         Metrics::add(&p.metrics.dtos_already_loaded, report.already_loaded as u64);
         Metrics::add(&p.metrics.values_loaded, report.values as u64);

@@ -24,6 +24,11 @@ pub struct SystemStatus {
     pub flowing: bool,
     /// Why data is not flowing, in words an operator can act on.
     pub problems: Vec<String>,
+    /// What is late or worrying while data flows (the newest data older than two poll
+    /// intervals): shown amber, `pollux status` still exits 0.
+    pub warnings: Vec<String>,
+    /// How long ago the active last loaded data.
+    pub newest_load_age_seconds: Option<f64>,
     pub family_files: Vec<FamilyProblem>,
     pub nodes: Vec<NodeStatus>,
     pub lease: Option<LeaseView>,
@@ -190,6 +195,10 @@ pub struct LoaderState {
     /// Unix milliseconds and text of the last failed load.
     pub last_error_ms: Option<i64>,
     pub last_error: Option<String>,
+    /// Unix milliseconds of the last load that brought data, and the poll interval of that
+    /// data: "late" is judged against it.
+    pub last_loaded_ms: Option<i64>,
+    pub last_loaded_interval_s: Option<u32>,
     /// Families whose stored DTOs the last pass over the store had to leave there (not
     /// defined, or refused by the repository), with how many DTOs each.
     pub waiting: BTreeMap<String, usize>,
@@ -394,8 +403,13 @@ impl SystemStatus {
         if let Some(e) = &sec.cert_error {
             let _ = writeln!(out, "CERTIFICATE: {e}");
         }
-        if self.problems.is_empty() {
+        if self.problems.is_empty() && self.warnings.is_empty() {
             let _ = writeln!(out, "data is flowing");
+        } else if self.problems.is_empty() {
+            let _ = writeln!(out, "data is flowing, but:");
+            for w in &self.warnings {
+                let _ = writeln!(out, "  - {w}");
+            }
         } else {
             let _ = writeln!(out, "DATA IS NOT FLOWING:");
             for p in &self.problems {

@@ -217,7 +217,9 @@ fn questions() -> Vec<Question> {
             fault_tolerant_only: false,
             default: |answers| {
                 let scheme = if answers.get("https").is_some_and(|h| h == "2") { "https" } else { "http" };
-                answers.get("proxy_host").map(|h| format!("{scheme}://{h}:8581"))
+                // Without fault tolerance, the aggregator on this host.
+                let host = answers.get("proxy_host").map_or("127.0.0.1", String::as_str);
+                Some(format!("{scheme}://{host}:8581"))
             },
             check: |a, _| check_url(a),
         },
@@ -263,6 +265,32 @@ fn https_question() -> Question {
 }
 
 /// The original's answers to a yes-or-no question: 1 = no, 2 = yes.
+/// The question's check, after [`printable`].
+fn printable_check(q: &Question, answer: &str, answers: &Answers) -> Result<String, String> {
+    printable(answer).and_then(|a| (q.check)(&a, answers))
+}
+
+/// No answer holds a control character: a newline in one would start a line of its own in the
+/// files written from it.
+fn printable(a: &str) -> Result<String, String> {
+    if a.chars().any(char::is_control) {
+        return Err(format!("{a:?} holds a control character"));
+    }
+    Ok(a.to_owned())
+}
+
+/// A path a systemd unit can name: no quote, backslash, `%` (a unit specifier) or control
+/// character, which would break or rewrite the unit's lines.
+fn unit_safe(path: &Path) -> Result<(), String> {
+    let text = path.display().to_string();
+    if text.chars().any(|c| c.is_control() || matches!(c, '"' | '\\' | '%' | '$' | '`')) {
+        return Err(format!(
+            "{text:?} cannot be named in a systemd unit: choose a path without quotes, backslashes, % or $"
+        ));
+    }
+    Ok(())
+}
+
 fn one_or_two(a: &str) -> Result<String, String> {
     match a {
         "1" | "2" => Ok(a.to_owned()),
@@ -318,7 +346,7 @@ impl Input {
         let default = (q.default)(answers);
         if yes {
             if let Some(d) = &default {
-                return (q.check)(d, answers).map_err(|e| format!("{}: the default {d:?}: {e}", q.key));
+                return printable_check(q, d, answers).map_err(|e| format!("{}: the default {d:?}: {e}", q.key));
             }
         }
         for _ in 0..10 {
@@ -337,7 +365,7 @@ impl Input {
             }
             let given = line.trim();
             let answer = if given.is_empty() { default.clone().unwrap_or_default() } else { given.to_owned() };
-            match (q.check)(&answer, answers) {
+            match printable_check(q, &answer, answers) {
                 Ok(good) => return Ok(good),
                 Err(why) => println!("  {why}; try again"),
             }
@@ -375,6 +403,7 @@ fn flag(args: &InitArgs, key: &str) -> Option<String> {
 
 fn init(args: &InitArgs) -> Result<(), String> {
     let role = args.role;
+    unit_safe(&args.config_dir).map_err(|e| format!("--config-dir: {e}"))?;
     let answers_path = args.config_dir.join("init-answers.toml");
     let saved: Answers = match std::fs::read_to_string(&answers_path) {
         Ok(text) => read_answers(&text).map_err(|e| format!("{}: {e}", answers_path.display()))?,
@@ -394,9 +423,9 @@ fn init(args: &InitArgs) -> Result<(), String> {
             continue;
         }
         let answer = match (flag(args, q.key), saved.get(q.key)) {
-            (Some(given), _) => {
-                (q.check)(&given, &answers).map_err(|e| format!("--{}: {e}", q.key.replace('_', "-")))?
-            }
+            (Some(given), _) => printable(&given)
+                .and_then(|given| (q.check)(&given, &answers))
+                .map_err(|e| format!("--{}: {e}", q.key.replace('_', "-")))?,
             // An upgrade keeps what was answered (checked again: the host may have changed).
             (None, Some(kept)) if args.upgrade => {
                 (q.check)(kept, &answers).map_err(|e| format!("{}: the saved answer {kept:?}: {e}", q.key))?
@@ -406,6 +435,9 @@ fn init(args: &InitArgs) -> Result<(), String> {
         answers.insert(q.key.to_owned(), answer);
     }
     answers.insert("role".into(), role.name().into());
+    if role == RoleArg::Collector {
+        answers.insert("inventory".into(), args.config_dir.join("inventory.toml").display().to_string());
+    }
     answers.insert("release".into(), env!("CARGO_PKG_VERSION").into());
     let https = answers.get("https").is_some_and(|h| h == "2");
     if role == RoleArg::Aggregator {
@@ -424,7 +456,13 @@ fn init(args: &InitArgs) -> Result<(), String> {
     let config_path = args.config_dir.join(format!("{}.toml", role.name()));
     write(&config_path, &(config_text(role, &answers) + &security))?;
     let unit_path = args.config_dir.join(format!("pollux-{}.service", role.name()));
-    write(&unit_path, &unit_text(role, &config_path))?;
+    let (unit, installed) = unit_text(role, &config_path);
+    write(&unit_path, &unit)?;
+    let inventory = args.config_dir.join("inventory.toml");
+    if role == RoleArg::Collector && !inventory.exists() {
+        write(&inventory, INVENTORY_TEMPLATE)?;
+        println!("\nwrote {} (a template: add your devices, then start the collector)", inventory.display());
+    }
     write(&answers_path, &answers_text(&answers))?;
     if role == RoleArg::Aggregator {
         let dir = Path::new(&answers["shared_dir"]).join("init/aggregators");
@@ -433,6 +471,9 @@ fn init(args: &InitArgs) -> Result<(), String> {
     }
     println!("\nwrote {}", config_path.display());
     println!("wrote {} (a systemd unit)", unit_path.display());
+    if let Some(binary) = installed {
+        println!("  it runs {binary}: install this binary there first (cp {} {binary})", current_exe_text());
+    }
     println!("saved the answers in {} (pollux init --upgrade asks nothing again)", answers_path.display());
     println!("\nopen these ports:");
     for line in ports(role, &answers) {
@@ -592,6 +633,9 @@ fn config_text(role: RoleArg, a: &Answers) -> String {
         }
         RoleArg::Collector => {
             out += &format!("id = {}\n", q(&a["node_id"]));
+            if let Some(inventory) = a.get("inventory") {
+                out += &format!("inventory = {}\n", q(inventory));
+            }
             let mut urls = vec![q(&a["aggregator"])];
             if let Some(f) = a.get("failover_aggregator").filter(|f| !f.is_empty()) {
                 urls.push(q(f));
@@ -602,16 +646,63 @@ fn config_text(role: RoleArg, a: &Answers) -> String {
     out
 }
 
-fn unit_text(role: RoleArg, config: &Path) -> String {
-    let exe = std::env::current_exe().map_or_else(|_| "/usr/local/bin/pollux".into(), |p| p.display().to_string());
-    format!(
+/// Where the unit runs the binary from: this binary, unless it runs from a build directory
+/// (`cargo run`), which is no place to run a service from; then the usual install path, said so.
+const INSTALLED_BINARY: &str = "/usr/local/bin/pollux";
+
+fn current_exe_text() -> String {
+    std::env::current_exe().map_or_else(|_| "pollux".into(), |p| p.display().to_string())
+}
+
+/// The systemd unit, and the binary path it names when that is not this binary.
+fn unit_text(role: RoleArg, config: &Path) -> (String, Option<String>) {
+    let exe = current_exe_text();
+    let built = exe.contains("/target/debug/") || exe.contains("/target/release/") || exe.contains("pollux-target/");
+    let (binary, installed) = if built || unit_safe(Path::new(&exe)).is_err() {
+        (INSTALLED_BINARY.to_owned(), Some(INSTALLED_BINARY.to_owned()))
+    } else {
+        (exe, None)
+    };
+    // The user who ran init runs the service: the shared directory and spool were checked (and
+    // made) as that user.
+    let user = nix::unistd::User::from_uid(nix::unistd::geteuid())
+        .ok()
+        .flatten()
+        .map_or_else(|| nix::unistd::geteuid().as_raw().to_string(), |u| u.name);
+    let unit = format!(
         "[Unit]\nDescription=Pollux {role}\nAfter=network-online.target\nWants=network-online.target\n\n\
-         [Service]\nExecStart=\"{exe}\" {role} --config \"{config}\"\nRestart=on-failure\nRestartSec=2\n\
+         [Service]\nUser={user}\nExecStart=\"{binary}\" {role} --config \"{config}\"\nRestart=on-failure\nRestartSec=2\n\
          LimitNOFILE=65536\n\n[Install]\nWantedBy=multi-user.target\n",
         role = role.name(),
         config = config.display()
-    )
+    );
+    (unit, installed)
 }
+
+/// The collector's first inventory: every key explained, no device yet (the collector refuses
+/// to start on an empty one, naming this file).
+const INVENTORY_TEMPLATE: &str = r#"# The devices this collector polls: one [[device]] table each. Written by pollux init.
+# Uncomment and fill in one table per device; the collector re-reads nothing until restarted.
+#
+# [[device]]
+# name = "core-rtr-1"          # unique; the device's name everywhere
+# address = "192.0.2.1"        # host name or IP
+# port = 161                   # default 161
+# version = "2c"               # "2c" or "3"
+# community = "public"         # v2c
+# families = ["Interface", "CPU", "Memory", "Availability"]  # default: all built-in
+# interval = "5m"              # default: the collector's interval
+#
+# [[device]]
+# name = "edge-sw-7"
+# address = "192.0.2.7"
+# version = "3"
+# user = "poller"
+# auth_protocol = "sha"        # md5, sha, sha224, sha256, sha384, sha512
+# auth_password = "..."
+# priv_protocol = "aes"        # des, aes (128), aes192, aes256
+# priv_password = "..."
+"#;
 
 fn ports(role: RoleArg, a: &Answers) -> Vec<String> {
     let port = a.get("port").cloned().unwrap_or_else(|| "8581".into());

@@ -326,3 +326,50 @@ fn https_makes_certificates_and_tokens_that_serve() {
     assert_eq!(code, 64, "{out}");
     assert!(out.contains("without its key"), "{out}");
 }
+
+/// `init --role collector --yes` asks nothing and works: the aggregator on this host by
+/// default, an inventory template written and named; the collector then refuses to start on
+/// the empty template, naming it (not a missing file in another directory). The unit names the
+/// user who ran init and a binary path a service can run.
+#[test]
+fn a_collector_with_yes_alone_gets_an_inventory_template() {
+    let dir = tempdir();
+    let etc = dir.path().join("etc");
+    let (code, out) = init(&["--role", "collector", "--yes", "--config-dir", &path(&etc)], "");
+    assert_eq!(code, 0, "{out}");
+    let inventory = etc.join("inventory.toml");
+    assert!(out.contains(&format!("wrote {} (a template", inventory.display())), "{out}");
+    let config = std::fs::read_to_string(etc.join("collector.toml")).unwrap();
+    assert!(config.contains("aggregators = [\"http://127.0.0.1:8581\"]"), "{config}");
+    assert!(config.contains(&format!("inventory = {:?}", inventory.display().to_string())), "{config}");
+    let unit = std::fs::read_to_string(etc.join("pollux-collector.service")).unwrap();
+    assert!(unit.contains("\nUser=") && unit.contains("ExecStart=\"/usr/local/bin/pollux\" collector"), "{unit}");
+    let started =
+        Command::new(BIN).args(["collector", "--config", &path(&etc.join("collector.toml"))]).output().unwrap();
+    let err = String::from_utf8_lossy(&started.stderr);
+    assert_eq!(started.status.code(), Some(64), "{err}");
+    assert!(err.contains(&path(&inventory)) && err.contains("no [[device]]"), "{err}");
+}
+
+/// Answers cannot write lines of their own into the files init writes: a control character in
+/// any answer, or a configuration directory a unit cannot name, is refused (64) and nothing is
+/// written.
+#[test]
+fn answers_cannot_inject_lines() {
+    let dir = tempdir();
+    let evil = format!("{}/etc\"\nExecStartPre=/bin/touch {}/pwned", dir.path().display(), dir.path().display());
+    let (code, out) = init(&["--role", "collector", "--yes", "--config-dir", &evil], "");
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("--config-dir"), "{out}");
+    let etc = dir.path().join("etc");
+    let shared = format!("{}/shared\n[evil]", dir.path().display());
+    let args = ["--role", "aggregator", "--yes", "--config-dir", &path(&etc), "--shared-dir", &shared];
+    let (code, out) = init(&args, "");
+    assert_eq!(code, 64, "{out}");
+    assert!(out.contains("--shared-dir") && out.contains("control character"), "{out}");
+    let (code, out) =
+        init(&["--role", "collector", "--yes", "--config-dir", &path(&etc), "--aggregator", "http://a\r"], "");
+    assert_eq!(code, 64, "{out}");
+    let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
+    assert_eq!(written.len(), 0, "nothing written: {written:?}");
+}

@@ -205,3 +205,22 @@ fn maintenance_hands_over_and_keeps_the_node_off_the_lease() {
     wait_role(&c, 1, &["maintenance"]);
     check_nothing_lost(&c, &acked);
 }
+
+/// `pollux maintenance on` asked of both nodes at the same moment: the check and the flag are
+/// one step for both, so one is refused and an active remains (both went into maintenance, and
+/// nothing was active, in five rounds of five before).
+#[test]
+fn maintenance_asked_of_both_nodes_at_once_leaves_one_active() {
+    let c = Cluster::start(FAILWAIT, STARTWAIT, [&[], &[]]);
+    c.wait_active(0, TAKEOVER);
+    wait_role(&c, 1, &["standby"]);
+    let asks: Vec<_> = [c.url(0), c.url(1)]
+        .into_iter()
+        .map(|url| std::thread::spawn(move || pollux(&["maintenance", "on", "--url", &url])))
+        .collect();
+    let answers: Vec<(bool, String)> = asks.into_iter().map(|a| a.join().unwrap()).collect();
+    assert_eq!(answers.iter().filter(|(ok, _)| *ok).count(), 1, "one of the two goes: {answers:?}");
+    assert!(answers.iter().any(|(ok, text)| !ok && text.contains("409")), "{answers:?}");
+    let active = wait_until(TAKEOVER, "an active aggregator", || c.active());
+    assert_eq!(c.role(1 - active).map(|r| r.0), Some("maintenance".to_owned()));
+}

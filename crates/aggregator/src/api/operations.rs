@@ -54,8 +54,9 @@ pub struct MaintenanceRequest {
 const HANDOVER_WAIT: Duration = Duration::from_secs(15);
 
 /// `POST /api/v1/maintenance`: puts a node into maintenance (it never takes the lease; an
-/// active hands over first) or takes it out. Answers on every node. Refused (409) for the
-/// active when no healthy standby would take over, unless `force`.
+/// active hands over first) or takes it out. Answers on every node. Refused (409), unless
+/// `force`, for the active when no healthy standby would take over, and for any node when no
+/// healthy aggregator would be left out of maintenance.
 pub async fn maintenance(
     State(ops): State<Arc<Operations>>,
     headers: axum::http::HeaderMap,
@@ -92,19 +93,34 @@ pub async fn maintenance(
             lease.as_ref().is_some_and(|l| l.holder == node && l.state != pollux_election::LeaseState::Released)
         };
         let was_active = holds(&ops.node.state().lease);
-        if request.on && was_active && !request.force {
-            let standby =
-                statuses.iter().any(|(id, s)| *id != node && s["role"] == "standby" && fresh(s));
-            if !standby {
-                return Err(ApiError::new(
-                    StatusCode::CONFLICT,
-                    format!("{node} is the active and no healthy standby would take over: nothing would be acknowledged; use --force to go ahead"),
-                ));
-            }
-        }
-        ops.shared
-            .set_maintenance(&node, request.on)
+        // The check and the flag are one step for every node at once (a lock in the shared
+        // directory): two nodes put into maintenance together must see each other's flag, or
+        // both go and nothing is active.
+        let decided = ops
+            .shared
+            .change_maintenance(&node, request.on, |in_maintenance| {
+                if !request.on || request.force {
+                    return Ok(());
+                }
+                let remaining = |role: &str| {
+                    statuses.iter().any(|(id, s)| {
+                        *id != node && !in_maintenance.contains(id) && s["role"] == role && fresh(s)
+                    })
+                };
+                if was_active && !remaining("standby") {
+                    return Err(format!(
+                        "{node} is the active and no healthy standby would take over: nothing would be acknowledged; use --force to go ahead"
+                    ));
+                }
+                if !was_active && !remaining("active") && !remaining("standby") {
+                    return Err(format!(
+                        "no healthy aggregator would be left out of maintenance besides {node}: nothing would be acknowledged; use --force to go ahead"
+                    ));
+                }
+                Ok(())
+            })
             .map_err(|e| ApiError::internal("maintenance flag", e))?;
+        decided.map_err(|why| ApiError::new(StatusCode::CONFLICT, why))?;
         tracing::warn!(%node, on = request.on, force = request.force, "maintenance set");
         let mut handed_over = false;
         if request.on && was_active {

@@ -208,6 +208,29 @@ impl SharedDir {
         nodes
     }
 
+    /// Decides and sets `node`'s maintenance flag as one step: under an exclusive lock on
+    /// `election/maintenance.lock`, which every such change takes on every node, `decide` sees
+    /// the nodes in maintenance now, and the flag is written only if it agrees. Returns its
+    /// verdict; an I/O error is the outer error.
+    pub fn change_maintenance<E>(
+        &self,
+        node: &str,
+        on: bool,
+        decide: impl FnOnce(&[String]) -> Result<(), E>,
+    ) -> std::io::Result<Result<(), E>> {
+        let lock = OpenOptions::new()
+            .create(true)
+            .truncate(false)
+            .write(true)
+            .open(self.election_dir().join("maintenance.lock"))?;
+        let _held = Flock::lock(lock, FlockArg::LockExclusive).map_err(|(_, e)| std::io::Error::from(e))?;
+        if let Err(refused) = decide(&self.nodes_in_maintenance()) {
+            return Ok(Err(refused));
+        }
+        self.set_maintenance(node, on)?;
+        Ok(Ok(()))
+    }
+
     /// Puts `node` into maintenance or takes it out (durably: the directory is synced).
     pub fn set_maintenance(&self, node: &str, on: bool) -> std::io::Result<()> {
         let dir = self.election_dir().join("maintenance");

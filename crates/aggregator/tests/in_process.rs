@@ -252,3 +252,41 @@ fn late_data_is_a_warning_with_its_age() {
     let page = agent().get(format!("{}/", da.url)).call().unwrap().body_mut().read_to_string().unwrap();
     assert!(page.contains("class=\"late\"") && page.contains("Data is flowing, but late"), "the portal is amber");
 }
+
+fn post(url: &str, body: &Value) -> (u16, Value) {
+    match agent().post(url).header("content-type", "application/json").send_json(body) {
+        Ok(mut r) => (r.status().as_u16(), r.body_mut().read_json().unwrap_or(Value::Null)),
+        Err(_) => (0, Value::Null),
+    }
+}
+
+/// The rules' device and item patterns together are bounded (every new item is matched against
+/// them all): long glob patterns are taken up to the limit, then refused with a 409 that says
+/// what to do; replacing a rule counts its own pattern once.
+#[test]
+fn the_rules_patterns_are_bounded() {
+    let shared = tempfile::tempdir().unwrap();
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    wait_active(&da.url);
+    let rule = |n: usize| {
+        json!({"family": "Interface", "metric": "in_util", "op": ">", "value": 90,
+               "device": format!("*{}*{n:0>8}", "a".repeat(238)), "item": "*"})
+    };
+    let per_rule = 238 + 2 + 8 + 1;
+    let fits = pollux_aggregator::api::MAX_PATTERN_BYTES / per_rule;
+    let mut first = None;
+    for n in 0..fits {
+        let (status, body) = post(&format!("{}/api/v1/thresholds", da.url), &rule(n));
+        assert_eq!(status, 201, "rule {n}: {body}");
+        first.get_or_insert(body["id"].as_i64().unwrap());
+    }
+    let (status, body) = post(&format!("{}/api/v1/thresholds", da.url), &rule(fits));
+    assert_eq!(status, 409, "{body}");
+    assert!(body["error"].as_str().unwrap().contains("over the limit"), "{body}");
+    let replaced = agent()
+        .put(format!("{}/api/v1/thresholds/{}", da.url, first.unwrap()))
+        .header("content-type", "application/json")
+        .send_json(rule(fits))
+        .unwrap();
+    assert_eq!(replaced.status().as_u16(), 200, "a rule replaced counts once");
+}

@@ -65,6 +65,35 @@ fn rule_spec(app: &Queries, body: &[u8]) -> Result<RuleSpec, ApiError> {
     Ok(spec)
 }
 
+/// The device and item patterns of all rules together, in bytes: every new item is matched
+/// against them once (then cached), so their total bounds what a load of new items can cost.
+pub const MAX_PATTERN_BYTES: usize = 64 << 10;
+
+fn pattern_bytes(spec: &RuleSpec) -> usize {
+    spec.device.as_deref().map_or(0, str::len) + spec.item.as_deref().map_or(0, str::len)
+}
+
+/// Refuses (409) a rule that would take the rules' patterns past [`MAX_PATTERN_BYTES`];
+/// `replacing` is the rule a change replaces.
+fn within_pattern_budget(
+    repo: &dyn pollux_repository::Repository,
+    replacing: Option<i64>,
+    spec: &RuleSpec,
+) -> Result<(), ApiError> {
+    let others: usize = repo.rules()?.iter().filter(|r| Some(r.id) != replacing).map(|r| pattern_bytes(&r.spec)).sum();
+    let total = others + pattern_bytes(spec);
+    if total > MAX_PATTERN_BYTES {
+        return Err(ApiError::new(
+            StatusCode::CONFLICT,
+            format!(
+                "device and item: the rules' patterns would total {total} bytes, over the limit of {MAX_PATTERN_BYTES}: \
+                 use fewer or shorter patterns (one rule with a * covers many items)"
+            ),
+        ));
+    }
+    Ok(())
+}
+
 fn rule_json(rule: &Rule) -> Value {
     let mut v = serde_json::to_value(rule).expect("a rule serializes");
     v["display_name"] = json!(rule.spec.display_name());
@@ -87,7 +116,11 @@ pub async fn create_rule(
     require_json(&headers)?;
     let spec = rule_spec(&app, &body)?;
     let repo = app.repo.clone();
-    let rule = blocking(move || repo.create_rule(epoch, &spec)).await??;
+    let rule = blocking(move || {
+        within_pattern_budget(repo.as_ref(), None, &spec)?;
+        Ok::<_, ApiError>(repo.create_rule(epoch, &spec)?)
+    })
+    .await??;
     tracing::info!(rule = rule.id, name = %rule.spec.display_name(), "threshold rule created");
     Ok((StatusCode::CREATED, Json(rule_json(&rule))).into_response())
 }
@@ -110,8 +143,12 @@ pub async fn put_rule(
     let (epoch, id) = change(&app, &headers, &id)?;
     let spec = rule_spec(&app, &body)?;
     let repo = app.repo.clone();
-    let rule =
-        blocking(move || repo.update_rule(epoch, id, &spec)).await??.ok_or_else(|| not_found("threshold rule", id))?;
+    let rule = blocking(move || {
+        within_pattern_budget(repo.as_ref(), Some(id), &spec)?;
+        Ok::<_, ApiError>(repo.update_rule(epoch, id, &spec)?)
+    })
+    .await??
+    .ok_or_else(|| not_found("threshold rule", id))?;
     tracing::info!(rule = id, name = %rule.spec.display_name(), "threshold rule changed; its open events cleared");
     Ok(Json(rule_json(&rule)))
 }

@@ -23,6 +23,7 @@ mod operations;
 mod query;
 mod status;
 
+pub use alerts::MAX_PATTERN_BYTES;
 pub use operations::Operations;
 pub use query::Queries;
 

@@ -99,6 +99,16 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
         return Err("the first name names the files, and ca.pem and ca.key are the CA's: put another name first".into());
     }
     std::fs::create_dir_all(dir).map_err(|e| format!("{}: {e}", dir.display()))?;
+    // One run at a time per directory: two runs that both found no CA would each make one, and
+    // the certificates of the one overwritten would verify against nothing.
+    let lock = std::fs::OpenOptions::new()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(dir.join(".certs.lock"))
+        .map_err(|e| format!("{}: {e}", dir.display()))?;
+    let _one_at_a_time = nix::fcntl::Flock::lock(lock, nix::fcntl::FlockArg::LockExclusive)
+        .map_err(|(_, e)| format!("{}: cannot lock: {e}", dir.display()))?;
     let (ca_pem, ca_key) = (dir.join("ca.pem"), dir.join("ca.key"));
     let now = OffsetDateTime::now_utc();
     let made_ca = !ca_key.exists();
@@ -123,6 +133,15 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
         // The issuer is the CA's name, key usages and key: the same as when it was made.
         let pem = std::fs::read_to_string(&ca_key).map_err(|e| format!("{}: {e}", ca_key.display()))?;
         let key = KeyPair::from_pem(&pem).map_err(|e| format!("{}: {e}", ca_key.display()))?;
+        let cert = std::fs::read_to_string(&ca_pem).map_err(|e| format!("{}: {e}", ca_pem.display()))?;
+        if !key_matches(&key, &cert) {
+            return Err(format!(
+                "{} is not the key of {}: certificates it signed would verify against nothing; \
+                 copy the CA's own ca.key here, or make certificates on the host that has it",
+                ca_key.display(),
+                ca_pem.display()
+            ));
+        }
         Issuer::new(ca_params(&key), key)
     };
     let mut params = CertificateParams::new(names.to_vec()).map_err(|e| e.to_string())?;
@@ -144,6 +163,14 @@ pub fn issue(dir: &Path, names: &[String], days: u32, expired: bool) -> Result<I
     write_private(&key_path, &key.serialize_pem())?;
     write_public(&cert_path, &cert.pem())?;
     Ok(Issued { ca: ca_pem, cert: cert_path, key: key_path, made_ca })
+}
+
+/// Whether `key` is the key of the certificate `cert_pem`: its public key (the DER of its
+/// SubjectPublicKeyInfo) stands in the certificate as it is.
+fn key_matches(key: &KeyPair, cert_pem: &str) -> bool {
+    let Ok(cert) = pem::parse(cert_pem) else { return false };
+    let public = rcgen::PublicKeyData::subject_public_key_info(key);
+    !public.is_empty() && cert.contents().windows(public.len()).any(|w| w == public.as_slice())
 }
 
 /// Writes a file whole: a new temporary file (never one left behind, never through a link,

@@ -373,3 +373,43 @@ fn answers_cannot_inject_lines() {
     let written: Vec<_> = std::fs::read_dir(dir.path()).unwrap().map(|e| e.unwrap().file_name()).collect();
     assert_eq!(written.len(), 0, "nothing written: {written:?}");
 }
+
+fn certs(dir: &Path, names: &[&str]) -> std::process::Output {
+    Command::new(BIN).args(["certs", "--dir", &path(dir)]).args(names).output().unwrap()
+}
+
+fn verifies(ca: &Path, cert: &Path) -> bool {
+    let out = Command::new("openssl").args(["verify", "-CAfile", &path(ca), &path(cert)]).output().unwrap();
+    out.status.success()
+}
+
+/// `pollux certs` run twice at once on one directory makes one CA, and every certificate
+/// verifies against it (two CAs made at once left 2-3 of 4 unverifiable); a ca.key that is not
+/// ca.pem's is refused instead of signing certificates that verify against nothing.
+#[test]
+fn certs_make_one_ca_and_refuse_a_foreign_key() {
+    let dir = tempdir();
+    let tls = dir.path().join("tls");
+    let runs: Vec<_> = ["a.test", "b.test", "c.test", "d.test"]
+        .into_iter()
+        .map(|name| {
+            let tls = tls.clone();
+            std::thread::spawn(move || certs(&tls, &[name]))
+        })
+        .collect();
+    for run in runs {
+        let out = run.join().unwrap();
+        assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+    }
+    for name in ["a.test", "b.test", "c.test", "d.test"] {
+        assert!(verifies(&tls.join("ca.pem"), &tls.join(format!("{name}.pem"))), "{name} does not verify");
+    }
+    let other = dir.path().join("other");
+    assert!(certs(&other, &["x.test"]).status.success());
+    std::fs::copy(other.join("ca.key"), tls.join("ca.key")).unwrap();
+    let out = certs(&tls, &["e.test"]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(!out.status.success(), "signed with a foreign key: {err}");
+    assert!(err.contains("is not the key of"), "{err}");
+    assert!(!tls.join("e.test.pem").exists());
+}

@@ -488,3 +488,45 @@ fn the_command_line_checks_its_url_and_follows_no_redirect() {
         assert!(!out.contains("maintenance:") && !out.contains("switched over"), "{command:?}: {out}");
     }
 }
+
+/// Every shell example of the docs that changes state through the API is run as written (the
+/// address made the test aggregator's): none is refused for its form (a missing
+/// `content-type: application/json` made them 415s).
+#[test]
+fn the_docs_state_changing_examples_run_as_written() {
+    let shared = tempdir();
+    let da = Aggregator::start(shared.path(), &[], &[]);
+    da.wait_active();
+    let addr = da.url.trim_start_matches("http://").to_owned();
+    let docs = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../docs");
+    let mut ran = 0;
+    for page in std::fs::read_dir(&docs).unwrap().map(|e| e.unwrap().path()) {
+        if page.extension().is_none_or(|x| x != "md") {
+            continue;
+        }
+        let text = std::fs::read_to_string(&page).unwrap();
+        for block in text.split("```sh\n").skip(1).filter_map(|b| b.split("```").next()) {
+            let changes = block.contains("curl") && (block.contains("-X PUT") || block.contains("-XPOST"));
+            if !changes || block.contains("example.net") {
+                continue;
+            }
+            let script = block
+                .replace("http://127.0.0.1:8581", &da.url)
+                .replace("localhost:8581", &addr)
+                .replace("cargo run --release --", BIN);
+            let out = Command::new("bash").args(["-c", &script]).output().unwrap();
+            let stdout = String::from_utf8_lossy(&out.stdout);
+            assert!(!stdout.contains("content type"), "{}:\n{block}\nanswered:\n{stdout}", page.display());
+            // The answers, one JSON value after another until the first text (pollux status).
+            let answers: Vec<serde_json::Value> =
+                serde_json::Deserializer::from_str(&stdout).into_iter().map_while(Result::ok).collect();
+            assert!(answers.len() >= 2, "{}: {block}\nanswered:\n{stdout}", page.display());
+            for answer in &answers {
+                let error = answer["error"].as_str().unwrap_or("");
+                assert!(error.is_empty() || error.starts_with("no event"), "{}: {answer}", page.display());
+            }
+            ran += 1;
+        }
+    }
+    assert!(ran >= 2, "the examples were found: {ran}");
+}

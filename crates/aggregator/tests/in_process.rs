@@ -290,3 +290,34 @@ fn the_rules_patterns_are_bounded() {
         .unwrap();
     assert_eq!(replaced.status().as_u16(), 200, "a rule replaced counts once");
 }
+
+/// A device's page shows every CPU, a DOWN banner while its last poll got no answer, and says
+/// so when `?item=` names no interface of it instead of silently showing another.
+#[test]
+fn a_device_page_shows_every_cpu_and_that_it_is_down() {
+    let shared = tempfile::tempdir().unwrap();
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    wait_active(&da.url);
+    let cycle = now() / 60 * 60 - 60;
+    let dto = |id: &str, family: &str, records: Value| json!({"id": id, "collector": "dc1", "family": family, "cycle": cycle, "interval": 60, "records": records});
+    let cpus = json!([
+        {"device": "r1", "item": "196608", "ts": cycle + 1, "values": {"util": 10.0}},
+        {"device": "r1", "item": "196609", "ts": cycle + 1, "values": {"util": 80.0}}]);
+    let down = json!([{"device": "r1", "item": "r1", "ts": cycle + 2, "values": {"reachable": 0.0}}]);
+    let port = json!([{"device": "r1", "item": "ge-0/0/1", "ts": cycle + 1, "values": {"in_bps": 5.0}}]);
+    for (id, family, records) in [("c.1", "CPU", cpus), ("a.1", "Availability", down), ("i.1", "Interface", port)] {
+        assert_eq!(put(&format!("{}/api/v1/dto/{id}", da.url), &dto(id, family, records)), 201);
+        wait_loaded(&da.url, id);
+    }
+    let page = |query: &str| {
+        agent().get(format!("{}/devices/r1{query}", da.url)).call().unwrap().body_mut().read_to_string().unwrap()
+    };
+    let html = page("");
+    assert!(
+        html.contains("CPU (2 processors)") && html.contains("CPU 196608") && html.contains("CPU 196609"),
+        "{html}"
+    );
+    assert!(html.contains("id=\"down\"") && html.contains("DOWN"), "{html}");
+    let html = page("?item=ge-9/9/9");
+    assert!(html.contains("has no interface ge-9/9/9; showing ge-0/0/1"), "{html}");
+}

@@ -54,4 +54,14 @@ document.addEventListener("submit", async (e) => {
   catch (err) { document.getElementById("rule-error").textContent = err.message; }
 });
 
-document.addEventListener("DOMContentLoaded", refreshStatus);
+// The events page: the acknowledger's name is remembered in this browser, and the page reloads
+// itself every 30 s unless the name is being typed.
+function eventsPage() {
+  const by = document.getElementById("ack-by");
+  if (!by) return;
+  by.value = localStorage.getItem("pollux.ack-by") || by.value;
+  by.addEventListener("change", () => localStorage.setItem("pollux.ack-by", by.value));
+  setInterval(() => { if (document.activeElement !== by) location.reload(); }, 30000);
+}
+
+document.addEventListener("DOMContentLoaded", () => { refreshStatus(); eventsPage(); });

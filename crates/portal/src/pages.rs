@@ -8,7 +8,7 @@ use axum::http::{header, StatusCode};
 use axum::response::{Html, IntoResponse, Response};
 use pollux_model::period::days_from_civil;
 use pollux_model::Resolution;
-use pollux_repository::{EventFilter, EventState, ItemFilter, Series, SeriesQuery, TopQuery};
+use pollux_repository::{EventFilter, EventState, ItemFilter, ItemInfo, Series, SeriesQuery, TopQuery};
 use std::collections::{BTreeMap, HashMap};
 use std::fmt::Write;
 use std::sync::Arc;
@@ -25,12 +25,19 @@ fn now() -> i64 {
 }
 
 /// The ranges a chart offers, and their length.
-const RANGES: [(&str, i64); 5] =
-    [("6h", 6 * 3600), ("24h", 86_400), ("7d", 7 * 86_400), ("30d", 30 * 86_400), ("1y", 365 * 86_400)];
+const RANGES: [(&str, i64); 7] = [
+    ("15m", 900),
+    ("1h", 3600),
+    ("6h", 6 * 3600),
+    ("24h", 86_400),
+    ("7d", 7 * 86_400),
+    ("30d", 30 * 86_400),
+    ("1y", 365 * 86_400),
+];
 
 fn range_of(params: &HashMap<String, String>, default: &'static str) -> (&'static str, i64) {
     let wanted = params.get("range").map(String::as_str).unwrap_or(default);
-    RANGES.iter().find(|(name, _)| *name == wanted).copied().unwrap_or(RANGES[1])
+    RANGES.iter().find(|(name, _)| *name == wanted).copied().unwrap_or(("24h", 86_400))
 }
 
 // ---------------------------------------------------------------------------- System Status
@@ -282,6 +289,7 @@ pub async fn device(
             let errors = last("in_errors").unwrap_or(0.0) + last("out_errors").unwrap_or(0.0);
             now_rows.push((item.clone(), last("in_bps"), last("out_bps"), last("in_util"), last("out_util"), errors));
         }
+        let unknown = chosen.clone().filter(|c| !interfaces.contains(c));
         let interface = chosen.filter(|c| interfaces.contains(c)).or_else(|| interfaces.first().cloned());
         let mut charts = Vec::new();
         if let Some(item) = &interface {
@@ -289,29 +297,50 @@ pub async fn device(
                 series("Interface", item, "in_bps", from, resolution)?,
                 series("Interface", item, "out_bps", from, resolution)?,
             );
-            charts.push((format!("{item}: in and out"), "bit/s", vec![("in_bps", a), ("out_bps", b)]));
+            charts.push((format!("{item}: in and out"), "bit/s", vec![("in_bps".into(), a), ("out_bps".into(), b)]));
             let (a, b) = (
                 series("Interface", item, "in_util", from, resolution)?,
                 series("Interface", item, "out_util", from, resolution)?,
             );
-            charts.push((format!("{item}: utilization"), "%", vec![("in_util", a), ("out_util", b)]));
+            charts.push((format!("{item}: utilization"), "%", vec![("in_util".into(), a), ("out_util".into(), b)]));
+        }
+        // Every CPU on one chart, a line each; the first memory and the device's availability.
+        let cpus: Vec<&ItemInfo> = items.iter().filter(|i| i.family == "CPU").collect();
+        if !cpus.is_empty() {
+            let mut lines = Vec::new();
+            for cpu in &cpus {
+                lines.push((format!("CPU {}", cpu.item), series("CPU", &cpu.item, "util", from, resolution)?));
+            }
+            charts.push((format!("CPU ({} processors)", cpus.len()), "%", lines));
         }
         for (family, metric, unit, label) in [
-            ("CPU", "util", "%", "CPU"),
             ("Memory", "used_pct", "%", "memory used"),
             ("Availability", "response_ms", "ms", "response time"),
             ("Availability", "reachable", "", "availability"),
         ] {
             if let Some(first) = items.iter().find(|i| i.family == family) {
                 let s = series(family, &first.item, metric, from, resolution)?;
-                charts.push((format!("{label} ({})", first.item), unit, vec![(metric, s)]));
+                charts.push((format!("{label} ({})", first.item), unit, vec![(metric.to_owned(), s)]));
             }
         }
+        // Down now: the last poll of the last 15 minutes got no answer.
+        let down_since = items.iter().find(|i| i.family == "Availability").and_then(|a| {
+            match series("Availability", &a.item, "reachable", to - 900, Resolution::Raw) {
+                Ok(Series::Raw(p)) => p.last().filter(|(_, v)| *v == 0.0).map(|(ts, _)| *ts),
+                _ => None,
+            }
+        });
+        let open = repo.events(&EventFilter {
+            state: Some(EventState::Open),
+            device: Some(device.clone()),
+            limit: 100,
+            ..EventFilter::default()
+        })?;
         let families: BTreeMap<String, usize> = items.iter().fold(BTreeMap::new(), |mut m, i| {
             *m.entry(i.family.clone()).or_default() += 1;
             m
         });
-        Ok(Some(DeviceData { now_rows, interface, charts, families, resolution }))
+        Ok(Some(DeviceData { now_rows, interface, unknown, charts, families, resolution, down_since, open }))
     })
     .await??;
     let Some(data) = data else {
@@ -319,6 +348,33 @@ pub async fn device(
     };
     let link = |item: &str, range: &str| format!("/devices/{}?item={}&range={range}", url_part(&name), url_part(item));
     let mut body = String::new();
+    if let Some(at) = data.down_since {
+        let _ = write!(body, "<p class=\"down\" id=\"down\">DOWN: the poll at {} got no answer.</p>", time(at));
+    }
+    if !data.open.is_empty() {
+        body.push_str("<h2>Open events</h2><ul id=\"device-events\">");
+        for e in &data.open {
+            let _ = write!(
+                body,
+                "<li><span class=\"sev {sev}\">{sev}</span> {} on {} since {} (<a href=\"/events?device={}\">events</a>)</li>",
+                esc(&e.rule_name),
+                esc(&e.item),
+                time(e.opened_at),
+                url_part(&name),
+                sev = e.severity.name(),
+            );
+        }
+        body.push_str("</ul>");
+    }
+    if let Some(unknown) = &data.unknown {
+        let _ = write!(
+            body,
+            "<p class=\"error\">{} has no interface {}; showing {}.</p>",
+            esc(&name),
+            esc(unknown),
+            esc(data.interface.as_deref().unwrap_or("none"))
+        );
+    }
     let fams: Vec<String> = data.families.iter().map(|(f, n)| format!("{} {}", n, esc(f))).collect();
     let _ =
         write!(body, "<p>Items: {}. Resolution: {}.</p><p class=\"ranges\">", fams.join(", "), data.resolution.name());
@@ -329,7 +385,7 @@ pub async fn device(
     }
     body.push_str("</p><div class=\"charts\">");
     for (title, unit, lines) in &data.charts {
-        let lines: Vec<Line<'_>> = lines.iter().map(|(label, series)| Line { label, series }).collect();
+        let lines: Vec<Line<'_>> = lines.iter().map(|(label, series)| Line { label: label.as_str(), series }).collect();
         body.push_str(&chart::render(title, unit, from, to, &lines));
     }
     body.push_str("</div><h2>Interfaces</h2><table><tr><th>Interface</th><th>In</th><th>Out</th><th>In util.</th><th>Out util.</th><th>Errors/s</th></tr>");
@@ -354,16 +410,21 @@ pub async fn device(
 /// An interface's latest values: item, in and out bit/s, in and out utilization, errors/s.
 type InterfaceNow = (String, Option<f64>, Option<f64>, Option<f64>, Option<f64>, f64);
 /// A chart: title, unit, and its lines (label, series).
-type Chart = (String, &'static str, Vec<(&'static str, Series)>);
+type Chart = (String, &'static str, Vec<(String, Series)>);
 /// A line of the percentile report: device, item, samples, in and out 95th percentiles.
 type PercentileRow = (String, String, usize, Option<f64>, Option<f64>);
 
 struct DeviceData {
     now_rows: Vec<InterfaceNow>,
     interface: Option<String>,
+    /// An `?item=` that is no interface of the device (the page says so, and shows another).
+    unknown: Option<String>,
     charts: Vec<Chart>,
     families: BTreeMap<String, usize>,
     resolution: Resolution,
+    /// When the last poll that got no answer was, if the device is down now.
+    down_since: Option<i64>,
+    open: Vec<pollux_repository::Event>,
 }
 
 // ---------------------------------------------------------------------------------- Top-N
@@ -450,12 +511,11 @@ pub async fn events(State(app): State<Arc<dyn Source>>, Query(params): Params) -
         };
         let _ = write!(
             body,
-            "<tr data-event=\"{}\"><td>{}</td><td><span class=\"state {state}\">{state}</span></td><td>{}</td><td>{}</td>\
+            "<tr data-event=\"{}\"><td>{}</td><td><span class=\"state {state}\">{state}</span></td><td><span class=\"sev {sev}\">{sev}</span></td><td>{}</td>\
              <td><a href=\"/devices/{}\">{}</a></td><td>{}</td><td class=\"ts\" data-ts=\"{}\">{}</td><td>{} {} {} (peak {})</td>\
              <td>{}</td><td>{ack}</td></tr>",
             e.id,
             e.id,
-            e.severity.name(),
             esc(&e.rule_name),
             url_part(&e.device),
             esc(&e.device),
@@ -467,6 +527,7 @@ pub async fn events(State(app): State<Arc<dyn Source>>, Query(params): Params) -
             human(e.threshold),
             human(e.peak),
             e.cleared_at.map_or("-".into(), |t| format!("{} ({})", time(t), esc(e.cleared_by.as_deref().unwrap_or("")))),
+            sev = e.severity.name(),
         );
     }
     if events.is_empty() {

@@ -1,4 +1,6 @@
-//! Forwarding: every request to the current active, bodies streamed, hop-by-hop headers dropped.
+//! Forwarding: every request to the current active, bodies streamed, hop-by-hop headers dropped
+//! and the HTTP version the proxy's own on each side (so its listener keeps each client's
+//! connection as that client asked, HTTP/1.0 keep-alive included).
 
 use crate::health::Backends;
 use bytes::Bytes;
@@ -76,6 +78,10 @@ async fn handle(req: Request<TimedBody>, backends: &Backends, client: &Client<Co
     };
     let (mut parts, body) = req.into_parts();
     parts.uri = uri;
+    // The version, like the headers below, is the client's hop: the proxy speaks HTTP/1.1 to
+    // the active whatever the client speaks, so its pooled connections are kept (an HTTP/1.0
+    // request without keep-alive would make the active close each one).
+    parts.version = hyper::Version::HTTP_11;
     strip_hop_by_hop(&mut parts.headers);
     parts.headers.remove(hyper::header::HOST);
     let request = client.request(Request::from_parts(parts, body));
@@ -95,6 +101,11 @@ async fn handle(req: Request<TimedBody>, backends: &Backends, client: &Client<Co
     match forwarded {
         Ok(response) => {
             let (mut parts, body) = response.into_parts();
+            // The active's version and connection headers are about the proxy's connection to
+            // it. Answered as HTTP/1.1, the listener downgrades to the client's version and
+            // keeps the connection as the client asked (an HTTP/1.0 `Connection: keep-alive`
+            // included); an HTTP/1.0 answer without `Connection: keep-alive` would close it.
+            parts.version = hyper::Version::HTTP_11;
             strip_hop_by_hop(&mut parts.headers);
             Response::from_parts(parts, body.boxed())
         }

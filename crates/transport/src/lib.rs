@@ -8,6 +8,8 @@
 //!   connection task (tracked; freed when it ends)
 //!     ├─ request head must arrive within idle_timeout (after connecting or the last answer)
 //!     ├─ request body must arrive whole within body_timeout          ([`TimedBody`])
+//!     ├─ a body its handler answered without reading is read to its end and dropped (within
+//!     │  body_timeout, at most [`DRAIN_LIMIT`]): the answer is not lost to a reset
 //!     ├─ no byte moved for idle_timeout while no handler runs: closed (a client that never
 //!     │  reads its answer)
 //!     └─ shutdown: graceful, then dropped after [`SHUTDOWN_GRACE`]
@@ -25,7 +27,7 @@ mod body;
 pub mod tls;
 mod watch;
 
-pub use body::{is_body_timeout, BodyTimeout, BoxError, TimedBody};
+pub use body::{is_body_timeout, BodyTimeout, BoxError, TimedBody, DRAIN_LIMIT};
 pub use tls::{ClientTls, ServerTls, TlsError};
 
 use hyper::body::Incoming;
@@ -227,7 +229,19 @@ pub async fn serve<S, B>(
     }
 }
 
+/// What an axum extractor that buffers a body (`Bytes`, `String`, `Json`) takes at most, unless a
+/// route sets its own `DefaultBodyLimit`. Set here explicitly (it is axum's default) so that the
+/// 413 can name it.
+pub const ROUTER_BODY_LIMIT: usize = 2 << 20;
+
+/// Largest plain-text refusal of axum's that is rewritten as JSON; its own are one line.
+const MAX_REJECTION_TEXT: u64 = 4 << 10;
+
 /// [`serve`] for an axum router (the aggregator's API, the collector's metrics).
+///
+/// axum's own refusals (an extractor's rejection: a body over [`ROUTER_BODY_LIMIT`], a path or
+/// query that does not parse) are plain text; they are answered as JSON `{"error": "..."}`
+/// here, as every other refusal is, so that a client reading the error of one reads all of them.
 pub async fn serve_router(
     listener: TcpListener,
     tls: Option<ServerTls>,
@@ -237,11 +251,53 @@ pub async fn serve_router(
     shutdown: CancellationToken,
 ) {
     use tower_service::Service as _;
+    let router = router
+        .layer(axum::middleware::map_response(json_rejection))
+        .layer(axum::extract::DefaultBodyLimit::max(ROUTER_BODY_LIMIT));
     let service = hyper::service::service_fn(move |req: Request<TimedBody>| {
         // A router is always ready; each request gets its own clone, as axum::serve does.
         router.clone().call(req.map(axum::body::Body::new))
     });
     serve(listener, tls, service, limits, stats, shutdown).await
+}
+
+/// A plain-text refusal with a status axum's extractors answer (400, 413, 415, 422) as JSON
+/// `{"error": "<the text>"}`; a 413 names [`ROUTER_BODY_LIMIT`]. Anything else is left as it is
+/// (a handler's own text answers, such as a collector's 401, are not axum's rejections).
+async fn json_rejection(response: axum::response::Response) -> axum::response::Response {
+    use axum::http::{header, HeaderValue, StatusCode};
+    use hyper::body::Body as _;
+    let status = response.status();
+    let rejection = matches!(
+        status,
+        StatusCode::BAD_REQUEST
+            | StatusCode::PAYLOAD_TOO_LARGE
+            | StatusCode::UNSUPPORTED_MEDIA_TYPE
+            | StatusCode::UNPROCESSABLE_ENTITY
+    );
+    let plain = response
+        .headers()
+        .get(header::CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|v| v.trim_start().to_ascii_lowercase().starts_with("text/plain"));
+    let small = response.body().size_hint().upper().is_some_and(|n| n <= MAX_REJECTION_TEXT);
+    if !(rejection && plain && small) {
+        return response;
+    }
+    let (mut parts, body) = response.into_parts();
+    let text = match axum::body::to_bytes(body, MAX_REJECTION_TEXT as usize).await {
+        Ok(bytes) => String::from_utf8_lossy(&bytes).trim().to_owned(),
+        Err(e) => e.to_string(),
+    };
+    let error = if status == StatusCode::PAYLOAD_TOO_LARGE {
+        format!("body over the limit of {ROUTER_BODY_LIMIT} bytes of this endpoint ({text})")
+    } else {
+        text
+    };
+    let json = serde_json::json!({ "error": error }).to_string();
+    parts.headers.insert(header::CONTENT_TYPE, HeaderValue::from_static("application/json"));
+    parts.headers.remove(header::CONTENT_LENGTH);
+    axum::response::Response::from_parts(parts, axum::body::Body::from(json))
 }
 
 /// The TLS handshake, the first byte included, within `limit` of the accept. A client that
@@ -310,7 +366,9 @@ async fn serve_connection<IO, S, B>(
         let activity = activity.clone();
         hyper::service::service_fn(move |req: Request<Incoming>| {
             let running = activity.handler_started();
-            let call = service.call(req.map(|body| TimedBody::new(body, body_timeout)));
+            let expects_continue = expects_continue(&req);
+            let call =
+                service.call(req.map(|body| TimedBody::new(body, body_timeout).expecting_continue(expects_continue)));
             async move {
                 let response = call.await;
                 drop(running);
@@ -349,6 +407,13 @@ async fn serve_connection<IO, S, B>(
             }
         }
     }
+}
+
+/// True when the client waits for `100 Continue` before it sends the body (as hyper reads it:
+/// HTTP/1.1 and `Expect: 100-continue`).
+fn expects_continue<B>(req: &Request<B>) -> bool {
+    req.version() == hyper::Version::HTTP_11
+        && req.headers().get(hyper::header::EXPECT).is_some_and(|v| v.as_bytes().eq_ignore_ascii_case(b"100-continue"))
 }
 
 /// Runs `reload` on the blocking pool at every SIGHUP until `stop` (the token files; the

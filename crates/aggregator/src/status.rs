@@ -182,6 +182,14 @@ impl StatusSources {
                 }
             }
         }
+        if let Ok(stats) = &repo {
+            if stats.failing_rollups > 0 {
+                problems.push(format!(
+                    "{} rollup periods keep failing and wait for a retry (the others go on): see the log",
+                    stats.failing_rollups
+                ));
+            }
+        }
         if dto_backlog > 0 && load_lag > STUCK_AFTER.as_secs_f64() {
             problems.push(format!(
                 "the oldest of {dto_backlog} stored DTOs has waited {load_lag:.0}s to be loaded (over {}s)",
@@ -206,6 +214,7 @@ impl StatusSources {
                 bytes: s.bytes,
                 loaded_dtos: s.loaded_dtos,
                 pending_rollups: s.pending_rollups,
+                failing_rollups: s.failing_rollups,
                 items: s.items,
                 replaced_records: s.replaced_records,
                 error: None,

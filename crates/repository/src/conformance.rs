@@ -44,7 +44,8 @@ macro_rules! conformance_tests {
             digests_are_kept, records_under_two_ids_are_counted, an_event_commits_with_its_data,
             a_fenced_load_writes_no_event, rule_changes_clear_open_events, late_polls_are_not_evaluated,
             baselines_come_from_past_weeks, the_outbox_delivers_in_order_and_is_bounded,
-            a_failed_batch_leaves_no_rule_match_behind);
+            a_failed_batch_leaves_no_rule_match_behind, extreme_values_roll_up_and_rank,
+            saturated_hours_make_no_baseline);
     };
     (@run each $make:expr; $($check:ident),*) => {
         $(
@@ -633,6 +634,36 @@ pub fn baselines_come_from_past_weeks(repo: &dyn Repository) {
     assert_eq!((events.len(), events[0].value, events[0].op.as_str()), (1, 120.0, "above_baseline"));
 }
 
+/// An hour whose sum saturated (two of the largest doubles: `+inf`) is not a baseline: without
+/// that, its mean would be `+inf` with no spread, and every poll below it. The other weeks
+/// still make one.
+pub fn saturated_hours_make_no_baseline(repo: &dyn Repository) {
+    prepare(repo, 1);
+    const WEEK: i64 = 7 * 86_400;
+    let hour = T0 + 4 * WEEK + 9 * 3600;
+    repo.create_rule(1, &rule("below_baseline", 3.0, 1)).unwrap();
+    let week_of = |weeks_back: i64, values: &[f64]| {
+        for (i, v) in values.iter().enumerate() {
+            let cycle = hour - weeks_back * WEEK + i as i64 * INTERVAL;
+            repo.load(1, &[dto(&format!("w{weeks_back}-{i}"), cycle, &[("r1", "ge-0", *v)])]).unwrap();
+        }
+    };
+    week_of(3, &[f64::MAX, f64::MAX]);
+    week_of(2, &[f64::MAX, f64::MAX]);
+    while repo.roll_up(1, NOW + 5 * WEEK, &RollupPolicy::immediate(Duration::ZERO), 1000).unwrap().more {}
+    repo.load(1, &[dto("now-1", hour, &[("r1", "ge-0", 100.0)])]).unwrap();
+    assert!(all_events(repo).is_empty(), "saturated hours are no baseline: {:?}", all_events(repo));
+    week_of(1, &[90.0, 110.0, 100.0]);
+    week_of(4, &[95.0, 105.0, 100.0]);
+    while repo.roll_up(1, NOW + 5 * WEEK, &RollupPolicy::immediate(Duration::ZERO), 1000).unwrap().more {}
+    // Mean 100, deviation sqrt(250/6) ≈ 6.45: 3 deviations below is 80.6.
+    repo.load(1, &[dto("now-2", hour + INTERVAL, &[("r1", "ge-0", 81.0)])]).unwrap();
+    assert!(all_events(repo).is_empty(), "81 is within 3 deviations");
+    repo.load(1, &[dto("now-3", hour + 2 * INTERVAL, &[("r1", "ge-0", 80.0)])]).unwrap();
+    let events = all_events(repo);
+    assert_eq!((events.len(), events[0].value, events[0].op.as_str()), (1, 80.0, "below_baseline"));
+}
+
 pub fn the_outbox_delivers_in_order_and_is_bounded(repo: &dyn Repository) {
     prepare(repo, 1);
     repo.create_rule(1, &rule(">", 100.0, 1)).unwrap();
@@ -672,4 +703,228 @@ pub fn a_failed_batch_leaves_no_rule_match_behind(repo: &dyn Repository) {
     assert!(all_events(repo).is_empty());
     assert_eq!(repo.load(1, &[dto("x", T0 + INTERVAL, &[("xa", "ge-0", 500.0)])]).unwrap().transitions, 1);
     assert_eq!(all_events(repo)[0].device, "xa");
+}
+
+/// A series of one metric of Interface item r1/`item` at `resolution` over `[from, to)`.
+fn series_of(repo: &dyn Repository, item: &str, metric: &str, resolution: Resolution, from: i64, to: i64) -> Series {
+    let query = SeriesQuery {
+        family: "Interface".into(),
+        device: "r1".into(),
+        item: item.into(),
+        metric: metric.into(),
+        from,
+        to,
+        resolution,
+    };
+    repo.series(&query).unwrap_or_else(|e| panic!("{item} {metric} {}: {e}", resolution.name()))
+}
+
+fn rollup_points(repo: &dyn Repository, item: &str, metric: &str, resolution: Resolution) -> Vec<crate::RollupPoint> {
+    match series_of(repo, item, metric, resolution, T0, T0 + 7 * 86_400) {
+        Series::Rollup(points) => points,
+        other => panic!("{item} {}: {other:?}", resolution.name()),
+    }
+}
+
+/// The same bits, but for the sign of a zero: SQLite's REAL columns store every whole-numbered
+/// double as an integer, so `-0.0` comes back `0.0` there (PostgreSQL keeps the sign).
+fn same_value(got: f64, want: f64) -> bool {
+    got.to_bits() == want.to_bits() || (want == 0.0 && got == 0.0)
+}
+
+/// Top-N answers are ranked by average, highest first; an average that is not a number
+/// (`+inf` and `-inf` met in one sum) comes last.
+fn assert_ranked(entries: &[crate::TopEntry], what: &str) {
+    let ranked = entries.windows(2).all(|w| w[1].avg.is_nan() || w[0].avg >= w[1].avg);
+    assert!(ranked, "{what}: not ranked by average: {entries:?}");
+}
+
+/// Values at the edges of what a double holds (beyond the square root of the largest, the
+/// largest of both signs, the smallest subnormal, a negative zero) loaded into one hour among
+/// ordinary values: they load and read back bit for bit, every period rolls up (the hour
+/// after, its day, its week: one bad value never stops rollups), minimum and maximum are exact,
+/// a sum beyond the range saturates to an infinity, and top-N ranks without an error.
+pub fn extreme_values_roll_up_and_rank(repo: &dyn Repository) {
+    prepare(repo, 1);
+    let hour = T0;
+    let edge = [3.0, 1e200, 7.0, -1.7e308, 1.7e308, 5e-324, -0.0, 11.0, 1e-200, -5e-324, 2.5, 1.0];
+    // (item, value in cycle c of the hour): out_bps is the negation, so both signs are seen.
+    let first_hour = |c: usize| -> Vec<(&'static str, f64)> {
+        vec![
+            ("ge-0", 10.0 + c as f64),
+            ("edge", edge[c]),
+            ("max", f64::MAX),
+            ("tiny", if c == 0 { 5e-324 } else { -0.0 }),
+        ]
+    };
+    let make = |id: String, cycle: i64, values: &[(&str, f64)]| Dto {
+        id,
+        collector: "dc1".into(),
+        family: "Interface".into(),
+        cycle,
+        interval: INTERVAL as u32,
+        metrics: vec!["in_bps".into(), "out_bps".into()],
+        records: values
+            .iter()
+            .enumerate()
+            .map(|(i, (item, v))| Record {
+                device: "r1".into(),
+                item: (*item).into(),
+                ts: cycle + 10 + i as i64,
+                values: vec![Some(*v), Some(-*v)],
+            })
+            .collect(),
+    };
+    let mut loaded: Vec<Dto> =
+        (0..12).map(|c| make(format!("x{c}"), hour + c as i64 * INTERVAL, &first_hour(c))).collect();
+    // The following hour: ordinary values, and the largest negative double for "max" (its day
+    // then sums +inf and -inf).
+    for c in 0..2 {
+        let values = [("ge-0", 100.0 + 2.0 * c as f64), ("edge", 5.0), ("max", f64::MIN), ("tiny", 5e-324)];
+        loaded.push(make(format!("y{c}"), hour + 3600 + c * INTERVAL, &values));
+    }
+    // And an ordinary value the next day.
+    loaded.push(make("z".into(), hour + 86_400 + 3600, &[("ge-0", 50.0)]));
+    for d in &loaded {
+        repo.load(1, std::slice::from_ref(d)).unwrap_or_else(|e| panic!("loading {}: {e}", d.id));
+    }
+    let top = |from: i64, to: i64, what: &str| {
+        let query = TopQuery { family: "Interface".into(), metric: "in_bps".into(), from, to, n: 10 };
+        let entries = repo.top(&query).unwrap_or_else(|e| panic!("top-N {what}: {e}"));
+        assert_eq!(entries.len(), 4, "{what}: {entries:?}");
+        assert_ranked(&entries, what);
+        entries
+    };
+    let names = |entries: &[crate::TopEntry]| entries.iter().map(|e| e.item.clone()).collect::<Vec<_>>();
+    // Before the rollup, from raw data.
+    let raw_top = top(hour, hour + 3600, "the pending hour, from raw data");
+    assert_eq!(names(&raw_top), ["max", "edge", "ge-0", "tiny"]);
+    assert_eq!(raw_top[0].avg, f64::INFINITY, "a sum beyond the range saturates: {raw_top:?}");
+    assert_eq!(raw_top[2].avg, 15.5);
+
+    for round in 0.. {
+        assert!(round < 100, "rollups never finish");
+        let progress = repo
+            .roll_up(1, NOW, &RollupPolicy::immediate(Duration::ZERO), 100)
+            .unwrap_or_else(|e| panic!("roll_up: {e}"));
+        if !progress.more {
+            break;
+        }
+    }
+    assert_eq!(repo.stats().unwrap().pending_rollups, 0, "every period is rolled up");
+    repo.compact(1, NOW, 1000).unwrap();
+    repo.expire(1, NOW, &Retention::default()).unwrap();
+
+    // Raw values read back as they were sent.
+    let mut sent: BTreeMap<(String, i64), Vec<f64>> = BTreeMap::new();
+    for d in &loaded {
+        for r in &d.records {
+            sent.insert((r.item.clone(), r.ts), r.values.iter().map(|v| v.unwrap()).collect());
+        }
+    }
+    let mut stored = 0;
+    repo.raw_records("Interface", &mut |r| {
+        let want = &sent[&(r.item.clone(), r.ts)];
+        let columns = repo.family_columns("Interface").unwrap();
+        for (metric, want) in ["in_bps", "out_bps"].iter().zip(want) {
+            let got = r.values[columns.iter().position(|c| c == metric).unwrap()].unwrap();
+            assert!(same_value(got, *want), "{} {metric} at {}: stored {got:e}, sent {want:e}", r.item, r.ts);
+        }
+        stored += 1;
+    })
+    .unwrap();
+    assert_eq!(stored, sent.len());
+    for item in ["ge-0", "edge", "max", "tiny"] {
+        let Series::Raw(points) = series_of(repo, item, "in_bps", Resolution::Raw, T0, NOW) else { panic!() };
+        let want: Vec<(i64, f64)> =
+            sent.iter().filter(|((i, _), _)| i == item).map(|((_, ts), v)| (*ts, v[0])).collect();
+        assert_eq!(points.len(), want.len(), "{item}");
+        for (got, want) in points.iter().zip(&want) {
+            assert!(got.0 == want.0 && same_value(got.1, want.1), "{item}: read {got:?}, sent {want:?}");
+        }
+    }
+
+    // Minimum and maximum are exact at every resolution; sums beyond the range saturate.
+    for metric in ["in_bps", "out_bps"] {
+        for resolution in Resolution::ROLLUPS {
+            let points = rollup_points(repo, "edge", metric, resolution);
+            let first = points.first().unwrap_or_else(|| panic!("edge {metric} {}: no rollup", resolution.name()));
+            assert_eq!((first.min.to_bits(), first.max.to_bits()), ((-1.7e308f64).to_bits(), 1.7e308f64.to_bits()));
+            assert_eq!(first.count, if resolution == Resolution::Hour { 12 } else { 14 });
+        }
+    }
+    let edge_hour = rollup_points(repo, "edge", "in_bps", Resolution::Hour);
+    assert_eq!(edge_hour.len(), 2, "{edge_hour:?}");
+    let close = |a: f64, b: f64| (a - b).abs() <= 1e-12 * b.abs();
+    assert!(close(edge_hour[0].avg, 1e200 / 12.0), "the largest values cancel: {edge_hour:?}");
+    let max_hours = rollup_points(repo, "max", "in_bps", Resolution::Hour);
+    assert_eq!(max_hours.len(), 2);
+    assert_eq!((max_hours[0].min, max_hours[0].max, max_hours[0].avg), (f64::MAX, f64::MAX, f64::INFINITY));
+    assert_eq!((max_hours[1].min, max_hours[1].max, max_hours[1].avg), (f64::MIN, f64::MIN, f64::NEG_INFINITY));
+    for resolution in [Resolution::Day, Resolution::Week] {
+        let p = rollup_points(repo, "max", "out_bps", resolution);
+        assert_eq!((p.len(), p[0].min, p[0].max, p[0].count), (1, f64::MIN, f64::MAX, 14), "{p:?}");
+        assert!(p[0].avg.is_nan(), "+inf and -inf in one sum: {p:?}");
+    }
+    let tiny = rollup_points(repo, "tiny", "in_bps", Resolution::Hour);
+    assert_eq!(tiny[0].max.to_bits(), 5e-324f64.to_bits(), "{tiny:?}");
+    assert!(same_value(tiny[0].min, -0.0) && tiny[0].count == 12, "{tiny:?}");
+
+    // An ordinary item beside them rolls up as it would alone.
+    let compared = rollups_match_raw_by_resolution(repo, "Interface", "in_bps", "r1", "ge-0", T0, T0 + 7 * 86_400);
+    assert_eq!(compared.unwrap(), [3, 2, 1], "hours, days and the week of ge-0");
+    let ordinary = rollup_points(repo, "ge-0", "in_bps", Resolution::Hour);
+    assert_eq!((ordinary[0].min, ordinary[0].max, ordinary[0].avg, ordinary[0].count), (10.0, 21.0, 15.5, 12));
+
+    // Top-N: one rolled-up hour, two hours, and a range read from raw data.
+    let one = top(hour, hour + 3600, "one rolled-up hour");
+    assert_eq!(names(&one), ["max", "edge", "ge-0", "tiny"]);
+    assert_eq!((one[0].avg, one[0].min, one[0].max), (f64::INFINITY, f64::MAX, f64::MAX));
+    assert!(close(one[1].avg, 1e200 / 12.0), "{one:?}");
+    assert_eq!((one[2].avg, one[2].min, one[2].max, one[2].count), (15.5, 10.0, 21.0, 12));
+    assert_eq!((one[3].max.to_bits(), one[3].avg), (5e-324f64.to_bits(), 0.0), "{one:?}");
+    let two = top(hour, hour + 7200, "two rolled-up hours");
+    assert_eq!(names(&two), ["edge", "ge-0", "tiny", "max"]);
+    assert!(two[3].avg.is_nan() && two[3].count == 14, "+inf and -inf: {two:?}");
+    assert_eq!(two[1].avg, (186.0 + 202.0) / 14.0);
+    let unaligned = top(hour + 60, hour + 3660, "a range not on hour boundaries");
+    assert_eq!(names(&unaligned), ["max", "edge", "ge-0", "tiny"]);
+    assert_eq!(unaligned[0].avg, f64::INFINITY);
+}
+
+/// A pending period that fails for good (made so by `break_period`, given the period's start,
+/// which is before any data) does not hold up the others, nor compaction and retention: it is
+/// counted, stays pending, and is tried again after a backoff, failing quietly meanwhile.
+/// Not in [`conformance_tests!`]: each backend breaks a period its own way.
+pub fn a_failing_period_does_not_block_the_others(repo: &dyn Repository, break_period: &dyn Fn(i64)) {
+    prepare(repo, 1);
+    for c in 0..24 {
+        let cycle = T0 + c * INTERVAL;
+        repo.load(1, &[dto(&format!("f{c}"), cycle, &[("r1", "ge-0", c as f64)])]).unwrap();
+    }
+    break_period(T0 - 3600);
+    let policy = RollupPolicy::immediate(Duration::ZERO);
+    let mut rounds = 0;
+    while repo.roll_up(1, NOW, &policy, 2).unwrap_or_else(|e| panic!("roll_up: {e}")).more {
+        rounds += 1;
+        assert!(rounds < 100, "rollups never finish");
+    }
+    let stats = repo.stats().unwrap();
+    assert_eq!((stats.pending_rollups, stats.failing_rollups), (1, 1), "only the broken period is left");
+    let compared = rollups_match_raw_by_resolution(repo, "Interface", "in_bps", "r1", "ge-0", T0, T0 + 7 * 86_400);
+    assert_eq!(compared.unwrap(), [2, 1, 1], "the hours after it, their day and week");
+    repo.compact(1, NOW, 100).unwrap();
+    repo.expire(1, NOW, &Retention::default()).unwrap();
+    // Within its backoff it is not tried; after it, it is, and fails again without an error.
+    assert_eq!(repo.roll_up(1, NOW + 59, &policy, 100).unwrap(), crate::Progress { done: 0, more: false });
+    assert_eq!(repo.roll_up(1, NOW + 3600, &policy, 100).unwrap(), crate::Progress { done: 0, more: false });
+    assert_eq!(repo.stats().unwrap().failing_rollups, 1);
+    // New data still rolls up.
+    repo.load(1, &[dto("later", T0 + 2 * 3600, &[("r1", "ge-0", 9.0)])]).unwrap();
+    repo.roll_up(1, NOW + 3600, &policy, 100).unwrap();
+    assert_eq!(repo.stats().unwrap().pending_rollups, 1);
+    let compared = rollups_match_raw_by_resolution(repo, "Interface", "in_bps", "r1", "ge-0", T0, T0 + 7 * 86_400);
+    assert_eq!(compared.unwrap(), [3, 1, 1]);
+    // An outage is not a failure of the period: a fenced writer still stops.
+    assert!(matches!(repo.roll_up(0, NOW + 7200, &policy, 100), Err(RepoError::Fenced { .. })));
 }

@@ -483,6 +483,10 @@ pub fn none_yet<T: Default>(read: Result<T>) -> Result<T> {
     }
 }
 
+/// One period's statistics of one metric. `min` and `max` are exact. `avg` is the period's sum
+/// over its count: a sum beyond the range of a double is `+inf` or `-inf` (so is then the
+/// average), and one that meets both (in a day or week of such hours) is NaN. Both backends
+/// agree on this; neither fails on any finite value.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct RollupPoint {
     pub period: UnixSeconds,
@@ -501,6 +505,8 @@ pub struct TopQuery {
     pub n: usize,
 }
 
+/// One item of a top-N answer; `avg` as in [`RollupPoint`]. Entries come highest average
+/// first, and an average that is NaN last.
 #[derive(Debug, Clone, PartialEq)]
 pub struct TopEntry {
     pub device: String,
@@ -518,6 +524,9 @@ pub struct RepoStats {
     pub bytes: u64,
     pub loaded_dtos: u64,
     pub pending_rollups: u64,
+    /// Pending rollup periods whose last attempt failed (logged), waiting to be tried again
+    /// (see [`Repository::roll_up`]); included in `pending_rollups`.
+    pub failing_rollups: u64,
     pub items: u64,
     /// Records ever replaced by another DTO's record for the same item and cycle (see
     /// [`LoadReport::replaced`]); 0 unless two DTO ids carried the same data.
@@ -628,6 +637,13 @@ pub trait Repository: Send + Sync {
 
     /// Recomputes the pending rollup periods that `policy` says are due at `now`, finest
     /// resolution first, at most `budget` periods per call.
+    ///
+    /// No value makes a period fail: sums that would overflow saturate to an infinity (see
+    /// [`RollupPoint`]). A period that fails nonetheless, with an error that is not an outage,
+    /// does not hold up the others: it is logged with the error, stays pending, and is tried
+    /// again after a backoff (one minute, doubling up to an hour), while this call goes on with
+    /// the other due periods ([`RepoStats::failing_rollups`] counts such periods). An outage
+    /// ([`Action::Retry`]) or a fenced writer ends the call with its error, as any write does.
     fn roll_up(&self, epoch: Epoch, now: UnixSeconds, policy: &RollupPolicy, budget: usize) -> Result<Progress>;
     /// Moves raw data of cycles that started before `before` from the time-ordered recent
     /// tables into the item-ordered history tables, at most `budget` cycles per call.

@@ -24,8 +24,14 @@ pub struct HourStats {
 
 /// Pools the samples of the given hours: their mean and (population) standard deviation.
 /// `None` with fewer than [`MIN_WEEKS`] hours holding data.
+///
+/// The repository saturates a sum or sum of squares beyond the range of a double to `+inf` (or
+/// `-inf`, or NaN for both): one value beyond about 1.3e154 does it for the squares. Such an
+/// hour counts as one without data, and pooled figures that overflow make no baseline: a mean
+/// or spread that is not finite would make every poll violate, or none.
 pub fn baseline(hours: &[HourStats]) -> Option<Baseline> {
-    let with_data: Vec<_> = hours.iter().filter(|h| h.count > 0).collect();
+    let with_data: Vec<_> =
+        hours.iter().filter(|h| h.count > 0 && h.sum.is_finite() && h.sum_squares.is_finite()).collect();
     if with_data.len() < MIN_WEEKS {
         return None;
     }
@@ -35,7 +41,8 @@ pub fn baseline(hours: &[HourStats]) -> Option<Baseline> {
     let mean = sum / n;
     // Rounding can leave a tiny negative variance for constant data.
     let variance = (squares / n - mean * mean).max(0.0);
-    Some(Baseline { mean, stddev: variance.sqrt() })
+    let stddev = variance.sqrt();
+    (mean.is_finite() && stddev.is_finite()).then_some(Baseline { mean, stddev })
 }
 
 #[cfg(test)]
@@ -67,6 +74,24 @@ mod tests {
     fn constant_data_has_no_spread() {
         let b = baseline(&[hour(&[0.1; 12]), hour(&[0.1; 12])]).unwrap();
         assert!(b.stddev < 1e-7, "no more than rounding: {b:?}");
+    }
+
+    /// Hours whose figures saturated do not count; pooled figures that overflow are no
+    /// baseline. (Before: a mean of +inf with no spread, which every poll is below.)
+    #[test]
+    fn saturated_hours_are_left_out() {
+        let saturated = hour(&[f64::MAX, f64::MAX]);
+        assert_eq!((saturated.sum, saturated.sum_squares), (f64::INFINITY, f64::INFINITY));
+        let squares_only = hour(&[1e200, 1.0]);
+        assert!(squares_only.sum.is_finite() && squares_only.sum_squares.is_infinite());
+        let nan = HourStats { count: 2, sum: f64::NAN, sum_squares: f64::INFINITY };
+        assert_eq!(baseline(&[saturated, saturated, squares_only, nan]), None);
+        let b = baseline(&[saturated, hour(&[10.0, 20.0]), nan, hour(&[30.0, 40.0])]).unwrap();
+        assert_eq!(b.mean, 25.0, "from the hours that did not saturate");
+        // Each hour finite (squares of 1e308, sums of 1.7e308), their pool not.
+        assert!(hour(&[1e154]).sum_squares.is_finite() && hour(&[1.7e308]).sum.is_finite());
+        assert_eq!(baseline(&[hour(&[1e154]), hour(&[1e154])]), None);
+        assert_eq!(baseline(&[hour(&[1.7e308]), hour(&[1.7e308])]), None, "its square alone saturates");
     }
 
     #[test]

@@ -134,6 +134,9 @@ pub struct RepositoryView {
     pub bytes: u64,
     pub loaded_dtos: u64,
     pub pending_rollups: u64,
+    /// Pending rollup periods that failed for a reason other than an outage and wait for a
+    /// later retry (the others go on).
+    pub failing_rollups: u64,
     pub items: u64,
     pub replaced_records: u64,
     pub error: Option<String>,

@@ -32,6 +32,7 @@
 //! keeps its batch (the DTOs stay in the shared directory) and retries.
 
 mod alerts;
+mod floats;
 mod load;
 mod query;
 mod rollup;
@@ -84,7 +85,18 @@ CREATE TABLE IF NOT EXISTS loaded_dtos (
 CREATE INDEX IF NOT EXISTS loaded_dtos_by_cycle ON loaded_dtos (cycle);
 CREATE TABLE IF NOT EXISTS rollup_pending (
     resolution text NOT NULL, family text NOT NULL, period bigint NOT NULL,
-    marked_at bigint NOT NULL, touched_at bigint NOT NULL, PRIMARY KEY (resolution, period, family));
+    marked_at bigint NOT NULL, touched_at bigint NOT NULL,
+    failures bigint NOT NULL DEFAULT 0, retry_at bigint NOT NULL DEFAULT 0,
+    PRIMARY KEY (resolution, period, family));
+-- Added since: a rollup period that failed is counted and retried after a backoff. Altered
+-- only when missing: ALTER TABLE would wait for the other node's loads, and make them wait.
+DO $$ BEGIN
+    IF NOT EXISTS (SELECT 1 FROM pg_attribute
+                   WHERE attrelid = 'rollup_pending'::regclass AND attname = 'retry_at' AND NOT attisdropped) THEN
+        ALTER TABLE rollup_pending ADD COLUMN IF NOT EXISTS failures bigint NOT NULL DEFAULT 0,
+            ADD COLUMN IF NOT EXISTS retry_at bigint NOT NULL DEFAULT 0;
+    END IF;
+END $$;
 CREATE TABLE IF NOT EXISTS rules (
     id bigserial PRIMARY KEY, family text NOT NULL, spec text NOT NULL,
     created_at bigint NOT NULL, updated_at bigint NOT NULL);
@@ -446,6 +458,7 @@ impl PostgresRepository {
                 bytes: count(c, "SELECT pg_database_size(current_database())")?,
                 loaded_dtos: count(c, "SELECT count(*) FROM loaded_dtos")?,
                 pending_rollups: count(c, "SELECT count(*) FROM rollup_pending")?,
+                failing_rollups: count(c, "SELECT count(*) FROM rollup_pending WHERE failures > 0")?,
                 items: count(c, "SELECT count(*) FROM items")?,
                 replaced_records: meta(c, "replaced_records")?,
                 open_events: alerts::open_by_severity(c)?,
@@ -841,6 +854,32 @@ mod tests {
     }
 
     crate::conformance_tests!(optional fresh);
+
+    /// A pending period of a family that does not exist fails for good: the others go on.
+    #[test]
+    fn a_failing_period_does_not_block_the_others() {
+        let Some(repo) = fresh() else { return };
+        crate::conformance::a_failing_period_does_not_block_the_others(&*repo, &|period| {
+            let sql = "INSERT INTO rollup_pending (resolution, family, period, marked_at, touched_at)
+                       VALUES ('hour', 'Ghost', $1, 0, 0)";
+            repo.write(1, |tx, _| Ok(tx.execute(sql, &[&period])?)).unwrap();
+        });
+    }
+
+    /// PostgreSQL keeps the sign of a zero, bit for bit (SQLite's REAL columns cannot; the
+    /// conformance suite's `extreme_values_roll_up_and_rank` accepts either).
+    #[test]
+    fn a_negative_zero_keeps_its_sign() {
+        use crate::conformance::{dto, T0};
+        use crate::Repository;
+        let Some(repo) = fresh() else { return };
+        repo.claim_epoch(1, "t").unwrap();
+        repo.ensure_family(1, pollux_model::Catalog::builtin().get("Interface").unwrap()).unwrap();
+        repo.load(1, &[dto("z", T0, &[("r1", "ge-0", -0.0)])]).unwrap();
+        let mut values = Vec::new();
+        repo.raw_records("Interface", &mut |r| values.extend(r.values.into_iter().flatten())).unwrap();
+        assert_eq!(values.iter().map(|v| v.to_bits()).collect::<Vec<_>>(), [(-0.0f64).to_bits(); 2]);
+    }
 
     /// The maintenance pass makes today's and tomorrow's raw partitions, so the first load after
     /// midnight does not create one (and wait for the parent table's lock behind readers).

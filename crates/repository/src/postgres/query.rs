@@ -1,6 +1,6 @@
 //! Read-only queries, on a pooled read connection.
 
-use super::FamilyTables;
+use super::{floats, FamilyTables};
 use crate::{
     DeviceInfo, Epoch, ItemFilter, ItemInfo, LoadedDto, RepoError, Result, RollupPoint, Series, SeriesQuery, TopEntry,
     TopQuery,
@@ -136,7 +136,9 @@ pub(crate) fn series(c: &mut Client, family: &FamilyTables, q: &SeriesQuery) -> 
     Ok(Series::Rollup(
         rows.iter()
             .map(|r| {
-                let (sum, count): (f64, i64) = (r.get(3), r.get(4));
+                // A sum of +inf and -inf is NaN (NULL in a repository copied from SQLite).
+                let (sum, count): (Option<f64>, i64) = (r.get(3), r.get(4));
+                let sum = sum.unwrap_or(f64::NAN);
                 RollupPoint {
                     period: r.get(0),
                     min: r.get(1),
@@ -168,13 +170,16 @@ pub(crate) fn top(c: &mut Client, family: &FamilyTables, q: &TopQuery) -> Result
         .get::<_, i64>(0)
             == 0;
     let n = q.n as i64;
+    // Averages are computed so that no value raises (see `floats`): a sum beyond the range is an
+    // infinity, +inf and -inf together NaN, which ranks last (NULL here), as in SQLite.
+    let ranked = |sum: &str, count: &str| format!("NULLIF({}, 'NaN'::float8)", floats::quotient(sum, count));
     let (sql, params): (String, Vec<&(dyn ToSql + Sync)>) = if rolled && q.to - q.from == hour {
         // One period: no grouping, the period's rows into a top-n sort.
         (
             format!(
-                "SELECT item_id, \"{column}_sum\" / \"{column}_count\" AS avg, \"{column}_min\", \"{column}_max\",
-                        \"{column}_count\"
-                 FROM {table} WHERE period = $1 AND \"{column}_count\" > 0 ORDER BY avg DESC LIMIT $2",
+                "SELECT item_id, {avg} AS avg, \"{column}_min\", \"{column}_max\", \"{column}_count\"
+                 FROM {table} WHERE period = $1 AND \"{column}_count\" > 0 ORDER BY avg DESC NULLS LAST LIMIT $2",
+                avg = ranked(&format!("\"{column}_sum\""), &format!("\"{column}_count\"")),
                 table = family.rollup(Resolution::Hour)
             ),
             vec![&q.from, &n],
@@ -182,10 +187,14 @@ pub(crate) fn top(c: &mut Client, family: &FamilyTables, q: &TopQuery) -> Result
     } else if rolled {
         (
             format!(
-                "SELECT item_id, sum(\"{column}_sum\") / sum(\"{column}_count\") AS avg, min(\"{column}_min\"),
-                        max(\"{column}_max\"), sum(\"{column}_count\")::bigint
-                 FROM {table} WHERE period >= $1 AND period < $2 AND \"{column}_count\" > 0
-                 GROUP BY item_id ORDER BY avg DESC LIMIT $3",
+                "SELECT item_id, {avg} AS avg, lo, hi, n FROM (
+                     SELECT item_id, {sum}, min(\"{column}_min\") AS lo, max(\"{column}_max\") AS hi,
+                            sum(\"{column}_count\")::bigint AS n
+                     FROM {table} WHERE period >= $1 AND period < $2 AND \"{column}_count\" > 0
+                     GROUP BY item_id) parts
+                 ORDER BY avg DESC NULLS LAST LIMIT $3",
+                avg = ranked(&floats::sum_of("v"), "n"),
+                sum = floats::sum_parts(&format!("\"{column}_sum\""), "v"),
                 table = family.rollup(Resolution::Hour)
             ),
             vec![&q.from, &q.to, &n],
@@ -194,17 +203,24 @@ pub(crate) fn top(c: &mut Client, family: &FamilyTables, q: &TopQuery) -> Result
         let span = 2 * max_interval(c, family)?;
         (
             format!(
-                "SELECT item_id, avg(\"{column}\") AS avg, min(\"{column}\"), max(\"{column}\"), count(\"{column}\")
-                 FROM {raw} WHERE cycle > $1::bigint - {span} AND cycle < $2::bigint AND ts >= $1 AND ts < $2
-                   AND \"{column}\" IS NOT NULL
-                 GROUP BY item_id ORDER BY avg DESC LIMIT $3",
+                "SELECT item_id, {avg} AS avg, lo, hi, n FROM (
+                     SELECT item_id, {sum}, min(\"{column}\") AS lo, max(\"{column}\") AS hi, count(\"{column}\") AS n
+                     FROM {raw} WHERE cycle > $1::bigint - {span} AND cycle < $2::bigint AND ts >= $1 AND ts < $2
+                       AND \"{column}\" IS NOT NULL
+                     GROUP BY item_id) parts
+                 ORDER BY avg DESC NULLS LAST LIMIT $3",
+                avg = ranked(&floats::sum_of("v"), "n"),
+                sum = floats::sum_parts(&format!("\"{column}\""), "v"),
                 raw = family.raw()
             ),
             vec![&q.from, &q.to, &n],
         )
     };
     let rows = c.query(
-        &format!("SELECT i.device, i.item, t.* FROM ({sql}) t JOIN items i ON i.id = t.item_id ORDER BY t.avg DESC"),
+        &format!(
+            "SELECT i.device, i.item, t.* FROM ({sql}) t JOIN items i ON i.id = t.item_id
+             ORDER BY t.avg DESC NULLS LAST"
+        ),
         &params,
     )?;
     Ok(rows
@@ -212,7 +228,7 @@ pub(crate) fn top(c: &mut Client, family: &FamilyTables, q: &TopQuery) -> Result
         .map(|r| TopEntry {
             device: r.get(0),
             item: r.get(1),
-            avg: r.get(3),
+            avg: r.get::<_, Option<f64>>(3).unwrap_or(f64::NAN),
             min: r.get(4),
             max: r.get(5),
             count: r.get::<_, i64>(6) as u64,

@@ -26,6 +26,14 @@
 //! key lives in an index. Both raw tables identify a record the same way, by item and cycle (one
 //! poll of an item per cycle; a repeat replaces it), so moving a cycle changes no result.
 //!
+//! # Values
+//!
+//! Every finite double is stored and read back as it was sent, with one exception: a column
+//! of REAL affinity stores a double with no fractional part as an integer, so `-0.0` comes back
+//! `0.0` (equal to it in every comparison; PostgreSQL keeps the sign). Rollups never fail on a
+//! value: a sum beyond the range of a double is `+inf` or `-inf`, and a sum that meets both is
+//! NaN, which SQLite stores as NULL and the queries read back as NaN.
+//!
 //! # Concurrency
 //!
 //! One writer connection behind a mutex (SQLite has one writer at a time anyway) and a small pool
@@ -154,6 +162,7 @@ CREATE TABLE IF NOT EXISTS recent_cycles (
 CREATE TABLE IF NOT EXISTS rollup_pending (
     resolution TEXT NOT NULL, family TEXT NOT NULL, period INTEGER NOT NULL,
     marked_at INTEGER NOT NULL, touched_at INTEGER NOT NULL,
+    failures INTEGER NOT NULL DEFAULT 0, retry_at INTEGER NOT NULL DEFAULT 0,
     PRIMARY KEY (resolution, period, family)) WITHOUT ROWID;
 CREATE TABLE IF NOT EXISTS rules (
     id INTEGER PRIMARY KEY AUTOINCREMENT, family TEXT NOT NULL, spec TEXT NOT NULL,
@@ -384,6 +393,7 @@ impl SqliteRepository {
                 bytes,
                 loaded_dtos: count("SELECT count(*) FROM loaded_dtos")?,
                 pending_rollups: count("SELECT count(*) FROM rollup_pending")?,
+                failing_rollups: count("SELECT count(*) FROM rollup_pending WHERE failures > 0")?,
                 items: count("SELECT count(*) FROM items")?,
                 replaced_records: count("SELECT coalesce((SELECT value FROM meta WHERE key = 'replaced_records'), 0)")?,
                 open_events: alerts::open_by_severity(c)?,
@@ -410,9 +420,14 @@ fn next_family_number(tx: &Transaction<'_>) -> Result<i64> {
 fn migrate(conn: &Connection) -> Result<()> {
     // Families created before table numbering keep their tables (number NULL); DTOs loaded
     // before digests were kept have none (a repeat of one is answered 200 whatever it holds).
-    for (table, column, kind) in
-        [("family_state", "number", "INTEGER"), ("loaded_dtos", "digest", "BLOB"), ("epochs", "after_seq", "INTEGER")]
-    {
+    // A rollup period that failed is counted and retried after a backoff (see `schedule`).
+    for (table, column, kind) in [
+        ("family_state", "number", "INTEGER"),
+        ("loaded_dtos", "digest", "BLOB"),
+        ("epochs", "after_seq", "INTEGER"),
+        ("rollup_pending", "failures", "INTEGER NOT NULL DEFAULT 0"),
+        ("rollup_pending", "retry_at", "INTEGER NOT NULL DEFAULT 0"),
+    ] {
         add_column(conn, table, column, kind)?;
     }
     // Baselines need each hour's sum of squares: rollups written before have none (NULL),
@@ -584,6 +599,17 @@ mod tests {
     }
 
     crate::conformance_tests!(fresh);
+
+    /// A pending period of a family that does not exist fails for good: the others go on.
+    #[test]
+    fn a_failing_period_does_not_block_the_others() {
+        let repo = fresh();
+        crate::conformance::a_failing_period_does_not_block_the_others(&*repo, &|period| {
+            let sql = "INSERT INTO rollup_pending (resolution, family, period, marked_at, touched_at)
+                       VALUES ('hour', 'Ghost', ?1, 0, 0)";
+            repo.writer().conn.execute(sql, [period]).unwrap();
+        });
+    }
 
     /// A writer that holds the lock (a deposed active frozen inside its transaction) makes a
     /// load fail as something to retry, not as a bad DTO to set aside.

@@ -170,7 +170,8 @@ fn rollup_series(
     );
     let mut stmt = c.prepare_cached(&sql)?;
     let rows = stmt.query_map(params![item, first, to, length], |r| {
-        let sum: f64 = r.get(3)?;
+        // SQLite stores NaN (a sum of +inf and -inf) as NULL.
+        let sum = r.get::<_, Option<f64>>(3)?.unwrap_or(f64::NAN);
         let count: i64 = r.get(4)?;
         Ok(RollupPoint {
             period: r.get(0)?,
@@ -207,7 +208,7 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
             "SELECT item_id, \"{column}_sum\" / \"{column}_count\" AS avg, \"{column}_min\", \"{column}_max\",
                     \"{column}_count\"
              FROM {table} WHERE period >= ?1 AND period < ?2 AND \"{column}_count\" > 0
-             ORDER BY avg DESC LIMIT ?3",
+             ORDER BY avg DESC NULLS LAST LIMIT ?3",
             table = family.rollup(Resolution::Hour)
         )
     } else if rolled {
@@ -215,7 +216,7 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
             "SELECT item_id, sum(\"{column}_sum\") / sum(\"{column}_count\") AS avg, min(\"{column}_min\"),
                     max(\"{column}_max\"), sum(\"{column}_count\")
              FROM {table} WHERE period >= ?1 AND period < ?2 AND \"{column}_count\" > 0
-             GROUP BY item_id ORDER BY avg DESC LIMIT ?3",
+             GROUP BY item_id ORDER BY avg DESC NULLS LAST LIMIT ?3",
             table = family.rollup(Resolution::Hour)
         )
     } else {
@@ -243,7 +244,7 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
                 SELECT item_id, \"{column}\" AS v FROM {recent}
                 WHERE cycle > ?1 - {span} AND cycle < ?2 AND ts >= ?1 AND ts < ?2
                 {history})
-             WHERE v IS NOT NULL GROUP BY item_id ORDER BY avg DESC LIMIT ?3",
+             WHERE v IS NOT NULL GROUP BY item_id ORDER BY avg DESC NULLS LAST LIMIT ?3",
             recent = family.recent(),
         )
     };
@@ -253,14 +254,15 @@ pub(crate) fn top(c: &Connection, family: &FamilyTables, q: &TopQuery) -> Result
     if family_param {
         args.push(&family.name);
     }
-    let rows: Vec<(i64, f64, f64, f64, i64)> = stmt
+    // An average of +inf and -inf is NaN, which SQLite stores as NULL: it ranks last.
+    let rows: Vec<(i64, Option<f64>, f64, f64, i64)> = stmt
         .query_map(params_from_iter(args), |r| Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?)))?
         .collect::<Result<_, _>>()?;
     let mut names = c.prepare_cached("SELECT device, item FROM items WHERE id = ?1")?;
     rows.into_iter()
         .map(|(id, avg, min, max, count)| {
             let (device, item) = names.query_row([id], |r| Ok((r.get(0)?, r.get(1)?)))?;
-            Ok(TopEntry { device, item, avg, min, max, count: count as u64 })
+            Ok(TopEntry { device, item, avg: avg.unwrap_or(f64::NAN), min, max, count: count as u64 })
         })
         .collect()
 }

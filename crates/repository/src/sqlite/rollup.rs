@@ -29,18 +29,49 @@ impl RollupWork for SqliteRepository {
         self.read(|c| {
             let mut stmt = c.prepare_cached(
                 "SELECT family, period FROM rollup_pending
-                 WHERE resolution = ?1 AND period <= ?2 AND (touched_at <= ?4 OR marked_at <= ?5)
+                 WHERE resolution = ?1 AND period <= ?2 AND (touched_at <= ?4 OR marked_at <= ?5) AND retry_at <= ?6
                  ORDER BY period, family LIMIT ?3",
             )?;
-            let rows = stmt.query_map(params![resolution.name(), due.before, limit as i64, settled, overdue], |r| {
-                Ok((r.get(0)?, r.get(1)?))
-            })?;
+            let rows = stmt
+                .query_map(params![resolution.name(), due.before, limit as i64, settled, overdue, due.now], |r| {
+                    Ok((r.get(0)?, r.get(1)?))
+                })?;
             Ok(rows.collect::<Result<Vec<_>, _>>()?)
         })
     }
 
     fn roll_period(&self, epoch: Epoch, family: &str, resolution: Resolution, period: i64, now: i64) -> Result<()> {
         self.roll_one(epoch, family, resolution, period, now)
+    }
+
+    fn postpone(
+        &self,
+        epoch: Epoch,
+        family: &str,
+        resolution: Resolution,
+        period: i64,
+        now: i64,
+    ) -> Result<Option<(i64, i64)>> {
+        let mut writer = self.writer();
+        let tx = writer.conn.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        check_epoch(&tx, epoch)?;
+        let key = params![resolution.name(), family, period];
+        let failures: Option<i64> = tx
+            .query_row(
+                "UPDATE rollup_pending SET failures = failures + 1
+                 WHERE resolution = ?1 AND family = ?2 AND period = ?3 RETURNING failures",
+                key,
+                |r| r.get(0),
+            )
+            .optional()?;
+        let Some(failures) = failures else { return Ok(None) };
+        let retry_at = crate::schedule::retry_at(now, failures);
+        tx.execute(
+            "UPDATE rollup_pending SET retry_at = ?4 WHERE resolution = ?1 AND family = ?2 AND period = ?3",
+            params![resolution.name(), family, period, retry_at],
+        )?;
+        tx.commit()?;
+        Ok(Some((failures, retry_at)))
     }
 }
 
@@ -63,11 +94,18 @@ impl SqliteRepository {
         let (sql, by_family) = match resolution.child().expect("rollups have a finer resolution") {
             Resolution::Raw => raw_rollup_sql(&tx, &family, &table, &targets, period)?,
             finer => {
+                // A finer sum of +inf and -inf is NaN, which SQLite stores as NULL and sum()
+                // would skip: the coarser sum is NaN (NULL) too, as PostgreSQL's is.
                 let stats: String = family
                     .columns
                     .iter()
                     .map(|c| {
-                        format!(", min(\"{c}_min\"), max(\"{c}_max\"), sum(\"{c}_sum\"), sum(\"{c}_count\"), sum(\"{c}_sq\")")
+                        format!(
+                            ", min(\"{c}_min\"), max(\"{c}_max\"),
+                             CASE WHEN count(CASE WHEN \"{c}_count\" > 0 AND \"{c}_sum\" IS NULL THEN 1 END) = 0
+                                  THEN sum(\"{c}_sum\") END,
+                             sum(\"{c}_count\"), sum(\"{c}_sq\")"
+                        )
                     })
                     .collect();
                 let sql = format!(
@@ -199,6 +237,12 @@ fn raw_rollup_sql(
     // A record with ts in [period, end) belongs to a cycle in (period - 2 * interval, end).
     let first_cycle = period - 2 * max_interval;
     let cols: String = family.columns.iter().map(|c| format!(", \"{c}\"")).collect();
+    // SQLite's float arithmetic never raises: a square beyond the range is +inf, and so is a
+    // sum whose total is (its sum() is compensated). PostgreSQL's raises instead, and computes
+    // the same in `postgres::floats`. They differ only where a partial sum goes beyond the range
+    // and the total does not (two values above 9e307 and one below -9e307): SQLite's sum then
+    // stays at the infinity it reached, or not, depending on the order of the rows;
+    // PostgreSQL's is the total.
     let stats: String = family
         .columns
         .iter()

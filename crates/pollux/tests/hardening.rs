@@ -103,8 +103,12 @@ fn bad_family_files_neither_hang_nor_stop_a_node() {
     for file in ["fifo.toml", "passwd.toml", "huge.toml"] {
         assert!(out.contains(file), "{file} not named:\n{out}");
     }
-    // The maintenance thread rereads the directory every 10 s: still alive after a reread.
-    std::thread::sleep(Duration::from_secs(11));
+    // Housekeeping rereads the directory every 10 s: a FIFO added now is named once it has,
+    // and the node is still alive after that reread.
+    nix::unistd::mkfifo(&families.join("fifo2.toml"), nix::sys::stat::Mode::S_IRWXU).unwrap();
+    wait_until(Duration::from_secs(30), "a reread of metric-families/", || {
+        status(&da.url).1.contains("fifo2.toml").then_some(())
+    });
     assert_eq!(put_json(&da.url, &interface_dto("after-reread", cycle_now(), 1, 1)).0, 201);
     wait_loaded(&da, "after-reread");
     assert!(!da.log().contains("root:"), "the linked file's content reached the log");

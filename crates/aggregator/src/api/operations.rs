@@ -112,9 +112,20 @@ pub async fn maintenance(
                         "{node} is the active and no healthy standby would take over: nothing would be acknowledged; use --force to go ahead"
                     ));
                 }
-                if !was_active && !remaining("active") && !remaining("standby") {
+                // A node starting is the active of a moment later (a status file lags its role by
+                // up to a heartbeat).
+                if !was_active && !remaining("active") && !remaining("starting") && !remaining("standby") {
+                    let seen: Vec<String> = statuses
+                        .iter()
+                        .map(|(id, s)| {
+                            let age = s["updated_at_ms"].as_i64().map_or(-1.0, |t| (now_ms - t) as f64 / 1000.0);
+                            let flag = if in_maintenance.contains(id) { ", in maintenance" } else { "" };
+                            format!("{id} {} {age:.1} s ago{flag}", s["role"].as_str().unwrap_or("?"))
+                        })
+                        .collect();
                     return Err(format!(
-                        "no healthy aggregator would be left out of maintenance besides {node}: nothing would be acknowledged; use --force to go ahead"
+                        "no healthy aggregator would be left out of maintenance besides {node} (seen: {}): nothing would be acknowledged; use --force to go ahead",
+                        seen.join("; ")
                     ));
                 }
                 Ok(())

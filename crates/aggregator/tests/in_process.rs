@@ -321,3 +321,30 @@ fn a_device_page_shows_every_cpu_and_that_it_is_down() {
     let html = page("?item=ge-9/9/9");
     assert!(html.contains("has no interface ge-9/9/9; showing ge-0/0/1"), "{html}");
 }
+
+/// The top page's last hour is the raw data up to now (it showed hours that ended at least a
+/// quarter of an hour ago), and the 95th-percentile page defaults to this month so far and
+/// states the data's own poll interval.
+#[test]
+fn the_last_hour_and_this_month_show_what_just_arrived() {
+    let shared = tempfile::tempdir().unwrap();
+    let da = Running::start(config(shared.path(), "da1", Duration::from_secs(2)), Intervals::default());
+    wait_active(&da.url);
+    for k in 0..3 {
+        let cycle = now() / 60 * 60 - 60 * (2 - k);
+        let id = format!("i.{k}");
+        let records = json!([{"device": "r1", "item": "ge-0/0/7", "ts": cycle + 1,
+                              "values": {"in_bps": 1e6, "out_bps": 2e6, "in_util": 55.0}}]);
+        let dto = json!({"id": id, "collector": "dc1", "family": "Interface", "cycle": cycle, "interval": 60,
+                         "records": records});
+        assert_eq!(put(&format!("{}/api/v1/dto/{id}", da.url), &dto), 201);
+        wait_loaded(&da.url, &id);
+    }
+    let page =
+        |path: &str| agent().get(format!("{}{path}", da.url)).call().unwrap().body_mut().read_to_string().unwrap();
+    let top = page("/top");
+    assert!(top.contains("ge-0/0/7"), "the last hour's top shows the interface: {top}");
+    let report = page("/reports/percentile");
+    assert!(report.contains("so far") && report.contains("60 s poll interval"), "{report}");
+    assert!(report.contains("ge-0/0/7"), "{report}");
+}

@@ -436,11 +436,12 @@ pub async fn top(State(app): State<Arc<dyn Source>>, Query(params): Params) -> R
     if !allowed.contains(&metric.as_str()) {
         return Err(PageError::new(StatusCode::BAD_REQUEST, format!("metric: one of {}", allowed.join(", "))));
     }
-    let (range, length) = range_of(&params, "6h");
+    let (range, length) = range_of(&params, "1h");
     let n: usize = params.get("n").and_then(|n| n.parse().ok()).filter(|n| (1..=1000).contains(n)).unwrap_or(20);
-    // Whole hours up to one whose rollup is surely done (it is computed some minutes after
-    // the hour ends): the hourly rollups answer, not a scan of raw data.
-    let to = (now() - 15 * 60) / 3600 * 3600;
+    // Up to an hour: the raw data up to now, what an operator means by "the last hour". Longer:
+    // whole hours up to one whose rollup is surely done (it is computed some minutes after the
+    // hour ends), so the hourly rollups answer, not a scan of raw data.
+    let to = if length <= 3600 { now() } else { (now() - 15 * 60) / 3600 * 3600 };
     let query = TopQuery { family: "Interface".into(), metric: metric.clone(), from: to - length, to, n };
     let entries = blocking(move || pollux_repository::none_yet(app.repository().top(&query))).await??;
     let mut body = String::from("<form method=\"get\" class=\"search\"><select name=\"metric\">");
@@ -609,18 +610,16 @@ pub fn month_range(month: &str) -> Option<(i64, i64)> {
 
 pub async fn percentile(State(app): State<Arc<dyn Source>>, Query(params): Params) -> Result<Response, PageError> {
     require_active(app.as_ref())?;
-    let last_month = {
+    // This month so far by default: the month a new installation has data for.
+    let this_month = {
         let (y, m) = current_month();
-        if m == 1 {
-            format!("{}-12", y - 1)
-        } else {
-            format!("{y}-{:02}", m - 1)
-        }
+        format!("{y}-{m:02}")
     };
-    let month = params.get("month").cloned().unwrap_or(last_month);
-    let Some((from, to)) = month_range(&month) else {
+    let month = params.get("month").cloned().unwrap_or(this_month);
+    let Some((from, month_end)) = month_range(&month) else {
         return Err(PageError::new(StatusCode::BAD_REQUEST, format!("month: {month:?} is not YYYY-MM")));
     };
+    let to = month_end.min(now()).max(from + 1);
     let offset: usize = params.get("offset").and_then(|o| o.parse().ok()).unwrap_or(0).min(1 << 40);
     let csv = params.get("format").is_some_and(|f| f == "csv");
     // Two month-long raw series per interface, ~10 ms: a request is bounded to seconds of a
@@ -628,36 +627,45 @@ pub async fn percentile(State(app): State<Arc<dyn Source>>, Query(params): Param
     let limit = if csv { CSV_PAGE } else { 200 };
     let device = params.get("device").filter(|d| !d.is_empty()).cloned();
     let filter_device = device.clone();
-    let rows = blocking(move || -> Result<Vec<PercentileRow>, pollux_repository::RepoError> {
-        let repo = app.repository();
-        let items =
-            repo.items(&ItemFilter { device: filter_device, family: Some("Interface".into()), limit, offset })?;
-        let mut rows = Vec::new();
-        for i in items {
-            let p95 = |metric: &str| -> Result<(usize, Option<f64>), pollux_repository::RepoError> {
-                let q = SeriesQuery {
-                    family: "Interface".into(),
-                    device: i.device.clone(),
-                    item: i.item.clone(),
-                    metric: metric.into(),
-                    from,
-                    to,
-                    resolution: Resolution::Raw,
+    let (rows, interval) =
+        blocking(move || -> Result<(Vec<PercentileRow>, Option<i64>), pollux_repository::RepoError> {
+            let repo = app.repository();
+            let items =
+                repo.items(&ItemFilter { device: filter_device, family: Some("Interface".into()), limit, offset })?;
+            let mut rows = Vec::new();
+            // The poll interval, as the data has it: the median gap between samples.
+            let mut interval = None;
+            for i in items {
+                let mut p95 = |metric: &str| -> Result<(usize, Option<f64>), pollux_repository::RepoError> {
+                    let q = SeriesQuery {
+                        family: "Interface".into(),
+                        device: i.device.clone(),
+                        item: i.item.clone(),
+                        metric: metric.into(),
+                        from,
+                        to,
+                        resolution: Resolution::Raw,
+                    };
+                    let points = match repo.series(&q)? {
+                        Series::Raw(p) => p,
+                        Series::Rollup(_) => Vec::new(),
+                    };
+                    if interval.is_none() && points.len() > 1 {
+                        let mut gaps: Vec<i64> = points.windows(2).map(|w| w[1].0 - w[0].0).collect();
+                        gaps.sort_unstable();
+                        interval = Some(gaps[gaps.len() / 2]).filter(|g| *g > 0);
+                    }
+                    let mut values: Vec<f64> = points.into_iter().map(|x| x.1).collect();
+                    let n = values.len();
+                    Ok((n, pollux_model::percentile::nearest_rank(&mut values, 95.0)))
                 };
-                let mut values: Vec<f64> = match repo.series(&q)? {
-                    Series::Raw(p) => p.into_iter().map(|x| x.1).collect(),
-                    Series::Rollup(_) => Vec::new(),
-                };
-                let n = values.len();
-                Ok((n, pollux_model::percentile::nearest_rank(&mut values, 95.0)))
-            };
-            let (n, inb) = p95("in_bps")?;
-            let (_, outb) = p95("out_bps")?;
-            rows.push((i.device, i.item, n, inb, outb));
-        }
-        Ok(rows)
-    })
-    .await??;
+                let (n, inb) = p95("in_bps")?;
+                let (_, outb) = p95("out_bps")?;
+                rows.push((i.device, i.item, n, inb, outb));
+            }
+            Ok((rows, interval))
+        })
+        .await??;
     if csv {
         let mut text = String::from("device,item,month,samples,in_bps_p95,out_bps_p95\n");
         for (d, i, n, inb, outb) in &rows {
@@ -676,18 +684,24 @@ pub async fn percentile(State(app): State<Arc<dyn Source>>, Query(params): Param
         }
         return Ok(response);
     }
-    let days = (to - from) / 86_400;
+    let days = (to - from) as f64 / 86_400.0;
+    let expected = match interval {
+        Some(i) => {
+            format!("{} samples per interface at the data's {i} s poll interval when none is missing", (to - from) / i)
+        }
+        None => "no samples yet".to_owned(),
+    };
     let mut body = format!(
         "<form method=\"get\" class=\"search\"><input name=\"month\" value=\"{}\" size=\"8\"> \
          <input name=\"device\" value=\"{}\" placeholder=\"device\"> <button>Show</button> \
          <a href=\"/reports/percentile?month={}&amp;device={}&amp;format=csv\">CSV</a></form>\
-         <p>{days} days: {} five-minute samples per interface when none is missing; the 95th percentile is the \
-         sample at rank ceil(0.95 x n) in ascending order (nearest rank: for 30 days, the 433rd highest of 8,640).</p>",
+         <p>{days:.1} days{}: {expected}; the 95th percentile is the sample at rank ceil(0.95 x n) in ascending \
+         order (nearest rank).</p>",
         esc(&month),
         esc(device.as_deref().unwrap_or("")),
         url_part(&month),
         url_part(device.as_deref().unwrap_or("")),
-        days * 288,
+        if to < month_end { " so far" } else { "" },
     );
     body.push_str("<table id=\"percentile\"><tr><th>Device</th><th>Interface</th><th>Samples</th><th>In, 95th</th><th>Out, 95th</th></tr>");
     for (d, i, n, inb, outb) in &rows {

@@ -26,6 +26,16 @@ fn points(series: &Series) -> Vec<(i64, f64, f64, f64)> {
     }
 }
 
+/// A time on the x axis: `HH:MM` for ranges up to two days, `MM-DD` beyond (UTC).
+fn time_label(t: i64, span: i64) -> String {
+    let text = pollux_model::period::format_utc(t);
+    if span <= 2 * 86_400 {
+        text[11..16].to_owned()
+    } else {
+        text[5..10].to_owned()
+    }
+}
+
 /// An SVG chart of `lines` over `[from, to)`; `data-points` on the `<svg>` says how many
 /// points it drew (the browser test reads it).
 pub fn render(title: &str, unit: &str, from: i64, to: i64, lines: &[Line<'_>]) -> String {
@@ -45,7 +55,19 @@ pub fn render(title: &str, unit: &str, from: i64, to: i64, lines: &[Line<'_>]) -
         if unit.is_empty() { String::new() } else { format!(" <small>({})</small>", esc(unit)) },
         esc(title)
     );
-    for (value, label) in [(bottom, human(bottom)), (top, human(top))] {
+    // Times along the bottom: the start, the middle and the end of the range (UTC), as hours
+    // and minutes within two days, as month and day beyond.
+    for (t, anchor) in [(from, "start"), (from + (to - from) / 2, "middle"), (to, "end")] {
+        let _ = write!(
+            svg,
+            "<text class=\"axis time\" x=\"{:.1}\" y=\"{}\" text-anchor=\"{anchor}\">{}</text>",
+            x(t),
+            HEIGHT - 4.0,
+            esc(&time_label(t, to - from))
+        );
+    }
+    let unit = if unit.is_empty() { String::new() } else { format!(" {unit}") };
+    for (value, label) in [(bottom, format!("{}{unit}", human(bottom))), (top, format!("{}{unit}", human(top)))] {
         let _ = write!(
             svg,
             "<line class=\"grid\" x1=\"{LEFT}\" x2=\"{WIDTH}\" y1=\"{y:.1}\" y2=\"{y:.1}\"/>\
@@ -106,5 +128,12 @@ mod tests {
         assert!(svg.contains("<polygon class=\"band\""));
         let empty = Series::Raw(vec![]);
         assert!(render("e", "", 0, 1, &[Line { label: "x", series: &empty }]).contains("no data"));
+        // Times along the bottom and the unit on the values.
+        let day = 1_796_169_600; // 2026-12-02 00:00:00 UTC
+        let svg = render("t", "bit/s", day, day + 6 * 3600, &[Line { label: "in", series: &raw }]);
+        assert!(svg.contains(">00:00<") && svg.contains(">03:00<") && svg.contains(">06:00<"), "{svg}");
+        assert!(svg.contains("bit/s</text>"), "{svg}");
+        let svg = render("t", "", day, day + 30 * 86_400, &[Line { label: "in", series: &raw }]);
+        assert!(svg.contains(">12-02<") && svg.contains(">01-01<"), "{svg}");
     }
 }

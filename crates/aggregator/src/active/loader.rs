@@ -278,7 +278,16 @@ impl Loader {
             return Err(RepoError::Injected("loader.after_commit"));
         }
         for dto in loaded {
-            if report.already_loaded > 0 && self.loaded_with_other_content(dto) {
+            let other_content =
+                if report.already_loaded > 0 { self.loaded_with_other_content(dto) } else { Some(false) };
+            let Some(other_content) = other_content else {
+                // The registry could not be read (a connection that went stale in an outage):
+                // the file stays, and the next pass finds it registered and looks again. Removed
+                // now, a resend with other content would be dropped unseen.
+                tracing::warn!(id = %dto.id, "registry not readable after the load; the DTO file stays for the next pass");
+                continue;
+            };
+            if other_content {
                 // Acknowledged while the repository was away (its registry could not be
                 // asked): another content under an id already loaded. Kept for the operator,
                 // not deleted.
@@ -321,13 +330,13 @@ impl Loader {
         Ok(())
     }
 
-    /// Whether the registry holds `dto`'s id with another content's fingerprint. A failed
-    /// lookup says no: the file is then removed as before, as the registry holds that id
-    /// either way.
-    fn loaded_with_other_content(&self, dto: &Dto) -> bool {
+    /// Whether the registry holds `dto`'s id with another content's fingerprint; `None` when
+    /// the registry cannot be read now.
+    fn loaded_with_other_content(&self, dto: &Dto) -> Option<bool> {
         match self.parts.repo.loaded_dto(&dto.id) {
-            Ok(Some(entry)) => entry.digest.is_some_and(|digest| digest != dto.digest()),
-            _ => false,
+            Ok(Some(entry)) => Some(entry.digest.is_some_and(|digest| digest != dto.digest())),
+            Ok(None) => Some(false),
+            Err(_) => None,
         }
     }
 

@@ -149,6 +149,8 @@ impl Runtime {
                     self.retire();
                     self.parts.handoff.clear();
                     self.parts.progress.clear();
+                    // The workers' health is the term's: a standby shows none.
+                    self.parts.active.board.clear();
                 }
             }
         }

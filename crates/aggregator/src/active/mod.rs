@@ -153,7 +153,7 @@ impl ActiveParts {
             match self.repo.claim_epoch(term.epoch, &self.node_id) {
                 Ok(()) => break,
                 Err(e @ RepoError::Fenced { .. }) => {
-                    term.fenced_by(&e);
+                    term.fenced(&e);
                     return;
                 }
                 Err(e) => {
@@ -168,10 +168,6 @@ impl ActiveParts {
 }
 
 impl ActiveServices {
-    pub fn epoch(&self) -> Epoch {
-        self.term.epoch
-    }
-
     /// Ends the term; its threads end at their next step.
     pub fn stop(&self) {
         self.term.stop();

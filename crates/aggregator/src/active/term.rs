@@ -8,7 +8,7 @@
 //! ```
 
 pub use crate::wake::Wake;
-use pollux_repository::{Epoch, RepoError};
+use pollux_repository::Epoch;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
@@ -72,11 +72,6 @@ impl Term {
     /// Reports that a newer epoch owns the repository or the shared directory.
     pub fn fenced(&self, reason: impl std::fmt::Display) {
         (self.report)(TermEvent::Fenced { epoch: self.epoch, reason: reason.to_string() });
-    }
-
-    /// Reports a repository error that says this epoch is fenced.
-    pub fn fenced_by(&self, e: &RepoError) {
-        self.fenced(e);
     }
 
     /// Sleeps `limit`, cut short by the term's end; true if the term is still running.

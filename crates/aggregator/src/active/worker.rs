@@ -117,7 +117,7 @@ pub fn run(mut worker: Box<dyn Worker>, term: &Term, board: &WorkerBoard) {
             Ok(WorkerState::Done) => break,
             Err(e) if e.action() == Action::Fenced => {
                 tracing::warn!(worker = name, epoch = term.epoch, error = %e, "fenced: the new active goes on from here");
-                term.fenced_by(&e);
+                term.fenced(&e);
                 break;
             }
             Err(e) => {
